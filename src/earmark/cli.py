@@ -1,0 +1,34 @@
+"""The `earmark` command: one entry point, a subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from earmark import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="earmark",
+        description=(
+            "Network block storage (iSCSI initiator, page cache, target) that reserves "
+            "all the memory a unit of work needs before admitting it."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"earmark {__version__}")
+    parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    parser.error(f"unknown command {args.command!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
