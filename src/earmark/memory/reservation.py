@@ -1,0 +1,97 @@
+"""A granted reservation: memory set aside for one unit of work, drawn on without waiting.
+
+The reservation is the unit of the `reserve` discipline: whoever holds one can
+finish its work without ever waiting for memory, because every byte it will
+draw (at its own level and every deeper one) was granted at once, before it
+started. It travels with the work: split off for a deeper layer or another
+task, handed to another owner, or made "current" in a context so deeper layers
+draw on it without it being passed by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+from earmark.memory.errors import ArenaError
+
+if TYPE_CHECKING:
+    from earmark.memory.allocation import Buffer, Charge
+    from earmark.memory.arena import Arena
+
+_CURRENT: ContextVar[Reservation | None] = ContextVar("earmark_reservation", default=None)
+
+
+class NoReservationError(ArenaError):
+    """A deeper layer asked for the current reservation where none was handed down."""
+
+
+def current_reservation() -> Reservation:
+    """The reservation the calling context works under; deeper layers draw only on it."""
+    res = _CURRENT.get()
+    if res is None:
+        raise NoReservationError(
+            "no reservation is active here: under `reserve` a deeper layer draws only on "
+            "memory handed down to it (use `with reservation.active():`)"
+        )
+    return res
+
+
+class Reservation:
+    """Bytes per level promised by the arena to one owner; `budget` is what is left to draw."""
+
+    __slots__ = ("arena", "budget", "held", "owner", "released")
+
+    def __init__(self, arena: Arena, owner: str, budget: list[int]) -> None:
+        self.arena = arena
+        self.owner = owner
+        #: Untaken bytes per level: promised, not yet drawn.
+        self.budget = budget
+        #: Bytes per level drawn and not yet returned.
+        self.held = [0] * len(budget)
+        self.released = False
+
+    def take(self, level: int, nbytes: int) -> Buffer:
+        """A real arena buffer of `nbytes` at `level`; never waits, raises if over budget."""
+        return self.arena._draw_buffer(self, level, nbytes)
+
+    def charge(self, level: int, nbytes: int) -> Charge:
+        """Account a descriptor's nominal size at `level`; never waits."""
+        return self.arena._draw_charge(self, level, nbytes)
+
+    def release(self, claims: Mapping[int, int] | None = None) -> None:
+        """Give untaken bytes back to the arena: the given amounts, or all that is left."""
+        self.arena._release_budget(self, claims)
+
+    def split(self, claims: Mapping[int, int], owner: str) -> Reservation:
+        """Move part of what is left to a new reservation for another owner (on-behalf-of)."""
+        return self.arena._split(self, claims, owner)
+
+    def handoff(self, owner: str) -> None:
+        """Make `owner` the holder: the work (and what it holds) changed hands."""
+        self.owner = owner
+
+    def total(self) -> int:
+        """Bytes this reservation keeps from the arena: left to draw plus drawn."""
+        return sum(self.budget) + sum(self.held)
+
+    @contextmanager
+    def active(self) -> Iterator[Reservation]:
+        """Make this the current reservation for the enclosed code (and tasks it starts)."""
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
+
+    def __repr__(self) -> str:
+        names = self.arena.levels
+        parts = ", ".join(
+            f"{names(lvl).name}={self.budget[lvl]}+{self.held[lvl]}"
+            for lvl in range(len(self.budget))
+            if self.budget[lvl] or self.held[lvl]
+        )
+        state = " released" if self.released else ""
+        return f"<Reservation {self.owner}{state} left+drawn: {parts or 'nothing'}>"

@@ -1,0 +1,99 @@
+"""The wait registry: every wait in the stack says who waits, for what, and who can end it.
+
+A deadlock is a property of the whole system, not of one wait, so waits are
+recorded centrally where the detector can see them all at once. Memory waits
+are registered by the arena itself; layers above register the others (a page's
+writeback, a response from the peer) with `waiting()`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+
+
+class WaitKind(Enum):
+    #: For arena bytes; ended by anyone who frees memory.
+    MEMORY = "memory"
+    #: For named agents to make progress (a flusher, a session's reader).
+    AGENT = "agent"
+    #: For something outside this process (the peer's answer); assumed to come.
+    EXTERNAL = "external"
+
+
+@dataclass(slots=True)
+class Wait:
+    waiter: str
+    kind: WaitKind
+    #: In words, e.g. "4 KiB at PAGE" or "writeback of page 17".
+    what: str
+    #: For AGENT waits: the agents whose progress ends this wait.
+    wakers: tuple[str, ...] = ()
+    #: What the waiter holds, in the words of its layer (e.g. "12 dirty pages").
+    holds: str = ""
+    since: float = 0.0
+    #: For MEMORY waits: the bytes asked for.
+    need: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class PassiveHolder:
+    """Memory held by something that cannot act (the dirty part of a page cache)."""
+
+    owner: str
+    freed_by: tuple[str, ...]
+    holds: str = ""
+
+
+class WaitRegistry:
+    """Current waits and passive holders; no clocks of its own (callers pass `now`)."""
+
+    __slots__ = ("_counter", "_passive", "_waits")
+
+    def __init__(self) -> None:
+        self._waits: dict[int, Wait] = {}
+        self._passive: dict[str, PassiveHolder] = {}
+        self._counter = itertools.count()
+
+    def register(self, wait: Wait) -> int:
+        token = next(self._counter)
+        self._waits[token] = wait
+        return token
+
+    def unregister(self, token: int) -> None:
+        self._waits.pop(token, None)
+
+    @contextmanager
+    def waiting(
+        self,
+        waiter: str,
+        what: str,
+        *,
+        wakers: tuple[str, ...] = (),
+        holds: str = "",
+        now: float = 0.0,
+    ) -> Iterator[Wait]:
+        """Register a wait for the enclosed `await`: AGENT if `wakers` are named, else EXTERNAL."""
+        kind = WaitKind.AGENT if wakers else WaitKind.EXTERNAL
+        wait = Wait(waiter, kind, what, wakers, holds, now)
+        token = self.register(wait)
+        try:
+            yield wait
+        finally:
+            self.unregister(token)
+
+    def set_passive(self, owner: str, freed_by: tuple[str, ...], holds: str = "") -> None:
+        """Declare that what `owner` holds is freed only through the progress of `freed_by`."""
+        self._passive[owner] = PassiveHolder(owner, freed_by, holds)
+
+    def clear_passive(self, owner: str) -> None:
+        self._passive.pop(owner, None)
+
+    def waits(self) -> list[Wait]:
+        return list(self._waits.values())
+
+    def passive(self) -> dict[str, PassiveHolder]:
+        return dict(self._passive)
