@@ -60,6 +60,10 @@ class Allocation:
         self._mark_freed()
         self._account._return_allocation(self, to_reservation=True)
 
+    def handoff(self, owner: str) -> None:
+        """Make `owner` the holder (a writer's page now belongs to the cache)."""
+        self.owner = owner
+
     def describe(self) -> str:
         return f"{self.cost} B by {self.owner}"
 

@@ -52,7 +52,7 @@ def format_bytes(n: int) -> str:
 
 
 class _Waiter:
-    __slots__ = ("amounts", "emergency", "future", "make", "owner", "since", "total")
+    __slots__ = ("amounts", "emergency", "future", "make", "owner", "since", "token", "total")
 
     def __init__(
         self,
@@ -71,6 +71,7 @@ class _Waiter:
         self.future = future
         self.make = make
         self.since = since
+        self.token = -1
 
 
 class Arena:
@@ -278,7 +279,7 @@ class Arena:
         waiter = _Waiter(amounts, total, owner, emergency, future, make, now)
         queue = self._emergency_queue if emergency else self._queue
         queue.append(waiter)
-        token = self.waits.register(
+        waiter.token = self.waits.register(
             Wait(owner, WaitKind.MEMORY, self._words(amounts), since=now, need=total)
         )
         try:
@@ -304,7 +305,7 @@ class Arena:
                 ) from None
             raise
         finally:
-            self.waits.unregister(token)
+            self.waits.unregister(waiter.token)
 
     def _undo(self, granted: object) -> None:
         if isinstance(granted, Reservation):
@@ -326,6 +327,8 @@ class Arena:
                 if self.committed + head.total > limit:
                     return
                 queue.popleft()
+                # Granted is no longer waiting, even before its task resumes.
+                self.waits.unregister(head.token)
                 head.future.set_result(head.make())
 
     # ---- drawing on reservations (called through Reservation) -------------------
