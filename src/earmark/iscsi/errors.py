@@ -1,0 +1,34 @@
+"""Typed errors for everything a peer can get wrong.
+
+Callers map these to protocol actions (Reject PDU, login status, dropping the
+connection), so a peer must never be able to provoke any other exception type.
+"""
+
+
+class ProtocolError(Exception):
+    """A peer sent something RFC 7143 forbids; ``reason`` says exactly what."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DigestError(ProtocolError):
+    """A CRC32C digest did not match.
+
+    Kept apart because a data digest error leaves the stream in sync (the PDU
+    can be rejected and the connection kept), while a header digest error
+    does not.
+    """
+
+    def __init__(self, reason: str, *, header: bool) -> None:
+        super().__init__(reason)
+        self.header = header
+
+
+class NegotiationError(ProtocolError):
+    """Text-key negotiation broke a rule that ends the login."""
+
+
+class AuthenticationError(ProtocolError):
+    """CHAP failed; messages never contain secrets or responses."""
