@@ -1,0 +1,140 @@
+"""What the SBC command set hands the target: an immediate reply or an I/O plan.
+
+A plan names the blocks to move and nothing else; the runtime owns the buffers
+(it reserved them at admission) and the backing store, executes the plan off the
+event loop, and turns what happens into a Reply. Helpers for the outcomes that
+need SCSI knowledge (a miscompare, a medium error) live in `sense`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .sense import ScsiError, ScsiStatus
+
+
+@dataclass(slots=True, frozen=True)
+class Reply:
+    """Status, Data-In (already cut to the CDB's allocation length) and sense."""
+
+    data: bytes = b""
+    status: ScsiStatus = ScsiStatus.GOOD
+    sense: bytes = b""
+
+    @classmethod
+    def error(cls, exc: ScsiError) -> Reply:
+        return cls(b"", ScsiStatus.CHECK_CONDITION, exc.sense())
+
+
+GOOD = Reply()
+
+
+@dataclass(slots=True, frozen=True)
+class ReadPlan:
+    """Read nblocks from lba into the Data-In buffer."""
+
+    lba: int
+    nblocks: int
+
+
+@dataclass(slots=True, frozen=True)
+class WritePlan:
+    """Write the Data-Out buffer to lba; with fua, sync before reporting GOOD."""
+
+    lba: int
+    nblocks: int
+    fua: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class WriteSamePlan:
+    """Replicate one block over nblocks from lba.
+
+    The block is the Data-Out buffer, or zeros when ndob. With unmap the runtime
+    punches the range instead of writing it when the block is all zeros (LBPRZ=1
+    makes that equivalent), and writes it otherwise (SBC-4 5.50).
+    """
+
+    lba: int
+    nblocks: int
+    unmap: bool = False
+    ndob: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Extent:
+    lba: int
+    nblocks: int
+
+
+@dataclass(slots=True, frozen=True)
+class UnmapPlan:
+    """Punch every extent; they were checked against the capacity and the limits."""
+
+    extents: tuple[Extent, ...] = field(default_factory=tuple)
+
+
+@dataclass(slots=True, frozen=True)
+class SyncPlan:
+    """Make every completed write durable (fsync) before reporting GOOD."""
+
+
+@dataclass(slots=True, frozen=True)
+class VerifyPlan:
+    """Read nblocks at lba and check them.
+
+    bytchk 0: only that they can be read. 1: compare with the Data-Out buffer
+    (nblocks long). 3: compare each block with the single Data-Out block. On the
+    first difference answer `sense.miscompare(offset)` (`first_mismatch` finds it).
+    """
+
+    lba: int
+    nblocks: int
+    bytchk: int
+
+
+@dataclass(slots=True, frozen=True)
+class CompareAndWritePlan:
+    """Atomically: read nblocks at lba, compare with the first half of the Data-Out
+    buffer, and only if equal write its second half there (SBC-4 5.3). No other
+    write to the range may run in between.
+    """
+
+    lba: int
+    nblocks: int
+    fua: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class OrWritePlan:
+    """Read nblocks at lba, OR the Data-Out buffer into them, write them back, as one
+    atomic step like CompareAndWritePlan (SBC-4 5.8)."""
+
+    lba: int
+    nblocks: int
+    fua: bool = False
+
+
+Plan = (
+    ReadPlan | WritePlan | WriteSamePlan | UnmapPlan | SyncPlan | VerifyPlan
+    | CompareAndWritePlan | OrWritePlan
+)
+Outcome = Reply | Plan
+
+
+def first_mismatch(expected: bytes | memoryview, actual: bytes | memoryview) -> int | None:
+    """Offset of the first byte where the two differ, None when equal (same length)."""
+    if expected == actual:
+        return None
+    a, b = memoryview(expected).cast("B"), memoryview(actual).cast("B")
+    lo, hi = 0, min(len(a), len(b))
+    while hi - lo > 64:
+        mid = (lo + hi) // 2
+        if a[lo:mid] != b[lo:mid]:
+            hi = mid
+        else:
+            lo = mid
+    for i in range(lo, hi):
+        if a[i] != b[i]:
+            return i
+    return hi

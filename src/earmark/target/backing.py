@@ -1,0 +1,220 @@
+"""Backing stores for LUNs: a file (or block device) on the host, or memory.
+
+The runtime calls these off the event loop, with buffers it reserved at admission,
+so the interface is scatter/gather over memoryviews: Data-Out PDUs land in several
+buffers and go to the disk in one pwritev, without being joined first.
+
+Deallocation (UNMAP, WRITE SAME with UNMAP) punches a hole with
+fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): the blocks then read as
+zeros, which is what the target promises with LBPRZ=1. Where the filesystem
+refuses to punch, zeros are written instead, so the promise holds either way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from collections.abc import Callable
+from typing import Protocol, cast
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_ZERO_CHUNK = 1 << 20
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+_NO_PUNCH = frozenset((errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV))
+
+
+class BackingError(Exception):
+    """A backing store that cannot be opened or used; the message says what to do."""
+
+
+class Backing(Protocol):
+    """What a LUN's data lives on. Offsets and lengths are in bytes."""
+
+    @property
+    def size(self) -> int: ...
+
+    def readinto(self, offset: int, buffers: list[memoryview]) -> None:
+        """Fill every buffer, in order, from `offset` on."""
+
+    def write(self, offset: int, buffers: list[memoryview]) -> None:
+        """Write every buffer, in order, from `offset` on."""
+
+    def sync(self) -> None:
+        """Make every completed write durable."""
+
+    def punch(self, offset: int, length: int) -> None:
+        """Deallocate the range; it reads as zeros afterwards."""
+
+    def close(self) -> None: ...
+
+
+def _check_range(size: int, offset: int, length: int) -> None:
+    if offset < 0 or length < 0 or offset + length > size:
+        raise BackingError(f"range {offset}+{length} is outside the {size}-byte store")
+
+
+def _advance(buffers: list[memoryview], done: int) -> list[memoryview]:
+    """The part of `buffers` not yet transferred after `done` bytes."""
+    rest = list(buffers)
+    while rest and done >= len(rest[0]):
+        done -= len(rest[0])
+        rest.pop(0)
+    if rest and done:
+        rest[0] = rest[0][done:]
+    return rest
+
+
+def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fn.restype = ctypes.c_int
+    return cast(Callable[[int, int, int, int], int], fn)
+
+
+class FileBacking:
+    """A regular file or block device, opened once, read and written with pread/pwrite."""
+
+    def __init__(self, path: str | os.PathLike[str], *, block_size: int = 512,
+                 read_only: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.read_only = read_only
+        try:
+            self._fd = os.open(self.path, (os.O_RDONLY if read_only else os.O_RDWR)
+                               | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BackingError(
+                f"LUN file {self.path} does not exist: create it with "
+                f"`earmark serve --size 1G {self.path}`"
+            ) from None
+        except IsADirectoryError:
+            raise BackingError(f"LUN file {self.path} is a directory, not a file") from None
+        except PermissionError:
+            mode = "reading" if read_only else "reading and writing"
+            raise BackingError(
+                f"LUN file {self.path} cannot be opened for {mode}: permission denied"
+            ) from None
+        try:
+            self._size = self._measure(block_size)
+        except BackingError:
+            os.close(self._fd)
+            raise
+        self._fallocate = _libc_fallocate()
+
+    def _measure(self, block_size: int) -> int:
+        info = os.fstat(self._fd)
+        if stat.S_ISREG(info.st_mode):
+            size = info.st_size
+        elif stat.S_ISBLK(info.st_mode):
+            size = os.lseek(self._fd, 0, os.SEEK_END)
+        else:
+            raise BackingError(f"LUN file {self.path} is neither a regular file nor a block device")
+        if size == 0:
+            raise BackingError(
+                f"LUN file {self.path} is empty: give it a size, e.g. "
+                f"`truncate -s 1G {self.path}`"
+            )
+        if size % block_size:
+            raise BackingError(
+                f"LUN file {self.path} is {size} bytes, not a multiple of the "
+                f"{block_size}-byte block size"
+            )
+        return size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def readinto(self, offset: int, buffers: list[memoryview]) -> None:
+        total = sum(len(b) for b in buffers)
+        _check_range(self._size, offset, total)
+        done = 0
+        rest = [b for b in buffers if len(b)]
+        while rest:
+            n = os.preadv(self._fd, rest[:_IOV_MAX], offset + done)
+            if n == 0:
+                raise BackingError(f"LUN file {self.path} ended at {offset + done} "
+                                   f"while {self._size} bytes were expected")
+            done += n
+            rest = _advance(rest, n)
+
+    def write(self, offset: int, buffers: list[memoryview]) -> None:
+        total = sum(len(b) for b in buffers)
+        _check_range(self._size, offset, total)
+        done = 0
+        rest = [b for b in buffers if len(b)]
+        while rest:
+            n = os.pwritev(self._fd, rest[:_IOV_MAX], offset + done)
+            done += n
+            rest = _advance(rest, n)
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def punch(self, offset: int, length: int) -> None:
+        _check_range(self._size, offset, length)
+        if not length:
+            return
+        if self._fallocate is not None:
+            mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+            if self._fallocate(self._fd, mode, offset, length) == 0:
+                return
+            err = ctypes.get_errno()
+            if err not in _NO_PUNCH:
+                raise OSError(err, os.strerror(err), self.path)
+            self._fallocate = None  # this filesystem will not punch: stop asking
+        self._write_zeros(offset, length)
+
+    def _write_zeros(self, offset: int, length: int) -> None:
+        zeros = memoryview(bytes(min(length, _ZERO_CHUNK)))
+        end = offset + length
+        while offset < end:
+            chunk = zeros[:min(len(zeros), end - offset)]
+            self.write(offset, [chunk])
+            offset += len(chunk)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class MemoryBacking:
+    """A LUN held in a bytearray: for tests and the simulator, where no file should be."""
+
+    def __init__(self, size: int) -> None:
+        if size <= 0:
+            raise BackingError(f"a memory LUN needs a positive size, not {size}")
+        self._data = bytearray(size)
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def readinto(self, offset: int, buffers: list[memoryview]) -> None:
+        _check_range(self.size, offset, sum(len(b) for b in buffers))
+        for b in buffers:
+            b[:] = self._data[offset:offset + len(b)]
+            offset += len(b)
+
+    def write(self, offset: int, buffers: list[memoryview]) -> None:
+        _check_range(self.size, offset, sum(len(b) for b in buffers))
+        for b in buffers:
+            self._data[offset:offset + len(b)] = b
+            offset += len(b)
+
+    def sync(self) -> None:
+        """Memory is as durable as it gets."""
+
+    def punch(self, offset: int, length: int) -> None:
+        _check_range(self.size, offset, length)
+        self._data[offset:offset + length] = bytes(length)
+
+    def close(self) -> None:
+        """Nothing to release: the bytearray goes with the object."""
