@@ -24,6 +24,7 @@ from enum import IntEnum
 
 from earmark.memory.allocation import Allocation, Buffer, Charge
 from earmark.memory.buddy import BuddyAllocator
+from earmark.memory.claim import Claim
 from earmark.memory.errors import (
     ClaimTooLargeError,
     OverdrawError,
@@ -52,7 +53,7 @@ def format_bytes(n: int) -> str:
 
 
 class _Waiter:
-    __slots__ = ("amounts", "emergency", "future", "make", "owner", "since", "token", "total")
+    __slots__ = ("amounts", "emergency", "future", "make", "owner", "since", "total")
 
     def __init__(
         self,
@@ -71,7 +72,6 @@ class _Waiter:
         self.future = future
         self.make = make
         self.since = since
-        self.token = -1
 
 
 class Arena:
@@ -107,10 +107,13 @@ class Arena:
         self._memory = bytearray(capacity)
         self._view = memoryview(self._memory)
         self._granules = BuddyAllocator(capacity // granule)
-        self._budget = [0] * nlevels  # reserved, not yet drawn
+        # Per level, kept only where memory is drawn (a reservation's untaken part
+        # is per reservation, summed when gauges are read): the reserve fast path
+        # touches one counter.
         self._taken = [0] * nlevels  # drawn from reservations
         self._plain = [0] * nlevels  # allocated without a reservation
-        self._level_high = [0] * nlevels
+        self._level_high = [0] * nlevels  # high-water of drawn + allocated
+        self._limit = capacity - emergency  # what ordinary requests may commit
         self.committed = 0
         self.high_water = 0
         #: Grants and returns so far: a watchdog sees a stall as a still counter.
@@ -125,44 +128,48 @@ class Arena:
 
     # ---- reserving --------------------------------------------------------------
 
+    def claim(self, claims: Mapping[int, int]) -> Claim:
+        """Check and sum a claim once, for code that makes the same claim often."""
+        return Claim(claims, self.levels)
+
     async def reserve(
         self,
-        claims: Mapping[int, int],
+        claims: Claim | Mapping[int, int],
         *,
         owner: str,
         timeout: float | None = None,
     ) -> Reservation:
         """Everything `claims` asks for, at once, in arrival order; wait holding nothing."""
-        amounts, total = self._amounts(claims)
-        if total > self.capacity - self.emergency:
-            raise ClaimTooLargeError(
-                f"{owner} claims {format_bytes(total)} ({self._words(amounts)}) but the "
-                f"{self.name} can never grant more than "
-                f"{format_bytes(self.capacity - self.emergency)}: raise its capacity "
-                "or claim less"
-            )
+        claim = claims if isinstance(claims, Claim) else Claim(claims, self.levels)
+        total = claim.total
         if self.validator is not None:
-            self.validator(self, owner, _levels_of(amounts), True)
+            self.validator(self, owner, claim.levels(), True)
         if (
-            not self._queue
+            self.committed + total <= self._limit
+            and not self._queue
             and not self._emergency_queue
-            and self.committed + total <= self.capacity - self.emergency
         ):
-            return self._grant_reservation(amounts, total, owner)
+            return self._grant_reservation(claim, owner)
+        if total > self._limit:
+            raise ClaimTooLargeError(
+                f"{owner} claims {format_bytes(total)} ({self._words(claim.amounts)}) but "
+                f"the {self.name} can never grant more than {format_bytes(self._limit)}: "
+                "raise its capacity or claim less"
+            )
         res = await self._wait(
-            amounts, total, owner, False, timeout,
-            lambda: self._grant_reservation(amounts, total, owner),
+            claim.amounts, total, owner, False, timeout,
+            lambda: self._grant_reservation(claim, owner),
         )
         assert isinstance(res, Reservation)
         return res
 
-    def _grant_reservation(self, amounts: list[int], total: int, owner: str) -> Reservation:
-        budget = self._budget
-        for lvl, n in enumerate(amounts):
-            if n:
-                budget[lvl] += n
-        self._commit(total, amounts)
-        res = Reservation(self, owner, amounts)
+    def _grant_reservation(self, claim: Claim, owner: str) -> Reservation:
+        committed = self.committed + claim.total
+        self.committed = committed
+        if committed > self.high_water:
+            self.high_water = committed
+        self.progress += 1
+        res = Reservation(self, owner, claim.amounts.copy(), claim.total)
         self._reservations.add(res)
         return res
 
@@ -217,7 +224,7 @@ class Arena:
         timeout: float | None,
         make: Callable[[], Allocation],
     ) -> object:
-        amounts = self._amounts({level: cost})[0]
+        amounts = Claim({level: cost}, self.levels).amounts
         emergency = _MEMALLOC.get()
         limit = self.capacity if emergency else self.capacity - self.emergency
         if cost > limit:
@@ -245,19 +252,17 @@ class Arena:
         return (
             not self._queue
             and not self._emergency_queue
-            and self.committed + cost <= self.capacity - self.emergency
+            and self.committed + cost <= self._limit
         )
 
     def _plain_buffer(self, level: int, nbytes: int, cost: int, owner: str) -> Buffer:
-        self._plain[level] += cost
-        self._commit(cost, None, level)
+        self._commit(level, cost)
         buf = self._carve(level, nbytes, cost, owner, None)
         self._allocations.add(buf)
         return buf
 
     def _plain_charge(self, level: int, nbytes: int, owner: str) -> Charge:
-        self._plain[level] += nbytes
-        self._commit(nbytes, None, level)
+        self._commit(level, nbytes)
         charge = Charge(self, level, nbytes, owner, None)
         self._allocations.add(charge)
         return charge
@@ -279,9 +284,6 @@ class Arena:
         waiter = _Waiter(amounts, total, owner, emergency, future, make, now)
         queue = self._emergency_queue if emergency else self._queue
         queue.append(waiter)
-        waiter.token = self.waits.register(
-            Wait(owner, WaitKind.MEMORY, self._words(amounts), since=now, need=total)
-        )
         try:
             if timeout is None:
                 return await future
@@ -304,8 +306,6 @@ class Arena:
                     f"{format_bytes(self.capacity)}"
                 ) from None
             raise
-        finally:
-            self.waits.unregister(waiter.token)
 
     def _undo(self, granted: object) -> None:
         if isinstance(granted, Reservation):
@@ -317,7 +317,7 @@ class Arena:
         """Grant queued waiters in order while the head fits; nobody overtakes the head."""
         for queue, limit in (
             (self._emergency_queue, self.capacity),
-            (self._queue, self.capacity - self.emergency),
+            (self._queue, self._limit),
         ):
             while queue:
                 head = queue[0]
@@ -327,8 +327,6 @@ class Arena:
                 if self.committed + head.total > limit:
                     return
                 queue.popleft()
-                # Granted is no longer waiting, even before its task resumes.
-                self.waits.unregister(head.token)
                 head.future.set_result(head.make())
 
     # ---- drawing on reservations (called through Reservation) -------------------
@@ -354,39 +352,44 @@ class Arena:
                 f"reservation has {format_bytes(left)} left there: reserve enough up front"
             )
         res.budget[level] = left - cost
+        res.left -= cost
         res.held[level] += cost
-        self._budget[level] -= cost
-        self._taken[level] += cost
+        res.held_total += cost
+        self._draw_level(self._taken, level, cost)
 
     def _release_budget(self, res: Reservation, claims: Mapping[int, int] | None) -> None:
         if res.released:
             raise ReleaseError(f"reservation of {res.owner} was already released")
+        budget = res.budget
         if claims is None:
-            amounts = list(res.budget)
             res.released = True
+            total = res.left
+            res.budget = [0] * len(budget)
+            if not res.held_total:
+                self._reservations.discard(res)
         else:
-            amounts = self._amounts(claims)[0]
+            amounts = Claim(claims, self.levels).amounts
             for lvl, n in enumerate(amounts):
-                if n > res.budget[lvl]:
+                if n > budget[lvl]:
                     raise ReleaseError(
                         f"{res.owner} releases {format_bytes(n)} at {self.levels(lvl).name} "
-                        f"but has only {format_bytes(res.budget[lvl])} left there"
+                        f"but has only {format_bytes(budget[lvl])} left there"
                     )
-        total = 0
-        for lvl, n in enumerate(amounts):
-            if n:
-                res.budget[lvl] -= n
-                self._budget[lvl] -= n
+            total = 0
+            for lvl, n in enumerate(amounts):
+                budget[lvl] -= n
                 total += n
-        self._uncommit(total)
-        if res.released and not any(res.held):
-            self._reservations.discard(res)
-        self._wake()
+        res.left -= total
+        self.committed -= total
+        self.progress += 1
+        if self._queue or self._emergency_queue:
+            self._wake()
 
     def _split(self, res: Reservation, claims: Mapping[int, int], owner: str) -> Reservation:
         if res.released:
             raise ReleaseError(f"reservation of {res.owner} was released; nothing to split")
-        amounts = self._amounts(claims)[0]
+        claim = Claim(claims, self.levels)
+        amounts = claim.amounts
         for lvl, n in enumerate(amounts):
             if n > res.budget[lvl]:
                 raise OverdrawError(
@@ -395,7 +398,8 @@ class Arena:
                 )
         for lvl, n in enumerate(amounts):
             res.budget[lvl] -= n
-        part = Reservation(self, owner, amounts)
+        res.left -= claim.total
+        part = Reservation(self, owner, amounts, claim.total)
         self._reservations.add(part)
         return part
 
@@ -411,18 +415,19 @@ class Arena:
         if res is None:
             self._plain[lvl] -= cost
             self._allocations.discard(alloc)
-            self._uncommit(cost)
         else:
             res.held[lvl] -= cost
+            res.held_total -= cost
             self._taken[lvl] -= cost
             if to_reservation and not res.released:
                 res.budget[lvl] += cost
-                self._budget[lvl] += cost
+                res.left += cost
                 return
-            self._uncommit(cost)
-            if res.released and not any(res.held):
+            if res.released and not res.held_total:
                 self._reservations.discard(res)
-        self._wake()
+        self.committed -= cost
+        if self._queue or self._emergency_queue:
+            self._wake()
 
     # ---- books ------------------------------------------------------------------
 
@@ -436,21 +441,20 @@ class Arena:
     def free(self) -> int:
         return self.capacity - self.committed
 
-    def _commit(self, total: int, amounts: list[int] | None, level: int = 0) -> None:
-        self.committed += total
+    def _commit(self, level: int, cost: int) -> None:
+        """Book a plain allocation."""
+        committed = self.committed + cost
+        self.committed = committed
+        if committed > self.high_water:
+            self.high_water = committed
         self.progress += 1
-        if self.committed > self.high_water:
-            self.high_water = self.committed
-        levels = range(len(self._budget)) if amounts is not None else (level,)
-        for lvl in levels:
-            if amounts is not None and not amounts[lvl]:
-                continue
-            used = self._budget[lvl] + self._taken[lvl] + self._plain[lvl]
-            if used > self._level_high[lvl]:
-                self._level_high[lvl] = used
+        self._draw_level(self._plain, level, cost)
 
-    def _uncommit(self, total: int) -> None:
-        self.committed -= total
+    def _draw_level(self, books: list[int], level: int, cost: int) -> None:
+        books[level] += cost
+        drawn = self._taken[level] + self._plain[level]
+        if drawn > self._level_high[level]:
+            self._level_high[level] = drawn
 
     def _carve(
         self, level: int, nbytes: int, cost: int, owner: str, res: Reservation | None
@@ -476,18 +480,6 @@ class Arena:
             segments.append(view[0:0])
         return Buffer(self, level, cost, owner, res, nbytes, blocks, segments)
 
-    def _amounts(self, claims: Mapping[int, int]) -> tuple[list[int], int]:
-        amounts = [0] * len(self._budget)
-        total = 0
-        for lvl, n in claims.items():
-            if not 0 <= lvl < len(amounts):
-                raise ValueError(f"level {lvl} is not one of {[m.name for m in self.levels]}")
-            if n < 0:
-                raise ValueError(f"cannot claim {n} B at {self.levels(lvl).name}")
-            amounts[lvl] += n
-            total += n
-        return amounts, total
-
     def _words(self, amounts: list[int]) -> str:
         return ", ".join(
             f"{format_bytes(n)} {self.levels(lvl).name}" for lvl, n in enumerate(amounts) if n
@@ -497,13 +489,24 @@ class Arena:
         """Bytes per level each owner keeps from the arena (reserved or allocated)."""
         out: dict[str, list[int]] = {}
         for res in self._reservations:
-            row = out.setdefault(res.owner, [0] * len(self._budget))
+            row = out.setdefault(res.owner, [0] * len(self._taken))
             for lvl in range(len(row)):
                 row[lvl] += res.budget[lvl] + res.held[lvl]
         for alloc in self._allocations:
-            row = out.setdefault(alloc.owner, [0] * len(self._budget))
+            row = out.setdefault(alloc.owner, [0] * len(self._taken))
             row[alloc.level] += alloc.cost
         return out
+
+    def memory_waits(self) -> list[Wait]:
+        """The queued memory waiters, as wait records: the queues are the registry.
+
+        Granted waiters leave the queue at once, so one granted but not yet
+        resumed is not mistaken for one still waiting.
+        """
+        return [
+            Wait(w.owner, WaitKind.MEMORY, self._words(w.amounts), since=w.since, need=w.total)
+            for w in (*self._emergency_queue, *self._queue)
+        ]
 
     def reservations_of(self, owner: str) -> list[Reservation]:
         return [r for r in self._reservations if r.owner == owner]
@@ -519,15 +522,19 @@ class Arena:
             except RuntimeError:
                 now = None
         waiters = list(self._emergency_queue) + list(self._queue)
+        unused = [0] * len(self._taken)
+        for res in self._reservations:
+            for lvl, n in enumerate(res.budget):
+                unused[lvl] += n
         per_level: dict[str, dict[str, object]] = {}
         for member in self.levels:
             lvl = int(member)
             mine = [w for w in waiters if w.amounts[lvl]]
             oldest = min((w.since for w in mine), default=None)
             per_level[member.name] = {
-                "reserved": self._budget[lvl] + self._taken[lvl],
+                "reserved": unused[lvl] + self._taken[lvl],
                 "in_use": self._taken[lvl] + self._plain[lvl],
-                "reserved_unused": self._budget[lvl],
+                "reserved_unused": unused[lvl],
                 "allocated": self._plain[lvl],
                 "waiters": len(mine),
                 "oldest_wait_s": None if oldest is None or now is None else now - oldest,

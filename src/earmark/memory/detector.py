@@ -34,7 +34,7 @@ class DeadlockReport:
 def find_deadlock(arena: Arena) -> DeadlockReport | None:
     """A report if some memory waiter can never be granted, else None (still live)."""
     waits: dict[str, Wait] = {}
-    for registered in arena.waits.waits():
+    for registered in (*arena.memory_waits(), *arena.waits.waits()):
         waits.setdefault(registered.waiter, registered)
     passive = arena.waits.passive()
     holdings = {owner: sum(row) for owner, row in arena.holdings().items()}

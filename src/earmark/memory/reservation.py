@@ -42,15 +42,17 @@ def current_reservation() -> Reservation:
 class Reservation:
     """Bytes per level promised by the arena to one owner; `budget` is what is left to draw."""
 
-    __slots__ = ("arena", "budget", "held", "owner", "released")
+    __slots__ = ("arena", "budget", "held", "held_total", "left", "owner", "released")
 
-    def __init__(self, arena: Arena, owner: str, budget: list[int]) -> None:
+    def __init__(self, arena: Arena, owner: str, budget: list[int], left: int) -> None:
         self.arena = arena
         self.owner = owner
-        #: Untaken bytes per level: promised, not yet drawn.
+        #: Untaken bytes per level: promised, not yet drawn; and their sum.
         self.budget = budget
-        #: Bytes per level drawn and not yet returned.
+        self.left = left
+        #: Bytes per level drawn and not yet returned, and their sum.
         self.held = [0] * len(budget)
+        self.held_total = 0
         self.released = False
 
     def take(self, level: int, nbytes: int) -> Buffer:
@@ -75,7 +77,7 @@ class Reservation:
 
     def total(self) -> int:
         """Bytes this reservation keeps from the arena: left to draw plus drawn."""
-        return sum(self.budget) + sum(self.held)
+        return self.left + self.held_total
 
     @contextmanager
     def active(self) -> Iterator[Reservation]:

@@ -1,9 +1,9 @@
 """The wait registry: every wait in the stack says who waits, for what, and who can end it.
 
 A deadlock is a property of the whole system, not of one wait, so waits are
-recorded centrally where the detector can see them all at once. Memory waits
-are registered by the arena itself; layers above register the others (a page's
-writeback, a response from the peer) with `waiting()`.
+recorded where the detector can see them all at once. Memory waits are the
+arena's own queues (`Arena.memory_waits`); layers above register the others (a
+page's writeback, a response from the peer) here with `waiting()`.
 """
 
 from __future__ import annotations
