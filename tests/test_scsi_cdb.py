@@ -4,6 +4,7 @@ import pytest
 
 from earmark.scsi import cdb
 from earmark.scsi.disk import Disk
+from earmark.scsi.lun import lun_from_u64, lun_to_u64
 from earmark.scsi.plans import ReadPlan, Reply, SyncPlan, UnmapPlan, WritePlan, WriteSamePlan
 from earmark.scsi.sbc import execute
 
@@ -45,12 +46,12 @@ def test_report_luns_round_trip_with_flat_space() -> None:
 
 
 def test_lun_decoding_keeps_unknown_methods_distinct() -> None:
-    assert cdb.decode_lun(0x0001_0000_0000_0000) == 1
+    assert lun_from_u64(0x0001_0000_0000_0000) == 1
     odd = 0x8000_0000_0000_0001
-    assert cdb.decode_lun(odd) == -1 - odd
-    assert cdb.encode_lun(cdb.decode_lun(odd)) == odd
+    assert lun_from_u64(odd) == -1 - odd
+    assert lun_to_u64(lun_from_u64(odd)) == odd
     with pytest.raises(ValueError):
-        cdb.encode_lun(1 << 14)
+        lun_to_u64(1 << 14)
 
 
 def test_device_identification_designators() -> None:

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
+from .lun import lun_from_u64
+
 
 class Opcode(IntEnum):
     TEST_UNIT_READY = 0x00
@@ -234,29 +236,8 @@ def parse_report_luns(data: bytes | memoryview) -> list[int]:
         raise MalformedReply(f"REPORT LUNS data is {len(data)} bytes, needs 8")
     (length,) = struct.unpack_from(">I", data)
     end = min(len(data), 8 + length)
-    return [decode_lun(int.from_bytes(data[pos:pos + 8], "big"))
+    return [lun_from_u64(int.from_bytes(data[pos:pos + 8], "big"))
             for pos in range(8, end - 7, 8)]
-
-
-def encode_lun(lun: int) -> int:
-    """SAM-5 single-level LUN as a 64-bit number: peripheral below 256, flat space above."""
-    if lun < 0:
-        return -1 - lun
-    if lun < 0x100:
-        return lun << 48
-    if lun < 0x4000:
-        return (0x4000 | lun) << 48
-    raise ValueError(f"LUN {lun} is beyond flat-space addressing (max 16383)")
-
-
-def decode_lun(raw: int) -> int:
-    top = raw >> 48
-    if raw & ((1 << 48) - 1) == 0:
-        if top < 0x100:
-            return top
-        if top >> 14 == 1:
-            return top & 0x3FFF
-    return -1 - raw
 
 
 @dataclass(slots=True, frozen=True)

@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import rsoc
-from .cdb import Opcode, ServiceAction, encode_lun
+from .cdb import Opcode, ServiceAction
 from .disk import Disk
 from .inquiry import standard_inquiry, vpd_page
+from .lun import lun_to_u64
 from .mode import mode_sense_data
 from .plans import (
     GOOD,
@@ -429,7 +430,7 @@ def report_luns(cdb: bytes, luns: Sequence[int]) -> Reply:
     if allocation < 16:
         return Reply.error(invalid_field_in_cdb(6, 7))
     listed = [] if select == 0x01 else sorted(luns)  # 01h: well-known LUs only; none
-    body = b"".join(encode_lun(lun).to_bytes(8, "big") for lun in listed)
+    body = b"".join(lun_to_u64(lun).to_bytes(8, "big") for lun in listed)
     return _cut(struct.pack(">II", len(body), 0) + body, allocation)
 
 
