@@ -177,6 +177,28 @@ def test_split_and_handoff_move_memory_between_owners() -> None:
     run(main())
 
 
+def test_absorb_merges_what_is_left() -> None:
+    async def main() -> None:
+        arena = Arena(64 * KIB)
+        a = await arena.reserve({REQUEST: 256, TASK: 64}, owner="page-1")
+        b = await arena.reserve({REQUEST: 256, WIRE: 64}, owner="page-2")
+        a.absorb(b)
+        assert a.budget[REQUEST] == 512 and a.budget[WIRE] == 64 and b.released
+        assert arena.committed == 256 * 2 + 64 * 2
+        with pytest.raises(ReleaseError, match="one was released"):
+            a.absorb(b)
+        c = await arena.reserve({TASK: 64}, owner="page-3")
+        drawn = c.charge(TASK, 64)
+        with pytest.raises(ReleaseError, match="still has 64 B drawn"):
+            a.absorb(c)
+        drawn.free()
+        c.release()
+        a.release()
+        assert arena.committed == 0
+
+    run(main())
+
+
 def test_current_reservation_is_handed_down_through_context() -> None:
     async def deeper() -> int:
         return current_reservation().take(WIRE, 48).nbytes

@@ -403,6 +403,26 @@ class Arena:
         self._reservations.add(part)
         return part
 
+    def _absorb(self, res: Reservation, other: Reservation) -> None:
+        if res.released or other.released:
+            raise ReleaseError(
+                f"cannot merge reservations of {res.owner} and {other.owner}: one was released"
+            )
+        if other.arena is not self or other is res:
+            raise ValueError("only another reservation of the same arena can be merged in")
+        if other.held_total:
+            raise ReleaseError(
+                f"{other.owner} still has {format_bytes(other.held_total)} drawn: return it "
+                "before merging its reservation into another"
+            )
+        for lvl, n in enumerate(other.budget):
+            res.budget[lvl] += n
+        res.left += other.left
+        other.budget = [0] * len(other.budget)
+        other.left = 0
+        other.released = True
+        self._reservations.discard(other)
+
     # ---- returning (called through Allocation) -----------------------------------
 
     def _return_allocation(self, alloc: Allocation, to_reservation: bool) -> None:

@@ -71,6 +71,10 @@ class Reservation:
         """Move part of what is left to a new reservation for another owner (on-behalf-of)."""
         return self.arena._split(self, claims, owner)
 
+    def absorb(self, other: Reservation) -> None:
+        """Take over all that `other` has left (merged work: one request for many pages)."""
+        self.arena._absorb(self, other)
+
     def handoff(self, owner: str) -> None:
         """Make `owner` the holder: the work (and what it holds) changed hands."""
         self.owner = owner
