@@ -166,9 +166,13 @@ class Negotiator:
     makes every session ERL0), for declaratives what we declare.
     ``originate`` names the keys we send unprompted; by default the initiator
     offers everything in ``wants`` and the target only declares.
+    ``irrelevant`` names keys we answer with ``Irrelevant`` (RFC 7143 §6.2.1
+    allows it for keys that do not apply, e.g. InitialR2T in a discovery
+    session) while still catching a peer that sends them twice.
     """
 
     __slots__ = (
+        "_irrelevant",
         "_leading",
         "_offered",
         "_originate",
@@ -188,6 +192,7 @@ class Negotiator:
         *,
         leading: bool = True,
         originate: Iterable[str] | None = None,
+        irrelevant: Iterable[str] = (),
     ) -> None:
         for key in wants:
             if key not in KEYS:
@@ -200,6 +205,7 @@ class Negotiator:
                 k for k in wants if role is Role.INITIATOR or KEYS[k].kind is Kind.DECLARATIVE
             ]
         self._originate = list(originate)
+        self._irrelevant = frozenset(irrelevant)
         self._offered: dict[str, str] = {}
         self._sent: set[str] = set()
         self._received: set[str] = set()
@@ -278,7 +284,7 @@ class Negotiator:
             return IRRELEVANT if key in _IRRELEVANT_KEYS else NOT_UNDERSTOOD
         if kd.sender is not None and kd.sender is self._role:
             raise NegotiationError(f"{key} may only be sent by the {self._role.value}")
-        if kd.leading_only and not self._leading:
+        if (kd.leading_only and not self._leading) or key in self._irrelevant:
             return IRRELEVANT
         if not _valid(kd, value) or value in _SPECIAL_ANSWERS:
             if kd.kind is Kind.DECLARATIVE:
