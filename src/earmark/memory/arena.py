@@ -461,6 +461,20 @@ class Arena:
     def free(self) -> int:
         return self.capacity - self.committed
 
+    def available(self) -> int:
+        """What an ordinary request could be granted now: free memory short of the
+        emergency pool."""
+        return self._limit - self.committed
+
+    @property
+    def waiting(self) -> bool:
+        """Someone is queued for memory (a cheap test for pressure)."""
+        return bool(self._queue or self._emergency_queue)
+
+    def queued_bytes(self) -> int:
+        """What everyone queued for memory asks for, together."""
+        return sum(w.total for w in (*self._emergency_queue, *self._queue))
+
     def _commit(self, level: int, cost: int) -> None:
         """Book a plain allocation."""
         committed = self.committed + cost

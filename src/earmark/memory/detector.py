@@ -61,27 +61,52 @@ def find_deadlock(arena: Arena) -> DeadlockReport | None:
         return None
     rows = arena.holdings()
     lines: list[str] = []
-    # Memory waiters first, the biggest holders first: they are the cycle's spine.
-    for agent in sorted(stuck, key=lambda a: (a not in waits, -holdings.get(a, 0), a)):
+    groups: dict[tuple[str, str], list[str]] = {}
+    # Holders that cannot act first, then the biggest holders: the cycle's spine.
+    for agent in sorted(stuck, key=lambda a: (a in waits, -holdings.get(a, 0), a)):
         wait = waits.get(agent)
         holds = (wait.holds if wait else passive[agent].holds) or arena_words(
             arena, rows.get(agent)
         )
         if wait is not None:
-            lines.append(f"{agent} holds {holds} → waits for {wait.what}")
+            relation = f"waits for {wait.what}"
         else:
-            lines.append(
-                f"{agent} holds {holds} → freed only by {', '.join(passive[agent].freed_by)}"
-            )
-    shown = lines[:_CYCLE_NAMES]
-    if len(lines) > len(shown):
-        shown.append(f"and {len(lines) - len(shown)} more")
+            relation = f"freed only by {_names(passive[agent].freed_by)}"
+        lines.append(f"{agent} holds {holds} → {relation}")
+        groups.setdefault((_family(agent), relation), []).append(agent)
+    shown: list[str] = []
+    for (family, relation), members in groups.items():
+        if len(members) == 1:
+            agent = members[0]
+            shown.append(next(line for line in lines if line.startswith(agent + " ")))
+            continue
+        together = [0] * len(arena.levels)
+        for agent in members:
+            for lvl, n in enumerate(rows.get(agent) or ()):
+                together[lvl] += n
+        plural = relation.replace("waits for", "wait for", 1)
+        shown.append(
+            f"{len(members)} {family}s ({_names(tuple(members))}) hold "
+            f"{arena_words(arena, together)} → {plural}"
+        )
     full = 100 * arena.committed / arena.capacity
     shown.append(
         f"{arena.name} {full:.0f}% full ({format_bytes(arena.committed)} of "
         f"{format_bytes(arena.capacity)})"
     )
     return DeadlockReport(tuple(lines), "; ".join(shown), arena.committed, arena.capacity)
+
+
+def _family(agent: str) -> str:
+    """"writer-17" -> "writer": agents of one kind are reported together."""
+    head, sep, tail = agent.rpartition("-")
+    return head if sep and tail.isdigit() else agent
+
+
+def _names(agents: tuple[str, ...]) -> str:
+    if len(agents) <= _CYCLE_NAMES:
+        return ", ".join(agents)
+    return ", ".join(agents[:_CYCLE_NAMES - 1]) + f", … {len(agents)} in all"
 
 
 def arena_words(arena: Arena, row: list[int] | None) -> str:

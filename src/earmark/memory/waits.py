@@ -9,7 +9,7 @@ page's writeback, a response from the peer) here with `waiting()`.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -41,11 +41,19 @@ class Wait:
 
 @dataclass(slots=True, frozen=True)
 class PassiveHolder:
-    """Memory held by something that cannot act (the dirty part of a page cache)."""
+    """Memory held by something that cannot act (the dirty part of a page cache).
+
+    Who can free it changes from moment to moment (which writebacks are in
+    flight), so it is asked when the detector looks, not told in advance.
+    """
 
     owner: str
-    freed_by: tuple[str, ...]
+    freers: Callable[[], tuple[str, ...]]
     holds: str = ""
+
+    @property
+    def freed_by(self) -> tuple[str, ...]:
+        return self.freers()
 
 
 class WaitRegistry:
@@ -85,9 +93,15 @@ class WaitRegistry:
         finally:
             self.unregister(token)
 
-    def set_passive(self, owner: str, freed_by: tuple[str, ...], holds: str = "") -> None:
+    def set_passive(
+        self,
+        owner: str,
+        freed_by: tuple[str, ...] | Callable[[], tuple[str, ...]],
+        holds: str = "",
+    ) -> None:
         """Declare that what `owner` holds is freed only through the progress of `freed_by`."""
-        self._passive[owner] = PassiveHolder(owner, freed_by, holds)
+        freers = freed_by if callable(freed_by) else (lambda: freed_by)
+        self._passive[owner] = PassiveHolder(owner, freers, holds)
 
     def clear_passive(self, owner: str) -> None:
         self._passive.pop(owner, None)

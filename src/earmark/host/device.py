@@ -1,0 +1,37 @@
+"""What the page cache needs of a block device: I/O, and what each command costs in memory.
+
+The cache reserves a page's writeback memory when the page becomes dirty, so it
+must know, before any I/O, what writing a page back will take on the way down:
+the device answers with `command_cost`. The real one is the iSCSI initiator
+(command PDU, Data-Out headers, R2T and response buffers); `ModelDevice` is an
+in-memory stand-in that draws exactly the same way, for tests and simulation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+
+class PageDevice(Protocol):
+    @property
+    def block_size(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def command_cost(self, write: bool, nbytes: int) -> Mapping[int, int]:
+        """Bytes per level (TASK, WIRE) one command moving `nbytes` draws.
+
+        Must not grow faster than linearly: k one-page commands cost at least as
+        much as one k-page command, so per-page shares always cover a merge.
+        """
+        ...
+
+    async def write_pages(self, offset: int, pages: list[memoryview], *, owner: str) -> None:
+        """Write contiguous pages at `offset`; draws via earmark.memory.draw."""
+        ...
+
+    async def read_page(self, offset: int, page: memoryview, *, owner: str) -> None: ...
+
+    async def flush(self, *, owner: str) -> None: ...

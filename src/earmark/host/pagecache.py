@@ -1,0 +1,449 @@
+"""The write-back page cache: where the memory deadlock lives, under each policy.
+
+Dirty pages fill memory; cleaning them is a write to the device, which needs
+memory on the way down (request, command, Data-Out headers, receive buffers).
+Under `none`, `mempool` and `throttle` that memory is allocated when writeback
+starts, as real kernels do, so a cache full of dirty pages can wedge itself.
+Under `reserve` it was reserved when each page became dirty, so writeback never
+waits for memory and a writer only ever waits holding nothing.
+
+Owners in the arena's books: each writer or reader by name while it waits;
+"cache" for the pages (a passive holder, freed only by writeback and reclaim);
+"flusher" for background writeback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+
+from earmark.host.device import PageDevice
+from earmark.host.policy import HostTuning, Policy
+from earmark.memory import Arena, Buffer, HostLevel, Reservation
+from earmark.memory.draw import draw_charge
+from earmark.memory.levels import PAGE_BYTES, REQUEST_DESCRIPTOR_BYTES
+
+CACHE = "cache"
+FLUSHER = "flusher"
+
+
+class Page:
+    __slots__ = ("buf", "dirtied_at", "dirty", "index", "memory", "share", "writeback")
+
+    def __init__(self, index: int, buf: Buffer, memory: Reservation | None) -> None:
+        self.index = index
+        self.buf = buf
+        #: Under `reserve`: the reservation the page's own buffer was taken from.
+        self.memory = memory
+        #: Under `reserve`, while dirty: what writing this page back will draw on.
+        self.share: Reservation | None = None
+        self.dirty = False
+        self.writeback = False
+        self.dirtied_at = 0.0
+
+
+class PageCache:
+    def __init__(
+        self,
+        arena: Arena,
+        device: PageDevice,
+        policy: Policy,
+        tuning: HostTuning | None = None,
+    ) -> None:
+        if device.size % PAGE_BYTES:
+            raise ValueError(f"device size {device.size} B is not a multiple of the page size")
+        self.arena = arena
+        self.device = device
+        self.policy = policy
+        self.tuning = tuning or HostTuning()
+        self.pages: dict[int, Page] = {}
+        self.clean: OrderedDict[int, Page] = OrderedDict()  # LRU first
+        self.dirty: OrderedDict[int, Page] = OrderedDict()  # oldest dirtied first
+        self.inflight = 0
+        self._changed = asyncio.Event()  # a page became clean, or writeback finished
+        self._kick = asyncio.Event()
+        self._sync_wanted = 0
+        self._flusher: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._dirtied_by: dict[str, int] = {}
+        # What writing one page back takes: the request descriptor and the command.
+        share = _add(device.command_cost(True, PAGE_BYTES),
+                     {HostLevel.REQUEST: REQUEST_DESCRIPTOR_BYTES})
+        page: dict[int, int] = {HostLevel.PAGE: arena.cost(PAGE_BYTES)}
+        read = device.command_cost(False, PAGE_BYTES)
+        self._share: Mapping[int, int] = share
+        self._share_claim = arena.claim(share)
+        self._new_dirty_claim = arena.claim(_add(share, page))
+        self._read_claim = arena.claim(_add(read, page))
+        self._read_and_dirty_claim = arena.claim(_add(share, page, read))
+        self._flush_claim = arena.claim(device.command_cost(False, 0))
+        self._writebacks: set[str] = set()
+        self._writeback_seq = 0
+        arena.waits.set_passive(CACHE, freed_by=self._freers)
+        if policy is not Policy.RESERVE:
+            arena.reclaim = self._direct_reclaim
+
+    def _freers(self) -> tuple[str, ...]:
+        """Who can free the cache's memory now: writebacks in flight, and the flusher
+        while dirty pages wait for it (clean pages go to whoever reclaims)."""
+        flusher = (FLUSHER,) if self.dirty and self._flusher is not None else ()
+        return (*flusher, *sorted(self._writebacks))
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_loop(), name=FLUSHER
+            )
+
+    async def close(self) -> None:
+        """Stop background writeback (dirty pages stay; call fsync first to keep them)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+    # ---- the file-like API ---------------------------------------------------------
+
+    async def pwrite(self, offset: int, data: bytes | memoryview, *, owner: str) -> None:
+        self._check_range(offset, len(data))
+        src = memoryview(data).cast("B")
+        pos = 0
+        while pos < len(src):
+            index, at = divmod(offset + pos, PAGE_BYTES)
+            n = min(PAGE_BYTES - at, len(src) - pos)
+            page = await self._dirty_page(index, whole=(n == PAGE_BYTES), owner=owner)
+            page.buf.view[at : at + n] = src[pos : pos + n]
+            pos += n
+            if self.policy is Policy.THROTTLE:
+                await self._balance_dirty_pages(owner)
+
+    async def pread(self, offset: int, length: int, *, owner: str) -> bytes:
+        self._check_range(offset, length)
+        out = bytearray(length)
+        pos = 0
+        while pos < length:
+            index, at = divmod(offset + pos, PAGE_BYTES)
+            n = min(PAGE_BYTES - at, length - pos)
+            page = await self._cached_page(index, owner=owner)
+            out[pos : pos + n] = page.buf.view[at : at + n]
+            pos += n
+        return bytes(out)
+
+    async def fsync(self, *, owner: str) -> None:
+        """Every page dirtied before the call is on the device, and the device flushed."""
+        self._sync_wanted += 1
+        try:
+            while self.dirty or self.inflight:
+                self._kick.set()
+                await self._wait_changed(owner, "writeback of every dirty page")
+        finally:
+            self._sync_wanted -= 1
+        if self.policy is Policy.RESERVE:
+            res = await self.arena.reserve(self._flush_claim, owner=owner)
+            try:
+                with res.active():
+                    await self.device.flush(owner=owner)
+            finally:
+                res.release()
+        else:
+            await self.device.flush(owner=owner)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "pages": len(self.pages),
+            "dirty": len(self.dirty),
+            "clean": len(self.clean),
+            "writeback_inflight": self.inflight,
+            "device_writes": getattr(self.device, "writes", -1),
+        }
+
+    # ---- getting pages -------------------------------------------------------------
+
+    async def _dirty_page(self, index: int, *, whole: bool, owner: str) -> Page:
+        while True:
+            page = self.pages.get(index)
+            if page is not None and page.writeback:
+                await self._wait_changed(owner, f"writeback of page {index}")
+                continue
+            if page is not None and page.dirty:
+                return page
+            if self.policy is Policy.RESERVE:
+                got = await self._reserve_dirty(index, whole, owner)
+                if got is None:
+                    continue  # the world changed while we waited; look again
+                return got
+            if page is None:
+                page = await self._allocate_page(index, read=not whole, owner=owner)
+                if page is None:
+                    continue
+            self._mark_dirty(page, None, owner)
+            return page
+
+    async def _reserve_dirty(self, index: int, whole: bool, owner: str) -> Page | None:
+        """Under `reserve`: everything the dirty page and its writeback take, at once."""
+        page = self.pages.get(index)
+        if page is not None:
+            claim = self._share_claim
+        elif whole:
+            claim = self._new_dirty_claim
+        else:
+            claim = self._read_and_dirty_claim
+        self._make_room(claim.total)
+        res = await self.arena.reserve(claim, owner=owner)
+        now = self.pages.get(index)
+        if now is not page or (now is not None and (now.dirty or now.writeback)):
+            res.release()
+            return None
+        if page is None:
+            buf = res.take(HostLevel.PAGE, PAGE_BYTES)
+            share = res.split(self._share, owner=CACHE)
+            if not whole:
+                with res.active():
+                    await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
+            # What is left of `res` (the read's share, if any) goes back; the page stays.
+            res.release(self._leftover(res))
+            res.handoff(CACHE)
+            page = Page(index, buf, res)
+            self._insert(page)
+        else:
+            share = res
+            share.handoff(CACHE)
+        self._mark_dirty(page, share, owner)
+        return page
+
+    @staticmethod
+    def _leftover(res: Reservation) -> dict[int, int]:
+        return {lvl: n for lvl, n in enumerate(res.budget) if n}
+
+    async def _cached_page(self, index: int, *, owner: str) -> Page:
+        while True:
+            page = self.pages.get(index)
+            if page is not None:
+                if not page.dirty and not page.writeback:
+                    self.clean.move_to_end(index)
+                return page
+            if self.policy is Policy.RESERVE:
+                self._make_room(self._read_claim.total)
+                res = await self.arena.reserve(self._read_claim, owner=owner)
+                if index in self.pages:
+                    res.release()
+                    continue
+                buf = res.take(HostLevel.PAGE, PAGE_BYTES)
+                with res.active():
+                    await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
+                res.release(self._leftover(res))
+                res.handoff(CACHE)
+                page = Page(index, buf, res)
+                if index in self.pages:  # someone else read it meanwhile
+                    buf.free()
+                    res.release()
+                    continue
+                self._insert(page)
+                return page
+            got = await self._allocate_page(index, read=True, owner=owner)
+            if got is not None:
+                return got
+
+    async def _allocate_page(self, index: int, *, read: bool, owner: str) -> Page | None:
+        """Policies other than reserve: allocate (maybe reclaiming), then read if asked."""
+        buf = await self.arena.allocate(HostLevel.PAGE, PAGE_BYTES, owner=owner)
+        if read:
+            await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
+        if index in self.pages:
+            buf.free()
+            return None
+        buf.handoff(CACHE)
+        page = Page(index, buf, None)
+        self._insert(page)
+        return page
+
+    def _insert(self, page: Page) -> None:
+        self.pages[page.index] = page
+        self.clean[page.index] = page
+
+    def _mark_dirty(self, page: Page, share: Reservation | None, owner: str) -> None:
+        self.clean.pop(page.index, None)
+        page.dirty = True
+        page.share = share
+        page.dirtied_at = asyncio.get_running_loop().time()
+        self.dirty[page.index] = page
+        self._dirtied_by[owner] = self._dirtied_by.get(owner, 0) + 1
+        if len(self.dirty) * PAGE_BYTES > self.tuning.background_ratio * self.arena.capacity:
+            self._kick.set()
+
+    # ---- pressure ------------------------------------------------------------------
+
+    def _make_room(self, need: int) -> None:
+        """Evict clean pages until `need` bytes are free; kick writeback if that is short."""
+        while self.arena.available() < need and self.clean:
+            self._evict(next(iter(self.clean.values())))
+        if self.arena.available() < need:
+            self._kick.set()
+
+    def _evict(self, page: Page) -> int:
+        del self.clean[page.index]
+        del self.pages[page.index]
+        page.buf.free()
+        if page.memory is not None:
+            page.memory.release()
+        return PAGE_BYTES
+
+    async def _direct_reclaim(self, level: int, nbytes: int) -> int:
+        """The allocating task reclaims: clean pages first, else it writes dirty ones back."""
+        freed = 0
+        while freed < nbytes and self.clean:
+            freed += self._evict(next(iter(self.clean.values())))
+        if freed >= nbytes or not self.dirty:
+            return freed
+        task = asyncio.current_task()
+        name = task.get_name() if task is not None else "reclaim"
+        run = self._take_run()
+        await self._write_run(run, owner=name)
+        while freed < nbytes and self.clean:
+            freed += self._evict(next(iter(self.clean.values())))
+        return freed
+
+    async def _balance_dirty_pages(self, owner: str) -> None:
+        """THROTTLE: every `ratelimit` pages, wait while over the dirty threshold."""
+        count = self._dirtied_by.get(owner, 0)
+        if count % self.tuning.ratelimit_pages:
+            return
+        limit = self.tuning.dirty_ratio * self.arena.capacity
+        while len(self.dirty) * PAGE_BYTES > limit:
+            self._kick.set()
+            await self._wait_changed(owner, "the dirty count to drop below the limit")
+
+    async def _wait_changed(self, owner: str, what: str) -> None:
+        self._changed.clear()
+        loop = asyncio.get_running_loop()
+        wakers = (FLUSHER, *sorted(self._writebacks))
+        with self.arena.waits.waiting(owner, what, wakers=wakers, now=loop.time()):
+            await self._changed.wait()
+
+    # ---- writeback -----------------------------------------------------------------
+
+    def _take_run(self) -> list[Page]:
+        """The oldest dirty page and its dirty neighbours, marked under writeback."""
+        first = next(iter(self.dirty.values()))
+        lo = hi = first.index
+        limit = self.tuning.max_request_pages
+        while hi - lo + 1 < limit and self._is_dirty(hi + 1):
+            hi += 1
+        while hi - lo + 1 < limit and self._is_dirty(lo - 1):
+            lo -= 1
+        run = [self.pages[i] for i in range(lo, hi + 1)]
+        for page in run:
+            del self.dirty[page.index]
+            page.writeback = True
+        return run
+
+    def _is_dirty(self, index: int) -> bool:
+        page = self.pages.get(index)
+        return page is not None and page.dirty and not page.writeback
+
+    async def _write_run(self, run: list[Page], *, owner: str) -> None:
+        self.inflight += 1
+        self._writebacks.add(owner)
+        try:
+            views = [p.buf.view for p in run]
+            offset = run[0].index * PAGE_BYTES
+            if self.policy is Policy.RESERVE:
+                merged = run[0].share
+                assert merged is not None
+                for page in run[1:]:
+                    assert page.share is not None
+                    merged.absorb(page.share)
+                with merged.active():
+                    desc = await draw_charge(
+                        self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES, owner=owner
+                    )
+                    await self.device.write_pages(offset, views, owner=owner)
+                desc.free()
+                merged.release()
+            else:
+                desc = await draw_charge(
+                    self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES, owner=owner
+                )
+                try:
+                    await self.device.write_pages(offset, views, owner=owner)
+                finally:
+                    desc.free()
+            for page in run:
+                page.share = None
+                page.dirty = False
+                page.writeback = False
+                self.clean[page.index] = page
+        finally:
+            self.inflight -= 1
+            self._writebacks.discard(owner)
+            self._changed.set()
+        if self.arena.waiting:
+            # Someone waits for memory and pages just became clean: evict them for it,
+            # as kswapd does when allocations stall (under `reserve`, writers wait at
+            # admission, and clean pages are what frees their memory).
+            self._make_room(self.arena.queued_bytes())
+
+    def _should_flush(self, now: float) -> bool:
+        if not self.dirty:
+            return False
+        if self._sync_wanted or self.arena.waiting:
+            return True
+        if len(self.dirty) * PAGE_BYTES > self.tuning.background_ratio * self.arena.capacity:
+            return True
+        oldest = next(iter(self.dirty.values()))
+        return now - oldest.dirtied_at >= self.tuning.dirty_expire_s
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        running = self._running
+        while True:
+            busy = len(running) >= self.tuning.writeback_depth
+            if busy or not self._should_flush(loop.time()):
+                self._kick.clear()
+                # At full depth the flusher waits on its own writebacks; idle, on nothing.
+                wakers = tuple(sorted(self._writebacks)) if busy else ()
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
+                with self._flusher_wait(wakers, loop.time()), suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._kick.wait()
+                continue
+            run = self._take_run()
+            self._writeback_seq += 1
+            name = f"writeback-{self._writeback_seq}"
+            if self.policy is Policy.MEMPOOL:
+                with self.arena.memalloc():  # the flusher may use the reserve (PF_MEMALLOC)
+                    task = loop.create_task(self._write_run(run, owner=name), name=name)
+            else:
+                task = loop.create_task(self._write_run(run, owner=name), name=name)
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _task: self._kick.set())
+
+    @contextmanager
+    def _flusher_wait(self, wakers: tuple[str, ...], now: float) -> Iterator[None]:
+        if not wakers:
+            yield
+            return
+        with self.arena.waits.waiting(FLUSHER, "its writebacks", wakers=wakers, now=now):
+            yield
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.device.size:
+            raise ValueError(
+                f"{length} B at offset {offset} is outside the {self.device.size} B device"
+            )
+
+
+def _add(*claims: Mapping[int, int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for claim in claims:
+        for lvl, n in claim.items():
+            out[lvl] = out.get(lvl, 0) + n
+    return out

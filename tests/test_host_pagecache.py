@@ -1,0 +1,99 @@
+"""The page cache over a model device: file semantics, and each policy's fate.
+
+The model device spends memory exactly as the iSCSI initiator does (command PDU,
+R2T and response buffers, Data-Out headers, each when the real path needs it),
+so these are the demo's scenarios in miniature, on the real cache code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+import pytest
+
+from earmark.host.modeldevice import ModelDevice
+from earmark.host.pagecache import PageCache
+from earmark.host.policy import HostTuning, Policy
+from earmark.host.workload import RunResult, Workload, run_writers
+from earmark.memory import Arena, check_level_order
+from earmark.memory.levels import PAGE_BYTES
+
+ARENA = 512 * 1024
+DEVICE = 8 << 20
+
+
+def arena_for(policy: Policy) -> Arena:
+    emergency = ARENA // 25 // 64 * 64 if policy is Policy.MEMPOOL else 0
+    return Arena(ARENA, emergency=emergency)
+
+
+def scenario(policy: Policy, writers: int, *, validate: bool = False) -> tuple[RunResult, bool]:
+    async def main() -> tuple[RunResult, bool]:
+        arena = arena_for(policy)
+        if validate:
+            arena.validator = check_level_order
+        device = ModelDevice(arena, DEVICE, latency=0.001)
+        work = Workload(writers, max(4, 512 // writers), DEVICE // PAGE_BYTES // 4, stall_s=5)
+        result = await run_writers(arena, device, policy, work)
+        verified = all(
+            zlib.crc32(device.snapshot(i * PAGE_BYTES, PAGE_BYTES)) == crc
+            for i, crc in result.expected.items()
+        )
+        assert arena.high_water <= arena.capacity
+        return result, verified
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("writers", [1, 16, 256])
+def test_none_deadlocks_and_names_the_cycle(writers: int) -> None:
+    result, _ = scenario(Policy.NONE, writers)
+    assert result.outcome == "deadlocked"
+    assert result.cycle is not None
+    assert "cache holds" in result.cycle and "freed only by" in result.cycle
+    assert "watchdog" not in result.cycle, "the cycle must be named, not timed out"
+
+
+@pytest.mark.parametrize(("policy", "writers", "outcome"), [
+    (Policy.MEMPOOL, 1, "completed"),
+    (Policy.MEMPOOL, 256, "deadlocked"),
+    (Policy.THROTTLE, 1, "completed"),
+    (Policy.THROTTLE, 256, "deadlocked"),
+])
+def test_mempool_and_throttle_survive_one_writer_not_many(
+    policy: Policy, writers: int, outcome: str
+) -> None:
+    result, verified = scenario(policy, writers)
+    assert result.outcome == outcome, result.cycle
+    if outcome == "completed":
+        assert verified
+    else:
+        assert result.cycle is not None and "watchdog" not in result.cycle
+
+
+@pytest.mark.parametrize("writers", [1, 16, 256])
+def test_reserve_completes_and_verifies_under_the_validator(writers: int) -> None:
+    result, verified = scenario(Policy.RESERVE, writers, validate=True)
+    assert result.outcome == "completed", result.cycle
+    assert verified and result.expected
+    assert result.peak_arena_bytes <= result.arena_bytes
+
+
+def test_file_semantics_partial_pages_and_fsync() -> None:
+    async def main() -> None:
+        arena = Arena(256 * 1024)
+        device = ModelDevice(arena, 1 << 20)
+        cache = PageCache(arena, device, Policy.RESERVE, HostTuning(dirty_expire_s=3600))
+        cache.start()
+        assert await cache.pread(100, 50, owner="r") == bytes(50)
+        await cache.pwrite(4090, b"across a page boundary", owner="w")
+        assert await cache.pread(4090, 22, owner="r") == b"across a page boundary"
+        assert device.snapshot(4090, 22) == bytes(22), "write-back, not write-through"
+        await cache.fsync(owner="w")
+        assert device.snapshot(4090, 22) == b"across a page boundary"
+        with pytest.raises(ValueError, match="outside the 1048576 B device"):
+            await cache.pwrite((1 << 20) - 2, b"abc", owner="w")
+        await cache.close()
+
+    asyncio.run(main())
