@@ -224,7 +224,6 @@ class Arena:
         timeout: float | None,
         make: Callable[[], Allocation],
     ) -> object:
-        amounts = Claim({level: cost}, self.levels).amounts
         emergency = _MEMALLOC.get()
         limit = self.capacity if emergency else self.capacity - self.emergency
         if cost > limit:
@@ -243,6 +242,7 @@ class Arena:
                 return make()
         if self.validator is not None:
             self.validator(self, owner, [level], False)
+        amounts = Claim({level: cost}, self.levels).amounts
         return await self._wait(amounts, cost, owner, emergency, timeout, make)
 
     def _can_grant_now(self, cost: int, emergency: bool) -> bool:
