@@ -1,0 +1,497 @@
+"""One target connection on asyncio: login, then the full-feature session, on one reader.
+
+A `BufferedProtocol` reads into the connection's receive buffer (a RECV reservation
+held for the connection's life) as many PDUs as the socket has, and parses them
+in a batch. A Data-Out's data segment is read straight into the command's
+reserved buffer: once the BHS is in, `session.placement` names the views, what
+already arrived is moved there and the rest of the segment is received into them
+directly. Replies go out with one `writelines` per batch; backing I/O runs on the
+server's thread pool. No task per PDU: the only tasks are the connection's
+admission (reserving more command slots) and, under `--policy none`, allocations.
+
+Ordering contract with the session: everything `data_to_send` returns is written
+(`writelines` copies what it cannot send at once) before the next event starts,
+because Data-In may point into a buffer the next event reuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from crc32c import crc32c
+
+from earmark.iscsi.digest import DIGEST_LENGTH, header_digest, padding
+from earmark.iscsi.discovery import TextResponder, discovery_answer
+from earmark.iscsi.errors import DigestError, ProtocolError
+from earmark.iscsi.framing import serialize
+from earmark.iscsi.login import LOGIN_MAX_SEGMENT, TargetLogin
+from earmark.iscsi.opcodes import RejectReason
+from earmark.iscsi.pdu import BHS_LENGTH, LoginRequest, bhs_lengths, decode_pdu
+from earmark.memory import Buffer, Reservation
+from earmark.memory.levels import TargetLevel
+from earmark.scsi.sense import ScsiError, SenseKey
+from earmark.target.events import AllocRequest, CloseConnection, IoRequest
+from earmark.target.executor import run_io
+from earmark.target.session import Policy, TargetSession
+
+if TYPE_CHECKING:
+    from earmark.runtime.server import TargetServer
+
+log = logging.getLogger(__name__)
+
+#: Largest AHS a BHS can announce (TotalAHSLength is one byte of 4-byte words).
+_MAX_AHS = 255 * 4
+
+
+def recv_buffer_bytes(mrdsl: int) -> int:
+    """The RECV reservation of one connection: the largest PDU we accept, rounded up
+    to a power of two so the arena hands it out as one run."""
+    need = BHS_LENGTH + _MAX_AHS + 2 * DIGEST_LENGTH + mrdsl + 3
+    return 1 << (need - 1).bit_length()
+
+
+class TargetConnection(asyncio.BufferedProtocol):
+    def __init__(self, server: TargetServer, name: str) -> None:
+        self.server = server
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.session: TargetSession | None = None
+        self._login: TargetLogin | None = None
+        self._reservation: Reservation | None = None
+        self._recv: Buffer | None = None
+        self._rb = memoryview(bytearray(0))
+        self._pos = 0
+        self._end = 0
+        #: Data segment views being received into directly, and how the PDU ends.
+        self._into: list[memoryview] = []
+        self._placed: list[memoryview] | None = None
+        self._header_digest = False
+        self._data_digest = False
+        self._limit = LOGIN_MAX_SEGMENT
+        self._stat_sn = 0
+        self._first_slot: Reservation | None = None
+        self._admission: asyncio.Task[None] | None = None
+        self._allocs: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._setup: asyncio.Task[None] | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # -------------------------------------------------------------- lifecycle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()
+        self._setup = asyncio.ensure_future(self._reserve_connection())
+
+    async def _reserve_connection(self) -> None:
+        """Hold the receive buffer and one command slot before reading a byte."""
+        server = self.server
+        claims: dict[int, int] = {TargetLevel.RECV: server.recv_bytes}
+        if server.config.policy is Policy.RESERVE:
+            claims.update(server.slot_claims)
+        try:
+            res = await server.arena.reserve(claims, owner=f"{self.name}/admit")
+        except Exception as exc:  # ClaimTooLargeError: the arena cannot hold one connection
+            log.error("%s: refused: %s", self.name, exc)
+            self._close()
+            return
+        if self._closing:
+            res.release()
+            return
+        res.handoff(self.name)
+        self._reservation = res
+        server.arena.waits.set_passive(self.name, (self.name,), "its receive buffer")
+        if server.config.policy is Policy.RESERVE:
+            self._first_slot = res.split(server.slot_claims, owner=f"{self.name}/slots")
+        recv = res.take(TargetLevel.RECV, server.recv_bytes)
+        if len(recv.segments) != 1:
+            recv.put_back()
+            log.error("%s: refused: the arena is too fragmented for a receive buffer", self.name)
+            self._close()
+            return
+        self._recv = recv
+        self._rb = recv.view
+        self._login = TargetLogin(
+            server.login_targets, portal_group_tag=1, wants=server.login_wants,
+            allocate_tsih=server.allocate_tsih,
+        )
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._setup is not None:
+            self._setup.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._admission is not None:
+            self._admission.cancel()
+        for task in self._allocs:
+            task.cancel()
+        slots: list[Reservation] = []
+        if self.session is not None:
+            slots = self.session.close()
+            self.server.session_ended(self)
+            self.session = None
+        if self._first_slot is not None:
+            slots.append(self._first_slot)
+            self._first_slot = None
+        for slot in slots:
+            slot.release()
+        if self._recv is not None:
+            self._recv.put_back()
+            self._recv = None
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
+        self.server.arena.waits.clear_passive(self.name)
+        self.server.connection_closed(self)
+        self.idle.set()
+
+    def _close(self, reason: str = "", error: bool = False) -> None:
+        if reason:
+            (log.warning if error else log.info)("%s: closing: %s", self.name, reason)
+        self._closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -------------------------------------------------------------- receiving
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._into:
+            return self._into[0]
+        if self._end == len(self._rb):
+            self._compact()
+        return self._rb[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._into:
+            head = self._into[0]
+            if nbytes < len(head):
+                self._into[0] = head[nbytes:]
+                return
+            self._into.pop(0)
+            if self._into:
+                return
+        else:
+            self._end += nbytes
+        self._guarded(self._parse)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run `step` and send what it produced; whatever goes wrong ends only this
+        connection, with a log line, never the server."""
+        try:
+            step()
+            self._pump()
+        except ProtocolError as exc:
+            self._fatal(exc.reason)
+        except Exception:
+            log.exception("%s: internal error; closing the connection", self.name)
+            self._close()
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def _compact(self) -> None:
+        rb, pos, end = self._rb, self._pos, self._end
+        if pos:
+            rb[: end - pos] = rb[pos:end]
+            self._pos, self._end = 0, end - pos
+
+    def _parse(self) -> None:
+        rb = self._rb
+        hd = DIGEST_LENGTH if self._header_digest else 0
+        while not self._closing and self._blocked() is False:
+            pos, avail = self._pos, self._end - self._pos
+            if avail < BHS_LENGTH:
+                break
+            bhs = rb[pos : pos + BHS_LENGTH]
+            ahs_len, dsl = bhs_lengths(bhs)
+            if dsl > self._limit:
+                self._reject_and_close(bhs, f"data segment of {dsl} B exceeds "
+                                       f"MaxRecvDataSegmentLength {self._limit}")
+                return
+            head = BHS_LENGTH + ahs_len + hd
+            if avail < head:
+                self._make_room(head)
+                break
+            if hd and header_digest(rb[pos : pos + BHS_LENGTH + ahs_len]) != rb[pos + head - hd :
+                                                                                pos + head]:
+                raise DigestError("header digest mismatch", header=True)
+            dd = DIGEST_LENGTH if self._data_digest and dsl else 0
+            tail = (-dsl & 3) + dd
+            placed = self._placed
+            if placed is None and avail - head < dsl and self.session is not None:
+                views = self.session.placement(bhs)
+                if views is not None:
+                    have = min(avail - head, dsl)
+                    self._fill_from_rb(views, pos + head, have)
+                    # The segment's bytes in rb are moved out: what follows it will be
+                    # read in at pos + head, where the segment began.
+                    rest = _skip(views, have)
+                    self._end = pos + head + (avail - head - have)
+                    if avail - head - have:
+                        rb[pos + head : self._end] = rb[pos + head + have : pos + avail]
+                    self._placed = placed = views
+                    if rest:
+                        self._into = rest
+                        return
+            data_len = 0 if placed is not None else dsl
+            total = head + data_len + tail
+            if avail < total:
+                self._make_room(total)
+                break
+            data_at = pos + head
+            data: memoryview | bytes
+            if placed is not None:
+                data = placed[0] if len(placed) == 1 else b"".join(placed)
+            else:
+                data = rb[data_at : data_at + dsl]
+            if dd:
+                crc = crc32c(padding(dsl), _crc(placed) if placed is not None
+                             else crc32c(data))
+                wire = rb[data_at + data_len + tail - dd : data_at + data_len + tail]
+                if crc.to_bytes(4, "little") != wire:
+                    self._placed = None
+                    self._pos = pos + total
+                    self._reject_and_close(bhs, f"data digest mismatch on a {dsl}-byte segment",
+                                           RejectReason.DATA_DIGEST_ERROR)
+                    return
+            self._placed = None
+            self._pos = pos + total
+            try:
+                pdu = decode_pdu(bhs, rb[pos + BHS_LENGTH : pos + BHS_LENGTH + ahs_len], data)
+            except ProtocolError as exc:
+                reason = (RejectReason.COMMAND_NOT_SUPPORTED if "opcode" in exc.reason
+                          else RejectReason.PROTOCOL_ERROR)
+                if self.session is None:
+                    self._fatal(exc.reason)
+                    return
+                log.info("%s: rejecting a PDU: %s", self.name, exc.reason)
+                self.session.reject(bhs, reason)
+                continue
+            if self.session is not None:
+                self.session.receive(pdu, self.server.loop.time(), placed=placed is not None)
+            else:
+                self._login_pdu(pdu)
+        if self._pos == self._end:
+            self._pos = self._end = 0
+
+    def _blocked(self) -> bool:
+        session = self.session
+        if session is not None and session.blocked is not None:
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return True
+        return False
+
+    def _make_room(self, total: int) -> None:
+        if self._pos + total > len(self._rb):
+            self._compact()
+
+    def _fill_from_rb(self, views: list[memoryview], at: int, n: int) -> None:
+        rb = self._rb
+        for view in views:
+            if n <= 0:
+                break
+            k = min(len(view), n)
+            view[:k] = rb[at : at + k]
+            at += k
+            n -= k
+
+    def _reject_and_close(self, bhs: memoryview, reason: str,
+                          code: RejectReason = RejectReason.PROTOCOL_ERROR) -> None:
+        if self.session is not None:
+            self.session.reject(bhs, code)
+        self._fatal(reason)
+
+    def _fatal(self, reason: str) -> None:
+        self._pump()
+        self._close(reason, error=True)
+
+    # ------------------------------------------------------------------ login
+
+    def _login_pdu(self, pdu: object) -> None:
+        login = self._login
+        if not isinstance(pdu, LoginRequest) or login is None:
+            self._fatal(f"{type(pdu).__name__} before login completed")
+            return
+        slots = 1 if self.server.config.policy is Policy.RESERVE else self.server.config.window
+        resp = login.receive(pdu, exp_cmd_sn=pdu.cmd_sn,
+                             max_cmd_sn=(pdu.cmd_sn + slots - 1) & 0xFFFFFFFF,
+                             stat_sn=self._stat_sn)
+        self._stat_sn = (self._stat_sn + 1) & 0xFFFFFFFF
+        self._write(serialize(resp, False, False))
+        if login.failed:
+            self._close(f"login refused: {login.reason}", error=True)
+            return
+        if login.done:
+            self._start_session(login, pdu.cmd_sn)
+
+    def _start_session(self, login: TargetLogin, cmd_sn: int) -> None:
+        server = self.server
+        params = login.params
+        target = login.target
+        initiator = login.initiator_name or "?"
+        units = server.units_of(target.iqn) if target is not None else {}
+        answer = discovery_answer(server.login_targets, server.portals, initiator_name=initiator,
+                                  session_target=target.iqn if target is not None else None)
+        slots = [self._first_slot] if self._first_slot is not None else []
+        self._first_slot = None
+        self.session = TargetSession(
+            params, units, exp_cmd_sn=cmd_sn, stat_sn=self._stat_sn, slots=slots,
+            config=server.config, name=self.name, now=server.loop.time(),
+            text=TextResponder(answer, max_segment=params.initiator_mrdsl),
+        )
+        self._header_digest, self._data_digest = params.header_digest, params.data_digest
+        self._limit = params.target_mrdsl
+        self._login = None
+        log.info("%s: %s session for %s with %s", self.name, login.session_type, initiator,
+                 target.iqn if target is not None else "discovery")
+        server.session_started(self)
+
+    # ---------------------------------------------------------------- sending
+
+    def _write(self, pieces: list[bytes | memoryview]) -> None:
+        if pieces and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(pieces)
+
+    def _pump(self) -> None:
+        """Send what the session queued, then start what it asked for."""
+        session = self.session
+        if session is None:
+            return
+        self._write(session.data_to_send())
+        loop = self.server.loop
+        while (event := session.next_event()) is not None:
+            if isinstance(event, IoRequest):
+                fut = loop.run_in_executor(self.server.pool, run_io, event)
+                fut.add_done_callback(self._io_callback(event))
+            elif isinstance(event, AllocRequest):
+                task = asyncio.ensure_future(self._allocate(event))
+                self._allocs.add(task)
+                task.add_done_callback(self._allocs.discard)
+            elif isinstance(event, CloseConnection):
+                self._write(session.data_to_send())
+                self._close(event.reason, event.error)
+        self._write(session.data_to_send())
+        self._rearm_timer()
+        if session.slot_demand() and self._admission is None and not self._closing:
+            self._admission = asyncio.ensure_future(self._admit())
+        if session.tasks:
+            self.idle.clear()
+        else:
+            self.idle.set()
+
+    def _io_callback(self, io: IoRequest) -> Callable[[asyncio.Future[bytes]], None]:
+        def done(fut: asyncio.Future[bytes]) -> None:
+            session = self.session
+            if session is None:
+                return
+            if fut.cancelled():
+                sense = _internal_error()
+            elif fut.exception() is not None:
+                log.error("%s: backing I/O failed: %r", self.name, fut.exception())
+                sense = _internal_error()
+            else:
+                sense = fut.result()
+            self._guarded(lambda: session.io_done(io, sense))
+            if not self._closing and session.blocked is None and self.transport is not None:
+                self._resume()
+
+        return done
+
+    def _resume(self) -> None:
+        if self._into or self.transport is None:
+            return
+        if self._pos < self._end:
+            self._guarded(self._parse)
+        if self.session is not None and self.session.blocked is None and not self._closing:
+            self.transport.resume_reading()
+
+    async def _allocate(self, req: AllocRequest) -> None:
+        """`--policy none`: plain allocation on demand, which may wait for memory."""
+        owner = f"{self.name}/{req.task.owner}"
+        buf = await self.server.arena.allocate(TargetLevel.BUFFER, req.nbytes, owner=owner)
+        session = self.session
+        if session is None or self._closing:
+            buf.free()
+            return
+        session.allocated(req, buf)
+        self._pump()
+        if req.blocking:
+            self._resume()
+
+    async def _admit(self) -> None:
+        """Reserve command slots while the session wants more: its window grows."""
+        server = self.server
+        try:
+            while (session := self.session) is not None and session.slot_demand():
+                res = await server.arena.reserve(server.slot_claims, owner=f"{self.name}/admit")
+                if self._closing or self.session is None:
+                    res.release()
+                    return
+                res.handoff(f"{self.name}/slots")
+                session.add_slot(res)
+        finally:
+            self._admission = None
+
+    def _rearm_timer(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        when = session.timer()
+        if self._timer is not None:
+            if when is not None and self._timer.when() == when:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if when is not None:
+            self._timer = self.server.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.session is not None and not self._closing:
+            self.session.handle_timer(self.server.loop.time())
+            self._pump()
+
+    # ----------------------------------------------------------------- stopping
+
+    def kick(self) -> None:
+        """The session's share of slots changed: start admission if it wants more."""
+        if not self._closing:
+            self._pump()
+
+    def busy(self) -> bool:
+        return self.session is not None and bool(self.session.tasks)
+
+    def abort(self, reason: str) -> None:
+        self._close(reason, error=True)
+
+
+def _skip(views: list[memoryview], n: int) -> list[memoryview]:
+    out: list[memoryview] = []
+    for view in views:
+        if n >= len(view):
+            n -= len(view)
+            continue
+        out.append(view[n:])
+        n = 0
+    return out
+
+
+def _crc(views: list[memoryview]) -> int:
+    crc = 0
+    for view in views:
+        crc = crc32c(view, crc)
+    return crc
+
+
+def _internal_error() -> bytes:
+    return ScsiError(SenseKey.HARDWARE_ERROR, 0x44, 0x00).sense()

@@ -1,0 +1,134 @@
+"""Runs one window of an SBC plan against a backing store; blocking, so off the event loop.
+
+The session cuts every plan into windows that fit the command's reserved buffer
+(reused window after window); this module does the I/O of one window and turns
+failures into sense data. The only memory it takes outside the arena is the
+scratch a comparison needs (VERIFY with BYTCHK, COMPARE AND WRITE, ORWRITE):
+bounded by one window, and those commands are rare.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from earmark.scsi.plans import (
+    CompareAndWritePlan,
+    OrWritePlan,
+    ReadPlan,
+    SyncPlan,
+    UnmapPlan,
+    VerifyPlan,
+    WritePlan,
+    WriteSamePlan,
+    first_mismatch,
+)
+from earmark.scsi.sense import ScsiError, miscompare, unrecovered_read_error, write_error
+from earmark.target.backing import Backing, BackingError
+from earmark.target.events import IoRequest
+from earmark.target.segments import total
+
+log = logging.getLogger(__name__)
+
+#: Blocks written per pwritev by WRITE SAME (one iovec per block).
+_SAME_BATCH = 256
+
+
+def run_io(io: IoRequest) -> bytes:
+    """Do `io`; sense data on failure, b"" on success. Never raises for I/O errors."""
+    plan = io.plan
+    backing = io.unit.backing
+    bs = io.unit.disk.block_size
+    try:
+        if isinstance(plan, ReadPlan):
+            backing.readinto(plan.lba * bs + io.offset, io.views)
+        elif isinstance(plan, WritePlan):
+            backing.write(plan.lba * bs + io.offset, io.views)
+            if plan.fua and io.last:
+                backing.sync()
+        elif isinstance(plan, VerifyPlan):
+            _verify(backing, plan, bs, io)
+        elif isinstance(plan, WriteSamePlan):
+            _write_same(backing, plan, bs, io)
+        elif isinstance(plan, UnmapPlan):
+            for ext in plan.extents:
+                backing.punch(ext.lba * bs, ext.nblocks * bs)
+        elif isinstance(plan, SyncPlan):
+            backing.sync()
+        elif isinstance(plan, CompareAndWritePlan):
+            with io.unit.atomic:
+                _compare_and_write(backing, plan, bs, io)
+        elif isinstance(plan, OrWritePlan):
+            with io.unit.atomic:
+                _or_write(backing, plan, bs, io)
+    except ScsiError as exc:
+        return exc.sense()
+    except (BackingError, OSError) as exc:
+        log.error("LUN %d: %s at LBA %s", io.unit.number, exc, getattr(plan, "lba", "-"))
+        lba = getattr(plan, "lba", None)
+        reading = isinstance(plan, ReadPlan | VerifyPlan)
+        return (unrecovered_read_error(lba) if reading else write_error(lba)).sense()
+    return b""
+
+
+def _read(backing: Backing, offset: int, n: int) -> memoryview:
+    scratch = memoryview(bytearray(n))
+    backing.readinto(offset, [scratch])
+    return scratch
+
+
+def _verify(backing: Backing, plan: VerifyPlan, bs: int, io: IoRequest) -> None:
+    expected = b"".join(io.views)
+    if plan.bytchk == 1:
+        actual = _read(backing, plan.lba * bs + io.offset, len(expected))
+        where = first_mismatch(expected, actual)
+        if where is not None:
+            raise miscompare(io.offset + where)
+    elif plan.bytchk == 3:
+        # One block of Data-Out compared with every block of the range.
+        step = _SAME_BATCH
+        for first in range(0, plan.nblocks, step):
+            n = min(step, plan.nblocks - first)
+            actual = _read(backing, (plan.lba + first) * bs, n * bs)
+            for i in range(n):
+                where = first_mismatch(expected, actual[i * bs : (i + 1) * bs])
+                if where is not None:
+                    raise miscompare((first + i) * bs + where)
+    else:
+        # BYTCHK 0: only that the blocks can be read, a window at a time.
+        step = _SAME_BATCH
+        for first in range(0, plan.nblocks, step):
+            _read(backing, (plan.lba + first) * bs, min(step, plan.nblocks - first) * bs)
+
+
+def _write_same(backing: Backing, plan: WriteSamePlan, bs: int, io: IoRequest) -> None:
+    block = memoryview(bytes(bs)) if plan.ndob else memoryview(b"".join(io.views))
+    if plan.unmap and not any(block):
+        backing.punch(plan.lba * bs, plan.nblocks * bs)
+        return
+    # The same block repeated as iovecs: one pwritev per batch, no copy of the data.
+    for first in range(0, plan.nblocks, _SAME_BATCH):
+        n = min(_SAME_BATCH, plan.nblocks - first)
+        backing.write((plan.lba + first) * bs, [block] * n)
+
+
+def _compare_and_write(backing: Backing, plan: CompareAndWritePlan, bs: int, io: IoRequest) -> None:
+    half = plan.nblocks * bs
+    data = b"".join(io.views)
+    actual = _read(backing, plan.lba * bs, half)
+    where = first_mismatch(memoryview(data)[:half], actual)
+    if where is not None:
+        raise miscompare(where)
+    backing.write(plan.lba * bs, [memoryview(data)[half:]])
+    if plan.fua:
+        backing.sync()
+
+
+def _or_write(backing: Backing, plan: OrWritePlan, bs: int, io: IoRequest) -> None:
+    n = total(io.views)
+    offset = plan.lba * bs + io.offset
+    actual = _read(backing, offset, n)
+    mask = int.from_bytes(b"".join(io.views), "big")
+    merged = (int.from_bytes(actual, "big") | mask).to_bytes(n, "big")
+    backing.write(offset, [memoryview(merged)])
+    if plan.fua and io.last:
+        backing.sync()

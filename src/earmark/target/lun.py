@@ -1,0 +1,20 @@
+"""A logical unit as the target serves it: what SCSI sees (Disk) and where the data lives."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from earmark.scsi.disk import Disk
+from earmark.target.backing import Backing
+
+
+@dataclass(slots=True, eq=False)
+class LogicalUnit:
+    """One LUN. `atomic` serialises the read-modify-write plans (COMPARE AND WRITE,
+    ORWRITE) against each other, since they run on a thread pool."""
+
+    number: int
+    disk: Disk
+    backing: Backing
+    atomic: threading.Lock = field(default_factory=threading.Lock)

@@ -1,0 +1,775 @@
+"""The target's full-feature phase of one session (one connection, ERL 0), sans-I/O.
+
+PDUs and the time go in; wire bytes, backing I/O requests and memory requests
+come out (`data_to_send`, `next_event`), and their outcomes come back (`io_done`,
+`allocated`). No socket, clock, thread or arena wait is touched here, so the
+runtime, the simulator and the tests all drive the same object.
+
+Admission by reservation (DESIGN.md §1 point 5): every command slot the session
+advertises through MaxCmdSN is a reservation it already holds (SLOT plus one
+burst-sized BUFFER). A command arriving in the window therefore finds its memory
+waiting: its unsolicited data lands in the slot's buffer, R2Ts are sent only for
+that buffer, Data-In is read into it chunk by chunk. The window grows only when
+the runtime hands the session another granted reservation (`add_slot`), and a
+finished command's slot is kept for the next one unless the session holds more
+than its share (`slot_target`), in which case it goes back to the arena.
+
+Under `--policy none` the window is fixed and buffers are allocated on demand,
+burst by burst, held until the command completes: the reassembly deadlock.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from earmark.iscsi.discovery import TextResponder
+from earmark.iscsi.errors import ProtocolError
+from earmark.iscsi.framing import serialize
+from earmark.iscsi.negotiation import SessionParams
+from earmark.iscsi.opcodes import LogoutReason, Opcode, RejectReason, TmfFunction, TmfResponse
+from earmark.iscsi.pdu import (
+    BHS_LENGTH,
+    R2T,
+    RESERVED_TAG,
+    DataIn,
+    DataOut,
+    LogoutRequest,
+    LogoutResponse,
+    NopIn,
+    NopOut,
+    Pdu,
+    Reject,
+    ScsiCommand,
+    ScsiResponse,
+    TaskMgmtRequest,
+    TaskMgmtResponse,
+    TextRequest,
+    TextResponse,
+    bhs_lengths,
+    encode_header,
+    sense_segment,
+)
+from earmark.memory import Buffer, Reservation
+from earmark.memory.levels import TargetLevel
+from earmark.scsi import sbc
+from earmark.scsi.plans import (
+    CompareAndWritePlan,
+    ReadPlan,
+    Reply,
+    WriteSamePlan,
+)
+from earmark.scsi.sense import ScsiError, ScsiStatus, SenseKey
+from earmark.target.events import AllocRequest, CloseConnection, Event, IoRequest
+from earmark.target.lun import LogicalUnit
+from earmark.target.segments import cut, fill
+from earmark.target.task import Sequence, Task
+
+log = logging.getLogger(__name__)
+
+_BUFFER = TargetLevel.BUFFER
+_U32 = struct.Struct(">I")
+_UNMAP = 0x42
+#: Plans whose whole Data-Out must be in one window (they act on all of it at once).
+_WHOLE = (CompareAndWritePlan, WriteSamePlan)
+_MOD = 1 << 32
+_HALF = 1 << 31
+
+
+def sn_diff(a: int, b: int) -> int:
+    """a - b in serial number arithmetic (RFC 1982, 32 bits)."""
+    return (a - b + _HALF) % _MOD - _HALF
+
+
+class Policy(Enum):
+    RESERVE = "reserve"
+    NONE = "none"
+
+
+@dataclass(slots=True, frozen=True)
+class SessionConfig:
+    """What a session may use: `buffer_bytes` per slot, `window` commands under `none`."""
+
+    policy: Policy = Policy.RESERVE
+    buffer_bytes: int = 256 * 1024
+    window: int = 32
+    #: Ping an idle initiator with NOP-In after this many seconds; None: never.
+    nop_interval: float | None = 10.0
+    nop_timeout: float = 30.0
+
+
+DEFAULT_CONFIG = SessionConfig()
+
+
+class TargetSession:
+    """Full-feature phase of one session on one connection."""
+
+    __slots__ = (
+        "_events",
+        "_free",
+        "_held",
+        "_last_rx",
+        "_next_ttt",
+        "_out",
+        "_ping",
+        "blocked",
+        "closed",
+        "config",
+        "exp_cmd_sn",
+        "luns",
+        "max_cmd_sn",
+        "name",
+        "params",
+        "slot_target",
+        "stat_sn",
+        "tasks",
+        "text",
+        "units",
+    )
+
+    def __init__(
+        self,
+        params: SessionParams,
+        units: Mapping[int, LogicalUnit],
+        *,
+        exp_cmd_sn: int,
+        stat_sn: int,
+        slots: list[Reservation],
+        config: SessionConfig = DEFAULT_CONFIG,
+        name: str = "session",
+        now: float = 0.0,
+        text: TextResponder | None = None,
+    ) -> None:
+        self.params = params
+        self.units = dict(units)
+        self.luns = sorted(self.units)
+        self.config = config
+        self.name = name
+        self.text = text
+        self.tasks: dict[int, Task] = {}
+        self._free: list[Reservation | None]
+        if config.policy is Policy.RESERVE:
+            self._free = list(slots)
+        else:
+            self._free = [None] * config.window
+        self._held = len(self._free)
+        #: How many slots the session should hold; the runtime adjusts it to a fair share.
+        self.slot_target = self._held
+        self.exp_cmd_sn = exp_cmd_sn
+        self.max_cmd_sn = (exp_cmd_sn - 1 + len(self._free)) % _MOD
+        #: The StatSN the next status will carry.
+        self.stat_sn = stat_sn
+        self._out: list[bytes | memoryview] = []
+        self._events: deque[Event] = deque()
+        self._next_ttt = 1
+        self._last_rx = now
+        self._ping: tuple[int, float] | None = None
+        #: A blocking allocation the reader must wait for before reading on (`none`).
+        self.blocked: AllocRequest | None = None
+        self.closed = False
+
+    # ------------------------------------------------------------------ outputs
+
+    def data_to_send(self) -> list[bytes | memoryview]:
+        """Wire pieces for `writelines`. They may point into command buffers, so the
+        runtime sends (or copies) them before it starts the next event."""
+        out = self._out
+        self._out = []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def slot_demand(self) -> int:
+        """Slots the session would take now if the runtime reserved them."""
+        if self.config.policy is not Policy.RESERVE:
+            return 0
+        return max(0, self.slot_target - self._held)
+
+    def add_slot(self, slot: Reservation) -> None:
+        """A granted reservation for one more command: the window opens by one."""
+        self._held += 1
+        self._return_slot(slot)
+
+    def close(self) -> list[Reservation]:
+        """The connection is gone: forget every task; hand back the slots to release.
+
+        Buffers of tasks whose I/O is still running are freed by `io_done`.
+        """
+        for task in list(self.tasks.values()):
+            self._abort(task)
+        self.closed = True
+        slots = [s for s in self._free if s is not None]
+        self._free = []
+        return slots
+
+    # ------------------------------------------------------------------- timers
+
+    def timer(self) -> float | None:
+        """When `handle_timer` wants to run next (None: nothing pending)."""
+        if self._ping is not None:
+            return self._ping[1] + self.config.nop_timeout
+        if self.config.nop_interval is None:
+            return None
+        return self._last_rx + self.config.nop_interval
+
+    def handle_timer(self, now: float) -> None:
+        if self._ping is not None:
+            if now >= self._ping[1] + self.config.nop_timeout:
+                self._events.append(CloseConnection(
+                    f"{self.name}: no answer to NOP-In ping in {self.config.nop_timeout:g} s",
+                    error=True,
+                ))
+            return
+        if self.config.nop_interval is not None and now >= self._last_rx + self.config.nop_interval:
+            ttt = self._ttt()
+            self._ping = (ttt, now)
+            self._send(NopIn(RESERVED_TAG, ttt, self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn))
+
+    # ------------------------------------------------------------------- inputs
+
+    def placement(self, bhs: memoryview | bytes) -> list[memoryview] | None:
+        """Where the data segment of the PDU with this BHS should be read to, if into a
+        command's buffer (so Data-Out lands where it belongs with no copy), else None."""
+        if bhs[0] & 0x3F != Opcode.DATA_OUT:
+            return None
+        _, dsl = bhs_lengths(bhs)
+        itt = _U32.unpack_from(bhs, 16)[0]
+        ttt = _U32.unpack_from(bhs, 20)[0]
+        offset = _U32.unpack_from(bhs, 40)[0]
+        task = self.tasks.get(itt)
+        if task is None or task.aborted or not dsl:
+            return None
+        seq = self._sequence(task, ttt)
+        if seq is None or seq.next_offset != offset or offset + dsl > seq.end:
+            return None
+        if offset < task.start or offset + dsl > min(task.end, task.xfer):
+            return None
+        views = self._views(task, offset, offset + dsl)
+        return views if sum(len(v) for v in views) == dsl else None
+
+    def receive(self, pdu: Pdu, now: float, *, placed: bool = False) -> None:
+        """One PDU from the initiator; `placed` if its data was read where `placement` said."""
+        self._last_rx = now
+        try:
+            if isinstance(pdu, DataOut):
+                self._data_out(pdu, placed)
+            elif isinstance(pdu, ScsiCommand):
+                self._command(pdu)
+            elif isinstance(pdu, NopOut):
+                self._nop_out(pdu)
+            elif isinstance(pdu, TaskMgmtRequest):
+                self._tmf(pdu)
+            elif isinstance(pdu, LogoutRequest):
+                self._logout(pdu)
+            elif isinstance(pdu, TextRequest):
+                self._text(pdu)
+            else:
+                # SNACK at ERL 0, a login in full feature, or a target opcode.
+                reason = (RejectReason.PROTOCOL_ERROR if pdu.OPCODE < 0x20
+                          else RejectReason.COMMAND_NOT_SUPPORTED)
+                self.reject(_header_of(pdu), reason)
+        except ProtocolError as exc:
+            self.reject(_header_of(pdu), RejectReason.PROTOCOL_ERROR)
+            self._events.append(CloseConnection(f"{self.name}: {exc.reason}", error=True))
+
+    def reject(self, header: bytes | memoryview, reason: RejectReason) -> None:
+        """Send a Reject carrying the offending header (also for PDUs that did not decode)."""
+        self._send(Reject(int(reason), self._stat(), self.exp_cmd_sn, self.max_cmd_sn, 0,
+                          bytes(header[:BHS_LENGTH])))
+
+    def io_done(self, io: IoRequest, sense: bytes) -> None:
+        """The runtime finished `io`; `sense` is empty on success."""
+        task = io.task
+        task.in_flight = False
+        if task.aborted:
+            self._release(task)
+            return
+        if sense:
+            moved = task.start if task.reading else 0
+            self._respond(task, ScsiStatus.CHECK_CONDITION, sense, moved=moved)
+            return
+        if task.reading:
+            self._send_data_in(task, io.views, last=task.end >= task.xfer)
+        if task.end >= task.xfer:
+            if not task.reading:
+                self._respond(task, ScsiStatus.GOOD, b"", moved=task.xfer)
+            return
+        self._next_window(task)
+
+    def allocated(self, req: AllocRequest, buffer: Buffer) -> None:
+        """`--policy none`: the buffer asked for by `req` was granted."""
+        task = req.task
+        if req is self.blocked:
+            self.blocked = None
+        if task.aborted:
+            buffer.free()
+            return
+        task.pieces.append((req.start, buffer))
+        task.pieces.sort(key=lambda p: p[0])
+        if task.reading:
+            self._start_io(task)
+            return
+        if task.stash is not None:
+            self._take_data(task, 0, task.stash, placed=False)
+            task.stash = None
+        for ttt, seq in task.r2ts.items():
+            if not seq.sent and seq.next_offset == req.start:
+                seq.sent = True
+                self._send_r2t(task, ttt, seq)
+        self._maybe_write(task)
+
+    # ------------------------------------------------------------- CmdSN window
+
+    def _in_window(self, cmd_sn: int, immediate: bool) -> bool:
+        if immediate:
+            return True
+        return sn_diff(cmd_sn, self.exp_cmd_sn) >= 0 and sn_diff(cmd_sn, self.max_cmd_sn) <= 0
+
+    def _advance(self, cmd_sn: int, immediate: bool, uses_slot: bool) -> bool:
+        """Take a non-immediate PDU's CmdSN; False if it must be ignored (RFC 7143 §4.2.2.1)."""
+        if immediate:
+            return True
+        if cmd_sn != self.exp_cmd_sn:
+            # Out of the window, or a gap: one connection delivers in order, so a gap
+            # means the command before it was dropped. Ignore it, as the RFC says.
+            log.debug("%s: ignoring CmdSN %d (ExpCmdSN %d, MaxCmdSN %d)", self.name, cmd_sn,
+                      self.exp_cmd_sn, self.max_cmd_sn)
+            return False
+        self.exp_cmd_sn = (self.exp_cmd_sn + 1) % _MOD
+        if not uses_slot:
+            # Took a place in the window but no slot: give the place back at once.
+            self.max_cmd_sn = (self.max_cmd_sn + 1) % _MOD
+        return True
+
+    def _stat(self) -> int:
+        sn = self.stat_sn
+        self.stat_sn = (sn + 1) % _MOD
+        return sn
+
+    def _ttt(self) -> int:
+        ttt = self._next_ttt
+        self._next_ttt = ttt + 1 if ttt + 1 < RESERVED_TAG else 1
+        return ttt
+
+    def _send(self, pdu: Pdu) -> None:
+        self._out.extend(serialize(pdu, self.params.header_digest, self.params.data_digest))
+
+    # ----------------------------------------------------------------- commands
+
+    def _command(self, pdu: ScsiCommand) -> None:
+        if not self._in_window(pdu.cmd_sn, pdu.immediate):
+            self._advance(pdu.cmd_sn, pdu.immediate, True)
+            return
+        if pdu.itt in self.tasks or pdu.itt == RESERVED_TAG:
+            raise ProtocolError(f"SCSI Command reuses ITT 0x{pdu.itt:08x} of a task in flight")
+        if pdu.data and not self.params.immediate_data:
+            raise ProtocolError("immediate data sent though ImmediateData=No")
+        spare = len(self._free) - sn_diff(self.max_cmd_sn, self.exp_cmd_sn) - 1
+        if pdu.immediate and spare <= 0:
+            self.reject(_header_of(pdu), RejectReason.IMMEDIATE_COMMAND_REJECT)
+            return
+        if not self._free:
+            raise ProtocolError("command in the window but no slot: window accounting broken")
+        self._advance(pdu.cmd_sn, pdu.immediate, True)
+        slot = self._free.pop()
+        unit = self.units.get(pdu.lun)
+        task = Task(pdu.itt, pdu.cmd_sn, pdu.lun, unit, pdu.cdb, slot)
+        self.tasks[pdu.itt] = task
+        if self.params.session_type == "Discovery":
+            self._reply(task, pdu, Reply.error(ScsiError(SenseKey.ILLEGAL_REQUEST, 0x25, 0)))
+            return
+        if unit is None:
+            self._reply(task, pdu, sbc.execute_without_lun(pdu.cdb, self.luns))
+            return
+        disk = unit.disk
+        out_len = sbc.data_out_length(pdu.cdb, disk)
+        if out_len:
+            self._write_command(task, pdu, unit, out_len)
+            return
+        outcome = sbc.execute(pdu.cdb, disk, luns=self.luns, edtl=pdu.expected_data_transfer_length)
+        if isinstance(outcome, Reply):
+            self._reply(task, pdu, outcome)
+            return
+        in_len = sbc.data_in_length(pdu.cdb, disk) if isinstance(outcome, ReadPlan) else 0
+        task.plan = outcome
+        if in_len:
+            task.reading = True
+            task.edtl = pdu.expected_data_transfer_length if pdu.read else 0
+            task.spdtl = in_len
+            task.xfer = min(task.edtl, in_len)
+            if not task.xfer:
+                self._respond(task, ScsiStatus.GOOD, b"", moved=0)
+                return
+        else:
+            # A plan with no data (SYNCHRONIZE CACHE, UNMAP-free WRITE SAME NDOB, ...).
+            task.edtl = pdu.expected_data_transfer_length
+        self._first_window(task)
+
+    def _reply(self, task: Task, pdu: ScsiCommand, reply: Reply) -> None:
+        """A finished answer: Data-In from the reply's bytes, then status."""
+        if reply.status != ScsiStatus.GOOD or not reply.data:
+            task.edtl = pdu.expected_data_transfer_length
+            self._respond(task, ScsiStatus(reply.status), reply.sense, moved=0)
+            return
+        task.reading = True
+        task.edtl = pdu.expected_data_transfer_length if pdu.read else 0
+        task.spdtl = len(reply.data)
+        task.xfer = min(task.edtl, task.spdtl)
+        if task.xfer:
+            self._send_data_in(task, [memoryview(reply.data)[: task.xfer]], last=True)
+        else:
+            self._respond(task, ScsiStatus.GOOD, b"", moved=0)
+
+    def _write_command(self, task: Task, pdu: ScsiCommand, unit: LogicalUnit,
+                       out_len: int) -> None:
+        edtl = pdu.expected_data_transfer_length if pdu.write else 0
+        task.edtl, task.spdtl = edtl, out_len
+        unsolicited = len(pdu.data) if pdu.final else min(self.params.first_burst_length, edtl)
+        if len(pdu.data) > unsolicited or (not pdu.final and self.params.initial_r2t):
+            raise ProtocolError(
+                f"{len(pdu.data)} B of immediate data and F={int(pdu.final)} break "
+                f"FirstBurstLength={self.params.first_burst_length} or InitialR2T=Yes"
+            )
+        if unsolicited > len(pdu.data):
+            task.unsolicited = Sequence(len(pdu.data), unsolicited)
+        if pdu.cdb[0] != _UNMAP:  # UNMAP's parameter list decides: execute once it is here
+            outcome = sbc.execute(pdu.cdb, unit.disk, luns=self.luns, edtl=edtl)
+            if isinstance(outcome, Reply):
+                self._respond(task, ScsiStatus(outcome.status), outcome.sense, moved=0)
+                return
+            task.plan = outcome
+        # EDTL below the CDB's length: write only what the initiator sends and report
+        # the overflow (FCP-4 9.4.2 a); above it: take the CDB's length, underflow.
+        task.xfer = min(edtl, out_len)
+        task.next_r2t = unsolicited
+        if not task.xfer:
+            self._respond(task, ScsiStatus.GOOD, b"", moved=0)
+            return
+        self._first_window(task)
+        if pdu.data:
+            if task.pieces:
+                self._take_data(task, 0, memoryview(pdu.data), placed=False)
+            else:
+                task.stash = memoryview(pdu.data)
+        self._issue_r2ts(task)
+        self._maybe_write(task)
+
+    # ------------------------------------------------------------------ windows
+
+    def _window_size(self, task: Task) -> int:
+        cap = self.config.buffer_bytes
+        if task.plan is not None and isinstance(task.plan, _WHOLE) and task.xfer > cap:
+            raise ProtocolError(f"{task.xfer} B of Data-Out do not fit one {cap} B buffer")
+        return min(task.xfer, cap)
+
+    def _first_window(self, task: Task) -> None:
+        """Set up the buffer for the transfer's first window (start reading into it)."""
+        if self.config.policy is Policy.NONE:
+            task.start, task.end = 0, task.xfer
+            if not task.xfer:
+                self._start_io(task)
+            elif task.reading:
+                self._alloc(task, 0, task.xfer, blocking=False)
+            elif task.unsolicited is not None or task.next_r2t:
+                # The unsolicited burst needs its buffer before the reader can go on.
+                first = min(task.next_r2t, task.xfer)
+                self._alloc(task, 0, first, blocking=True)
+            return
+        size = self._window_size(task)
+        task.start, task.end = 0, size
+        if size:
+            slot = task.slot
+            assert slot is not None
+            task.pieces = [(0, slot.take(_BUFFER, size))]
+        if task.reading or not task.xfer:
+            self._start_io(task)
+
+    def _next_window(self, task: Task) -> None:
+        size = min(task.xfer - task.end, self.config.buffer_bytes)
+        task.start, task.end, task.got = task.end, task.end + size, 0
+        buf = task.pieces[0][1]
+        task.pieces = [(task.start, buf)]
+        if task.reading:
+            self._start_io(task)
+        else:
+            self._issue_r2ts(task)
+
+    def _views(self, task: Task, start: int, end: int) -> list[memoryview]:
+        out: list[memoryview] = []
+        for base, buf in task.pieces:
+            lo, hi = max(start, base), min(end, base + buf.nbytes)
+            if lo < hi:
+                out.extend(cut(buf.segments, lo - base, hi - base))
+        return out
+
+    def _start_io(self, task: Task) -> None:
+        unit, plan = task.unit, task.plan
+        assert unit is not None
+        views = self._views(task, task.start, task.end)
+        if plan is None:  # UNMAP: its parameter list is here now
+            outcome = sbc.execute(task.cdb, unit.disk, luns=self.luns,
+                                  data_out=b"".join(views), edtl=task.edtl)
+            if isinstance(outcome, Reply):
+                self._respond(task, ScsiStatus(outcome.status), outcome.sense, moved=task.xfer)
+                return
+            task.plan = plan = outcome
+        task.in_flight = True
+        self._events.append(IoRequest(task, unit, plan, task.start, views,
+                                      last=task.end >= task.xfer))
+
+    def _alloc(self, task: Task, start: int, nbytes: int, *, blocking: bool) -> None:
+        req = AllocRequest(task, start, nbytes, blocking)
+        if blocking:
+            self.blocked = req
+        self._events.append(req)
+
+    # ----------------------------------------------------------------- Data-Out
+
+    def _sequence(self, task: Task, ttt: int) -> Sequence | None:
+        if ttt == RESERVED_TAG:
+            return task.unsolicited
+        return task.r2ts.get(ttt)
+
+    def _data_out(self, pdu: DataOut, placed: bool) -> None:
+        task = self.tasks.get(pdu.itt)
+        if task is None or task.aborted:
+            return  # its command was answered or aborted already: the data is moot
+        seq = self._sequence(task, pdu.ttt)
+        if seq is None or not seq.sent:
+            raise ProtocolError(
+                f"Data-Out for ITT 0x{pdu.itt:08x} with unknown TTT 0x{pdu.ttt:08x}"
+            )
+        n = len(pdu.data)
+        if pdu.data_sn != seq.next_data_sn:
+            raise ProtocolError(f"Data-Out DataSN {pdu.data_sn}, expected {seq.next_data_sn}")
+        if pdu.buffer_offset != seq.next_offset or pdu.buffer_offset + n > seq.end:
+            raise ProtocolError(
+                f"Data-Out of {n} B at offset {pdu.buffer_offset} outside the expected "
+                f"[{seq.next_offset}, {seq.end})"
+            )
+        seq.next_data_sn += 1
+        seq.next_offset += n
+        done = seq.next_offset == seq.end
+        if pdu.final != done:
+            raise ProtocolError(f"Data-Out F bit {int(pdu.final)} at offset {seq.next_offset} "
+                                f"of a sequence ending at {seq.end}")
+        if done:
+            if pdu.ttt == RESERVED_TAG:
+                task.unsolicited = None
+            else:
+                del task.r2ts[pdu.ttt]
+        self._take_data(task, pdu.buffer_offset, pdu.data, placed)
+        if done and pdu.ttt != RESERVED_TAG:
+            self._issue_r2ts(task)
+        self._maybe_write(task)
+
+    def _take_data(self, task: Task, offset: int, data: bytes | memoryview, placed: bool) -> None:
+        """Count (and unless already placed, copy) the part of the data in the window."""
+        lo, hi = max(offset, task.start), min(offset + len(data), task.end)
+        if lo >= hi:
+            return
+        if not placed:
+            fill(self._views(task, lo, hi), memoryview(data)[lo - offset : hi - offset])
+        task.got += hi - lo
+
+    def _issue_r2ts(self, task: Task) -> None:
+        limit = self.params.max_outstanding_r2t
+        burst = self.params.max_burst_length
+        while len(task.r2ts) < limit and task.next_r2t < task.end:
+            offset = max(task.next_r2t, task.start)
+            length = min(burst, task.end - offset)
+            task.next_r2t = offset + length
+            ttt = self._ttt()
+            if self.config.policy is Policy.NONE:
+                task.r2ts[ttt] = Sequence(offset, offset + length, sent=False)
+                self._alloc(task, offset, length, blocking=False)
+            else:
+                seq = Sequence(offset, offset + length)
+                task.r2ts[ttt] = seq
+                self._send_r2t(task, ttt, seq)
+
+    def _send_r2t(self, task: Task, ttt: int, seq: Sequence) -> None:
+        self._send(R2T(task.itt, ttt, self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn,
+                       task.r2t_sn, seq.next_offset, seq.end - seq.next_offset, task.lun))
+        task.r2t_sn += 1
+
+    def _maybe_write(self, task: Task) -> None:
+        if task.in_flight or task.reading or task.got < task.end - task.start:
+            return
+        if task.unsolicited is not None and task.start == 0:
+            return  # unsolicited data beyond the transfer is still coming: take it first
+        self._start_io(task)
+
+    # ------------------------------------------------------------------ Data-In
+
+    def _send_data_in(self, task: Task, views: list[memoryview], last: bool) -> None:
+        """Data-In PDUs for `views`, at most MaxRecvDataSegmentLength each and never
+        across a run of the buffer; the last carries the status when it can."""
+        mrdsl = self.params.initiator_mrdsl
+        burst = self.params.max_burst_length
+        offset = task.start
+        pieces: list[memoryview] = []
+        for view in views:
+            for pos in range(0, len(view), mrdsl):
+                pieces.append(view[pos : pos + mrdsl])
+        for i, piece in enumerate(pieces):
+            end = offset + len(piece)
+            final_pdu = last and i == len(pieces) - 1
+            if final_pdu:
+                # Slot back first, so this status carries the reopened window; the
+                # views stay valid until sent (the runtime sends before the next event).
+                self._finish(task)
+                over, under, residual = _residual(task.edtl, task.spdtl, task.xfer)
+                self._send(DataIn(
+                    task.itt, RESERVED_TAG, task.data_sn, offset, self._stat(), self.exp_cmd_sn,
+                    self.max_cmd_sn, residual, ScsiStatus.GOOD, True, False, over, under, True,
+                    task.lun, piece,
+                ))
+            else:
+                self._send(DataIn(
+                    task.itt, RESERVED_TAG, task.data_sn, offset, 0, self.exp_cmd_sn,
+                    self.max_cmd_sn, 0, 0, end % burst == 0, False, False, False, False,
+                    task.lun, piece,
+                ))
+            task.data_sn += 1
+            offset = end
+
+    # ------------------------------------------------------------------- status
+
+    def _respond(self, task: Task, status: ScsiStatus, sense: bytes, moved: int) -> None:
+        self._finish(task)
+        over, under, residual = _residual(task.edtl, task.spdtl, moved)
+        self._send(ScsiResponse(
+            task.itt, int(status), 0, self._stat(), self.exp_cmd_sn, self.max_cmd_sn,
+            task.data_sn + task.r2t_sn, residual, 0, 0, over, under, False, False,
+            sense_segment(sense) if sense else b"",
+        ))
+
+    def _finish(self, task: Task) -> None:
+        del self.tasks[task.itt]
+        self._release(task)
+
+    def _release(self, task: Task) -> None:
+        """Return the task's buffers and its place in the window, once; not while its
+        I/O runs (the thread is using the buffer): `io_done` calls again."""
+        if task.in_flight or task.released:
+            return
+        task.released = True
+        for _, buf in task.pieces:
+            if buf.reservation is not None:
+                buf.put_back()
+            else:
+                buf.free()
+        task.pieces = []
+        slot, task.slot = task.slot, None
+        self._return_slot(slot)
+
+    def _return_slot(self, slot: Reservation | None) -> None:
+        if slot is not None and (self.closed or self._held > max(1, self.slot_target)):
+            self._held -= 1
+            slot.release()
+            return
+        self._free.append(slot)
+        self.max_cmd_sn = (self.max_cmd_sn + 1) % _MOD
+
+    # ------------------------------------------------------- NOP, TMF, logout, text
+
+    def _nop_out(self, pdu: NopOut) -> None:
+        if pdu.ttt != RESERVED_TAG:
+            if self._ping is not None and pdu.ttt == self._ping[0]:
+                self._ping = None
+            return
+        if pdu.itt == RESERVED_TAG:
+            if not pdu.immediate:
+                raise ProtocolError("NOP-Out with ITT ffffffff must be immediate")
+            return
+        if not self._advance(pdu.cmd_sn, pdu.immediate, False):
+            return
+        self._send(NopIn(pdu.itt, RESERVED_TAG, self._stat(), self.exp_cmd_sn, self.max_cmd_sn,
+                         pdu.lun, bytes(pdu.data)))
+
+    def _tmf(self, pdu: TaskMgmtRequest) -> None:
+        if not self._advance(pdu.cmd_sn, pdu.immediate, False):
+            return
+        fn = pdu.function
+        response = TmfResponse.FUNCTION_COMPLETE
+        if fn == TmfFunction.ABORT_TASK:
+            task = self.tasks.get(pdu.referenced_task_tag)
+            if task is not None:
+                self._abort(task)
+            elif sn_diff(pdu.ref_cmd_sn, self.exp_cmd_sn) >= 0:
+                # Never received: nothing to abort, and it will be ignored if it comes.
+                response = TmfResponse.TASK_DOES_NOT_EXIST
+        elif fn in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
+                    TmfFunction.LOGICAL_UNIT_RESET):
+            if pdu.lun not in self.units:
+                response = TmfResponse.LUN_DOES_NOT_EXIST
+            else:
+                for task in [t for t in self.tasks.values() if t.lun == pdu.lun]:
+                    self._abort(task)
+        elif fn in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
+            for task in list(self.tasks.values()):
+                self._abort(task)
+        elif fn == TmfFunction.TASK_REASSIGN:
+            response = TmfResponse.TASK_REASSIGNMENT_NOT_SUPPORTED
+        elif fn == TmfFunction.CLEAR_ACA:
+            response = TmfResponse.FUNCTION_NOT_SUPPORTED
+        else:
+            response = TmfResponse.FUNCTION_REJECTED
+        self._send(TaskMgmtResponse(int(response), pdu.itt, self._stat(), self.exp_cmd_sn,
+                                    self.max_cmd_sn))
+        if fn == TmfFunction.TARGET_COLD_RESET:
+            self._events.append(CloseConnection(f"{self.name}: target cold reset", error=False))
+
+    def _abort(self, task: Task) -> None:
+        """End a task without status (RFC 7143 §4.2.3.4): its slot comes back once any
+        I/O it has running returns."""
+        task.aborted = True
+        self.tasks.pop(task.itt, None)
+        if self.blocked is not None and self.blocked.task is task:
+            self.blocked = None
+        self._release(task)
+
+    def _logout(self, pdu: LogoutRequest) -> None:
+        if not self._advance(pdu.cmd_sn, pdu.immediate, False):
+            return
+        if pdu.reason == LogoutReason.REMOVE_CONNECTION_FOR_RECOVERY:
+            response, close = 2, False  # connection recovery needs ERL 2
+        else:
+            response, close = 0, True
+        for task in list(self.tasks.values()):
+            if close:
+                self._abort(task)
+        self._send(LogoutResponse(response, pdu.itt, self._stat(), self.exp_cmd_sn,
+                                  self.max_cmd_sn, 0, 0))
+        if close:
+            self._events.append(CloseConnection(f"{self.name}: logged out", error=False))
+
+    def _text(self, pdu: TextRequest) -> None:
+        if not self._advance(pdu.cmd_sn, pdu.immediate, False):
+            return
+        if self.text is None:
+            # No keys are negotiable in full feature phase here: an empty final answer.
+            self._send(TextResponse(pdu.itt, RESERVED_TAG, self._stat(), self.exp_cmd_sn,
+                                    self.max_cmd_sn, True, False, pdu.lun, b""))
+            return
+        self._send(self.text.receive(pdu, stat_sn=self._stat(), exp_cmd_sn=self.exp_cmd_sn,
+                                     max_cmd_sn=self.max_cmd_sn))
+
+
+def _residual(edtl: int, spdtl: int, moved: int) -> tuple[bool, bool, int]:
+    """(overflow, underflow, residual count) as RFC 7143 §11.4.5 defines them."""
+    if spdtl > edtl:
+        return True, False, spdtl - edtl
+    if edtl > moved:
+        return False, True, edtl - moved
+    return False, False, 0
+
+
+def _header_of(pdu: Pdu) -> bytes:
+    return encode_header(pdu)[:BHS_LENGTH]
