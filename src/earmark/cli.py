@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from earmark import __version__
+from earmark.runtime import initiator_cli, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"earmark {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve.add_parser(commands)
+    initiator_cli.add_parsers(commands)
     return parser
 
 
@@ -27,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "serve":
+        return serve.run(args)
+    if args.command in ("ls", "bench"):
+        return initiator_cli.run(args)
     parser.error(f"unknown command {args.command!r}")
 
 

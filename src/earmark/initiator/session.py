@@ -1,0 +1,532 @@
+"""The initiator's full feature phase on one connection, sans-I/O (RFC 7143).
+
+:class:`InitiatorSession` takes decoded PDUs and the current time, and gives
+back wire bytes (:meth:`data_to_send`), finished commands (:attr:`completed`)
+and its next deadline (:meth:`get_timer`). It never touches a socket or a
+clock, so tests drive it PDU by PDU and the simulator runs it unchanged.
+
+What it decides, and why here:
+
+* the command window: a command goes out only while CmdSN <= MaxCmdSN; the
+  rest wait in arrival order, because the target advertises exactly the credit
+  it has reserved for (DESIGN.md §1 point 5) and overrunning it is a protocol
+  error;
+* immediate and unsolicited data within FirstBurstLength, then one Data-Out
+  sequence per R2T within MaxBurstLength, every PDU within the target's
+  MaxRecvDataSegmentLength;
+* Data-In lands in the caller's buffer at its BufferOffset; :meth:`placement`
+  lets the runtime receive a large data segment straight there;
+* status and sense become typed exceptions on the command;
+* NOP-Out keepalive when the link is idle, answers to the target's NOP-In
+  pings, and command timeouts; a missed deadline marks the connection failed
+  (``failure``) because under ERL 0 the only recovery is a new connection, where
+  :meth:`abandon` hands back every unanswered command to be issued again.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any
+
+from earmark.iscsi.errors import ProtocolError
+from earmark.iscsi.framing import serialize
+from earmark.iscsi.negotiation import SessionParams
+from earmark.iscsi.opcodes import AsyncEvent, LogoutReason, Opcode
+from earmark.iscsi.pdu import (
+    R2T,
+    RESERVED_TAG,
+    AsyncMessage,
+    Buffer,
+    DataIn,
+    DataOut,
+    LogoutRequest,
+    LogoutResponse,
+    NopIn,
+    NopOut,
+    Pdu,
+    Reject,
+    ScsiCommand,
+    ScsiResponse,
+    bhs_lengths,
+    parse_sense_segment,
+)
+from earmark.scsi.sense import ScsiStatus, SenseFormatError, parse_sense
+
+from .errors import (
+    CommandRejectedError,
+    InitiatorError,
+    ScsiStatusError,
+    TargetFailureError,
+)
+
+__all__ = ["Command", "InitiatorSession", "Timeouts"]
+
+_MASK = 0xFFFFFFFF
+_HALF = 1 << 31
+_U32 = struct.Struct(">I")
+_DATA_IN = int(Opcode.DATA_IN)
+
+
+def _sn_le(a: int, b: int) -> bool:
+    """a <= b in 32-bit serial number arithmetic (RFC 1982)."""
+    return ((b - a) & _MASK) < _HALF
+
+
+class Timeouts:
+    """How long the session waits before it declares the connection dead."""
+
+    __slots__ = ("command", "nop_interval", "nop_timeout")
+
+    def __init__(
+        self, command: float = 30.0, nop_interval: float = 5.0, nop_timeout: float = 10.0
+    ) -> None:
+        #: A command with no status after this long fails the connection.
+        self.command = command
+        #: Ping the target with NOP-Out after this long without receiving anything.
+        self.nop_interval = nop_interval
+        #: A ping without its NOP-In after this long fails the connection.
+        self.nop_timeout = nop_timeout
+
+
+class Command:
+    """One SCSI command and everything the session knows about it.
+
+    ``read_into`` receives Data-In; ``write_data`` is sent as immediate data and
+    Data-Out (never copied: the PDUs carry slices of it). ``context`` belongs
+    to the runtime (its future).
+    """
+
+    __slots__ = (
+        "attempts",
+        "cdb",
+        "cmd_sn",
+        "context",
+        "deadline",
+        "error",
+        "itt",
+        "lun",
+        "read_into",
+        "received",
+        "residual",
+        "sense",
+        "status",
+        "write_data",
+    )
+
+    def __init__(
+        self,
+        cdb: bytes,
+        *,
+        lun: int = 0,
+        read_into: memoryview | None = None,
+        write_data: memoryview | None = None,
+        context: Any = None,
+    ) -> None:
+        self.cdb = cdb
+        self.lun = lun
+        self.read_into = read_into
+        self.write_data = write_data
+        self.context = context
+        self.itt = RESERVED_TAG
+        self.cmd_sn = 0
+        self.deadline = 0.0
+        self.attempts = 0
+        self.received = 0
+        self.residual = 0
+        self.status: int | None = None
+        self.sense = b""
+        self.error: Exception | None = None
+
+    @property
+    def length(self) -> int:
+        """Expected Data Transfer Length."""
+        if self.write_data is not None:
+            return len(self.write_data)
+        return len(self.read_into) if self.read_into is not None else 0
+
+
+class InitiatorSession:
+    """Full feature phase of one connection of a single-connection session."""
+
+    __slots__ = (
+        "_immediate_limit",
+        "_last_rx",
+        "_next_itt",
+        "_out",
+        "_ping_deadline",
+        "_ping_itt",
+        "_queue",
+        "_tasks",
+        "_unsolicited_limit",
+        "cmd_sn",
+        "completed",
+        "exp_cmd_sn",
+        "exp_stat_sn",
+        "failure",
+        "logout_response",
+        "max_cmd_sn",
+        "params",
+        "timeouts",
+    )
+
+    def __init__(
+        self,
+        params: SessionParams,
+        *,
+        cmd_sn: int,
+        exp_cmd_sn: int,
+        max_cmd_sn: int,
+        exp_stat_sn: int,
+        now: float,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self.params = params
+        self.timeouts = timeouts or Timeouts()
+        self.cmd_sn = cmd_sn
+        self.exp_cmd_sn = exp_cmd_sn
+        self.max_cmd_sn = max_cmd_sn
+        self.exp_stat_sn = exp_stat_sn
+        self._immediate_limit = (
+            min(params.first_burst_length, params.target_mrdsl) if params.immediate_data else 0
+        )
+        self._unsolicited_limit = 0 if params.initial_r2t else params.first_burst_length
+        self._tasks: dict[int, Command] = {}
+        self._queue: deque[Command] = deque()
+        self._out: list[Buffer] = []
+        self._next_itt = 1
+        self._last_rx = now
+        self._ping_itt = RESERVED_TAG
+        self._ping_deadline = 0.0
+        #: Commands finished (successfully or not) since the runtime last drained this.
+        self.completed: list[Command] = []
+        #: Why the connection must be dropped; None while it is healthy.
+        self.failure: str | None = None
+        self.logout_response: LogoutResponse | None = None
+
+    # ------------------------------------------------------------ inspection
+
+    @property
+    def outstanding(self) -> int:
+        """Commands issued and not yet answered."""
+        return len(self._tasks)
+
+    @property
+    def queued(self) -> int:
+        """Commands waiting for the target to open the command window."""
+        return len(self._queue)
+
+    @property
+    def window_open(self) -> bool:
+        return _sn_le(self.cmd_sn, self.max_cmd_sn)
+
+    def take_completed(self) -> list[Command]:
+        """Commands finished since the last call, in the order their status came."""
+        done = self.completed
+        self.completed = []
+        return done
+
+    def data_to_send(self) -> list[Buffer]:
+        """Everything to write since the last call, in order, for ``writelines``."""
+        out = self._out
+        self._out = []
+        return out
+
+    # ------------------------------------------------------------ commands
+
+    def submit(self, cmd: Command, now: float) -> None:
+        """Issue ``cmd`` now if the window allows, else queue it (FIFO)."""
+        cmd.itt = self._allocate_itt()
+        if self._queue or not _sn_le(self.cmd_sn, self.max_cmd_sn):
+            self._queue.append(cmd)
+        else:
+            self._issue(cmd, now)
+
+    def abandon(self) -> list[Command]:
+        """The connection is gone: every unanswered command, oldest CmdSN first.
+
+        Under ERL 0 none of them can be recovered on this session; the caller
+        issues them again on a new one (a write is idempotent; an answered one
+        is never in this list).
+        """
+        left = sorted(self._tasks.values(), key=lambda c: (c.cmd_sn - self.cmd_sn) & _MASK)
+        left.extend(self._queue)
+        self._tasks.clear()
+        self._queue.clear()
+        for cmd in left:
+            cmd.received = 0
+            cmd.itt = RESERVED_TAG
+        return left
+
+    def logout(self) -> None:
+        """Send Logout (close the session); the answer lands in ``logout_response``."""
+        itt = self._allocate_itt()
+        self._send(LogoutRequest(reason=LogoutReason.CLOSE_SESSION, itt=itt,
+                                 cmd_sn=self.cmd_sn, exp_stat_sn=self.exp_stat_sn,
+                                 immediate=True))
+
+    def _allocate_itt(self) -> int:
+        itt = self._next_itt
+        tasks = self._tasks
+        while itt in tasks or itt == self._ping_itt:
+            itt = itt % 0xFFFFFFFE + 1
+        self._next_itt = itt % 0xFFFFFFFE + 1
+        return itt
+
+    def _issue(self, cmd: Command, now: float) -> None:
+        data = cmd.write_data
+        length = cmd.length
+        immediate: Buffer = b""
+        if data is not None and self._immediate_limit:
+            immediate = data[: self._immediate_limit]
+        cmd.cmd_sn = self.cmd_sn
+        self.cmd_sn = (self.cmd_sn + 1) & _MASK
+        cmd.deadline = now + self.timeouts.command
+        cmd.attempts += 1
+        self._tasks[cmd.itt] = cmd
+        pdu = ScsiCommand(
+            itt=cmd.itt, cdb=cmd.cdb, expected_data_transfer_length=length,
+            cmd_sn=cmd.cmd_sn, exp_stat_sn=self.exp_stat_sn, lun=cmd.lun,
+            read=cmd.read_into is not None, write=data is not None,
+            final=True, data=immediate,
+        )
+        if data is not None:
+            unsolicited = min(self._unsolicited_limit, length)
+            if unsolicited > len(immediate):
+                pdu.final = False
+                self._send(pdu)
+                self._data_out(cmd, RESERVED_TAG, len(immediate), unsolicited - len(immediate))
+                return
+        self._send(pdu)
+
+    def _data_out(self, cmd: Command, ttt: int, offset: int, length: int) -> None:
+        """One Data-Out sequence: ``length`` bytes from ``offset``, F on the last PDU."""
+        data = cmd.write_data
+        assert data is not None
+        step = self.params.target_mrdsl
+        end = offset + length
+        data_sn = 0
+        out = self._out
+        hd, dd = self.params.header_digest, self.params.data_digest
+        while offset < end:
+            n = min(step, end - offset)
+            out.extend(serialize(DataOut(
+                itt=cmd.itt, ttt=ttt, exp_stat_sn=self.exp_stat_sn, data_sn=data_sn,
+                buffer_offset=offset, final=offset + n == end, lun=cmd.lun,
+                data=data[offset : offset + n],
+            ), hd, dd))
+            offset += n
+            data_sn += 1
+
+    def _send(self, pdu: Pdu) -> None:
+        self._out.extend(serialize(pdu, self.params.header_digest, self.params.data_digest))
+
+    def _pump(self, now: float) -> None:
+        queue = self._queue
+        while queue and _sn_le(self.cmd_sn, self.max_cmd_sn):
+            self._issue(queue.popleft(), now)
+
+    # ------------------------------------------------------------ receiving
+
+    def placement(self, bhs: memoryview) -> memoryview | None:
+        """Where the data segment of the Data-In with this BHS belongs, if anywhere.
+
+        Lets the runtime read a large segment straight into the caller's buffer;
+        None (unknown task, out of bounds) means "hand me the PDU as usual" and
+        :meth:`receive` then reports the error.
+        """
+        if bhs[0] & 0x3F != _DATA_IN:
+            return None
+        cmd = self._tasks.get(_U32.unpack_from(bhs, 16)[0])
+        if cmd is None or cmd.read_into is None:
+            return None
+        offset: int = _U32.unpack_from(bhs, 40)[0]
+        dsl = bhs_lengths(bhs)[1]
+        if offset + dsl > len(cmd.read_into):
+            return None
+        return cmd.read_into[offset : offset + dsl]
+
+    def receive(self, pdu: Pdu, now: float, placed: bool = False) -> None:
+        """Take one PDU from the target. ``placed``: its data is already in place.
+
+        A target that breaks the protocol sets ``failure`` (the runtime drops
+        the connection and reissues); nothing the target sends raises here.
+        """
+        self._last_rx = now
+        try:
+            if type(pdu) is DataIn:
+                self._data_in(pdu, placed)
+            elif type(pdu) is ScsiResponse:
+                self._response(pdu)
+            elif type(pdu) is R2T:
+                self._r2t(pdu)
+            elif type(pdu) is NopIn:
+                self._nop_in(pdu)
+            elif type(pdu) is LogoutResponse:
+                self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+                self._stat(pdu.stat_sn)
+                self.logout_response = pdu
+            elif type(pdu) is AsyncMessage:
+                self._async(pdu)
+            elif type(pdu) is Reject:
+                self._reject(pdu)
+            else:
+                raise ProtocolError(f"unexpected {pdu.OPCODE.name} in full feature phase")
+        except ProtocolError as exc:
+            if self.failure is None:
+                self.failure = exc.reason
+        if self._queue:
+            self._pump(now)
+
+    def _window(self, exp_cmd_sn: int, max_cmd_sn: int) -> None:
+        # RFC 7143 §4.2.2.1: ignore both when MaxCmdSN < ExpCmdSN - 1 (serial).
+        if not _sn_le((exp_cmd_sn - 1) & _MASK, max_cmd_sn):
+            return
+        if _sn_le(self.exp_cmd_sn, exp_cmd_sn):
+            self.exp_cmd_sn = exp_cmd_sn
+        if _sn_le(self.max_cmd_sn, max_cmd_sn):
+            self.max_cmd_sn = max_cmd_sn
+
+    def _stat(self, stat_sn: int) -> None:
+        nxt = (stat_sn + 1) & _MASK
+        if _sn_le(self.exp_stat_sn, nxt):
+            self.exp_stat_sn = nxt
+
+    def _task(self, itt: int, what: str) -> Command:
+        cmd = self._tasks.get(itt)
+        if cmd is None:
+            raise ProtocolError(f"{what} for ITT 0x{itt:08x}, which has no command outstanding")
+        return cmd
+
+    def _data_in(self, pdu: DataIn, placed: bool) -> None:
+        self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        cmd = self._task(pdu.itt, "Data-In")
+        data = pdu.data
+        n = len(data)
+        if n:
+            dest = cmd.read_into
+            offset = pdu.buffer_offset
+            if dest is None or offset + n > len(dest):
+                raise ProtocolError(
+                    f"Data-In of {n} B at offset {offset} for ITT 0x{pdu.itt:08x} outside the "
+                    f"{cmd.length} B the command expects"
+                )
+            if not placed:
+                dest[offset : offset + n] = data
+            cmd.received += n
+        if pdu.status_present:
+            self._stat(pdu.stat_sn)
+            cmd.residual = pdu.residual_count if pdu.residual_underflow else 0
+            self._finish(cmd, pdu.status, b"")
+
+    def _response(self, pdu: ScsiResponse) -> None:
+        self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        self._stat(pdu.stat_sn)
+        cmd = self._task(pdu.itt, "SCSI Response")
+        cmd.residual = pdu.residual_count if pdu.residual_underflow else 0
+        if pdu.response != 0:
+            del self._tasks[cmd.itt]
+            cmd.error = TargetFailureError(
+                f"target failure (iSCSI response 0x{pdu.response:02x}) on CDB opcode "
+                f"0x{cmd.cdb[0]:02x}"
+            )
+            self.completed.append(cmd)
+            return
+        self._finish(cmd, pdu.status, parse_sense_segment(pdu.data) if pdu.data else b"")
+
+    def _finish(self, cmd: Command, status: int, sense: bytes) -> None:
+        del self._tasks[cmd.itt]
+        cmd.status = status
+        if status == ScsiStatus.GOOD:
+            pass
+        elif status == ScsiStatus.CHECK_CONDITION:
+            cmd.sense = sense
+            try:
+                cmd.error = parse_sense(cmd.sense).error()
+            except SenseFormatError as exc:
+                cmd.error = InitiatorError(f"CHECK CONDITION with unreadable sense data: {exc}")
+        else:
+            cmd.error = ScsiStatusError(status)
+        self.completed.append(cmd)
+
+    def _r2t(self, pdu: R2T) -> None:
+        self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        cmd = self._task(pdu.itt, "R2T")
+        length = pdu.desired_data_transfer_length
+        if cmd.write_data is None or pdu.buffer_offset + length > len(cmd.write_data):
+            raise ProtocolError(
+                f"R2T for {length} B at offset {pdu.buffer_offset} of ITT 0x{pdu.itt:08x} "
+                f"outside the {cmd.length} B it writes"
+            )
+        if length == 0 or length > self.params.max_burst_length:
+            raise ProtocolError(
+                f"R2T asks for {length} B; MaxBurstLength is {self.params.max_burst_length}"
+            )
+        self._data_out(cmd, pdu.ttt, pdu.buffer_offset, length)
+
+    def _nop_in(self, pdu: NopIn) -> None:
+        self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        if pdu.itt != RESERVED_TAG:
+            # The answer to our ping; StatSN advances only for these (§11.19.4).
+            self._stat(pdu.stat_sn)
+            if pdu.itt == self._ping_itt:
+                self._ping_itt = RESERVED_TAG
+            return
+        if pdu.ttt != RESERVED_TAG:
+            # The target pings us: echo its TTT, LUN and data at once.
+            self._send(NopOut(itt=RESERVED_TAG, ttt=pdu.ttt, cmd_sn=self.cmd_sn,
+                              exp_stat_sn=self.exp_stat_sn, lun=pdu.lun, immediate=True,
+                              data=bytes(pdu.data)))
+
+    def _async(self, pdu: AsyncMessage) -> None:
+        self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        self._stat(pdu.stat_sn)
+        if pdu.async_event in (AsyncEvent.LOGOUT_REQUEST, AsyncEvent.CONNECTION_DROP,
+                               AsyncEvent.SESSION_DROP):
+            # ERL 0: whichever the target wants, the session goes and comes back.
+            self.failure = f"target sent asynchronous event {AsyncEvent(pdu.async_event).name}"
+
+    def _reject(self, pdu: Reject) -> None:
+        self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        self._stat(pdu.stat_sn)
+        header = pdu.data
+        if len(header) < 48:
+            raise ProtocolError(f"Reject (reason 0x{pdu.reason:02x}) without the rejected header")
+        itt = _U32.unpack_from(header, 16)[0]
+        cmd = self._tasks.get(itt)
+        if cmd is None or header[0] & 0x3F != Opcode.SCSI_COMMAND:
+            raise ProtocolError(f"target rejected a PDU (reason 0x{pdu.reason:02x})")
+        del self._tasks[itt]
+        cmd.error = CommandRejectedError(pdu.reason)
+        self.completed.append(cmd)
+
+    # ------------------------------------------------------------ time
+
+    def get_timer(self) -> float | None:
+        """The next moment :meth:`handle_timer` has something to do."""
+        if self._ping_itt != RESERVED_TAG:
+            deadline = self._ping_deadline
+        else:
+            deadline = self._last_rx + self.timeouts.nop_interval
+        for cmd in self._tasks.values():  # oldest first: dicts keep insertion order
+            return min(deadline, cmd.deadline)
+        return deadline
+
+    def handle_timer(self, now: float) -> None:
+        for cmd in self._tasks.values():
+            if cmd.deadline <= now and self.failure is None:
+                self.failure = (
+                    f"command ITT 0x{cmd.itt:08x} (CDB opcode 0x{cmd.cdb[0]:02x}) got no "
+                    f"answer in {self.timeouts.command:g} s"
+                )
+            break
+        if self._ping_itt != RESERVED_TAG:
+            if now >= self._ping_deadline and self.failure is None:
+                self.failure = (
+                    f"target did not answer a NOP-Out ping in {self.timeouts.nop_timeout:g} s"
+                )
+        elif now >= self._last_rx + self.timeouts.nop_interval:
+            self._ping_itt = self._allocate_itt()
+            self._ping_deadline = now + self.timeouts.nop_timeout
+            self._send(NopOut(itt=self._ping_itt, ttt=RESERVED_TAG, cmd_sn=self.cmd_sn,
+                              exp_stat_sn=self.exp_stat_sn, immediate=True))

@@ -1,0 +1,735 @@
+"""The iSCSI block device on asyncio: admission, login, reconnect, the session's one timer.
+
+:class:`BlockDevice` is what ``earmark.open(url)`` returns. Every command goes
+through :meth:`BlockDevice.execute`, which is where the memory discipline bites:
+
+* under ``reserve`` (the default) a command is admitted only once one claim
+  covers its task descriptor and Data-Out headers (TASK) and every receive
+  buffer it can cause, R2Ts, Data-In headers and a response with sense (WIRE);
+  the claim is computed from the negotiated limits (:meth:`command_cost`) and
+  held until the command's status arrives;
+* under the other policies the same charges are allocated one after another as
+  the command needs them (``earmark.memory.draw``), each of which may wait while
+  holding the previous one, which is how those disciplines deadlock;
+* the page cache hands its own reservation down (``write_pages``/``read_page``
+  run under the reservation it made when the page became dirty), so the device
+  draws on that instead of reserving.
+
+Each connection holds its receive buffer (WIRE) for its whole life; it is where
+every PDU not placed in a caller's buffer is parsed, unsolicited ones (NOP-In,
+Async Message, Reject) included, so they never need memory on arrival.
+
+A lost connection (reset, timeout, a target that breaks the protocol) is
+recovered at ERL 0: log in again with the same ISID and TSIH 0 (session
+reinstatement: the target drops the old session and its tasks) and issue every
+unanswered command again in CmdSN order. A write is acknowledged only by its
+GOOD status, so an acknowledged write is never sent again and an
+unacknowledged one is only ever repeated whole (WRITE is idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from earmark.initiator.errors import (
+    AuthenticationFailedError,
+    CommandTimeoutError,
+    ConnectError,
+    InitiatorError,
+    LoginError,
+    SessionLostError,
+    TargetNotFoundError,
+)
+from earmark.initiator.session import Command, InitiatorSession, Timeouts
+from earmark.initiator.url import IscsiUrl, parse_url
+from earmark.iscsi.discovery import DiscoveredTarget, TextRequester, send_targets_from_pairs
+from earmark.iscsi.errors import AuthenticationError, ProtocolError
+from earmark.iscsi.login import InitiatorLogin, LoginFailed
+from earmark.iscsi.negotiation import SessionParams
+from earmark.iscsi.opcodes import LoginStatus, LogoutReason
+from earmark.iscsi.pdu import (
+    LoginRequest,
+    LoginResponse,
+    LogoutRequest,
+    LogoutResponse,
+    Pdu,
+    TextRequest,
+    TextResponse,
+)
+from earmark.memory import Arena, HostLevel, Wait, WaitKind
+from earmark.memory.allocation import Buffer, Charge
+from earmark.memory.claim import Claim
+from earmark.memory.draw import draw_charge
+from earmark.memory.levels import (
+    DATA_OUT_HEADER_BYTES,
+    RESPONSE_HEADER_BYTES,
+    TASK_DESCRIPTOR_BYTES,
+)
+from earmark.memory.reservation import Reservation
+from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
+from earmark.scsi import cdb as C
+from earmark.scsi.sense import ScsiError, SenseKey
+
+__all__ = ["DEFAULT_INITIATOR_NAME", "BlockDevice", "Policy", "discover"]
+
+DEFAULT_INITIATOR_NAME = "iqn.2024-01.org.earmark:initiator"
+DEFAULT_ARENA_BYTES = 16 << 20
+MAX_IO_BYTES = 1 << 20
+"""Largest single command; bigger requests are split and issued together."""
+_SENSE_BYTES = 256
+"""SenseLength (2) + the largest fixed or descriptor sense (252), one granule-aligned run."""
+_UA_RETRIES = 3
+
+WANTS: Mapping[str, str] = {
+    "MaxRecvDataSegmentLength": "262144",
+    "MaxBurstLength": "16776192",
+    "FirstBurstLength": "262144",
+    "InitialR2T": "No",
+    "ImmediateData": "Yes",
+}
+"""What libiscsi asks for too: large segments so a 1 MiB read is a handful of PDUs,
+and immediate plus unsolicited data so a small write is one round trip."""
+
+
+class Policy:
+    """Names of the memory disciplines the initiator understands (DESIGN.md §4)."""
+
+    RESERVE = "reserve"
+    NONE = "none"
+    MEMPOOL = "mempool"
+    THROTTLE = "throttle"
+    ALL = (RESERVE, NONE, MEMPOOL, THROTTLE)
+
+
+def _login_error(exc: Exception, where: str) -> InitiatorError:
+    if isinstance(exc, LoginFailed):
+        status = exc.status
+        cls: type[LoginError] = LoginError
+        if status in (LoginStatus.NOT_FOUND, LoginStatus.TARGET_REMOVED):
+            cls = TargetNotFoundError
+        elif status in (LoginStatus.AUTHENTICATION_FAILURE, LoginStatus.AUTHORIZATION_FAILURE):
+            cls = AuthenticationFailedError
+        return cls(f"{where}: {exc}", int(status))
+    if isinstance(exc, AuthenticationError):
+        return AuthenticationFailedError(f"{where}: {exc.reason}")
+    if isinstance(exc, ProtocolError):
+        return LoginError(f"{where}: the target broke the login: {exc.reason}")
+    if isinstance(exc, TimeoutError):
+        return LoginError(f"{where}: no login response in time")
+    return LoginError(f"{where}: the target closed the connection during login ({exc})")
+
+
+async def _connect(
+    url: IscsiUrl, buffer: memoryview, on_lost: Any, timeout: float
+) -> InitiatorStream:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            _, stream = await loop.create_connection(
+                lambda: InitiatorStream(buffer, on_lost), url.host, url.port
+            )
+    except TimeoutError:
+        raise ConnectError(f"cannot reach {url.portal}: timed out after {timeout:g} s") from None
+    except OSError as exc:
+        raise ConnectError(f"cannot reach {url.portal}: {exc.strerror or exc}") from None
+    return stream
+
+
+async def _login(
+    stream: InitiatorStream, login: InitiatorLogin, where: str, timeout: float
+) -> SessionParams:
+    """Run the login exchange; typed errors, and the stream closed on any failure."""
+    try:
+        req: LoginRequest | None = login.start()
+        while req is not None:
+            stream.send(req)
+            resp = await stream.next_pdu(timeout)
+            if not isinstance(resp, LoginResponse):
+                raise ProtocolError(f"{resp.OPCODE.name} during login")
+            req = login.receive(resp)
+    except (LoginFailed, ProtocolError, TimeoutError, ConnectionError) as exc:
+        stream.close("login failed")
+        raise _login_error(exc, where) from None
+    return login.params
+
+
+def _new_isid() -> int:
+    """A random-format ISID (T=10b, RFC 7143 §11.12.5): unique per device object, kept
+    across reconnects so the target reinstates the session instead of adding one."""
+    return (0x80 << 40) | secrets.randbits(40)
+
+
+class BlockDevice:
+    """A LUN of an iSCSI target as an async block device. Use ``async with``.
+
+    Offsets and lengths must be multiples of :attr:`block_size`.
+    """
+
+    def __init__(
+        self,
+        url: str | IscsiUrl,
+        *,
+        arena: Arena | None = None,
+        policy: str = Policy.RESERVE,
+        initiator_name: str = DEFAULT_INITIATOR_NAME,
+        timeouts: Timeouts | None = None,
+        login_timeout: float = 10.0,
+        reconnect_timeout: float = 60.0,
+        max_attempts: int = 4,
+        environ: Mapping[str, str] | None = None,
+        geometry: bool = True,
+    ) -> None:
+        """``geometry`` False skips READ CAPACITY at connect (a LUN that is no disk)."""
+        self.url = url if isinstance(url, IscsiUrl) else parse_url(url, environ=environ)
+        if self.url.target is None:
+            raise ValueError(f"{self.url} names no target: a block device needs /target-iqn/lun")
+        if policy not in Policy.ALL:
+            raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(Policy.ALL)}")
+        self.arena = arena if arena is not None else Arena(DEFAULT_ARENA_BYTES)
+        self.policy = policy
+        self.initiator_name = initiator_name
+        self.timeouts = timeouts or Timeouts()
+        self.login_timeout = login_timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.max_attempts = max_attempts
+        self._geometry = geometry
+        self.name = f"initiator:{self.url.target}/{self.url.lun}"
+        self.isid = _new_isid()
+        self.params = SessionParams()
+        #: Sessions re-established, and commands issued again on them.
+        self.reconnects = 0
+        self.reissued = 0
+        self._block_size = 0
+        self._blocks = 0
+        self._stream: InitiatorStream | None = None
+        self._session: InitiatorSession | None = None
+        self._pending: list[Command] = []
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._dead: InitiatorError | None = None
+        self._closing = False
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._conn_res: Reservation | None = None
+        self._recv: Buffer | None = None
+        self._claims: dict[tuple[bool, int], tuple[Claim, int, int]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._logged_out: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> BlockDevice:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Reserve the connection's receive buffer, log in, read the capacity."""
+        self._loop = asyncio.get_running_loop()
+        recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
+        if self.policy == Policy.RESERVE:
+            self._conn_res = await self.arena.reserve({HostLevel.WIRE: recv_bytes},
+                                                      owner=self.name)
+            self._recv = self._conn_res.take(HostLevel.WIRE, recv_bytes)
+        else:
+            self._recv = await self.arena.allocate(HostLevel.WIRE, recv_bytes, owner=self.name)
+        try:
+            if len(self._recv.segments) != 1:
+                raise InitiatorError("the arena is too fragmented for a connection's receive "
+                                     "buffer: give the device a larger arena")
+            await self._log_in()
+            if self._geometry:
+                await self._read_capacity()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _log_in(self) -> None:
+        url = self.url
+        assert self._recv is not None
+        stream = await _connect(url, self._recv.view, self._lost, self.login_timeout)
+        login = InitiatorLogin(self.initiator_name, target_name=url.target, isid=self.isid,
+                               chap=url.chap, mutual=url.mutual, wants=WANTS)
+        params = await _login(stream, login, f"login to {url}", self.login_timeout)
+        if stream.failed is not None:  # lost right after the last login response
+            raise ConnectError(f"{url}: {stream.failed}")
+        self.params = params
+        stream.set_full_feature(params.initiator_mrdsl, params.header_digest, params.data_digest)
+        loop = asyncio.get_running_loop()
+        self._session = InitiatorSession(
+            params, cmd_sn=login.cmd_sn, exp_cmd_sn=login.exp_cmd_sn,
+            max_cmd_sn=login.max_cmd_sn, exp_stat_sn=login.exp_stat_sn, now=loop.time(),
+            timeouts=self.timeouts,
+        )
+        self._claims.clear()
+        self._stream = stream
+        stream.sink = self
+        self._arm_timer()
+
+    async def _read_capacity(self) -> None:
+        data = bytearray(32)
+        await self.execute(C.read_capacity_16(32), read_into=memoryview(data))
+        cap = C.parse_read_capacity_16(memoryview(data))
+        self._blocks, self._block_size = cap.num_blocks, cap.block_size
+
+    async def close(self) -> None:
+        """Wait for commands in flight, log out, give the memory back. Idempotent."""
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        session, stream = self._session, self._stream
+        if session is not None and stream is not None and stream.failed is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timeouts.command):
+                    while session.outstanding or session.queued or self._pending:
+                        await asyncio.sleep(0.01)
+            self._logged_out = loop.create_future()
+            session.logout()
+            self._flush()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await asyncio.wait([self._logged_out, stream.closed],
+                                       return_when=asyncio.FIRST_COMPLETED)
+        self._closing = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        if stream is not None:
+            stream.close("closed by the application")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await stream.closed
+        self._fail_all(self._dead or SessionLostError(f"{self.url}: device closed"))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, float("inf")
+        self._session = self._stream = None
+        if self._recv is not None:
+            self._recv.free()
+            self._recv = None
+        if self._conn_res is not None:
+            self._conn_res.release()
+            self._conn_res = None
+
+    # ------------------------------------------------------------ geometry, cost
+
+    @property
+    def block_size(self) -> int:
+        return self._block_size
+
+    @property
+    def size(self) -> int:
+        return self._blocks * self._block_size
+
+    def command_cost(self, write: bool, nbytes: int) -> Mapping[int, int]:
+        """Bytes per level (TASK, WIRE) one command moving ``nbytes`` draws."""
+        claim, _, _ = self._claim(write, nbytes)
+        return {HostLevel.TASK: claim.amounts[HostLevel.TASK],
+                HostLevel.WIRE: claim.amounts[HostLevel.WIRE]}
+
+    def _claim(self, write: bool, nbytes: int) -> tuple[Claim, int, int]:
+        """(claim, TASK bytes, WIRE bytes) of one command, from the negotiated limits.
+
+        Receive headers are parsed in the connection's receive buffer and sense is
+        a few bytes, so WIRE is charged at its nominal size, like the descriptors
+        (memory/levels.py); the reservation is what guarantees it exists.
+
+        Counts are upper bounds: a burst boundary can split a PDU, so each burst
+        may add one PDU beyond length / MaxRecvDataSegmentLength.
+        """
+        key = (write, nbytes)
+        got = self._claims.get(key)
+        if got is not None:
+            return got
+        p = self.params
+        bursts = -(-nbytes // p.max_burst_length)
+        if write:
+            pdus = -(-nbytes // p.target_mrdsl) + bursts
+            task = TASK_DESCRIPTOR_BYTES + pdus * DATA_OUT_HEADER_BYTES
+            headers = bursts  # R2Ts
+        else:
+            task = TASK_DESCRIPTOR_BYTES
+            headers = -(-nbytes // p.initiator_mrdsl) + bursts  # Data-In
+        wire = RESPONSE_HEADER_BYTES + _SENSE_BYTES + headers * RESPONSE_HEADER_BYTES
+        got = (self.arena.claim({HostLevel.TASK: task, HostLevel.WIRE: wire}), task, wire)
+        if len(self._claims) < 1024:
+            self._claims[key] = got
+        return got
+
+    # ------------------------------------------------------------ block I/O
+
+    def _check(self, offset: int, length: int) -> None:
+        bs = self._block_size
+        if offset % bs or length % bs or offset < 0:
+            raise ValueError(f"offset {offset} and length {length} must be multiples of the "
+                             f"{bs} B block size")
+        if offset + length > self.size:
+            raise ValueError(f"{length} B at offset {offset} run past the end of the "
+                             f"{self.size} B device")
+
+    async def read(self, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        await self.readinto(offset, buf)
+        return bytes(buf)
+
+    async def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
+        """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
+        view = memoryview(buffer).cast("B")
+        self._check(offset, len(view))
+        bs = self._block_size
+        if len(view) <= MAX_IO_BYTES:
+            await self.execute(C.read_16(offset // bs, len(view) // bs), read_into=view)
+            return
+        await asyncio.gather(*(
+            self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
+            for at, part in _chunks(view)
+        ))
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
+        view = memoryview(data).cast("B")
+        self._check(offset, len(view))
+        bs = self._block_size
+        if len(view) <= MAX_IO_BYTES:
+            await self.execute(C.write_16(offset // bs, len(view) // bs), write_data=view)
+            return
+        await asyncio.gather(*(
+            self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
+            for at, part in _chunks(view)
+        ))
+
+    async def flush(self, *, owner: str | None = None) -> None:
+        """SYNCHRONIZE CACHE of the whole LUN."""
+        await self.execute(C.synchronize_cache_16(), owner=owner, reserve=owner is None)
+
+    async def discard(self, offset: int, length: int) -> None:
+        """UNMAP the range (the target may then read it back as zeros or as before)."""
+        self._check(offset, length)
+        bs = self._block_size
+        extents = []
+        lba, left = offset // bs, length // bs
+        while left:
+            n = min(left, 0xFFFFFFFF)
+            extents.append((lba, n))
+            lba += n
+            left -= n
+        params = C.unmap_parameter_list(extents)
+        await self.execute(C.unmap(len(params)), write_data=memoryview(params))
+
+    # The page cache's side (earmark.host.device.PageDevice): it reserved already.
+
+    async def write_pages(self, offset: int, pages: list[memoryview], *, owner: str) -> None:
+        data = pages[0] if len(pages) == 1 else memoryview(b"".join(pages))
+        bs = self._block_size
+        await self.execute(C.write_16(offset // bs, len(data) // bs), write_data=data,
+                           owner=owner, reserve=False)
+
+    async def read_page(self, offset: int, page: memoryview, *, owner: str) -> None:
+        bs = self._block_size
+        await self.execute(C.read_16(offset // bs, len(page) // bs), read_into=page,
+                           owner=owner, reserve=False)
+
+    # ------------------------------------------------------------ commands
+
+    async def execute(
+        self,
+        cdb: bytes,
+        *,
+        read_into: memoryview | None = None,
+        write_data: memoryview | None = None,
+        lun: int | None = None,
+        owner: str | None = None,
+        reserve: bool = True,
+    ) -> Command:
+        """Run one SCSI command; raises ScsiError (CHECK CONDITION) or an InitiatorError.
+
+        ``reserve`` False means the caller made the reservation (it is current) or
+        runs a policy without one: the device only draws.
+        """
+        if self._dead is not None:
+            raise self._dead
+        if self._session is None and self._reconnecting is None:
+            raise SessionLostError(f"{self.url}: the device is not connected (use async with)")
+        arena = self.arena
+        who = owner or self.name
+        write = write_data is not None
+        n = len(write_data) if write_data is not None else (
+            len(read_into) if read_into is not None else 0)
+        claim, task_bytes, wire_bytes = self._claim(write, n)
+        res: Reservation | None = None
+        held: tuple[Charge, Charge] | None = None
+        if reserve and self.policy == Policy.RESERVE:
+            # The command's own reservation: held, untouched, from admission to status,
+            # exactly the command's lifetime, so drawing on it would only add bookkeeping.
+            res = await arena.reserve(claim, owner=who)
+        else:
+            task = await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who)
+            try:
+                held = (task, await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
+            except BaseException:
+                task.free()
+                raise
+        loop = self._loop or asyncio.get_running_loop()
+        cmd = Command(cdb, lun=self.url.lun if lun is None else lun, read_into=read_into,
+                      write_data=write_data)
+        cmd.context = future = loop.create_future()
+        waits = arena.waits
+        token = waits.register(Wait(who, WaitKind.EXTERNAL, "the target's answer",
+                                    since=loop.time()))
+        try:
+            self._submit(cmd)
+            await future
+        finally:
+            waits.unregister(token)
+            if future.done():
+                _give_back(res, held)
+            else:  # cancelled: the target may still answer into the command's buffers
+                future.add_done_callback(lambda _: _give_back(res, held))
+        if cmd.error is not None:
+            raise cmd.error
+        return cmd
+
+    def _submit(self, cmd: Command) -> None:
+        session = self._session
+        if session is None:
+            self._pending.append(cmd)
+            return
+        loop = self._loop
+        assert loop is not None
+        idle = not session.outstanding
+        now = loop.time()
+        session.submit(cmd, now)
+        if self._timer_at > now + self.timeouts.command:
+            self._arm_timer(now)  # the keepalive timer is later than this command's deadline
+        if idle and not self._flush_scheduled:
+            # Nothing in flight, so no answer is coming to carry a batch: send now
+            # rather than one loop iteration later (what queue depth 1 waits on).
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        session, stream = self._session, self._stream
+        if session is not None and stream is not None:
+            stream.write(session.data_to_send())
+
+    # ------------------------------------------------------------ StreamSink
+
+    def placement(self, bhs: memoryview) -> memoryview | None:
+        session = self._session
+        return session.placement(bhs) if session is not None else None
+
+    def pdu_received(self, pdu: Pdu, placed: bool) -> None:
+        session = self._session
+        assert session is not None and self._loop is not None
+        session.receive(pdu, self._loop.time(), placed)
+
+    def batch_done(self) -> None:
+        session, stream = self._session, self._stream
+        if session is None or stream is None:
+            return
+        if session.completed:
+            retry = None
+            for cmd in session.take_completed():
+                error = cmd.error
+                if (error is not None and isinstance(error, ScsiError)
+                        and error.key == SenseKey.UNIT_ATTENTION
+                        and cmd.attempts < self.max_attempts + _UA_RETRIES):
+                    # A new I_T nexus (first login, reinstatement) reports UNIT ATTENTION
+                    # once; the command itself was not executed: send it again.
+                    cmd.error = None
+                    retry = retry or []
+                    retry.append(cmd)
+                    continue
+                future = cmd.context
+                if not future.done():
+                    future.set_result(None)
+            if retry:
+                assert self._loop is not None
+                for cmd in retry:
+                    session.submit(cmd, self._loop.time())
+        logged_out = self._logged_out
+        if session.logout_response is not None and logged_out is not None \
+                and not logged_out.done():
+            logged_out.set_result(None)
+        stream.write(session.data_to_send())
+        if session.failure is not None:
+            stream.abort(session.failure)
+
+    # ------------------------------------------------------------ timer
+
+    def _arm_timer(self, now: float | None = None) -> None:
+        """One timer per connection, re-armed when it fires, or when a command is issued
+        with a deadline before it (``now`` given): otherwise deadlines only move later
+        while it waits, so firing early and asking the session again is enough."""
+        session, loop = self._session, self._loop
+        if session is None or loop is None:
+            return
+        if self._timer is not None:
+            if now is None:
+                return
+            self._timer.cancel()
+        when = session.get_timer()
+        if when is None:
+            self._timer, self._timer_at = None, float("inf")
+        else:
+            self._timer, self._timer_at = loop.call_at(when, self._on_timer), when
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        session, stream = self._session, self._stream
+        if session is None or stream is None or self._loop is None:
+            return
+        session.handle_timer(self._loop.time())
+        stream.write(session.data_to_send())
+        if session.failure is not None:
+            stream.abort(session.failure)
+            return
+        self._arm_timer()
+
+    # ------------------------------------------------------------ recovery
+
+    def _lost(self, stream: InitiatorStream, reason: str) -> None:
+        if stream is not self._stream:
+            return
+        session = self._session
+        self._session = self._stream = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, float("inf")
+        if session is None:
+            return
+        self._pending[:0] = session.abandon()
+        if self._closing or self._logged_out is not None:
+            self._fail_all(SessionLostError(f"{self.url}: {reason}"))
+            return
+        timed_out = "got no answer" in reason
+        keep = []
+        for cmd in self._pending:
+            if cmd.attempts >= self.max_attempts:
+                error_cls = CommandTimeoutError if timed_out else SessionLostError
+                self._complete(cmd, error_cls(
+                    f"{self.url}: command not done after {cmd.attempts} attempts: {reason}"))
+            else:
+                keep.append(cmd)
+        self._pending = keep
+        if self._reconnecting is None:
+            self._reconnecting = asyncio.ensure_future(self._reconnect(reason))
+
+    async def _reconnect(self, reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        delay = 0.05
+        last: Exception | None = None
+        try:
+            while loop.time() < deadline:
+                try:
+                    await self._log_in()
+                    break
+                except InitiatorError as exc:
+                    # While a target restarts it may listen before its targets exist
+                    # (NOT FOUND) or refuse for a moment: retry everything until the deadline.
+                    last = exc
+                await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+                delay = min(delay * 2, 1.0)
+            else:
+                self._dead = SessionLostError(
+                    f"{self.url}: connection lost ({reason}) and not re-established in "
+                    f"{self.reconnect_timeout:g} s: {last}")
+                self._fail_all(self._dead)
+                return
+        finally:
+            self._reconnecting = None
+        self.reconnects += 1
+        session = self._session
+        assert session is not None
+        pending, self._pending = self._pending, []
+        self.reissued += sum(cmd.attempts > 0 for cmd in pending)
+        for cmd in pending:
+            session.submit(cmd, loop.time())
+        self._flush()
+
+    def _complete(self, cmd: Command, error: Exception) -> None:
+        cmd.error = error
+        future = cmd.context
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _fail_all(self, error: InitiatorError) -> None:
+        pending, self._pending = self._pending, []
+        for cmd in pending:
+            self._complete(cmd, error)
+
+
+def _give_back(res: Reservation | None, held: tuple[Charge, Charge] | None) -> None:
+    if res is not None:
+        res.release()
+    if held is not None:
+        held[0].free()
+        held[1].free()
+
+
+def _chunks(view: memoryview) -> list[tuple[int, memoryview]]:
+    return [(at, view[at : at + MAX_IO_BYTES]) for at in range(0, len(view), MAX_IO_BYTES)]
+
+
+# ---------------------------------------------------------------- discovery
+
+
+async def discover(
+    url: str | IscsiUrl,
+    *,
+    initiator_name: str = DEFAULT_INITIATOR_NAME,
+    timeout: float = 10.0,
+    environ: Mapping[str, str] | None = None,
+) -> list[DiscoveredTarget]:
+    """SendTargets=All in a discovery session at the URL's portal."""
+    portal = url if isinstance(url, IscsiUrl) else parse_url(url, need_target=False,
+                                                              environ=environ)
+    where = f"discovery at {portal.portal}"
+    buffer = memoryview(bytearray(receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))))
+    stream = await _connect(portal, buffer, lambda s, r: None, timeout)
+    try:
+        login = InitiatorLogin(initiator_name, target_name=None, isid=_new_isid(),
+                               chap=portal.chap, mutual=portal.mutual)
+        params = await _login(stream, login, where, timeout)
+        stream.set_full_feature(params.initiator_mrdsl, params.header_digest,
+                                params.data_digest)
+        cmd_sn, exp_stat_sn = login.cmd_sn, login.exp_stat_sn
+        text = TextRequester([("SendTargets", "All")], itt=1)
+        req: TextRequest | None = text.start(cmd_sn=cmd_sn, exp_stat_sn=exp_stat_sn)
+        try:
+            while req is not None:
+                stream.send(req)
+                resp = await stream.next_pdu(timeout)
+                if not isinstance(resp, TextResponse):
+                    raise ProtocolError(f"{resp.OPCODE.name} instead of a Text Response")
+                exp_stat_sn = (resp.stat_sn + 1) & 0xFFFFFFFF
+                req = text.receive(resp, cmd_sn=cmd_sn, exp_stat_sn=exp_stat_sn)
+            stream.send(LogoutRequest(reason=LogoutReason.CLOSE_SESSION, itt=2, cmd_sn=cmd_sn,
+                                      exp_stat_sn=exp_stat_sn, immediate=True))
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                while not isinstance(await stream.next_pdu(timeout), LogoutResponse):
+                    pass
+        except (ProtocolError, TimeoutError, ConnectionError) as exc:
+            raise LoginError(f"{where}: SendTargets failed: "
+                             f"{getattr(exc, 'reason', None) or exc or 'timed out'}") from None
+        return send_targets_from_pairs(text.pairs)
+    finally:
+        stream.close("discovery done")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await stream.closed
