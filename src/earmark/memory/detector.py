@@ -9,6 +9,7 @@ for memory after that is deadlocked, and the agents left with it form the cycle.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from earmark.memory.arena import Arena, format_bytes
@@ -61,33 +62,37 @@ def find_deadlock(arena: Arena) -> DeadlockReport | None:
         return None
     rows = arena.holdings()
     lines: list[str] = []
-    groups: dict[tuple[str, str], list[str]] = {}
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
     # Holders that cannot act first, then the biggest holders: the cycle's spine.
+    # A passive holder that holds nothing is no part of the cycle.
     for agent in sorted(stuck, key=lambda a: (a in waits, -holdings.get(a, 0), a)):
         wait = waits.get(agent)
+        if wait is None and not holdings.get(agent):
+            continue
         holds = (wait.holds if wait else passive[agent].holds) or arena_words(
             arena, rows.get(agent)
         )
         if wait is not None:
-            relation = f"waits for {wait.what}"
+            relation = kind = f"waits for {wait.what}"
         else:
             relation = f"freed only by {_names(passive[agent].freed_by)}"
-        lines.append(f"{agent} holds {holds} → {relation}")
-        groups.setdefault((_family(agent), relation), []).append(agent)
+            kind = _family(relation)
+        line = f"{agent} holds {holds} → {relation}"
+        lines.append(line)
+        groups.setdefault((_family(agent), kind), []).append((agent, line))
     shown: list[str] = []
     for (family, relation), members in groups.items():
         if len(members) == 1:
-            agent = members[0]
-            shown.append(next(line for line in lines if line.startswith(agent + " ")))
+            shown.append(members[0][1])
             continue
         together = [0] * len(arena.levels)
-        for agent in members:
+        for agent, _ in members:
             for lvl, n in enumerate(rows.get(agent) or ()):
                 together[lvl] += n
         plural = relation.replace("waits for", "wait for", 1)
+        names = _names(tuple(agent for agent, _ in members))
         shown.append(
-            f"{len(members)} {family}s ({_names(tuple(members))}) hold "
-            f"{arena_words(arena, together)} → {plural}"
+            f"{len(members)} of {family} ({names}) hold {arena_words(arena, together)} → {plural}"
         )
     full = 100 * arena.committed / arena.capacity
     shown.append(
@@ -97,10 +102,12 @@ def find_deadlock(arena: Arena) -> DeadlockReport | None:
     return DeadlockReport(tuple(lines), "; ".join(shown), arena.committed, arena.capacity)
 
 
-def _family(agent: str) -> str:
-    """"writer-17" -> "writer": agents of one kind are reported together."""
-    head, sep, tail = agent.rpartition("-")
-    return head if sep and tail.isdigit() else agent
+_NUMBER = re.compile(r"\b[0-9a-f]{8}\b|\d+")
+
+
+def _family(text: str) -> str:
+    """"writer-17" -> "writer-N": agents of one kind, doing one thing, are reported once."""
+    return _NUMBER.sub("N", text)
 
 
 def _names(agents: tuple[str, ...]) -> str:

@@ -28,7 +28,6 @@ from earmark.iscsi.discovery import Portal
 from earmark.iscsi.login import TargetEntry
 from earmark.memory import Arena, DeadlockReport, Watchdog, find_deadlock
 from earmark.memory.levels import TargetLevel
-from earmark.memory.waits import WaitKind
 from earmark.runtime.connection import TargetConnection, recv_buffer_bytes
 from earmark.target.lun import LogicalUnit
 from earmark.target.session import DEFAULT_CONFIG, Policy, SessionConfig
@@ -155,8 +154,8 @@ class TargetServer:
     async def _watch_memory(self) -> None:
         while True:
             await asyncio.sleep(min(0.5, self._watchdog.timeout / 2))
-            waiting = any(w.kind is WaitKind.MEMORY for w in self.arena.waits.waits())
-            if not self._watchdog.stalled(self.loop.time(), self.arena.progress, waiting):
+            if not self._watchdog.stalled(self.loop.time(), self.arena.progress,
+                                          self.arena.waiting):
                 continue
             report = find_deadlock(self.arena)
             if report is None:
