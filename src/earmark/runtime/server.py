@@ -6,8 +6,9 @@ sockets, the thread pool for backing I/O, and two policies of the runtime:
 * Fair share. A session keeps the slots it was granted (no re-reserving per
   command), so without a limit the first sessions would hold the arena and the
   rest would wait forever for their first slot. Each session's `slot_target` is
-  its share of what the arena can hold; a session above it hands slots back
-  as its commands finish.
+  its share of what the arena can hold, counting one session more than there
+  is (room for the next to log in); a session above it hands slots back as its
+  commands finish.
 * Deadlock watch. When memory waiters exist and nothing has been granted or
   returned for a while, the detector is asked; a deadlock (only `--policy none`
   can produce one) is logged in words and the connections are dropped, so
@@ -142,8 +143,12 @@ class TargetServer:
         if self.config.policy is not Policy.RESERVE or not self._sessions:
             return
         per_slot = sum(self.slot_claims.values())
-        room = self.arena.capacity - len(self._connections) * self.recv_bytes
-        share = max(1, min(self.max_slots, room // per_slot // len(self._sessions)))
+        # Credit once advertised (MaxCmdSN) stays with an idle session, so the shares
+        # leave room for one more connection's receive buffer and first slot:
+        # otherwise an idle session could keep every newcomer waiting forever.
+        room = self.arena.capacity - (len(self._connections) + 1) * self.recv_bytes
+        sessions = len(self._sessions) + 1
+        share = max(1, min(self.max_slots, room // per_slot // sessions))
         for conn in self._sessions:
             if conn.session is not None:
                 conn.session.slot_target = share
