@@ -1,4 +1,5 @@
-"""`earmark serve FILE`: one file-backed LUN behind an iSCSI target, until SIGINT/SIGTERM.
+"""`earmark serve FILE` (one LUN) or `earmark serve --config FILE.toml` (targets, LUNs,
+CHAP, ACLs): an iSCSI target until SIGINT/SIGTERM.
 
 Errors a user can meet (no such file, a size that is not whole blocks, a port in
 use, a size that does not parse) end the command with one line on stderr that
@@ -11,40 +12,41 @@ import argparse
 import asyncio
 import errno
 import hashlib
+import importlib.util
 import logging
 import os
 import re
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from earmark.iscsi.login import TargetEntry
 from earmark.memory import Arena
 from earmark.memory.levels import TargetLevel
+from earmark.runtime.initiator_cli import event_loop_name
 from earmark.runtime.server import TargetServer, TargetSpec
 from earmark.scsi.disk import Disk
 from earmark.target.backing import BackingError, FileBacking
+from earmark.target.config import (
+    ConfigError,
+    LunConfig,
+    ServeConfig,
+    TargetConfig,
+    load,
+)
 from earmark.target.lun import LogicalUnit
 from earmark.target.session import Policy, SessionConfig
+from earmark.units import SizeError, parse_size
 
 log = logging.getLogger("earmark.serve")
 
 IQN_PREFIX = "iqn.2026-11.org.earmark:"
 BLOCK_SIZE = 512
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 class UsageError(Exception):
     """A mistake on the command line or in the environment; the message is the fix."""
-
-
-def parse_size(text: str, what: str) -> int:
-    """Bytes from "1G", "512M", "64MiB", "4096" (binary multiples, as dd and truncate)."""
-    m = _SIZE.match(text)
-    if m is None or int(m.group(1)) == 0:
-        raise UsageError(f"{what} {text!r} is not a size: write it like 1G, 512M or 64MiB")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
 def target_iqn(path: Path) -> str:
@@ -58,15 +60,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Serve FILE as LUN 0 of an iSCSI target, admitting commands only "
                     "when the memory to complete them is reserved.",
     )
-    p.add_argument("file", type=Path, help="the backing file (or block device)")
+    p.add_argument("file", type=Path, nargs="?", help="the backing file (or block device)")
+    p.add_argument("--config", type=Path, metavar="FILE.toml",
+                   help="serve the targets, LUNs, CHAP secrets and ACLs of this file "
+                        "(instead of FILE; see earmark.target.config for the format)")
     p.add_argument("--size", help="create FILE with this size first (e.g. 1G)")
-    p.add_argument("--address", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=3260, help="TCP port (default 3260)")
-    p.add_argument("--memory", default="64MiB", help="the target's arena (default 64MiB)")
-    p.add_argument("--policy", choices=[p.value for p in Policy], default="reserve",
+    p.add_argument("--address", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 3260)")
+    p.add_argument("--memory", help="the target's arena (default 64MiB)")
+    p.add_argument("--policy", choices=[p.value for p in Policy],
                    help="admission: reserve (default) or none (allocate on demand)")
     p.add_argument("--chap", metavar="USER:SECRET",
                    help="require one-way CHAP with these credentials")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="event loop: uvloop if installed (auto, the default), or force one")
     p.add_argument("-v", "--verbose", action="store_true", help="log every session")
 
 
@@ -75,50 +82,89 @@ def run(args: argparse.Namespace) -> int:
                         format="earmark: %(message)s", stream=sys.stderr)
     try:
         server = _build(args)
-        asyncio.run(_serve(server, args))
-    except UsageError as exc:
-        print(f"earmark serve: {exc}", file=sys.stderr)
-        return 2
-    except BackingError as exc:
+        loop = event_loop_name(args.loop)
+        if loop == "uvloop":
+            if importlib.util.find_spec("uvloop") is None:
+                raise UsageError("--loop uvloop: uvloop is not installed (pip install uvloop)")
+            import uvloop
+
+            uvloop.run(_serve(server, args))
+        else:
+            asyncio.run(_serve(server, args))
+    except (UsageError, BackingError, ConfigError, SizeError) as exc:
         print(f"earmark serve: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
-def _build(args: argparse.Namespace) -> TargetServer:
-    path: Path = args.file
-    if args.size is not None:
-        _create(path, parse_size(args.size, "--size"))
-    memory = parse_size(args.memory, "--memory")
-    if not 0 < args.port < 65536:
-        raise UsageError(f"--port {args.port} is not a TCP port: use 1-65535")
+def _config(args: argparse.Namespace) -> ServeConfig:
+    """The command line as a config: one target, one LUN; --config reads the rest."""
+    if (args.file is None) == (args.config is None):
+        raise UsageError("give either FILE (one LUN) or --config FILE.toml, not both or neither")
+    if args.config is not None:
+        cfg = load(args.config)
+        # Flags given explicitly override the file's [server] table.
+        if args.address is not None:
+            cfg = replace(cfg, address=args.address)
+        if args.port is not None:
+            cfg = replace(cfg, port=args.port)
+        if args.memory is not None:
+            cfg = replace(cfg, memory=parse_size(args.memory, "--memory"))
+        if args.policy is not None:
+            cfg = replace(cfg, policy=args.policy)
+        return cfg
     chap = None
     if args.chap is not None:
         user, sep, secret = args.chap.partition(":")
         if not sep or not user or not secret:
             raise UsageError(f"--chap {args.chap!r} must be USER:SECRET")
         chap = (user, secret)
-    backing = FileBacking(path, block_size=BLOCK_SIZE)
-    config = SessionConfig(policy=Policy(args.policy))
+    size = parse_size(args.size, "--size") if args.size is not None else None
+    lun = LunConfig(0, args.file, size)
+    target = TargetConfig(target_iqn(args.file), "", chap, None, None, (lun,))
+    return ServeConfig(args.address or "127.0.0.1", 3260 if args.port is None else args.port,
+                       parse_size(args.memory or "64MiB", "--memory"),
+                       args.policy or "reserve", (target,))
+
+
+def _build(args: argparse.Namespace) -> TargetServer:
+    cfg = _config(args)
+    if not 0 < cfg.port < 65536:
+        raise UsageError(f"--port {cfg.port} is not a TCP port: use 1-65535")
+    config = SessionConfig(policy=Policy(cfg.policy))
     granule = 64
-    arena = Arena(memory // granule * granule or granule, levels=TargetLevel,
+    arena = Arena(cfg.memory // granule * granule or granule, levels=TargetLevel,
                   name="target arena")
-    serial = hashlib.sha256(os.fsencode(path.resolve())).hexdigest()[:16]
+    specs = []
+    for target in cfg.targets:
+        units = {lun.lun: _unit(lun, config) for lun in target.luns}
+        entry = TargetEntry(target.iqn, alias=target.alias, chap=target.chap,
+                            mutual=target.mutual, allowed_initiators=target.initiators)
+        specs.append(TargetSpec(entry, units))
+    server = TargetServer(specs, arena=arena, config=config, address=cfg.address,
+                          port=cfg.port)
+    need = server.recv_bytes + sum(server.slot_claims.values())
+    if cfg.memory < need:
+        raise UsageError(f"memory {cfg.memory} B cannot hold one connection ({need} B): "
+                         "give it at least 1MiB")
+    return server
+
+
+def _unit(lun: LunConfig, config: SessionConfig) -> LogicalUnit:
+    if lun.size is not None:
+        _create(lun.file, lun.size)
+    backing = FileBacking(lun.file, block_size=BLOCK_SIZE)
+    serial = hashlib.sha256(os.fsencode(lun.file.resolve())).hexdigest()[:16]
     # WRITE SAME may cover no more than one transfer: initiators (libiscsi's tests
     # among them) read and write a whole WRITE SAME range with one command.
     max_transfer = 8 << 20
     disk = Disk(backing.size // BLOCK_SIZE, serial, block_size=BLOCK_SIZE,
                 max_transfer_bytes=max_transfer,
                 max_write_same_blocks=max_transfer // BLOCK_SIZE,
-                max_compare_blocks=min(255, config.buffer_bytes // (2 * BLOCK_SIZE)))
-    entry = TargetEntry(target_iqn(path), chap=chap)
-    server = TargetServer([TargetSpec(entry, {0: LogicalUnit(0, disk, backing)})], arena=arena,
-                          config=config, address=args.address, port=args.port)
-    need = server.recv_bytes + sum(server.slot_claims.values())
-    if memory < need:
-        raise UsageError(f"--memory {args.memory} cannot hold one connection ({need} B): "
-                         "give it at least 1MiB")
-    return server
+                max_compare_blocks=min(255, config.buffer_bytes // (2 * BLOCK_SIZE)),
+                # WRITE ATOMIC is atomic because its data is written from one buffer.
+                max_atomic_blocks=min(0xFFFF, config.buffer_bytes // BLOCK_SIZE))
+    return LogicalUnit(lun.lun, disk, backing)
 
 
 def _create(path: Path, size: int) -> None:
@@ -142,22 +188,27 @@ async def _serve(server: TargetServer, args: argparse.Namespace) -> None:
     try:
         await server.start()
     except OSError as exc:
+        where = f"{server.address}:{server.port}"
         if exc.errno == errno.EADDRINUSE:
-            raise UsageError(f"port {args.port} on {args.address} is in use: pick another "
+            raise UsageError(f"port {server.port} on {server.address} is in use: pick another "
                              "with --port") from None
         if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
-            raise UsageError(f"cannot listen on {args.address}:{args.port}: {exc.strerror}: "
+            raise UsageError(f"cannot listen on {where}: {exc.strerror}: "
                              "check --address and --port") from None
-        raise UsageError(f"cannot listen on {args.address}:{args.port}: {exc}") from None
+        raise UsageError(f"cannot listen on {where}: {exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    iqn = next(iter(server.targets))
-    cred = ""
-    if args.chap is not None:
-        cred = args.chap.replace(":", "%", 1) + "@"
-    print(f"serving {args.file} as {iqn} (policy {args.policy}, memory {args.memory})")
-    print(f"iscsi://{cred}{args.address}:{server.port}/{iqn}/0", flush=True)
+    policy = server.config.policy.value
+    for iqn, spec in server.targets.items():
+        cred = ""
+        if spec.entry.chap is not None:
+            cred = f"{spec.entry.chap[0]}%{spec.entry.chap[1]}@"
+        for number, unit in sorted(spec.units.items()):
+            path = getattr(unit.backing, "path", "memory")
+            print(f"serving {path} as {iqn} LUN {number} (policy {policy}, "
+                  f"memory {server.arena.capacity} B)")
+            print(f"iscsi://{cred}{server.address}:{server.port}/{iqn}/{number}", flush=True)
     await stop.wait()
     await server.stop()

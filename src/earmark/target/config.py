@@ -1,0 +1,200 @@
+"""`earmark serve --config FILE.toml`: several targets, LUNs, CHAP secrets, ACLs, one portal.
+
+    [server]
+    address = "127.0.0.1"        # default 127.0.0.1
+    port = 3260                  # default 3260
+    memory = "64MiB"             # the target's arena
+    policy = "reserve"           # or "none"
+
+    [[target]]
+    iqn = "iqn.2026-11.org.example:disk1"
+    alias = "scratch"                                  # optional
+    chap = { user = "alice", secret = "s3cret-12chars" }  # optional: initiators log in with it
+    mutual = { user = "disk1", secret = "other-secret" }  # optional: we prove ourselves too
+    initiators = ["iqn.1993-08.org.debian:01:host1"]   # optional ACL; absent = anyone
+
+    [[target.lun]]
+    lun = 0                      # default: position in the list
+    file = "disk1.img"           # relative to the config file
+    size = "1G"                  # optional: create the file with this size if missing
+
+The file is checked whole before anything starts: a mistake is one line that
+names the file, the place and the fix (an unknown key says which keys exist).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from earmark.units import SizeError, parse_size
+
+
+class ConfigError(ValueError):
+    """The config file is wrong; the message names the place and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class LunConfig:
+    lun: int
+    file: Path
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    iqn: str
+    alias: str
+    chap: tuple[str, str] | None
+    mutual: tuple[str, str] | None
+    initiators: frozenset[str] | None
+    luns: tuple[LunConfig, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    address: str
+    port: int
+    memory: int
+    policy: str
+    targets: tuple[TargetConfig, ...]
+
+
+_SERVER_KEYS = {"address", "port", "memory", "policy"}
+_TARGET_KEYS = {"iqn", "alias", "chap", "mutual", "initiators", "lun"}
+_LUN_KEYS = {"lun", "file", "size"}
+_CRED_KEYS = {"user", "secret"}
+POLICIES = ("reserve", "none")
+
+
+def load(path: Path) -> ServeConfig:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config {path} cannot be read: {exc.strerror}") from None
+    return parse(data, path)
+
+
+def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
+    where = _Where(path)
+    _known(data, {"server", "target"}, where, "the top level")
+    server = _table(data.get("server", {}), where, "[server]")
+    _known(server, _SERVER_KEYS, where, "[server]")
+    address = _str(server.get("address", "127.0.0.1"), where, "[server] address")
+    port = server.get("port", 3260)
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise where.error(f"[server] port {port!r} is not a TCP port: use 1-65535")
+    memory = _size(server.get("memory", "64MiB"), where, "[server] memory")
+    policy = _str(server.get("policy", "reserve"), where, "[server] policy")
+    if policy not in POLICIES:
+        raise where.error(f"[server] policy {policy!r} is unknown: use one of {POLICIES}")
+    raw_targets = data.get("target")
+    if not isinstance(raw_targets, list) or not raw_targets:
+        raise where.error("no [[target]] is defined: add at least one with an iqn and a lun")
+    targets = tuple(_target(t, i, where) for i, t in enumerate(raw_targets))
+    seen: set[str] = set()
+    for target in targets:
+        if target.iqn in seen:
+            raise where.error(f"target {target.iqn} is defined twice")
+        seen.add(target.iqn)
+    return ServeConfig(address, port, memory, policy, targets)
+
+
+def _target(raw: object, index: int, where: _Where) -> TargetConfig:
+    place = f"[[target]] #{index + 1}"
+    table = _table(raw, where, place)
+    _known(table, _TARGET_KEYS, where, place)
+    iqn = _str(table.get("iqn"), where, f"{place} iqn")
+    if not iqn.startswith(("iqn.", "eui.", "naa.")):
+        raise where.error(
+            f"{place} iqn {iqn!r} is not an iSCSI name: write iqn.YYYY-MM.domain:name"
+        )
+    place = f"target {iqn}"
+    alias = _str(table.get("alias", ""), where, f"{place} alias")
+    chap = _credentials(table.get("chap"), where, f"{place} chap")
+    mutual = _credentials(table.get("mutual"), where, f"{place} mutual")
+    if mutual is not None and chap is None:
+        raise where.error(f"{place} has mutual but no chap: mutual CHAP needs both")
+    initiators = None
+    if "initiators" in table:
+        names = table["initiators"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise where.error(f"{place} initiators must be a list of initiator names")
+        initiators = frozenset(names)
+    raw_luns = table.get("lun")
+    if not isinstance(raw_luns, list) or not raw_luns:
+        raise where.error(f"{place} has no [[target.lun]]: give it at least one with a file")
+    luns = tuple(_lun(lun, i, where, place) for i, lun in enumerate(raw_luns))
+    numbers = [lun.lun for lun in luns]
+    if len(set(numbers)) != len(numbers):
+        raise where.error(f"{place} uses a LUN number twice: {sorted(numbers)}")
+    return TargetConfig(iqn, alias, chap, mutual, initiators, luns)
+
+
+def _lun(raw: object, index: int, where: _Where, target: str) -> LunConfig:
+    place = f"{target} lun #{index + 1}"
+    table = _table(raw, where, place)
+    _known(table, _LUN_KEYS, where, place)
+    number = table.get("lun", index)
+    if not isinstance(number, int) or not 0 <= number < 16384:
+        raise where.error(f"{place} lun {number!r} must be a number from 0 to 16383")
+    file = Path(_str(table.get("file"), where, f"{place} file"))
+    if not file.is_absolute():
+        file = where.path.parent / file
+    size = _size(table["size"], where, f"{place} size") if "size" in table else None
+    return LunConfig(number, file, size)
+
+
+class _Where:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"config {self.path}: {message}")
+
+
+def _known(table: Mapping[str, Any], keys: set[str], where: _Where, place: str) -> None:
+    for key in table:
+        if key not in keys:
+            near = difflib.get_close_matches(key, sorted(keys), n=1)
+            hint = f"did you mean {near[0]!r}?" if near else f"known keys: {sorted(keys)}"
+            raise where.error(f"unknown key {key!r} in {place}: {hint}")
+
+
+def _table(raw: object, where: _Where, place: str) -> Mapping[str, Any]:
+    if not isinstance(raw, dict):
+        raise where.error(f"{place} must be a table")
+    return raw
+
+
+def _str(raw: object, where: _Where, place: str) -> str:
+    if not isinstance(raw, str) or (not raw and not place.endswith("alias")):
+        raise where.error(f"{place} must be a non-empty string")
+    return raw
+
+
+def _size(raw: object, where: _Where, place: str) -> int:
+    if isinstance(raw, int) and raw > 0:
+        return raw
+    try:
+        return parse_size(str(raw), place)
+    except SizeError as exc:
+        raise where.error(str(exc)) from None
+
+
+def _credentials(raw: object, where: _Where, place: str) -> tuple[str, str] | None:
+    if raw is None:
+        return None
+    table = _table(raw, where, place)
+    _known(table, _CRED_KEYS, where, place)
+    return (_str(table.get("user"), where, f"{place} user"),
+            _str(table.get("secret"), where, f"{place} secret"))
