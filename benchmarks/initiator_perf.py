@@ -7,7 +7,7 @@ read at queue depth 8. Both tools run as the commands a user would type
 because the machine may be shared and a neighbour's burst should not decide a
 ratio. Goals: ratio >= 0.5, 0.7, 0.8.
 
-    python benchmarks/initiator_perf.py [--json] [--time SECONDS] [--repeat N]
+    python benchmarks/initiator_perf.py [--json] [--time SECONDS] [--repeat N] [--loop L]
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ GOALS = {"randread_4k_qd32": 0.5, "randread_4k_qd1": 0.7, "seqread_1m_qd8": 0.8}
 EARMARK = Path(sys.executable).parent / "earmark"
 
 
-def earmark_iops(url: str, rw: str, bs: int, qd: int, seconds: int) -> float:
+def earmark_iops(url: str, rw: str, bs: int, qd: int, seconds: int, loop: str) -> float:
     done = subprocess.run(
         [str(EARMARK), "bench", url, "--rw", rw, "--bs", str(bs), "--qd", str(qd),
-         "--time", str(seconds), "--json"],
+         "--time", str(seconds), "--loop", loop, "--json"],
         capture_output=True, text=True, timeout=seconds + 60, check=False,
     )
     if done.returncode != 0:
@@ -47,7 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     parser.add_argument("--time", type=int, default=5, help="seconds per run (default 5)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per side (default 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per side (default 3)")
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                        help="earmark's event loop (auto: uvloop if installed)")
     args = parser.parse_args()
     result: dict[str, dict[str, float]] = {}
     with Tgtd(LUN_BYTES) as tgtd:
@@ -55,7 +57,7 @@ def main() -> None:
         for name, (rw, bs, qd, random) in CASES.items():
             ours = theirs = 0.0
             for _ in range(args.repeat):
-                ours = max(ours, earmark_iops(url, rw, bs, qd, args.time))
+                ours = max(ours, earmark_iops(url, rw, bs, qd, args.time, args.loop))
                 perf = iscsi_perf(url, blocks=bs // BLOCK, queue_depth=qd, random=random,
                                   seconds=args.time)
                 theirs = max(theirs, float(perf.iops))

@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import signal
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -110,6 +111,35 @@ def test_sense_is_raised_in_words(tgtd: Tgtd) -> None:
     asyncio.run(main())
 
 
+def test_crc32c_digests_both_ways() -> None:
+    async def main(url: str) -> None:
+        async with BlockDevice(url, digests=True) as dev:
+            assert dev.params.header_digest and dev.params.data_digest
+            data = os.urandom(3 << 20)  # large Data-In segments, received in place
+            await dev.write(1 << 20, data)
+            assert await dev.read(1 << 20, len(data)) == data
+            assert await dev.read(1 << 20, 4096) == data[:4096]
+
+    with Tgtd(8 << 20) as t:
+        for key in ("HeaderDigest", "DataDigest"):  # tgtd offers None only by default
+            t.tgtadm("--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", "1",
+                     "--name", key, "--value", "CRC32C")
+        asyncio.run(main(t.url()))
+
+
+def test_mutual_chap() -> None:
+    with Tgtd(1 << 20, chap=CHAP, mutual=("tgtd-side", "tgtd-side-secret-01")) as t:
+        async def main(url: str) -> int:
+            async with earmark.open(url) as dev:
+                return dev.size
+
+        assert asyncio.run(main(t.auth_url())) == 1 << 20
+        wrong = t.url(user=CHAP[0], password=CHAP[1], target_user="tgtd-side",
+                      target_password="not-what-tgtd-says")
+        with pytest.raises(AuthenticationFailedError):
+            asyncio.run(main(wrong))
+
+
 def test_sync_api_from_threads(tgtd: Tgtd) -> None:
     with earmark.open_sync(tgtd.url()) as dev:
         blocks = [(i * 8192, os.urandom(8192)) for i in range(32)]
@@ -118,6 +148,12 @@ def test_sync_api_from_threads(tgtd: Tgtd) -> None:
             got = list(pool.map(lambda b: dev.read(b[0], 8192), blocks))
         assert got == [data for _, data in blocks]
         dev.flush()
+    threads = threading.active_count()
+    with pytest.raises(TargetNotFoundError):
+        earmark.open_sync(f"iscsi://127.0.0.1:{tgtd.port}/iqn.2024-01.org.earmark:nope/1")
+    with pytest.raises(BadUrlError):
+        earmark.open_sync("iscsi://127.0.0.1/no-lun")
+    assert threading.active_count() == threads  # no loop thread left behind
 
 
 def test_reserve_bounds_commands_in_flight(
@@ -223,27 +259,33 @@ def test_target_killed_and_restarted_mid_workload(tmp_path: Path) -> None:
     """SIGKILL tgtd under writes, start a new one on the same port and LUN file: the
     initiator reinstates its session, reissues what was unanswered, and every
     acknowledged write is on the disk."""
+    kill_restart_workload(tmp_path, kills=1, writers=8)
+
+
+def test_target_killed_three_times_under_heavier_load(tmp_path: Path) -> None:
+    kill_restart_workload(tmp_path, kills=3, writers=32, settle=400)
+
+
+def kill_restart_workload(tmp_path: Path, *, kills: int, writers: int, settle: int = 200) -> None:
     lun = tmp_path / "lun.img"
     with open(lun, "wb") as f:
         f.truncate(4 << 20)
     port = free_port()
-    first = Tgtd(lun, port=port).start()
-    second: Tgtd | None = None
+    running = [Tgtd(lun, port=port).start()]
     blocks = (4 << 20) // 4096
-    writers = 8
 
     def kill_and_restart() -> None:
-        nonlocal second
-        assert first.pid is not None
-        os.kill(first.pid, signal.SIGKILL)
-        first.stop()
-        second = Tgtd(lun, port=port).start()
+        old = running[-1]
+        assert old.pid is not None
+        os.kill(old.pid, signal.SIGKILL)
+        old.stop()
+        running.append(Tgtd(lun, port=port).start())
 
     async def main() -> tuple[dict[int, bytes], int, BlockDevice]:
         acked: dict[int, bytes] = {}
         done = 0
         stop = asyncio.Event()
-        url = f"iscsi://127.0.0.1:{port}/{first.iqn}/1"
+        url = f"iscsi://127.0.0.1:{port}/{running[0].iqn}/1"
         dev = BlockDevice(url, reconnect_timeout=30,
                           timeouts=Timeouts(command=5, nop_interval=1, nop_timeout=3))
         async with dev:
@@ -262,11 +304,14 @@ def test_target_killed_and_restarted_mid_workload(tmp_path: Path) -> None:
                     done += 1
 
             tasks = [asyncio.ensure_future(writer(k)) for k in range(writers)]
-            await asyncio.sleep(0.5)
-            before = done
-            await asyncio.to_thread(kill_and_restart)
-            while dev.reconnects == 0 or done < before + 200:
-                await asyncio.sleep(0.05)
+            before = 0
+            for n in range(kills):
+                await asyncio.sleep(0.5)
+                before = before or done
+                await asyncio.to_thread(kill_and_restart)
+                mark = done
+                while dev.reconnects <= n or done < mark + settle:
+                    await asyncio.sleep(0.05)
             stop.set()
             await asyncio.gather(*tasks)
             for block, data in acked.items():
@@ -274,13 +319,12 @@ def test_target_killed_and_restarted_mid_workload(tmp_path: Path) -> None:
             return acked, before, dev
 
     try:
-        acked, before, dev = asyncio.run(asyncio.wait_for(main(), 90))
+        acked, before, dev = asyncio.run(asyncio.wait_for(main(), 90 * kills))
     finally:
-        first.stop()
-        if second is not None:
-            second.stop()
-    assert before > 0 and dev.reconnects >= 1 and len(acked) > 50
-    assert dev.reissued >= 1  # writes in flight at the kill went out again
+        for t in running:
+            t.stop()
+    assert before > 0 and dev.reconnects >= kills and len(acked) > 50
+    assert dev.reissued >= 1  # writes in flight at a kill went out again
     disk = lun.read_bytes()
     for block, data in acked.items():
         assert disk[block * 4096 : (block + 1) * 4096] == data

@@ -166,8 +166,10 @@ def test_write_takes_immediate_unsolicited_then_r2t_bursts_and_reuses_one_buffer
     resp = status_of(replies)
     assert isinstance(resp, ScsiResponse) and resp.status == 0 and resp.residual_count == 0
     assert rig.backing._data[8 * BS : 8 * BS + len(payload)] == payload
-    # The slot's buffer was put back: the reservations hold all their budget again.
-    assert all(s.budget[TargetLevel.BUFFER] == BUF for s in rig.slots)
+    # One buffer per slot, drawn once and kept with its slot for the next command:
+    # nothing more was drawn for the five bursts, nothing is left over.
+    assert all(s.held[TargetLevel.BUFFER] == BUF and s.budget[TargetLevel.BUFFER] == 0
+               for s in rig.slots)
 
 
 def test_data_in_is_cut_at_mrdsl_with_status_on_the_last_pdu() -> None:
@@ -261,11 +263,12 @@ def test_abort_task_ends_a_write_waiting_for_data_and_frees_its_buffer() -> None
     rig = Rig(slots=1)
     out = rig.command(cdbs.write_10(0, 64), edtl=64 * BS, write=True, itt=0x55)
     assert any(isinstance(p, R2T) for p in out)
-    assert rig.slots[0].budget[TargetLevel.BUFFER] < BUF
+    assert rig.session.tasks[0x55].pieces  # the write holds its slot's buffer
     (resp,) = rig.send(TaskMgmtRequest(function=TmfFunction.ABORT_TASK, itt=0x56,
                                        referenced_task_tag=0x55, cmd_sn=2, ref_cmd_sn=1))
     assert isinstance(resp, TaskMgmtResponse) and resp.response == TmfResponse.FUNCTION_COMPLETE
-    assert rig.slots[0].budget[TargetLevel.BUFFER] == BUF
+    # The buffer went back with the slot, for the next command; nothing else is drawn.
+    assert not rig.session.tasks and rig.slots[0].held[TargetLevel.BUFFER] == BUF
     # Data for the aborted task is dropped without a word; the window is open again.
     assert rig.send(DataOut(itt=0x55, ttt=1, data_sn=0, buffer_offset=0, data=b"x" * BS)) == []
     (resp,) = rig.command(cdbs.test_unit_ready(), edtl=0)
@@ -297,12 +300,24 @@ def test_snack_and_unknown_tmf_are_refused() -> None:
     assert isinstance(resp, TaskMgmtResponse) and resp.response == TmfResponse.FUNCTION_REJECTED
 
 
-def test_bad_data_sn_is_rejected_and_the_connection_closed() -> None:
+@pytest.mark.parametrize("data_sns", [(5,), (1, 0), (0, 0), (0xFFFFFFFF,)])
+def test_bad_data_sn_ends_the_command_with_crc_error_and_the_session_goes_on(
+    data_sns: tuple[int, ...],
+) -> None:
     rig = Rig(first_burst_length=512, initial_r2t=True)
     out = rig.command(cdbs.write_10(0, 2), edtl=2 * BS, write=True)
     (r2t,) = [p for p in out if isinstance(p, R2T)]
-    out = rig.send(DataOut(itt=1, ttt=r2t.ttt, data_sn=5, buffer_offset=0, data=b"x" * BS))
-    assert isinstance(out[0], Reject) and rig.closed
+    replies: list[Pdu] = []
+    for i, sn in enumerate(data_sns):
+        replies += rig.send(DataOut(itt=1, ttt=r2t.ttt, data_sn=sn, buffer_offset=i * BS,
+                                    final=i == len(data_sns) - 1, data=b"x" * BS))
+    (resp,) = replies
+    assert isinstance(resp, ScsiResponse) and resp.status == 2 and not rig.closed
+    sense = parse_sense(parse_sense_segment(resp.data))
+    assert (sense.key, sense.code) == (0xB, 0x4705)
+    assert rig.session.tasks == {} and rig.backing.size  # nothing left behind
+    out = rig.command(cdbs.test_unit_ready(), edtl=0)
+    assert isinstance(out[-1], ScsiResponse) and out[-1].status == 0
 
 
 def test_unknown_lun_answers_logical_unit_not_supported() -> None:

@@ -32,7 +32,7 @@ from earmark.memory.levels import PAGE_BYTES
 class Stack(Protocol):
     """Where the page cache writes: opened per run, on that run's host arena."""
 
-    def open(self, arena: Arena) -> AbstractAsyncContextManager[PageDevice]: ...
+    def open(self, arena: Arena, policy: Policy) -> AbstractAsyncContextManager[PageDevice]: ...
 
     async def verify(self, expected: dict[int, int]) -> bool:
         """Read every expected page past any cache and compare checksums."""
@@ -100,7 +100,7 @@ async def run_matrix(
                 if progress is not None:
                     progress(label, done, total)
 
-            async with stack.open(arena) as device:
+            async with stack.open(arena, policy) as device:
                 result = await run_writers(arena, device, policy, work, config.tuning, report)
             verified = None
             if result.outcome == "completed":
@@ -163,7 +163,7 @@ class SimStack:
     latency: float = 0.0005
     _device: ModelDevice | None = None
 
-    def open(self, arena: Arena) -> AbstractAsyncContextManager[PageDevice]:
+    def open(self, arena: Arena, policy: Policy) -> AbstractAsyncContextManager[PageDevice]:
         @asynccontextmanager
         async def opened() -> AsyncIterator[PageDevice]:
             self._device = ModelDevice(arena, self.lun_bytes, latency=self.latency)

@@ -216,10 +216,6 @@ class InitiatorSession:
         """Commands waiting for the target to open the command window."""
         return len(self._queue)
 
-    @property
-    def window_open(self) -> bool:
-        return _sn_le(self.cmd_sn, self.max_cmd_sn)
-
     def take_completed(self) -> list[Command]:
         """Commands finished since the last call, in the order their status came."""
         done = self.completed

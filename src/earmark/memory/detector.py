@@ -111,6 +111,8 @@ def _family(text: str) -> str:
 
 
 def _names(agents: tuple[str, ...]) -> str:
+    if not agents:
+        return "nobody (held while its owner lives)"
     if len(agents) <= _CYCLE_NAMES:
         return ", ".join(agents)
     return ", ".join(agents[:_CYCLE_NAMES - 1]) + f", … {len(agents)} in all"

@@ -33,6 +33,7 @@ from earmark.iscsi.pdu import BHS_LENGTH, LoginRequest, bhs_lengths, decode_pdu
 from earmark.memory import Buffer, Reservation
 from earmark.memory.levels import TargetLevel
 from earmark.scsi.plans import ReadPlan
+from earmark.scsi.reservations import Nexus
 from earmark.scsi.sense import ScsiError, SenseKey
 from earmark.target.backing import BackingError
 from earmark.target.events import AllocRequest, CloseConnection, IoRequest
@@ -376,6 +377,7 @@ class TargetConnection(asyncio.BufferedProtocol):
             params, units, exp_cmd_sn=cmd_sn, stat_sn=self._stat_sn, slots=slots,
             config=server.config, name=self.name, now=server.loop.time(),
             text=TextResponder(answer, max_segment=params.initiator_mrdsl),
+            nexus=Nexus(initiator, login.isid),
         )
         self._header_digest, self._data_digest = params.header_digest, params.data_digest
         self._limit = params.target_mrdsl

@@ -45,15 +45,19 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     bench.add_argument("--qd", type=int, default=32, help="I/Os in flight (default 32)")
     bench.add_argument("--time", type=float, default=10.0, help="seconds (default 10)")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                       help="event loop: uvloop if installed (auto, the default), or force one")
 
 
-def event_loop_name() -> str:
+def event_loop_name(choice: str = "auto") -> str:
     """uvloop when installed (DESIGN.md §8: an optional speed-up behind the same code)."""
+    if choice != "auto":
+        return choice
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    if event_loop_name() == "uvloop":
+def _run(coro: Coroutine[Any, Any, T], loop: str = "auto") -> T:
+    if event_loop_name(loop) == "uvloop":
         import uvloop
 
         return uvloop.run(coro)
@@ -117,14 +121,17 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"\r{line}" if interactive else line, end="" if interactive else "\n",
               file=sys.stderr, flush=True)
 
+    loop = event_loop_name(args.loop)
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ValueError("--loop uvloop: uvloop is not installed (pip install uvloop)")
     result: BenchResult = _run(run_bench(
         args.url, rw=args.rw, bs=bs, qd=args.qd, seconds=args.time, progress=progress,
         environ=os.environ,
-    ))
+    ), loop)
     if interactive:
         print(file=sys.stderr)
     if args.json:
-        print(json.dumps({**result.as_dict(), "event_loop": event_loop_name()}))
+        print(json.dumps({**result.as_dict(), "event_loop": loop}))
     else:
-        print(f"{result.summary()} [{event_loop_name()}]")
+        print(f"{result.summary()} [{loop}]")
     return 0

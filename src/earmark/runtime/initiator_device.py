@@ -155,6 +155,9 @@ async def _login(
     except (LoginFailed, ProtocolError, TimeoutError, ConnectionError) as exc:
         stream.close("login failed")
         raise _login_error(exc, where) from None
+    except BaseException:  # cancelled (the device is closing): no socket left behind
+        stream.close("login abandoned")
+        raise
     return login.params
 
 
@@ -183,8 +186,10 @@ class BlockDevice:
         max_attempts: int = 4,
         environ: Mapping[str, str] | None = None,
         geometry: bool = True,
+        digests: bool = False,
     ) -> None:
-        """``geometry`` False skips READ CAPACITY at connect (a LUN that is no disk)."""
+        """``geometry`` False skips READ CAPACITY at connect (a LUN that is no disk);
+        ``digests`` asks for CRC32C header and data digests (the target may refuse)."""
         self.url = url if isinstance(url, IscsiUrl) else parse_url(url, environ=environ)
         if self.url.target is None:
             raise ValueError(f"{self.url} names no target: a block device needs /target-iqn/lun")
@@ -198,6 +203,8 @@ class BlockDevice:
         self.reconnect_timeout = reconnect_timeout
         self.max_attempts = max_attempts
         self._geometry = geometry
+        self._wants = {**WANTS, **({"HeaderDigest": "CRC32C,None", "DataDigest": "CRC32C,None"}
+                                   if digests else {})}
         self.name = f"initiator:{self.url.target}/{self.url.lun}"
         self.isid = _new_isid()
         self.params = SessionParams()
@@ -239,12 +246,17 @@ class BlockDevice:
         """Reserve the connection's receive buffer, log in, read the capacity."""
         self._loop = asyncio.get_running_loop()
         recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
+        # The receive buffer is held for the connection's life: no progress frees it,
+        # and the deadlock detector must know that (a holder it thought live would
+        # hide every cycle).
+        holder = f"{self.name}/receive-buffer"
         if self.policy == Policy.RESERVE:
             self._conn_res = await self.arena.reserve({HostLevel.WIRE: recv_bytes},
-                                                      owner=self.name)
+                                                      owner=holder)
             self._recv = self._conn_res.take(HostLevel.WIRE, recv_bytes)
         else:
-            self._recv = await self.arena.allocate(HostLevel.WIRE, recv_bytes, owner=self.name)
+            self._recv = await self.arena.allocate(HostLevel.WIRE, recv_bytes, owner=holder)
+        self.arena.waits.set_passive(holder, freed_by=(), holds="its receive buffer")
         try:
             if len(self._recv.segments) != 1:
                 raise InitiatorError("the arena is too fragmented for a connection's receive "
@@ -261,7 +273,7 @@ class BlockDevice:
         assert self._recv is not None
         stream = await _connect(url, self._recv.view, self._lost, self.login_timeout)
         login = InitiatorLogin(self.initiator_name, target_name=url.target, isid=self.isid,
-                               chap=url.chap, mutual=url.mutual, wants=WANTS)
+                               chap=url.chap, mutual=url.mutual, wants=self._wants)
         params = await _login(stream, login, f"login to {url}", self.login_timeout)
         if stream.failed is not None:  # lost right after the last login response
             raise ConnectError(f"{url}: {stream.failed}")
@@ -303,8 +315,12 @@ class BlockDevice:
                     await asyncio.wait([self._logged_out, stream.closed],
                                        return_when=asyncio.FIRST_COMPLETED)
         self._closing = True
-        if self._reconnecting is not None:
-            self._reconnecting.cancel()
+        reconnecting = self._reconnecting
+        if reconnecting is not None:
+            reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconnecting
+            stream = self._stream  # a login that won the race with the cancellation
         if stream is not None:
             stream.close("closed by the application")
             with contextlib.suppress(TimeoutError):
@@ -321,6 +337,7 @@ class BlockDevice:
         if self._conn_res is not None:
             self._conn_res.release()
             self._conn_res = None
+        self.arena.waits.clear_passive(f"{self.name}/receive-buffer")
 
     # ------------------------------------------------------------ geometry, cost
 

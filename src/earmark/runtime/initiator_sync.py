@@ -25,11 +25,11 @@ class SyncBlockDevice:
     """Same operations as :class:`BlockDevice`, blocking. Use ``with``."""
 
     def __init__(self, url: str, **options: Any) -> None:
+        self.device = BlockDevice(url, **options)  # a bad URL raises before any thread starts
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="earmark-initiator",
                                         daemon=True)
         self._thread.start()
-        self.device = BlockDevice(url, **options)
         try:
             self._call(self.device.connect())
         except BaseException:

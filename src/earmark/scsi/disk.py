@@ -35,6 +35,9 @@ class Disk:
     max_unmap_blocks: int = 1 << 20
     max_unmap_descriptors: int = 256
     max_compare_blocks: int = 255
+    #: WRITE ATOMIC (16) limit; 0: not offered. A target sets it only to what one
+    #: command buffer holds, since atomicity rests on writing all of it at once.
+    max_atomic_blocks: int = 0
 
     def __post_init__(self) -> None:
         if self.block_size not in (512, 4096):
@@ -47,6 +50,8 @@ class Disk:
             raise ValueError("product is at most 16 characters and revision at most 4")
         if self.max_transfer_bytes < self.block_size:
             raise ValueError("max_transfer_bytes must hold at least one block")
+        if not 0 <= self.max_atomic_blocks <= self.max_transfer_blocks:
+            raise ValueError("max_atomic_blocks must be between 0 and max_transfer_blocks")
 
     @property
     def max_transfer_blocks(self) -> int:

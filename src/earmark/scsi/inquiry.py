@@ -71,7 +71,9 @@ def _block_limits(disk: Disk) -> bytes:
         1,  # optimal unmap granularity
         0,  # UGAVALID=0
         disk.max_write_same_blocks,
-        0, 0, 0, 0, 0,  # atomic writes: not supported
+        # Atomic writes: the maximum, then ATOMIC ALIGNMENT and TRANSFER LENGTH
+        # GRANULARITY 0 (none required); no atomic boundaries.
+        disk.max_atomic_blocks, 0, 0, 0, 0,
     )
 
 

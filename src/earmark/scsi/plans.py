@@ -39,11 +39,17 @@ class ReadPlan:
 
 @dataclass(slots=True, frozen=True)
 class WritePlan:
-    """Write the Data-Out buffer to lba; with fua, sync before reporting GOOD."""
+    """Write the Data-Out buffer to lba; with fua, sync before reporting GOOD.
+
+    atomic (WRITE ATOMIC): the whole buffer is one window, written with one call
+    while holding the unit's `atomic` lock, so no other read-modify-write plan sees
+    half of it.
+    """
 
     lba: int
     nblocks: int
     fua: bool = False
+    atomic: bool = False
 
 
 @dataclass(slots=True, frozen=True)

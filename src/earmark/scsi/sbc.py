@@ -37,6 +37,13 @@ from .plans import (
     WritePlan,
     WriteSamePlan,
 )
+from .reservations import (
+    Nexus,
+    PrinAction,
+    ProutAction,
+    ReservationConflict,
+    Reservations,
+)
 from .sense import (
     Asc,
     ScsiError,
@@ -59,9 +66,13 @@ class _Context:
     luns: Sequence[int]
     data_out: bytes | memoryview
     edtl: int | None
+    nexus: Nexus
+    reservations: Reservations
 
 
 _Run = Callable[[bytes, Disk, _Context], Outcome]
+#: Who sends a CDB when the caller does not say (tests of single commands).
+ANONYMOUS = Nexus("", 0)
 _Length = Callable[[bytes, Disk], int]
 
 
@@ -77,6 +88,11 @@ class _Command:
     data_in: _Length = _none
     data_out: _Length = _none
     thin_only: bool = False
+    atomic_only: bool = False
+
+    def offered(self, disk: Disk) -> bool:
+        return (disk.thin_provisioning or not self.thin_only) and (
+            disk.max_atomic_blocks > 0 or not self.atomic_only)
 
 
 _S6 = struct.Struct(">BBHBB")
@@ -322,6 +338,24 @@ def _orwrite(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
     return OrWritePlan(lba, n, bool(flags & _FUA) or not disk.write_cache)
 
 
+def _write_atomic(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+    flags, lba, n = cdb[1], int.from_bytes(cdb[2:10], "big"), int(_U16.unpack_from(cdb, 12)[0])
+    if flags & _PROTECT:
+        raise invalid_field_in_cdb(1, 7)
+    if disk.read_only:
+        raise write_protected()
+    _check_range(lba, n, disk)
+    if n > disk.max_atomic_blocks:
+        raise invalid_field_in_cdb(12, 7)
+    if not n:
+        return GOOD
+    return WritePlan(lba, n, bool(flags & _FUA) or not disk.write_cache, atomic=True)
+
+
+def _write_atomic_out(cdb: bytes, disk: Disk) -> int:
+    return int(_U16.unpack_from(cdb, 12)[0]) * disk.block_size
+
+
 def _cut(data: bytes, allocation_length: int) -> Reply:
     return Reply(data[:allocation_length])
 
@@ -417,6 +451,33 @@ def _get_lba_status(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
     return _cut(data, _u32_at10(cdb, disk))
 
 
+def _reserve_6(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+    if cdb[1] & 0x01:
+        raise invalid_field_in_cdb(1, 0)  # 3RDPTY: third-party reservations are obsolete
+    ctx.reservations.reserve6(ctx.nexus)
+    return GOOD
+
+
+def _release_6(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+    if cdb[1] & 0x01:
+        raise invalid_field_in_cdb(1, 0)
+    ctx.reservations.release6(ctx.nexus)
+    return GOOD
+
+
+def _persistent_reserve_in(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+    return _cut(ctx.reservations.persistent_in(cdb, ctx.nexus), _u16_at7(cdb, disk))
+
+
+def _persistent_reserve_out(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+    ctx.reservations.persistent_out(cdb, ctx.nexus, ctx.data_out)
+    return GOOD
+
+
+def _u32_at5(cdb: bytes, disk: Disk) -> int:
+    return int(_U32.unpack_from(cdb, 5)[0])
+
+
 def _report_luns(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
     return report_luns(cdb, ctx.luns)
 
@@ -466,7 +527,7 @@ def _report_supported_opcodes(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
 
 
 def _listed(disk: Disk) -> dict[tuple[int, int | None], _Command]:
-    return {key: cmd for key, cmd in _ALL.items() if disk.thin_provisioning or not cmd.thin_only}
+    return {key: cmd for key, cmd in _ALL.items() if cmd.offered(disk)}
 
 
 def _usage(*values: int) -> bytes:
@@ -526,6 +587,9 @@ def _rw_table() -> dict[int, _Command]:
         Op.WRITE_SAME_16: _Command(16, u16(Op.WRITE_SAME_16, 0xE9), _write_same(f16, True),
                                   data_out=_write_same_out(f16)),
         Op.ORWRITE_16: _Command(16, u16(Op.ORWRITE_16, _W), _orwrite, data_out=_blocks(f16)),
+        Op.WRITE_ATOMIC_16: _Command(
+            16, _usage(Op.WRITE_ATOMIC_16, 0xF8, *_FF8, 0, 0, 0xFF, 0xFF, 0x1F, _C),
+            _write_atomic, data_out=_write_atomic_out, atomic_only=True),
         Op.COMPARE_AND_WRITE: _Command(
             16, _usage(Op.COMPARE_AND_WRITE, _W, *_FF8, 0, 0, 0, 0xFF, 0x1F, _C),
             _compare_and_write, data_out=_compare_and_write_out),
@@ -557,6 +621,8 @@ def _other_table() -> dict[int, _Command]:
                                         _read_defect_data(True), _u32_at6),
         Op.UNMAP: _Command(10, _usage(Op.UNMAP, 0, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, _C), _unmap,
                           data_out=_unmap_out, thin_only=True),
+        Op.RESERVE_6: _Command(6, _usage(Op.RESERVE_6, 0, 0, 0, 0, _C), _reserve_6),
+        Op.RELEASE_6: _Command(6, _usage(Op.RELEASE_6, 0, 0, 0, 0, _C), _release_6),
         Op.REPORT_LUNS: _Command(12, _usage(Op.REPORT_LUNS, 0, 0xFF, 0, 0, 0, *_FF4, 0, _C),
                                 _report_luns, _u32_at6),
     }
@@ -575,6 +641,12 @@ def _sa_table() -> dict[tuple[int, int], _Command]:
             12, _usage(Op.MAINTENANCE_IN, SA.REPORT_SUPPORTED_OPERATION_CODES, 0x87, 0xFF,
                        0xFF, 0xFF, *_FF4, 0, _C),
             _report_supported_opcodes, _u32_at6),
+        **{(Op.PERSISTENT_RESERVE_IN, sa): _Command(
+            10, _usage(Op.PERSISTENT_RESERVE_IN, sa, 0, 0, 0, 0, 0, 0xFF, 0xFF, _C),
+            _persistent_reserve_in, _u16_at7) for sa in PrinAction},
+        **{(Op.PERSISTENT_RESERVE_OUT, sa): _Command(
+            10, _usage(Op.PERSISTENT_RESERVE_OUT, sa, 0xFF, 0, 0, *_FF4, _C),
+            _persistent_reserve_out, data_out=_u32_at5) for sa in ProutAction},
     }
 
 
@@ -601,7 +673,7 @@ def _lookup(cdb: bytes, disk: Disk) -> _Command:
             raise invalid_field_in_cdb(1, 4)
     else:
         found = _BY_OPCODE.get(opcode)
-        if found is None or (found.thin_only and not disk.thin_provisioning):
+        if found is None or not found.offered(disk):
             raise invalid_opcode()
         cmd = found
     if len(cdb) < cmd.length:
@@ -618,6 +690,8 @@ def execute(
     luns: Sequence[int] = (0,),
     data_out: bytes | memoryview = b"",
     edtl: int | None = None,
+    nexus: Nexus = ANONYMOUS,
+    reservations: Reservations | None = None,
 ) -> Outcome:
     """Decide what one CDB does on `disk`: a finished Reply, or a plan to execute.
 
@@ -626,13 +700,30 @@ def execute(
     `edtl`, the transport's expected data transfer length, is checked only by the
     commands whose Data-Out size is fixed by the CDB (WRITE SAME, COMPARE AND WRITE);
     for the others a difference is the transport's residual, not an error.
+    `reservations` is the unit's reservation state and `nexus` who sends the CDB:
+    a command another nexus has fenced off ends in RESERVATION CONFLICT. Without
+    `reservations` (a caller that keeps none) every call sees an unreserved unit.
     Every error comes back as a CHECK CONDITION Reply; nothing is raised.
     """
     try:
         cmd = _lookup(cdb, disk)
-        return cmd.run(cdb, disk, _Context(luns, data_out, edtl))
+        if reservations is None:
+            reservations = Reservations()
+        else:
+            reservations.check(cdb, nexus)
+        return cmd.run(cdb, disk, _Context(luns, data_out, edtl, nexus, reservations))
     except ScsiError as exc:
         return Reply.error(exc)
+    except ReservationConflict:
+        return RESERVATION_CONFLICT
+
+
+#: What a fenced-off command gets: the status says it all, there is no sense data.
+RESERVATION_CONFLICT = Reply(b"", ScsiStatus.RESERVATION_CONFLICT)
+
+#: Opcodes whose Data-Out is a parameter list that decides what the command does:
+#: the target executes them only once all of it has arrived.
+PARAMETER_LISTS = frozenset((Opcode.UNMAP, Opcode.PERSISTENT_RESERVE_OUT))
 
 
 def execute_without_lun(cdb: bytes, luns: Sequence[int]) -> Reply:

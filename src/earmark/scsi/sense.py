@@ -68,6 +68,7 @@ class Asc(IntEnum):
     MEDIUM_NOT_PRESENT = 0x3A00
     REPORTED_LUNS_DATA_HAS_CHANGED = 0x3F0E
     INTERNAL_TARGET_FAILURE = 0x4400
+    PROTOCOL_SERVICE_CRC_ERROR = 0x4705
     INITIATOR_DETECTED_ERROR = 0x4800
     COMMAND_PHASE_ERROR = 0x4A00
     DATA_PHASE_ERROR = 0x4B00
@@ -311,6 +312,11 @@ def unrecovered_read_error(lba: int | None = None) -> ScsiError:
 
 def write_error(lba: int | None = None) -> ScsiError:
     return ScsiError(SenseKey.MEDIUM_ERROR, 0x0C, 0x00, information=lba)
+
+
+def protocol_crc_error() -> ScsiError:
+    """ABORTED COMMAND: the transport lost part of the command's data (a digest error)."""
+    return ScsiError(SenseKey.ABORTED_COMMAND, 0x47, 0x05)
 
 
 def medium_not_present() -> ScsiError:

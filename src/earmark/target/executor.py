@@ -42,7 +42,11 @@ def run_io(io: IoRequest) -> bytes:
         if isinstance(plan, ReadPlan):
             backing.readinto(plan.lba * bs + io.offset, io.views)
         elif isinstance(plan, WritePlan):
-            backing.write(plan.lba * bs + io.offset, io.views)
+            if plan.atomic:
+                with io.unit.atomic:
+                    backing.write(plan.lba * bs + io.offset, io.views)
+            else:
+                backing.write(plan.lba * bs + io.offset, io.views)
             if plan.fua and io.last:
                 backing.sync()
         elif isinstance(plan, VerifyPlan):

@@ -6,15 +6,18 @@ import threading
 from dataclasses import dataclass, field
 
 from earmark.scsi.disk import Disk
+from earmark.scsi.reservations import Reservations
 from earmark.target.backing import Backing
 
 
 @dataclass(slots=True, eq=False)
 class LogicalUnit:
     """One LUN. `atomic` serialises the read-modify-write plans (COMPARE AND WRITE,
-    ORWRITE) against each other, since they run on a thread pool."""
+    ORWRITE) against each other, since they run on a thread pool. `reservations`
+    is shared by every session on the unit: fencing is between initiators."""
 
     number: int
     disk: Disk
     backing: Backing
     atomic: threading.Lock = field(default_factory=threading.Lock)
+    reservations: Reservations = field(default_factory=Reservations)

@@ -63,7 +63,8 @@ from earmark.scsi.plans import (
     Reply,
     WriteSamePlan,
 )
-from earmark.scsi.sense import ScsiError, ScsiStatus, SenseKey
+from earmark.scsi.reservations import Nexus
+from earmark.scsi.sense import ScsiError, ScsiStatus, SenseKey, protocol_crc_error
 from earmark.target.events import AllocRequest, CloseConnection, Event, IoRequest
 from earmark.target.lun import LogicalUnit
 from earmark.target.segments import cut, fill
@@ -73,7 +74,6 @@ log = logging.getLogger(__name__)
 
 _BUFFER = TargetLevel.BUFFER
 _U32 = struct.Struct(">I")
-_UNMAP = 0x42
 #: Plans whose whole Data-Out must be in one window (they act on all of it at once).
 _WHOLE = (CompareAndWritePlan, WriteSamePlan)
 _MOD = 1 << 32
@@ -116,6 +116,7 @@ class TargetSession:
         "_next_ttt",
         "_out",
         "_ping",
+        "_slot_buf",
         "blocked",
         "closed",
         "config",
@@ -123,6 +124,7 @@ class TargetSession:
         "luns",
         "max_cmd_sn",
         "name",
+        "nexus",
         "params",
         "slot_target",
         "stat_sn",
@@ -143,6 +145,7 @@ class TargetSession:
         name: str = "session",
         now: float = 0.0,
         text: TextResponder | None = None,
+        nexus: Nexus | None = None,
     ) -> None:
         self.params = params
         self.units = dict(units)
@@ -150,6 +153,8 @@ class TargetSession:
         self.config = config
         self.name = name
         self.text = text
+        #: Who the initiator is, for the logical units' reservations.
+        self.nexus = nexus or Nexus(name, 0)
         self.tasks: dict[int, Task] = {}
         self._free: list[Reservation | None]
         if config.policy is Policy.RESERVE:
@@ -157,6 +162,12 @@ class TargetSession:
         else:
             self._free = [None] * config.window
         self._held = len(self._free)
+        #: Each held slot's buffer, drawn once when the slot comes in and used by command
+        #: after command: a draw and return per command costs more in the arena's buddy
+        #: books (split and coalesce) than the rest of a cached 4 KiB read.
+        self._slot_buf: dict[Reservation, Buffer] = {
+            s: s.take(_BUFFER, config.buffer_bytes) for s in slots
+        } if config.policy is Policy.RESERVE else {}
         #: How many slots the session should hold; the runtime adjusts it to a fair share.
         self.slot_target = self._held
         self.exp_cmd_sn = exp_cmd_sn
@@ -193,18 +204,24 @@ class TargetSession:
     def add_slot(self, slot: Reservation) -> None:
         """A granted reservation for one more command: the window opens by one."""
         self._held += 1
+        self._slot_buf[slot] = slot.take(_BUFFER, self.config.buffer_bytes)
         self._return_slot(slot)
 
     def close(self) -> list[Reservation]:
         """The connection is gone: forget every task; hand back the slots to release.
 
-        Buffers of tasks whose I/O is still running are freed by `io_done`.
+        Buffers of tasks whose I/O is still running are freed by `io_done`. The I_T
+        nexus is lost with it: RESERVE(6) reservations it held end (SPC-2 5.5.1).
         """
         for task in list(self.tasks.values()):
             self._abort(task)
+        for unit in self.units.values():
+            unit.reservations.nexus_lost(self.nexus)
         self.closed = True
         slots = [s for s in self._free if s is not None]
         self._free = []
+        for slot in slots:
+            self._slot_buf.pop(slot).put_back()
         return slots
 
     # ------------------------------------------------------------------- timers
@@ -391,11 +408,13 @@ class TargetSession:
         if out_len:
             self._write_command(task, pdu, unit, out_len)
             return
-        outcome = sbc.execute(pdu.cdb, disk, luns=self.luns, edtl=pdu.expected_data_transfer_length)
+        outcome = sbc.execute(pdu.cdb, disk, luns=self.luns, edtl=pdu.expected_data_transfer_length,
+                              nexus=self.nexus, reservations=unit.reservations)
         if isinstance(outcome, Reply):
             self._reply(task, pdu, outcome)
             return
-        in_len = sbc.data_in_length(pdu.cdb, disk) if isinstance(outcome, ReadPlan) else 0
+        # A read moves its blocks (the plan has them: no second look at the CDB).
+        in_len = outcome.nblocks * disk.block_size if isinstance(outcome, ReadPlan) else 0
         task.plan = outcome
         if in_len:
             task.reading = True
@@ -437,8 +456,9 @@ class TargetSession:
             )
         if unsolicited > len(pdu.data):
             task.unsolicited = Sequence(len(pdu.data), unsolicited)
-        if pdu.cdb[0] != _UNMAP:  # UNMAP's parameter list decides: execute once it is here
-            outcome = sbc.execute(pdu.cdb, unit.disk, luns=self.luns, edtl=edtl)
+        if pdu.cdb[0] not in sbc.PARAMETER_LISTS:  # those execute once the list is here
+            outcome = sbc.execute(pdu.cdb, unit.disk, luns=self.luns, edtl=edtl,
+                                  nexus=self.nexus, reservations=unit.reservations)
             if isinstance(outcome, Reply):
                 self._respond(task, ScsiStatus(outcome.status), outcome.sense, moved=0)
                 return
@@ -485,7 +505,7 @@ class TargetSession:
         if size:
             slot = task.slot
             assert slot is not None
-            task.pieces = [(0, slot.take(_BUFFER, size))]
+            task.pieces = [(0, self._slot_buf[slot])]
         if task.reading or not task.xfer:
             self._start_io(task)
 
@@ -500,6 +520,12 @@ class TargetSession:
             self._issue_r2ts(task)
 
     def _views(self, task: Task, start: int, end: int) -> list[memoryview]:
+        pieces = task.pieces
+        if len(pieces) == 1:
+            base, buf = pieces[0]
+            segments = buf.segments
+            if len(segments) == 1 and base <= start and end <= base + buf.nbytes:
+                return [segments[0][start - base : end - base]]  # the usual case: one run
         out: list[memoryview] = []
         for base, buf in task.pieces:
             lo, hi = max(start, base), min(end, base + buf.nbytes)
@@ -511,9 +537,10 @@ class TargetSession:
         unit, plan = task.unit, task.plan
         assert unit is not None
         views = self._views(task, task.start, task.end)
-        if plan is None:  # UNMAP: its parameter list is here now
+        if plan is None:  # a parameter list command (UNMAP, ...): its list is here now
             outcome = sbc.execute(task.cdb, unit.disk, luns=self.luns,
-                                  data_out=b"".join(views), edtl=task.edtl)
+                                  data_out=b"".join(views), edtl=task.edtl,
+                                  nexus=self.nexus, reservations=unit.reservations)
             if isinstance(outcome, Reply):
                 self._respond(task, ScsiStatus(outcome.status), outcome.sense, moved=task.xfer)
                 return
@@ -546,7 +573,15 @@ class TargetSession:
             )
         n = len(pdu.data)
         if pdu.data_sn != seq.next_data_sn:
-            raise ProtocolError(f"Data-Out DataSN {pdu.data_sn}, expected {seq.next_data_sn}")
+            # A DataSN out of order means an earlier Data-Out was lost to a digest
+            # error (RFC 7143 §7.3). Recovering it takes a recovery R2T, which is
+            # ERL 1; at ERL 0 the command ends with PROTOCOL SERVICE CRC ERROR (§7.8)
+            # and the session goes on. Anything still coming for it is dropped.
+            log.info("%s: ITT 0x%08x: Data-Out DataSN %d, expected %d", self.name, pdu.itt,
+                     pdu.data_sn, seq.next_data_sn)
+            self._respond(task, ScsiStatus.CHECK_CONDITION, protocol_crc_error().sense(), 0)
+            task.aborted = True
+            return
         if pdu.buffer_offset != seq.next_offset or pdu.buffer_offset + n > seq.end:
             raise ProtocolError(
                 f"Data-Out of {n} B at offset {pdu.buffer_offset} outside the expected "
@@ -611,6 +646,9 @@ class TargetSession:
         """Data-In PDUs for `views`, at most MaxRecvDataSegmentLength each and never
         across a run of the buffer; the last carries the status when it can."""
         mrdsl = self.params.initiator_mrdsl
+        if last and len(views) == 1 and len(views[0]) <= mrdsl:
+            self._final_data_in(task, task.start, views[0])  # the usual small read
+            return
         burst = self.params.max_burst_length
         offset = task.start
         pieces: list[memoryview] = []
@@ -619,25 +657,29 @@ class TargetSession:
                 pieces.append(view[pos : pos + mrdsl])
         for i, piece in enumerate(pieces):
             end = offset + len(piece)
-            final_pdu = last and i == len(pieces) - 1
-            if final_pdu:
-                # Slot back first, so this status carries the reopened window; the
-                # views stay valid until sent (the runtime sends before the next event).
-                self._finish(task)
-                over, under, residual = _residual(task.edtl, task.spdtl, task.xfer)
-                self._send(DataIn(
-                    task.itt, RESERVED_TAG, task.data_sn, offset, self._stat(), self.exp_cmd_sn,
-                    self.max_cmd_sn, residual, ScsiStatus.GOOD, True, False, over, under, True,
-                    task.lun, piece,
-                ))
-            else:
-                self._send(DataIn(
-                    task.itt, RESERVED_TAG, task.data_sn, offset, 0, self.exp_cmd_sn,
-                    self.max_cmd_sn, 0, 0, end % burst == 0, False, False, False, False,
-                    task.lun, piece,
-                ))
+            if last and i == len(pieces) - 1:
+                self._final_data_in(task, offset, piece)
+                return
+            self._send(DataIn(
+                task.itt, RESERVED_TAG, task.data_sn, offset, 0, self.exp_cmd_sn,
+                self.max_cmd_sn, 0, 0, end % burst == 0, False, False, False, False,
+                task.lun, piece,
+            ))
             task.data_sn += 1
             offset = end
+
+    def _final_data_in(self, task: Task, offset: int, piece: memoryview) -> None:
+        """The command's last Data-In, with its status (phase collapse). Slot back
+        first, so it carries the reopened window; the views stay valid until sent
+        (the runtime sends before the next event)."""
+        self._finish(task)
+        over, under, residual = _residual(task.edtl, task.spdtl, task.xfer)
+        self._send(DataIn(
+            task.itt, RESERVED_TAG, task.data_sn, offset, self._stat(), self.exp_cmd_sn,
+            self.max_cmd_sn, residual, ScsiStatus.GOOD, True, False, over, under, True,
+            task.lun, piece,
+        ))
+        task.data_sn += 1
 
     # ------------------------------------------------------------------- status
 
@@ -661,17 +703,16 @@ class TargetSession:
             return
         task.released = True
         for _, buf in task.pieces:
-            if buf.reservation is not None:
-                buf.put_back()
-            else:
+            if buf.reservation is None:  # `--policy none`: allocated for this command
                 buf.free()
-        task.pieces = []
+        task.pieces = []  # under `reserve`, the slot's buffer: it stays with the slot
         slot, task.slot = task.slot, None
         self._return_slot(slot)
 
     def _return_slot(self, slot: Reservation | None) -> None:
         if slot is not None and (self.closed or self._held > max(1, self.slot_target)):
             self._held -= 1
+            self._slot_buf.pop(slot).put_back()
             slot.release()
             return
         self._free.append(slot)
@@ -712,9 +753,13 @@ class TargetSession:
             else:
                 for task in [t for t in self.tasks.values() if t.lun == pdu.lun]:
                     self._abort(task)
+                if fn == TmfFunction.LOGICAL_UNIT_RESET:
+                    self.units[pdu.lun].reservations.reset()
         elif fn in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
             for task in list(self.tasks.values()):
                 self._abort(task)
+            for unit in self.units.values():
+                unit.reservations.reset()
         elif fn == TmfFunction.TASK_REASSIGN:
             response = TmfResponse.TASK_REASSIGNMENT_NOT_SUPPORTED
         elif fn == TmfFunction.CLEAR_ACA:

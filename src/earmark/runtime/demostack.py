@@ -1,0 +1,104 @@
+"""The demo's real stack: the page cache over earmark's initiator, over TCP, to an
+embedded earmark target on its own thread.
+
+Each run opens a fresh session on that run's host arena, so the host side of the
+cycle (pages, requests, commands, receive buffers) is all in one bounded arena.
+The target has its own, generous one: the demo is about the host. Verification
+reads every page written back through a new session with no cache.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+
+from earmark.host.device import PageDevice
+from earmark.host.policy import Policy
+from earmark.memory import Arena
+from earmark.memory.levels import PAGE_BYTES
+from earmark.runtime.embedded import EmbeddedTarget
+from earmark.runtime.initiator_device import BlockDevice
+from earmark.target.backing import Backing, MemoryBacking
+
+#: The verifying session's arena: only its receive buffer and a few commands.
+_VERIFY_ARENA = 4 << 20
+
+
+class SlowBacking:
+    """A backing store behind `delay` seconds of target-side latency per write (--slow-net).
+
+    The sleep runs on the target's I/O threads, like a slow disk or a congested
+    path: the target answers late, the host's writeback memory stays held longer.
+    """
+
+    def __init__(self, inner: Backing, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def readinto(self, offset: int, buffers: list[memoryview]) -> None:
+        self.inner.readinto(offset, buffers)
+
+    def read_cached(self, offset: int, buffers: list[memoryview]) -> bool:
+        return self.inner.read_cached(offset, buffers)
+
+    def write(self, offset: int, buffers: list[memoryview]) -> None:
+        time.sleep(self.delay)
+        self.inner.write(offset, buffers)
+
+    def sync(self) -> None:
+        self.inner.sync()
+
+    def punch(self, offset: int, length: int) -> None:
+        self.inner.punch(offset, length)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class TcpStack:
+    def __init__(self, lun_bytes: int, *, slow_net: float = 0.0) -> None:
+        backing: Backing = MemoryBacking(lun_bytes)
+        if slow_net:
+            backing = SlowBacking(backing, slow_net)
+        self.target = EmbeddedTarget(backing)
+        self.policy = Policy.RESERVE
+
+    def __enter__(self) -> TcpStack:
+        self.target.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.target.stop()
+
+    def open(self, arena: Arena, policy: Policy) -> AbstractAsyncContextManager[PageDevice]:
+        @asynccontextmanager
+        async def opened() -> AsyncIterator[PageDevice]:
+            device = BlockDevice(self.target.url, arena=arena, policy=policy.value,
+                                 reconnect_timeout=5, max_attempts=1)
+            await device.connect()
+            try:
+                yield device
+            finally:
+                await device.close()
+
+        return opened()
+
+    async def verify(self, expected: dict[int, int]) -> bool:
+        async with BlockDevice(self.target.url, arena=Arena(_VERIFY_ARENA)) as device:
+            for index, crc in expected.items():
+                page = await device.read(index * PAGE_BYTES, PAGE_BYTES)
+                if zlib.crc32(page) != crc:
+                    return False
+        return True
