@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from earmark import __version__
-from earmark.runtime import initiator_cli, serve
+from earmark.runtime import demo_cli, initiator_cli, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"earmark {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo_cli.add_parser(commands)
     serve.add_parser(commands)
     initiator_cli.add_parsers(commands)
     return parser
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "demo":
+        return demo_cli.run(args)
     if args.command == "serve":
         return serve.run(args)
     if args.command in ("ls", "bench"):
