@@ -137,6 +137,44 @@ def test_small_write_is_one_pdu_with_immediate_data() -> None:
     assert isinstance(cmd, ScsiCommand) and cmd.final and bytes(cmd.data) == b"x" * 4096
 
 
+@pytest.mark.parametrize("digests", [False, True])
+def test_write_from_pieces_is_the_wire_of_one_buffer_without_joining(digests: bool) -> None:
+    """A run of pages goes out as it is: segments that span pages are sent as their
+    pieces (and digested across them), byte for byte what one buffer would give."""
+    sizes = [4096] * 5 + [1001, 4096, 3]  # odd sizes: padding and unaligned boundaries
+    pages = [memoryview(bytearray(os.urandom(n))) for n in sizes]
+    payload = b"".join(pages)
+    wires = []
+    for data in (memoryview(payload), pages):
+        s = make(target_mrdsl=6000, immediate_data=True, initial_r2t=False,
+                 first_burst_length=12000, header_digest=digests, data_digest=digests)
+        c = Command(C.write_16(0, 48), lun=1, write_data=data)
+        s.submit(c, 0.0)
+        s.receive(R2T(itt=c.itt, ttt=5, buffer_offset=12000,
+                      desired_data_transfer_length=len(payload) - 12000,
+                      exp_cmd_sn=11, max_cmd_sn=50), 0.0)
+        pieces = s.data_to_send()
+        wires.append(b"".join(bytes(p) for p in pieces))
+        if data is pages:
+            assert c.length == len(payload)
+            assert {id(p.obj) for p in pieces if isinstance(p, memoryview)} == {
+                id(page.obj) for page in pages}
+    assert wires[0] == wires[1]
+    reader = PduReader(1 << 24, digests, digests)
+    outs = reader.feed(wires[1])
+    assert b"".join(bytes(p.data) for p in outs) == payload  # type: ignore[union-attr]
+
+
+def test_answering_names_the_command_a_pdu_belongs_to() -> None:
+    s = make()
+    c = read_cmd()
+    s.submit(c, 0.0)
+    for pdu in (DataIn(itt=c.itt), R2T(itt=c.itt), ScsiResponse(itt=c.itt)):
+        assert s.answering(memoryview(encode_header(pdu))) is c
+    assert s.answering(memoryview(encode_header(ScsiResponse(itt=c.itt + 1)))) is None
+    assert s.answering(memoryview(encode_header(NopIn(itt=c.itt)))) is None
+
+
 def test_data_in_split_out_of_order_lands_in_the_buffer() -> None:
     s = make()
     payload = os.urandom(12288)

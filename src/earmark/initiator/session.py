@@ -30,7 +30,7 @@ from collections import deque
 from typing import Any
 
 from earmark.iscsi.errors import ProtocolError
-from earmark.iscsi.framing import serialize
+from earmark.iscsi.framing import serialize, serialize_gather
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import AsyncEvent, LogoutReason, Opcode
 from earmark.iscsi.pdu import (
@@ -51,6 +51,7 @@ from earmark.iscsi.pdu import (
     bhs_lengths,
     parse_sense_segment,
 )
+from earmark.iscsi.serial import sn_le
 from earmark.scsi.sense import ScsiStatus, SenseFormatError, parse_sense
 
 from .errors import (
@@ -63,14 +64,10 @@ from .errors import (
 __all__ = ["Command", "InitiatorSession", "Timeouts"]
 
 _MASK = 0xFFFFFFFF
-_HALF = 1 << 31
 _U32 = struct.Struct(">I")
 _DATA_IN = int(Opcode.DATA_IN)
-
-
-def _sn_le(a: int, b: int) -> bool:
-    """a <= b in 32-bit serial number arithmetic (RFC 1982)."""
-    return ((b - a) & _MASK) < _HALF
+#: What the target sends about one command: each lands in a receive buffer of its own.
+_ANSWERS = frozenset((_DATA_IN, int(Opcode.R2T), int(Opcode.SCSI_RESPONSE)))
 
 
 class Timeouts:
@@ -93,8 +90,10 @@ class Command:
     """One SCSI command and everything the session knows about it.
 
     ``read_into`` receives Data-In; ``write_data`` is sent as immediate data and
-    Data-Out (never copied: the PDUs carry slices of it). ``context`` belongs
-    to the runtime (its future).
+    Data-Out (never copied: the PDUs carry slices of it). It may be a list of
+    buffers, such as a run of page-cache pages, which are sent as they are (a
+    data segment that spans two of them goes out as their pieces). ``context``
+    belongs to the runtime.
     """
 
     __slots__ = (
@@ -105,6 +104,7 @@ class Command:
         "deadline",
         "error",
         "itt",
+        "length",
         "lun",
         "read_into",
         "received",
@@ -120,13 +120,22 @@ class Command:
         *,
         lun: int = 0,
         read_into: memoryview | None = None,
-        write_data: memoryview | None = None,
+        write_data: memoryview | list[memoryview] | None = None,
         context: Any = None,
     ) -> None:
         self.cdb = cdb
         self.lun = lun
         self.read_into = read_into
+        if isinstance(write_data, list) and len(write_data) == 1:
+            write_data = write_data[0]
         self.write_data = write_data
+        #: Expected Data Transfer Length.
+        self.length = (
+            (len(write_data) if isinstance(write_data, memoryview)
+             else sum(len(piece) for piece in write_data))
+            if write_data is not None
+            else len(read_into) if read_into is not None else 0
+        )
         self.context = context
         self.itt = RESERVED_TAG
         self.cmd_sn = 0
@@ -137,13 +146,6 @@ class Command:
         self.status: int | None = None
         self.sense = b""
         self.error: Exception | None = None
-
-    @property
-    def length(self) -> int:
-        """Expected Data Transfer Length."""
-        if self.write_data is not None:
-            return len(self.write_data)
-        return len(self.read_into) if self.read_into is not None else 0
 
 
 class InitiatorSession:
@@ -233,7 +235,7 @@ class InitiatorSession:
     def submit(self, cmd: Command, now: float) -> None:
         """Issue ``cmd`` now if the window allows, else queue it (FIFO)."""
         cmd.itt = self._allocate_itt()
-        if self._queue or not _sn_le(self.cmd_sn, self.max_cmd_sn):
+        if self._queue or not sn_le(self.cmd_sn, self.max_cmd_sn):
             self._queue.append(cmd)
         else:
             self._issue(cmd, now)
@@ -272,9 +274,7 @@ class InitiatorSession:
     def _issue(self, cmd: Command, now: float) -> None:
         data = cmd.write_data
         length = cmd.length
-        immediate: Buffer = b""
-        if data is not None and self._immediate_limit:
-            immediate = data[: self._immediate_limit]
+        immediate = min(self._immediate_limit, length) if data is not None else 0
         cmd.cmd_sn = self.cmd_sn
         self.cmd_sn = (self.cmd_sn + 1) & _MASK
         cmd.deadline = now + self.timeouts.command
@@ -283,17 +283,16 @@ class InitiatorSession:
         pdu = ScsiCommand(
             itt=cmd.itt, cdb=cmd.cdb, expected_data_transfer_length=length,
             cmd_sn=cmd.cmd_sn, exp_stat_sn=self.exp_stat_sn, lun=cmd.lun,
-            read=cmd.read_into is not None, write=data is not None,
-            final=True, data=immediate,
+            read=cmd.read_into is not None, write=data is not None, final=True,
         )
-        if data is not None:
-            unsolicited = min(self._unsolicited_limit, length)
-            if unsolicited > len(immediate):
-                pdu.final = False
-                self._send(pdu)
-                self._data_out(cmd, RESERVED_TAG, len(immediate), unsolicited - len(immediate))
-                return
-        self._send(pdu)
+        if data is None:
+            self._send(pdu)
+            return
+        unsolicited = min(self._unsolicited_limit, length)
+        pdu.final = unsolicited <= immediate
+        self._send_with(pdu, _segment(data, 0, immediate))
+        if not pdu.final:
+            self._data_out(cmd, RESERVED_TAG, immediate, unsolicited - immediate)
 
     def _data_out(self, cmd: Command, ttt: int, offset: int, length: int) -> None:
         """One Data-Out sequence: ``length`` bytes from ``offset``, F on the last PDU."""
@@ -306,20 +305,32 @@ class InitiatorSession:
         hd, dd = self.params.header_digest, self.params.data_digest
         while offset < end:
             n = min(step, end - offset)
-            out.extend(serialize(DataOut(
-                itt=cmd.itt, ttt=ttt, exp_stat_sn=self.exp_stat_sn, data_sn=data_sn,
-                buffer_offset=offset, final=offset + n == end, lun=cmd.lun,
-                data=data[offset : offset + n],
-            ), hd, dd))
+            pdu = DataOut(itt=cmd.itt, ttt=ttt, exp_stat_sn=self.exp_stat_sn, data_sn=data_sn,
+                          buffer_offset=offset, final=offset + n == end, lun=cmd.lun)
+            segment = _segment(data, offset, n)
+            if isinstance(segment, list):
+                out.extend(serialize_gather(pdu, segment, hd, dd))
+            else:
+                pdu.data = segment
+                out.extend(serialize(pdu, hd, dd))
             offset += n
             data_sn += 1
 
     def _send(self, pdu: Pdu) -> None:
         self._out.extend(serialize(pdu, self.params.header_digest, self.params.data_digest))
 
+    def _send_with(self, pdu: ScsiCommand, segment: memoryview | list[memoryview]) -> None:
+        """``pdu`` with ``segment`` as its (immediate) data."""
+        hd, dd = self.params.header_digest, self.params.data_digest
+        if isinstance(segment, list):
+            self._out.extend(serialize_gather(pdu, segment, hd, dd))
+        else:
+            pdu.data = segment
+            self._out.extend(serialize(pdu, hd, dd))
+
     def _pump(self, now: float) -> None:
         queue = self._queue
-        while queue and _sn_le(self.cmd_sn, self.max_cmd_sn):
+        while queue and sn_le(self.cmd_sn, self.max_cmd_sn):
             self._issue(queue.popleft(), now)
 
     # ------------------------------------------------------------ receiving
@@ -341,6 +352,20 @@ class InitiatorSession:
         if offset + dsl > len(cmd.read_into):
             return None
         return cmd.read_into[offset : offset + dsl]
+
+    def answering(self, bhs: memoryview) -> Command | None:
+        """The outstanding command the PDU with this BHS answers (R2T, Data-In, SCSI
+        Response), if any.
+
+        Those are the PDUs whose receive buffers a command's memory claim counts;
+        the runtime asks before it parses one, so that under the policies without
+        reservations it can allocate that buffer as a real receive path does, on
+        arrival, and charge it to the command. Anything else (NOP-In, Async,
+        Reject, an unknown ITT) is parsed in the connection's own buffer.
+        """
+        if bhs[0] & 0x3F not in _ANSWERS:
+            return None
+        return self._tasks.get(_U32.unpack_from(bhs, 16)[0])
 
     def receive(self, pdu: Pdu, now: float, placed: bool = False) -> None:
         """Take one PDU from the target. ``placed``: its data is already in place.
@@ -376,16 +401,16 @@ class InitiatorSession:
 
     def _window(self, exp_cmd_sn: int, max_cmd_sn: int) -> None:
         # RFC 7143 §4.2.2.1: ignore both when MaxCmdSN < ExpCmdSN - 1 (serial).
-        if not _sn_le((exp_cmd_sn - 1) & _MASK, max_cmd_sn):
+        if not sn_le((exp_cmd_sn - 1) & _MASK, max_cmd_sn):
             return
-        if _sn_le(self.exp_cmd_sn, exp_cmd_sn):
+        if sn_le(self.exp_cmd_sn, exp_cmd_sn):
             self.exp_cmd_sn = exp_cmd_sn
-        if _sn_le(self.max_cmd_sn, max_cmd_sn):
+        if sn_le(self.max_cmd_sn, max_cmd_sn):
             self.max_cmd_sn = max_cmd_sn
 
     def _stat(self, stat_sn: int) -> None:
         nxt = (stat_sn + 1) & _MASK
-        if _sn_le(self.exp_stat_sn, nxt):
+        if sn_le(self.exp_stat_sn, nxt):
             self.exp_stat_sn = nxt
 
     def _task(self, itt: int, what: str) -> Command:
@@ -449,7 +474,7 @@ class InitiatorSession:
         self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
         cmd = self._task(pdu.itt, "R2T")
         length = pdu.desired_data_transfer_length
-        if cmd.write_data is None or pdu.buffer_offset + length > len(cmd.write_data):
+        if cmd.write_data is None or pdu.buffer_offset + length > cmd.length:
             raise ProtocolError(
                 f"R2T for {length} B at offset {pdu.buffer_offset} of ITT 0x{pdu.itt:08x} "
                 f"outside the {cmd.length} B it writes"
@@ -526,3 +551,23 @@ class InitiatorSession:
             self._ping_deadline = now + self.timeouts.nop_timeout
             self._send(NopOut(itt=self._ping_itt, ttt=RESERVED_TAG, cmd_sn=self.cmd_sn,
                               exp_stat_sn=self.exp_stat_sn, immediate=True))
+
+
+def _segment(
+    data: memoryview | list[memoryview], offset: int, n: int
+) -> memoryview | list[memoryview]:
+    """Bytes [offset, offset + n) of a command's data as slices of the caller's
+    buffers: one view when they lie in one buffer, else the pieces in order."""
+    if isinstance(data, memoryview):
+        return data[offset : offset + n]
+    pieces: list[memoryview] = []
+    end = offset + n
+    at = 0
+    for piece in data:
+        size = len(piece)
+        if at + size > offset:
+            pieces.append(piece[max(0, offset - at) : min(size, end - at)])
+        at += size
+        if at >= end:
+            break
+    return pieces[0] if len(pieces) == 1 else pieces

@@ -12,7 +12,15 @@ from crc32c import crc32c
 
 from .digest import DIGEST_LENGTH, data_digest, header_digest, padding
 from .errors import DigestError, ProtocolError
-from .pdu import BHS_LENGTH, Buffer, Pdu, bhs_lengths, decode_pdu, encode_header
+from .pdu import (
+    BHS_LENGTH,
+    MAX_DATA_SEGMENT_LENGTH,
+    Buffer,
+    Pdu,
+    bhs_lengths,
+    decode_pdu,
+    encode_header,
+)
 
 
 class PduReader:
@@ -145,3 +153,33 @@ def serialize(pdu: Pdu, header_digest_on: bool, data_digest_on: bool) -> list[Bu
             crc = crc32c(pad, crc)
         return [header, data, pad + crc.to_bytes(4, "little")]
     return [header, data, pad] if pad else [header, data]
+
+
+def serialize_gather(
+    pdu: Pdu, pieces: list[memoryview], header_digest_on: bool, data_digest_on: bool
+) -> list[Buffer]:
+    """Wire pieces of ``pdu`` whose data segment is ``pieces`` one after another.
+
+    A write from a run of page-cache pages has its data in several buffers; they
+    go to ``writelines`` as they are instead of being joined into a copy. ``pdu``
+    carries no data of its own: its DataSegmentLength (BHS bytes 5-7) is set here.
+    """
+    n = sum(len(piece) for piece in pieces)
+    if n > MAX_DATA_SEGMENT_LENGTH:
+        raise ValueError(f"data segment of {n} bytes exceeds the 24-bit DataSegmentLength")
+    header = encode_header(pdu)
+    header = header[:5] + n.to_bytes(3, "big") + header[8:]
+    if header_digest_on:
+        header += header_digest(header)
+    out: list[Buffer] = [header, *pieces]
+    pad = padding(n)
+    if data_digest_on:
+        crc = 0
+        for piece in pieces:
+            crc = crc32c(piece, crc)
+        if pad:
+            crc = crc32c(pad, crc)
+        out.append(pad + crc.to_bytes(4, "little"))
+    elif pad:
+        out.append(pad)
+    return out

@@ -206,6 +206,16 @@ class Arena:
         assert isinstance(got, Charge)
         return got
 
+    def allocate_charge_now(self, level: int, nbytes: int, *, owner: str) -> Charge | None:
+        """`allocate_charge` if it can be granted at once, else None; never reclaims.
+
+        For a path that must not wait where it runs (a connection's reader, in a
+        protocol callback): it stops and waits elsewhere, with `allocate_charge`.
+        """
+        if self._can_grant_now(nbytes, _MEMALLOC.get()):
+            return self._plain_charge(level, nbytes, owner)
+        return None
+
     @contextmanager
     def memalloc(self) -> Iterator[None]:
         """Mark the enclosed code as a reclaim/receive path (PF_MEMALLOC): it may use the

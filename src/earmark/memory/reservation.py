@@ -39,6 +39,12 @@ def current_reservation() -> Reservation:
     return res
 
 
+def handed_down() -> Reservation | None:
+    """The reservation the calling context works under, or None: for a layer that
+    draws differently when the work arrived with no reservation at all."""
+    return _CURRENT.get()
+
+
 class Reservation:
     """Bytes per level promised by the arena to one owner; `budget` is what is left to draw."""
 

@@ -341,8 +341,11 @@ class TargetConnection(asyncio.BufferedProtocol):
         self._fatal(reason)
 
     def _fatal(self, reason: str) -> None:
+        # The log line first: the peer may act on the Reject sent below before a line
+        # logged after it is written.
+        log.warning("%s: closing: %s", self.name, reason)
         self._pump()
-        self._close(reason, error=True)
+        self._close()
 
     # ------------------------------------------------------------------ login
 

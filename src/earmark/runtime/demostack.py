@@ -85,7 +85,7 @@ class TcpStack:
     def open(self, arena: Arena, policy: Policy) -> AbstractAsyncContextManager[PageDevice]:
         @asynccontextmanager
         async def opened() -> AsyncIterator[PageDevice]:
-            device = BlockDevice(self.target.url, arena=arena, policy=policy.value,
+            device = BlockDevice(self.target.url, arena=arena, policy=policy,
                                  reconnect_timeout=5, max_attempts=1)
             await device.connect()
             try:

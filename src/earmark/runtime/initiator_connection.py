@@ -7,6 +7,13 @@ segment is still arriving, it asks the session where that segment belongs
 (``placement``), moves what already came there and receives the rest of it
 straight into the caller's buffer.
 
+A device whose receive buffers are allocated on arrival (the policies without
+reservations) sets ``admit``: it is asked before each PDU is parsed, and when
+it cannot have the PDU's buffer at once the stream stops reading (the
+transport is paused and nothing more is parsed) until the device calls
+:meth:`InitiatorStream.resume`. That stall is the receive side of the memory
+deadlock, kept as real stacks have it.
+
 Until a session is attached (login, SendTargets, logout of a discovery
 session) PDUs go to an inbox queue one by one: those exchanges are strictly
 request/response and rare, so the simplest shape is the right one there.
@@ -73,6 +80,10 @@ class InitiatorStream(asyncio.BufferedProtocol):
         self._tail_pdu: Pdu | None = None
         self._on_lost = on_lost
         self.sink: StreamSink | None = None
+        #: Asked with each PDU's BHS before it is parsed (full feature phase only);
+        #: False stops the stream until resume().
+        self.admit: Callable[[memoryview], bool] | None = None
+        self._paused = False
         self.inbox: asyncio.Queue[Pdu | None] = asyncio.Queue()
         self.transport: asyncio.Transport | None = None
         self.failed: str | None = None
@@ -135,6 +146,19 @@ class InitiatorStream(asyncio.BufferedProtocol):
 
     # -------------------------------------------------------------- receiving
 
+    def resume(self) -> None:
+        """What the stream stopped for is granted: parse what is buffered, read again."""
+        self._paused = False
+        self.buffer_updated(0)  # nothing new arrived: parse what is already here
+        transport = self.transport
+        if not self._paused and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _pause(self) -> None:
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
     def get_buffer(self, sizehint: int) -> memoryview:
         dest = self._dest
         if dest is not None:
@@ -182,6 +206,7 @@ class InitiatorStream(asyncio.BufferedProtocol):
         buf = self._buf
         start, end = self._start, self._end
         hd, dd_on = self._hd, self._dd
+        admit = self.admit if self.sink is not None else None
         try:
             while True:
                 if self._tail_pdu is not None:
@@ -213,6 +238,9 @@ class InitiatorStream(asyncio.BufferedProtocol):
                 dd = dd_on if dsl else 0
                 total = head + padded + dd
                 if avail >= total:
+                    if admit is not None and not admit(buf[start : start + BHS_LENGTH]):
+                        self._pause()
+                        break
                     if hd and header_digest(buf[start : start + head - hd]) != buf[
                         start + head - hd : start + head
                     ]:
@@ -233,6 +261,9 @@ class InitiatorStream(asyncio.BufferedProtocol):
                         raise DigestError("header digest mismatch", header=True)
                     dest = self.sink.placement(buf[start : start + BHS_LENGTH])
                     if dest is not None:
+                        if admit is not None and not admit(buf[start : start + BHS_LENGTH]):
+                            self._pause()
+                            break
                         have = min(avail - head, dsl)
                         dest[:have] = buf[start + head : start + head + have]
                         bhs = bytes(buf[start : start + BHS_LENGTH])

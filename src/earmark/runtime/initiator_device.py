@@ -8,9 +8,16 @@ through :meth:`BlockDevice.execute`, which is where the memory discipline bites:
   buffer it can cause, R2Ts, Data-In headers and a response with sense (WIRE);
   the claim is computed from the negotiated limits (:meth:`command_cost`) and
   held until the command's status arrives;
-* under the other policies the same charges are allocated one after another as
-  the command needs them (``earmark.memory.draw``), each of which may wait while
-  holding the previous one, which is how those disciplines deadlock;
+* under the other policies the same charges are allocated as the command needs
+  them, each of which may wait while holding the previous one, which is how
+  those disciplines deadlock: the task descriptor and Data-Out headers at
+  submit (``earmark.memory.draw``), and each receive buffer (R2T, Data-In
+  header, response with sense) when its PDU arrives, half a round trip later,
+  as a real receive path allocates skbs. The reader allocates those marked
+  PF_MEMALLOC (``Arena.memalloc``: it may use the emergency pool); when even
+  that cannot be granted, it stops reading until it is (:meth:`_admit`), so
+  every command in flight then waits on the stalled receiver, and the wait
+  registry says so for the deadlock detector;
 * the page cache hands its own reservation down (``write_pages``/``read_page``
   run under the reservation it made when the page became dirty), so the device
   draws on that instead of reserving.
@@ -36,6 +43,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from earmark.host.policy import Policy
 from earmark.initiator.errors import (
     AuthenticationFailedError,
     CommandTimeoutError,
@@ -51,7 +59,7 @@ from earmark.iscsi.discovery import DiscoveredTarget, TextRequester, send_target
 from earmark.iscsi.errors import AuthenticationError, ProtocolError
 from earmark.iscsi.login import InitiatorLogin, LoginFailed
 from earmark.iscsi.negotiation import SessionParams
-from earmark.iscsi.opcodes import LoginStatus, LogoutReason
+from earmark.iscsi.opcodes import LoginStatus, LogoutReason, Opcode
 from earmark.iscsi.pdu import (
     LoginRequest,
     LoginResponse,
@@ -70,7 +78,7 @@ from earmark.memory.levels import (
     RESPONSE_HEADER_BYTES,
     TASK_DESCRIPTOR_BYTES,
 )
-from earmark.memory.reservation import Reservation
+from earmark.memory.reservation import Reservation, handed_down
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
 from earmark.scsi import cdb as C
 from earmark.scsi.sense import ScsiError, SenseKey
@@ -83,6 +91,10 @@ MAX_IO_BYTES = 1 << 20
 """Largest single command; bigger requests are split and issued together."""
 _SENSE_BYTES = 256
 """SenseLength (2) + the largest fixed or descriptor sense (252), one granule-aligned run."""
+_RESPONSE_BYTES = RESPONSE_HEADER_BYTES + _SENSE_BYTES
+_SCSI_RESPONSE = int(Opcode.SCSI_RESPONSE)
+_ANSWER = "the target's answer"
+_HELD_BACK = "the target's answer, which its stalled receiver cannot read"
 _UA_RETRIES = 3
 
 WANTS: Mapping[str, str] = {
@@ -96,14 +108,40 @@ WANTS: Mapping[str, str] = {
 and immediate plus unsolicited data so a small write is one round trip."""
 
 
-class Policy:
-    """Names of the memory disciplines the initiator understands (DESIGN.md §4)."""
+class _Answer:
+    """The runtime's side of one command (``Command.context``): the future its caller
+    awaits, the memory it holds, and its registered wait for the target."""
 
-    RESERVE = "reserve"
-    NONE = "none"
-    MEMPOOL = "mempool"
-    THROTTLE = "throttle"
-    ALL = (RESERVE, NONE, MEMPOOL, THROTTLE)
+    __slots__ = ("future", "held", "owner", "received", "token", "wait")
+
+    def __init__(self, future: asyncio.Future[None], owner: str, held: list[Charge],
+                 receive_on_arrival: bool) -> None:
+        self.future = future
+        self.owner = owner
+        #: Drawn at submit: task descriptor and Data-Out headers (and receive buffers
+        #: when those were reserved with the command).
+        self.held = held
+        #: Receive buffers allocated as the target's PDUs arrived; None when they
+        #: were drawn at submit, or once the command has given its memory back.
+        self.received: list[Charge] | None = [] if receive_on_arrival else None
+        self.token = -1
+        self.wait = Wait(owner, WaitKind.EXTERNAL, _ANSWER)
+
+    def drop_received(self) -> None:
+        """The connection that received them is gone: its buffers go with it."""
+        received = self.received
+        if received:
+            for charge in received:
+                charge.free()
+            received.clear()
+
+    def give_back(self, res: Reservation | None) -> None:
+        if res is not None:
+            res.release()
+        for charge in self.held:
+            charge.free()
+        self.drop_received()
+        self.received = None  # a late answer to a cancelled command is charged to nobody
 
 
 def _login_error(exc: Exception, where: str) -> InitiatorError:
@@ -178,7 +216,7 @@ class BlockDevice:
         url: str | IscsiUrl,
         *,
         arena: Arena | None = None,
-        policy: str = Policy.RESERVE,
+        policy: Policy | str = Policy.RESERVE,
         initiator_name: str = DEFAULT_INITIATOR_NAME,
         timeouts: Timeouts | None = None,
         login_timeout: float = 10.0,
@@ -189,14 +227,17 @@ class BlockDevice:
         digests: bool = False,
     ) -> None:
         """``geometry`` False skips READ CAPACITY at connect (a LUN that is no disk);
-        ``digests`` asks for CRC32C header and data digests (the target may refuse)."""
+        ``digests`` asks for CRC32C header and data digests (the target may refuse);
+        ``policy`` is a :class:`~earmark.host.policy.Policy` or its name."""
         self.url = url if isinstance(url, IscsiUrl) else parse_url(url, environ=environ)
         if self.url.target is None:
             raise ValueError(f"{self.url} names no target: a block device needs /target-iqn/lun")
-        if policy not in Policy.ALL:
-            raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(Policy.ALL)}")
+        try:
+            self.policy = Policy(policy)
+        except ValueError:
+            raise ValueError(f"unknown policy {policy!r}; choose from "
+                             f"{', '.join(p.value for p in Policy)}") from None
         self.arena = arena if arena is not None else Arena(DEFAULT_ARENA_BYTES)
-        self.policy = policy
         self.initiator_name = initiator_name
         self.timeouts = timeouts or Timeouts()
         self.login_timeout = login_timeout
@@ -206,6 +247,8 @@ class BlockDevice:
         self._wants = {**WANTS, **({"HeaderDigest": "CRC32C,None", "DataDigest": "CRC32C,None"}
                                    if digests else {})}
         self.name = f"initiator:{self.url.target}/{self.url.lun}"
+        #: Who waits, in the deadlock detector's words, when the reader is stalled.
+        self.receiver = f"{self.name}/receiver"
         self.isid = _new_isid()
         self.params = SessionParams()
         #: Sessions re-established, and commands issued again on them.
@@ -227,6 +270,11 @@ class BlockDevice:
         self._claims: dict[tuple[bool, int], tuple[Claim, int, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged_out: asyncio.Future[None] | None = None
+        # Commands waiting for the target, whose waits follow the reader's state.
+        self._answers: set[_Answer] = set()
+        # The stalled reader's allocation, and what it was granted before resuming.
+        self._stall: asyncio.Task[None] | None = None
+        self._granted: Charge | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -250,7 +298,7 @@ class BlockDevice:
         # and the deadlock detector must know that (a holder it thought live would
         # hide every cycle).
         holder = f"{self.name}/receive-buffer"
-        if self.policy == Policy.RESERVE:
+        if self.policy is Policy.RESERVE:
             self._conn_res = await self.arena.reserve({HostLevel.WIRE: recv_bytes},
                                                       owner=holder)
             self._recv = self._conn_res.take(HostLevel.WIRE, recv_bytes)
@@ -288,6 +336,8 @@ class BlockDevice:
         self._claims.clear()
         self._stream = stream
         stream.sink = self
+        if self.policy is not Policy.RESERVE:
+            stream.admit = self._admit
         self._arm_timer()
 
     async def _read_capacity(self) -> None:
@@ -326,6 +376,7 @@ class BlockDevice:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):
                     await stream.closed
+        self._stop_receiver()
         self._fail_all(self._dead or SessionLostError(f"{self.url}: device closed"))
         if self._timer is not None:
             self._timer.cancel()
@@ -447,9 +498,10 @@ class BlockDevice:
     # The page cache's side (earmark.host.device.PageDevice): it reserved already.
 
     async def write_pages(self, offset: int, pages: list[memoryview], *, owner: str) -> None:
-        data = pages[0] if len(pages) == 1 else memoryview(b"".join(pages))
+        """The pages go out as they are: PDUs carry slices of them, never a joined copy."""
         bs = self._block_size
-        await self.execute(C.write_16(offset // bs, len(data) // bs), write_data=data,
+        nbytes = sum(len(page) for page in pages)
+        await self.execute(C.write_16(offset // bs, nbytes // bs), write_data=pages,
                            owner=owner, reserve=False)
 
     async def read_page(self, offset: int, page: memoryview, *, owner: str) -> None:
@@ -464,7 +516,7 @@ class BlockDevice:
         cdb: bytes,
         *,
         read_into: memoryview | None = None,
-        write_data: memoryview | None = None,
+        write_data: memoryview | list[memoryview] | None = None,
         lun: int | None = None,
         owner: str | None = None,
         reserve: bool = True,
@@ -472,7 +524,8 @@ class BlockDevice:
         """Run one SCSI command; raises ScsiError (CHECK CONDITION) or an InitiatorError.
 
         ``reserve`` False means the caller made the reservation (it is current) or
-        runs a policy without one: the device only draws.
+        runs a policy without one: the device only draws. ``write_data`` may be a
+        list of buffers (a run of pages), sent as they are.
         """
         if self._dead is not None:
             raise self._dead
@@ -480,42 +533,62 @@ class BlockDevice:
             raise SessionLostError(f"{self.url}: the device is not connected (use async with)")
         arena = self.arena
         who = owner or self.name
-        write = write_data is not None
-        n = len(write_data) if write_data is not None else (
-            len(read_into) if read_into is not None else 0)
-        claim, task_bytes, wire_bytes = self._claim(write, n)
+        cmd = Command(cdb, lun=self.url.lun if lun is None else lun, read_into=read_into,
+                      write_data=write_data)
+        claim, task_bytes, wire_bytes = self._claim(write_data is not None, cmd.length)
         res: Reservation | None = None
-        held: tuple[Charge, Charge] | None = None
-        if reserve and self.policy == Policy.RESERVE:
+        held: list[Charge] = []
+        if reserve and self.policy is Policy.RESERVE:
             # The command's own reservation: held, untouched, from admission to status,
             # exactly the command's lifetime, so drawing on it would only add bookkeeping.
             res = await arena.reserve(claim, owner=who)
         else:
-            task = await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who)
-            try:
-                held = (task, await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
-            except BaseException:
-                task.free()
-                raise
+            held.append(await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who))
+            if self.policy is Policy.RESERVE or handed_down() is not None:
+                # Receive buffers reserved with the command: drawn with the rest, now.
+                try:
+                    held.append(await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
+                except BaseException:
+                    held[0].free()
+                    raise
         loop = self._loop or asyncio.get_running_loop()
-        cmd = Command(cdb, lun=self.url.lun if lun is None else lun, read_into=read_into,
-                      write_data=write_data)
-        cmd.context = future = loop.create_future()
-        waits = arena.waits
-        token = waits.register(Wait(who, WaitKind.EXTERNAL, "the target's answer",
-                                    since=loop.time()))
+        answer = _Answer(loop.create_future(), who, held,
+                         receive_on_arrival=res is None and len(held) == 1)
+        cmd.context = answer
+        self._expect(answer, loop.time())
         try:
             self._submit(cmd)
-            await future
+            await answer.future
         finally:
-            waits.unregister(token)
-            if future.done():
-                _give_back(res, held)
+            self._settle(answer)
+            if answer.future.done():
+                answer.give_back(res)
             else:  # cancelled: the target may still answer into the command's buffers
-                future.add_done_callback(lambda _: _give_back(res, held))
+                answer.future.add_done_callback(lambda _: answer.give_back(res))
         if cmd.error is not None:
             raise cmd.error
         return cmd
+
+    def _expect(self, answer: _Answer, now: float) -> None:
+        """Register the command's wait for the target (on the receiver if it is stalled)."""
+        answer.wait.since = now
+        if self._stall is not None:
+            _hold_back(answer.wait, self.receiver)
+        answer.token = self.arena.waits.register(answer.wait)
+        self._answers.add(answer)
+
+    def _settle(self, answer: _Answer) -> None:
+        """The command waits no more: answered, failed or abandoned by its caller."""
+        self.arena.waits.unregister(answer.token)
+        self._answers.discard(answer)
+
+    def _answered(self, cmd: Command) -> None:
+        # Unregistered here, not when the caller's task resumes: from now on the
+        # command is about to give its memory back, not waiting for the reader.
+        answer: _Answer = cmd.context
+        self._settle(answer)
+        if not answer.future.done():
+            answer.future.set_result(None)
 
     def _submit(self, cmd: Command) -> None:
         session = self._session
@@ -554,6 +627,70 @@ class BlockDevice:
         assert session is not None and self._loop is not None
         session.receive(pdu, self._loop.time(), placed)
 
+    def _admit(self, bhs: memoryview) -> bool:
+        """The receive buffer of one PDU from the target, allocated as it arrives
+        (policies without reservations), charged to the command it answers.
+
+        The reader is a receive path (PF_MEMALLOC: the emergency pool counts) and
+        it cannot wait in a protocol callback: if the buffer is not there at once,
+        it returns False, the stream stops reading, and :meth:`_receive_when_granted`
+        waits under the receiver's name. Meanwhile every command in flight waits on
+        that receiver, not on the target, and is registered so: a reader that
+        waits for memory only its own commands can free is the receive deadlock.
+        """
+        granted, self._granted = self._granted, None
+        session = self._session
+        cmd = session.answering(bhs) if session is not None else None
+        answer: _Answer | None = cmd.context if cmd is not None else None
+        received = answer.received if answer is not None else None
+        if answer is None or received is None:  # not a command's, or reserved with it
+            if granted is not None:
+                granted.free()
+            return True
+        owner = answer.owner
+        if granted is None:
+            nbytes = _RESPONSE_BYTES if bhs[0] & 0x3F == _SCSI_RESPONSE else RESPONSE_HEADER_BYTES
+            with self.arena.memalloc():
+                granted = self.arena.allocate_charge_now(HostLevel.WIRE, nbytes, owner=owner)
+            if granted is None:
+                self._stall_reader(nbytes)
+                return False
+        else:
+            granted.handoff(owner)
+        received.append(granted)
+        return True
+
+    def _stall_reader(self, nbytes: int) -> None:
+        assert self._loop is not None and self._stream is not None
+        for answer in self._answers:
+            _hold_back(answer.wait, self.receiver)
+        self._stall = self._loop.create_task(
+            self._receive_when_granted(self._stream, nbytes), name=self.receiver)
+
+    async def _receive_when_granted(self, stream: InitiatorStream, nbytes: int) -> None:
+        with self.arena.memalloc():
+            granted = await self.arena.allocate_charge(HostLevel.WIRE, nbytes,
+                                                       owner=self.receiver)
+        self._stall = None
+        for answer in self._answers:
+            _hold_back(answer.wait, None)
+        if stream is not self._stream or stream.failed is not None:
+            granted.free()
+            return
+        self._granted = granted  # for the PDU the stream stopped at: it parses that first
+        stream.resume()
+
+    def _stop_receiver(self) -> None:
+        """The connection is going: a stalled reader waits no more."""
+        stall, self._stall = self._stall, None
+        if stall is not None:
+            stall.cancel()
+            for answer in self._answers:
+                _hold_back(answer.wait, None)
+        granted, self._granted = self._granted, None
+        if granted is not None:
+            granted.free()
+
     def batch_done(self) -> None:
         session, stream = self._session, self._stream
         if session is None or stream is None:
@@ -571,9 +708,7 @@ class BlockDevice:
                     retry = retry or []
                     retry.append(cmd)
                     continue
-                future = cmd.context
-                if not future.done():
-                    future.set_result(None)
+                self._answered(cmd)
             if retry:
                 assert self._loop is not None
                 for cmd in retry:
@@ -624,12 +759,16 @@ class BlockDevice:
             return
         session = self._session
         self._session = self._stream = None
+        self._stop_receiver()
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, float("inf")
         if session is None:
             return
-        self._pending[:0] = session.abandon()
+        abandoned = session.abandon()
+        for cmd in abandoned:
+            cmd.context.drop_received()
+        self._pending[:0] = abandoned
         if self._closing or self._logged_out is not None:
             self._fail_all(SessionLostError(f"{self.url}: {reason}"))
             return
@@ -681,9 +820,7 @@ class BlockDevice:
 
     def _complete(self, cmd: Command, error: Exception) -> None:
         cmd.error = error
-        future = cmd.context
-        if future is not None and not future.done():
-            future.set_result(None)
+        self._answered(cmd)
 
     def _fail_all(self, error: InitiatorError) -> None:
         pending, self._pending = self._pending, []
@@ -691,12 +828,12 @@ class BlockDevice:
             self._complete(cmd, error)
 
 
-def _give_back(res: Reservation | None, held: tuple[Charge, Charge] | None) -> None:
-    if res is not None:
-        res.release()
-    if held is not None:
-        held[0].free()
-        held[1].free()
+def _hold_back(wait: Wait, receiver: str | None) -> None:
+    """A command's wait: for the target, or, while ``receiver`` is stalled, for it."""
+    if receiver is None:
+        wait.kind, wait.what, wait.wakers = WaitKind.EXTERNAL, _ANSWER, ()
+    else:
+        wait.kind, wait.what, wait.wakers = WaitKind.AGENT, _HELD_BACK, (receiver,)
 
 
 def _chunks(view: memoryview) -> list[tuple[int, memoryview]]:

@@ -54,6 +54,7 @@ from earmark.iscsi.pdu import (
     encode_header,
     sense_segment,
 )
+from earmark.iscsi.serial import sn_diff
 from earmark.memory import Buffer, Reservation
 from earmark.memory.levels import TargetLevel
 from earmark.scsi import sbc
@@ -77,12 +78,6 @@ _U32 = struct.Struct(">I")
 #: Plans whose whole Data-Out must be in one window (they act on all of it at once).
 _WHOLE = (CompareAndWritePlan, WriteSamePlan)
 _MOD = 1 << 32
-_HALF = 1 << 31
-
-
-def sn_diff(a: int, b: int) -> int:
-    """a - b in serial number arithmetic (RFC 1982, 32 bits)."""
-    return (a - b + _HALF) % _MOD - _HALF
 
 
 class Policy(Enum):
