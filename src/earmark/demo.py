@@ -43,7 +43,7 @@ class Stack(Protocol):
 class DemoConfig:
     writers: list[int] = field(default_factory=lambda: [1, 64])
     policies: list[Policy] = field(default_factory=lambda: list(Policy))
-    arena_bytes: int = 1 << 20
+    arena_bytes: int = 4 << 20
     lun_bytes: int = 64 << 20
     total_pages: int = 2048
     seed: int = 1

@@ -9,6 +9,7 @@ reads every page written back through a new session with no cache.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -23,6 +24,8 @@ from earmark.runtime.embedded import EmbeddedTarget
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.target.backing import Backing, MemoryBacking
 
+#: How long opening a session may take before the arena is blamed.
+_CONNECT_S = 30.0
 #: The verifying session's arena: only its receive buffer and a few commands.
 _VERIFY_ARENA = 4 << 20
 
@@ -87,7 +90,14 @@ class TcpStack:
         async def opened() -> AsyncIterator[PageDevice]:
             device = BlockDevice(self.target.url, arena=arena, policy=policy,
                                  reconnect_timeout=5, max_attempts=1)
-            await device.connect()
+            try:
+                async with asyncio.timeout(_CONNECT_S):
+                    await device.connect()
+            except TimeoutError:
+                raise RuntimeError(
+                    f"no session within {_CONNECT_S:g} s: a host arena of {arena.capacity} B "
+                    "cannot hold the initiator's receive buffer and its login; give it more"
+                ) from None
             try:
                 yield device
             finally:
