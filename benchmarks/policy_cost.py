@@ -5,7 +5,7 @@ here) it is the fair baseline. Both run the demo's workload on real TCP to the
 same embedded target, alternating, `--repeats` times each; the best run of each
 counts (the machine's noise only ever slows a run down).
 
-    python benchmarks/policy_cost.py [--json] [--repeats 3] [--pages 4096]
+    python benchmarks/policy_cost.py [--json] [--repeats 5] [--pages 8192]
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from earmark.runtime.demostack import TcpStack
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--pages", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pages", type=int, default=8192)
     parser.add_argument("--writers", type=int, default=1)
     args = parser.parse_args()
     quiet = Console(quiet=True)
