@@ -41,7 +41,7 @@ class Stack(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class DemoConfig:
-    writers: list[int] = field(default_factory=lambda: [1, 64])
+    writers: list[int] = field(default_factory=lambda: [1, 256])
     policies: list[Policy] = field(default_factory=lambda: list(Policy))
     arena_bytes: int = 4 << 20
     lun_bytes: int = 64 << 20
@@ -110,26 +110,29 @@ async def run_matrix(
 
 
 def render(rows: list[Row], console: Console) -> None:
-    table = Table(title="earmark demo: writers over a small host arena, per policy")
-    for column in ("policy", "writers", "outcome", "MB/s", "p99 write", "peak arena", "verified"):
-        table.add_column(column, justify="right" if column in ("writers", "MB/s") else "left")
+    """One row per run; a deadlocked run's speed is not a speed, so it shows none."""
+    arena = format_bytes(rows[0].result.arena_bytes) if rows else "?"
+    table = Table(title=f"random 4 KiB writers, {arena} host arena")
+    for column in ("policy", "writers", "outcome", "MB/s", "p99", "peak", "data"):
+        table.add_column(column, justify="right" if column in ("writers", "MB/s") else "left",
+                         no_wrap=True)
     for row in rows:
         r = row.result
-        outcome = "completed" if r.outcome == "completed" else f"deadlocked after {r.seconds:.1f} s"
+        done = r.outcome == "completed"
         table.add_row(
             r.policy,
             str(r.writers),
-            f"[green]{outcome}[/]" if r.outcome == "completed" else f"[red]{outcome}[/]",
-            f"{r.mbps:.1f}",
-            "-" if r.p99_ms is None else f"{r.p99_ms:.1f} ms",
-            f"{format_bytes(r.peak_arena_bytes)} / {format_bytes(r.arena_bytes)}",
-            {True: "yes", False: "[red]NO[/]", None: "-"}[row.verified],
+            "[green]completed[/]" if done else f"[red]deadlock {r.seconds:.1f} s[/]",
+            f"{r.mbps:.1f}" if done else "-",
+            f"{r.p99_ms:.1f} ms" if done and r.p99_ms is not None else "-",
+            f"{100 * r.peak_arena_bytes / r.arena_bytes:.0f}%",
+            {True: "ok", False: "[red]CORRUPT[/]", None: "-"}[row.verified],
         )
     console.print(table)
     for row in rows:
         if row.result.cycle:
             r = row.result
-            console.print(f"[bold]{r.policy} x {r.writers}[/]: {r.cycle}")
+            console.print(f"[bold]{r.policy} x {r.writers}[/]: {r.cycle}", soft_wrap=True)
 
 
 async def live(stack: Stack, config: DemoConfig, console: Console) -> list[Row]:

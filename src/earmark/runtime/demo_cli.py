@@ -22,8 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                     "writers doing random 4 KiB writes through the page cache and earmark's "
                     "initiator, with a small host arena, under each policy. Prints one table.",
     )
-    p.add_argument("--writers", default="1,64", metavar="N[,N...]",
-                   help="writer counts to sweep (default 1,64)")
+    p.add_argument("--writers", default="1,256", metavar="N[,N...]",
+                   help="writer counts to sweep (default 1,256)")
     p.add_argument("--policies", default=",".join(x.value for x in Policy), metavar="P[,P...]",
                    help="policies to run (default: none,mempool,throttle,reserve)")
     p.add_argument("--arena", default="4MiB", help="host arena per run (default 4MiB)")
