@@ -60,9 +60,7 @@ _TARGET_DISCOVERY_IRRELEVANT = DISCOVERY_IRRELEVANT - {"MaxBurstLength", "FirstB
 """What the target answers ``Irrelevant``: libiscsi strtol()s the burst
 lengths, so those get their (harmless) numeric result instead."""
 
-DEFAULT_TARGET_WANTS: Mapping[str, str] = {
-    "HeaderDigest": "CRC32C,None",
-    "DataDigest": "CRC32C,None",
+_SESSION_LIMITS: Mapping[str, str] = {
     "MaxConnections": "1",
     "InitialR2T": "Yes",
     "ImmediateData": "Yes",
@@ -77,24 +75,21 @@ DEFAULT_TARGET_WANTS: Mapping[str, str] = {
     "ErrorRecoveryLevel": "0",
 }
 """One connection per session, ERL 0, no retention: all that earmark's
-sessions implement, so the limits are what the target can honour."""
+sessions implement, so the limits are what either side can honour."""
+
+DEFAULT_TARGET_WANTS: Mapping[str, str] = {
+    "HeaderDigest": "CRC32C,None",
+    "DataDigest": "CRC32C,None",
+    **_SESSION_LIMITS,
+}
+"""The target accepts digests when the initiator asks for them."""
 
 DEFAULT_INITIATOR_WANTS: Mapping[str, str] = {
     "HeaderDigest": "None",
     "DataDigest": "None",
-    "MaxConnections": "1",
-    "InitialR2T": "Yes",
-    "ImmediateData": "Yes",
-    "MaxRecvDataSegmentLength": "65536",
-    "MaxBurstLength": "262144",
-    "FirstBurstLength": "65536",
-    "DefaultTime2Wait": "2",
-    "DefaultTime2Retain": "0",
-    "MaxOutstandingR2T": "1",
-    "DataPDUInOrder": "Yes",
-    "DataSequenceInOrder": "Yes",
-    "ErrorRecoveryLevel": "0",
+    **_SESSION_LIMITS,
 }
+"""The initiator asks for no digests unless told to."""
 
 _LEADING_DECLARATIONS = frozenset({"InitiatorName", "TargetName", "SessionType",
                                    "InitiatorAlias"})
