@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +14,8 @@ from pathlib import Path
 import pytest
 
 from earmark import peers
-from earmark.iscsi.login import TargetEntry
-from earmark.memory import Arena
-from earmark.memory.levels import TargetLevel
-from earmark.runtime.server import TargetServer, TargetSpec
-from earmark.scsi.disk import Disk
+from earmark.runtime.embedded import EmbeddedTarget
 from earmark.target.backing import MemoryBacking
-from earmark.target.lun import LogicalUnit
 
 pytestmark = pytest.mark.interop
 
@@ -31,43 +24,20 @@ SIZE = 8 << 20
 EARMARK = [sys.executable, "-m", "earmark.cli"]
 
 
-class Running:
-    """A TargetServer on its own event loop thread."""
-
-    def __init__(self, chap: tuple[str, str] | None = None) -> None:
-        self.backing = MemoryBacking(SIZE)
-        disk = Disk(SIZE // 512, "T1")
-        arena = Arena(16 << 20, levels=TargetLevel)
-        spec = TargetSpec(TargetEntry(IQN, chap=chap), {0: LogicalUnit(0, disk, self.backing)})
-        self.server = TargetServer([spec], arena=arena, port=peers.free_port())
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
-
-    def url(self, cred: str = "") -> str:
-        return f"iscsi://{cred}127.0.0.1:{self.server.port}/{IQN}/0"
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(grace=2), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+def url(target: EmbeddedTarget, cred: str = "") -> str:
+    return f"iscsi://{cred}127.0.0.1:{target.server.port}/{target.iqn}/0"
 
 
 @pytest.fixture
-def target() -> Iterator[Running]:
-    running = Running()
-    try:
+def target() -> Iterator[EmbeddedTarget]:
+    with EmbeddedTarget(MemoryBacking(SIZE), memory=16 << 20, iqn=IQN) as running:
         yield running
-    finally:
-        running.stop()
 
 
-def test_libiscsi_tools_see_the_disk(target: Running) -> None:
-    inq = peers.iscsi_inq(target.url())
+def test_libiscsi_tools_see_the_disk(target: EmbeddedTarget) -> None:
+    inq = peers.iscsi_inq(url(target))
     assert inq.is_disk and "EARMARK" in inq.vendor
-    block_size, num_blocks = peers.iscsi_readcapacity16(target.url())
+    block_size, num_blocks = peers.iscsi_readcapacity16(url(target))
     assert (block_size, num_blocks) == (512, SIZE // 512)
     (found,) = peers.iscsi_ls(f"iscsi://127.0.0.1:{target.server.port}")
     assert found.iqn == IQN
@@ -78,22 +48,19 @@ def test_libiscsi_tools_see_the_disk(target: Running) -> None:
     assert target.server.arena.committed == 0
 
 
-def test_iscsi_perf_reads_through_reserved_buffers(target: Running) -> None:
-    result = peers.iscsi_perf(target.url(), blocks=8, queue_depth=8, seconds=1)
+def test_iscsi_perf_reads_through_reserved_buffers(target: EmbeddedTarget) -> None:
+    result = peers.iscsi_perf(url(target), blocks=8, queue_depth=8, seconds=1)
     assert result.iops > 0
     assert target.server.arena.high_water <= target.server.arena.capacity
 
 
 def test_chap_right_secret_logs_in_and_wrong_one_is_refused() -> None:
-    running = Running(chap=("user", "secret-12345"))
-    try:
-        assert peers.iscsi_inq(running.url("user%secret-12345@")).is_disk
+    with EmbeddedTarget(MemoryBacking(SIZE), iqn=IQN, chap=("user", "secret-12345")) as running:
+        assert peers.iscsi_inq(url(running, "user%secret-12345@")).is_disk
         with pytest.raises(peers.PeerError):
-            peers.iscsi_inq(running.url("user%wrong-secret@"))
+            peers.iscsi_inq(url(running, "user%wrong-secret@"))
         with pytest.raises(peers.PeerError):
-            peers.iscsi_inq(running.url())
-    finally:
-        running.stop()
+            peers.iscsi_inq(url(running))
 
 
 def serve(*args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
