@@ -265,7 +265,7 @@ def test_naca_is_refused() -> None:
 
 
 def test_unknown_opcodes_and_service_actions() -> None:
-    for op in (0x01, 0x83, 0xA2, 0x15, 0x55, 0x1E):
+    for op in (0x01, 0x86, 0xA2, 0x15, 0x55, 0x1E):
         assert sense_of(execute(bytes((op,)) + bytes(15), THIN)) == BAD_OPCODE
     out = execute(bytes((0x9E, 0x1F)) + bytes(14), THIN)
     assert sense_of(out) == BAD_FIELD

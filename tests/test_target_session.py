@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 
@@ -32,6 +33,7 @@ from earmark.memory import Arena, Buffer, Reservation
 from earmark.memory.levels import TargetLevel
 from earmark.scsi import cdb as cdbs
 from earmark.scsi.disk import Disk
+from earmark.scsi.inquiry import lu_designators
 from earmark.scsi.sense import parse_sense
 from earmark.target.backing import MemoryBacking
 from earmark.target.events import AllocRequest, CloseConnection, IoRequest
@@ -347,3 +349,43 @@ def test_policy_none_allocates_per_burst_and_blocks_the_reader_for_unsolicited_d
     out = rig.pump()
     assert [p.buffer_offset for p in out if isinstance(p, R2T)] == [16 * KIB]
     assert rig.arena.committed == 48 * KIB  # held until the whole command is written
+
+
+def _copy_list(n: int, src: int, dst: int, disk: Disk) -> bytes:
+    cscd = (bytes((0xE4, 0, 0, 0)) + lu_designators(disk)[0].ljust(20, b"\0") + bytes(5)
+            + disk.block_size.to_bytes(3, "big"))
+    seg = struct.pack(">BBHHHHHQQ", 0x02, 0, 0x18, 0, 0, 0, n, src, dst)
+    return struct.pack(">BBHIII", 7, 0, len(cscd), 0, len(seg), 0) + cscd + seg
+
+
+@pytest.mark.parametrize("policy", [Policy.RESERVE, Policy.NONE])
+def test_extended_copy_moves_overlapping_blocks_through_one_buffer(policy: Policy) -> None:
+    rig = Rig(policy=policy)
+    original = bytes(range(256)) * (400 * BS // 256)
+    rig.backing._data[: len(original)] = original
+    n = 300  # 150 KiB: three chunks of the 64 KiB buffer, copied back to front
+    plist = _copy_list(n, 0, 100, rig.unit.disk)
+    xcopy = struct.pack(">BB8sIBB", 0x83, 0, bytes(8), len(plist), 0, 0)
+    out = rig.command(xcopy, edtl=len(plist), write=True, data=plist, run=False)
+
+    async def grant(req: AllocRequest) -> Buffer:
+        return await rig.arena.allocate(TargetLevel.BUFFER, req.nbytes, owner="t")
+
+    while rig.allocs:  # `none`: the list's buffer, then the copy's
+        req = rig.allocs.pop(0)
+        rig.session.allocated(req, asyncio.run(grant(req)))
+        out += rig.pump(run=False)
+    (io,) = rig.pending
+    assert sum(len(v) for v in io.views) == BUF  # one buffer, not the copy's 150 KiB
+    rig.session.io_done(io, run_io(io))
+    out += rig.pump()
+    resp = status_of(out)
+    assert isinstance(resp, ScsiResponse) and resp.status == 0
+    assert rig.backing._data[100 * BS : (100 + n) * BS] == original[: n * BS]
+    assert rig.backing._data[: 100 * BS] == original[: 100 * BS]
+    rcr = struct.pack(">BBB7sIBB", 0x84, 0, 7, bytes(7), 1024, 0, 0)
+    status = status_of(rig.command(rcr, edtl=1024, read=True))
+    assert isinstance(status, DataIn)
+    assert struct.unpack(">IBHBI", status.data) == (8, 0, 1, 0, n * BS)
+    if policy is Policy.NONE:
+        assert rig.arena.committed == 0  # both buffers went back with the command

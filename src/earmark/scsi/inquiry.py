@@ -18,6 +18,7 @@ _VERSION_DESCRIPTORS = (0x00A0, 0x0960, 0x0460, 0x04C0)  # SAM-5, iSCSI, SPC-4, 
 _STANDARD_LENGTH = 96
 _HISUP_RDF2 = 0x12
 _CMDQUE = 0x02
+_3PC = 0x08  # a copy manager (EXTENDED COPY) is reachable through this LU
 
 
 def _ascii(text: str, width: int) -> bytes:
@@ -26,7 +27,8 @@ def _ascii(text: str, width: int) -> bytes:
 
 def standard_inquiry(disk: Disk) -> bytes:
     """96 bytes, so ADDITIONAL LENGTH (91) covers the version descriptors at 58..73."""
-    head = bytes((0x00, 0x00, _VERSION_SPC4, _HISUP_RDF2, _STANDARD_LENGTH - 5, 0, 0, _CMDQUE))
+    head = bytes((0x00, 0x00, _VERSION_SPC4, _HISUP_RDF2, _STANDARD_LENGTH - 5, _3PC, 0,
+                  _CMDQUE))
     ident = _ascii(VENDOR, 8) + _ascii(disk.product, 16) + _ascii(disk.revision, 4)
     descriptors = struct.pack(">8H", *_VERSION_DESCRIPTORS, *(0,) * 4)
     body = head + ident + bytes(22) + descriptors
@@ -51,9 +53,11 @@ def _designator(code_set: int, designator_type: int, value: bytes) -> bytes:
     return bytes((code_set, designator_type, 0, len(value))) + value
 
 
-def _device_identification(disk: Disk) -> bytes:
+def lu_designators(disk: Disk) -> tuple[bytes, ...]:
+    """The designation descriptors naming the LU: VPD page 83h lists them, and the copy
+    manager resolves EXTENDED COPY's CSCD descriptors against the same bytes."""
     t10 = _ascii(VENDOR, 8) + disk.product.encode("ascii") + b" " + disk.serial.encode("ascii")
-    return _designator(1, 3, disk.naa) + _designator(2, 1, t10)
+    return _designator(1, 3, disk.naa), _designator(2, 1, t10)
 
 
 def _block_limits(disk: Disk) -> bytes:
@@ -96,7 +100,7 @@ def vpd_page(disk: Disk, code: int) -> bytes:
     elif code == VpdPage.UNIT_SERIAL_NUMBER:
         payload = disk.serial.encode("ascii")
     elif code == VpdPage.DEVICE_IDENTIFICATION:
-        payload = _device_identification(disk)
+        payload = b"".join(lu_designators(disk))
     elif code == VpdPage.BLOCK_LIMITS:
         payload = _block_limits(disk)
     elif code == VpdPage.BLOCK_DEVICE_CHARACTERISTICS:

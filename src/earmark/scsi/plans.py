@@ -121,9 +121,33 @@ class OrWritePlan:
     fua: bool = False
 
 
+@dataclass(slots=True, frozen=True)
+class CopySegment:
+    """Copy nbytes from LBA src_lba of LUN source to LBA dst_lba of LUN destination."""
+
+    source: int
+    src_lba: int
+    destination: int
+    dst_lba: int
+    nbytes: int
+
+
+@dataclass(slots=True, frozen=True)
+class CopyPlan:
+    """EXTENDED COPY: do the segments in order (SPC-4 6.4), every range already checked
+    against its unit. The data goes through the command's buffer, chunk after chunk,
+    so memory stays one buffer whatever the copy's size. `list_id` (None: the list
+    carries none) and `hold` say what the unit's CopyManager keeps of the outcome.
+    """
+
+    list_id: int | None
+    hold: bool
+    segments: tuple[CopySegment, ...]
+
+
 Plan = (
     ReadPlan | WritePlan | WriteSamePlan | UnmapPlan | SyncPlan | VerifyPlan
-    | CompareAndWritePlan | OrWritePlan
+    | CompareAndWritePlan | OrWritePlan | CopyPlan
 )
 Outcome = Reply | Plan
 

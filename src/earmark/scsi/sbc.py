@@ -14,10 +14,10 @@ and (16) are unpacked with precompiled structs, since they are most of the traff
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from . import rsoc
+from . import rsoc, xcopy
 from .cdb import Opcode, ServiceAction
 from .disk import Disk
 from .inquiry import standard_inquiry, vpd_page
@@ -59,6 +59,7 @@ from .sense import (
     parameter_list_length_error,
     write_protected,
 )
+from .xcopy import CopyManager, CopySa
 
 
 @dataclass(slots=True, frozen=True)
@@ -68,6 +69,8 @@ class _Context:
     edtl: int | None
     nexus: Nexus
     reservations: Reservations
+    peers: Mapping[int, Disk]
+    copies: CopyManager
 
 
 _Run = Callable[[bytes, Disk, _Context], Outcome]
@@ -356,6 +359,25 @@ def _write_atomic_out(cdb: bytes, disk: Disk) -> int:
     return int(_U16.unpack_from(cdb, 12)[0]) * disk.block_size
 
 
+def _extended_copy(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+    plan = xcopy.parse(cdb, ctx.data_out, ctx.peers)
+    if plan is None:
+        return GOOD
+    ctx.copies.begin(ctx.nexus, plan)
+    if not plan.segments:  # a valid list that moves nothing: done already
+        ctx.copies.finish(ctx.nexus, plan, ok=True)
+        return GOOD
+    return plan
+
+
+def _extended_copy_out(cdb: bytes, disk: Disk) -> int:
+    return xcopy.parameter_list_bytes(cdb)
+
+
+def _receive_copy_results(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+    return _cut(ctx.copies.results(cdb, ctx.nexus, disk), _u32_at10(cdb, disk))
+
+
 def _cut(data: bytes, allocation_length: int) -> Reply:
     return Reply(data[:allocation_length])
 
@@ -641,6 +663,14 @@ def _sa_table() -> dict[tuple[int, int], _Command]:
             12, _usage(Op.MAINTENANCE_IN, SA.REPORT_SUPPORTED_OPERATION_CODES, 0x87, 0xFF,
                        0xFF, 0xFF, *_FF4, 0, _C),
             _report_supported_opcodes, _u32_at6),
+        (Op.EXTENDED_COPY, SA.EXTENDED_COPY_LID1): _Command(
+            16, _usage(Op.EXTENDED_COPY, SA.EXTENDED_COPY_LID1, 0, 0, 0, 0, 0, 0, 0, 0,
+                       *_FF4, 0, _C),
+            _extended_copy, data_out=_extended_copy_out),
+        **{(Op.RECEIVE_COPY_RESULTS, sa): _Command(
+            16, _usage(Op.RECEIVE_COPY_RESULTS, sa, 0xFF if sa == CopySa.COPY_STATUS else 0,
+                       0, 0, 0, 0, 0, 0, 0, *_FF4, 0, _C),
+            _receive_copy_results, _u32_at10) for sa in CopySa},
         **{(Op.PERSISTENT_RESERVE_IN, sa): _Command(
             10, _usage(Op.PERSISTENT_RESERVE_IN, sa, 0, 0, 0, 0, 0, 0xFF, 0xFF, _C),
             _persistent_reserve_in, _u16_at7) for sa in PrinAction},
@@ -692,17 +722,21 @@ def execute(
     edtl: int | None = None,
     nexus: Nexus = ANONYMOUS,
     reservations: Reservations | None = None,
+    peers: Mapping[int, Disk] | None = None,
+    copies: CopyManager | None = None,
 ) -> Outcome:
     """Decide what one CDB does on `disk`: a finished Reply, or a plan to execute.
 
     `luns` is what REPORT LUNS lists. `data_out` is the Data-Out buffer received so
-    far; only commands whose Data-Out is a parameter list (UNMAP) look at it.
+    far; only commands whose Data-Out is a parameter list (UNMAP, EXTENDED COPY) look at it.
     `edtl`, the transport's expected data transfer length, is checked only by the
     commands whose Data-Out size is fixed by the CDB (WRITE SAME, COMPARE AND WRITE);
     for the others a difference is the transport's residual, not an error.
     `reservations` is the unit's reservation state and `nexus` who sends the CDB:
     a command another nexus has fenced off ends in RESERVATION CONFLICT. Without
     `reservations` (a caller that keeps none) every call sees an unreserved unit.
+    `peers` are the logical units EXTENDED COPY may name, by LUN (none when not
+    given), and `copies` the unit's copy manager state (a fresh one when not given).
     Every error comes back as a CHECK CONDITION Reply; nothing is raised.
     """
     try:
@@ -711,7 +745,9 @@ def execute(
             reservations = Reservations()
         else:
             reservations.check(cdb, nexus)
-        return cmd.run(cdb, disk, _Context(luns, data_out, edtl, nexus, reservations))
+        context = _Context(luns, data_out, edtl, nexus, reservations, peers or {},
+                           copies if copies is not None else CopyManager())
+        return cmd.run(cdb, disk, context)
     except ScsiError as exc:
         return Reply.error(exc)
     except ReservationConflict:
@@ -723,7 +759,7 @@ RESERVATION_CONFLICT = Reply(b"", ScsiStatus.RESERVATION_CONFLICT)
 
 #: Opcodes whose Data-Out is a parameter list that decides what the command does:
 #: the target executes them only once all of it has arrived.
-PARAMETER_LISTS = frozenset((Opcode.UNMAP, Opcode.PERSISTENT_RESERVE_OUT))
+PARAMETER_LISTS = frozenset((Opcode.UNMAP, Opcode.PERSISTENT_RESERVE_OUT, Opcode.EXTENDED_COPY))
 
 
 def execute_without_lun(cdb: bytes, luns: Sequence[int]) -> Reply:

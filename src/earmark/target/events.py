@@ -8,7 +8,8 @@ asyncio, on the simulator and under tests that play the runtime by hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from earmark.scsi.plans import Plan
@@ -25,6 +26,8 @@ class IoRequest:
     `offset` is where `views` start within the command's transfer (a window of a
     burst-sized buffer that is reused); `last` says it is the plan's final window,
     where a FUA write syncs. The runtime answers with `session.io_done(self, sense)`.
+    `units` are the session's units by LUN, for a CopyPlan, whose segments name them;
+    its `views` are the whole command buffer, reused chunk after chunk.
     """
 
     task: Task
@@ -33,6 +36,7 @@ class IoRequest:
     offset: int
     views: list[memoryview]
     last: bool
+    units: Mapping[int, LogicalUnit] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)

@@ -13,6 +13,8 @@ import logging
 
 from earmark.scsi.plans import (
     CompareAndWritePlan,
+    CopyPlan,
+    CopySegment,
     OrWritePlan,
     ReadPlan,
     SyncPlan,
@@ -23,9 +25,10 @@ from earmark.scsi.plans import (
     first_mismatch,
 )
 from earmark.scsi.sense import ScsiError, miscompare, unrecovered_read_error, write_error
+from earmark.scsi.xcopy import copy_aborted
 from earmark.target.backing import Backing, BackingError
 from earmark.target.events import IoRequest
-from earmark.target.segments import total
+from earmark.target.segments import cut, total
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,8 @@ def run_io(io: IoRequest) -> bytes:
         elif isinstance(plan, OrWritePlan):
             with io.unit.atomic:
                 _or_write(backing, plan, bs, io)
+        elif isinstance(plan, CopyPlan):
+            _copy(plan, io)
     except ScsiError as exc:
         return exc.sense()
     except (BackingError, OSError) as exc:
@@ -113,6 +118,43 @@ def _write_same(backing: Backing, plan: WriteSamePlan, bs: int, io: IoRequest) -
     for first in range(0, plan.nblocks, _SAME_BATCH):
         n = min(_SAME_BATCH, plan.nblocks - first)
         backing.write((plan.lba + first) * bs, [block] * n)
+
+
+def _copy(plan: CopyPlan, io: IoRequest) -> None:
+    """Each segment through the command buffer, a buffer-full at a time; a failed read
+    or write ends the copy with COPY ABORTED naming it (SPC-4 6.4.5)."""
+    room = total(io.views)
+    unsynced: set[int] = set()
+    for seg in plan.segments:
+        src, dst = io.units[seg.source], io.units[seg.destination]
+        src_at = seg.src_lba * src.disk.block_size
+        dst_at = seg.dst_lba * dst.disk.block_size
+        for done in _chunks(seg, src_at, dst_at, room):
+            n = min(room, seg.nbytes - done)
+            views = cut(io.views, 0, n)
+            try:
+                src.backing.readinto(src_at + done, views)
+            except (BackingError, OSError) as exc:
+                log.error("LUN %d: %s in EXTENDED COPY", seg.source, exc)
+                raise copy_aborted(0x11, 0x00) from exc  # UNRECOVERED READ ERROR
+            try:
+                dst.backing.write(dst_at + done, views)
+            except (BackingError, OSError) as exc:
+                log.error("LUN %d: %s in EXTENDED COPY", seg.destination, exc)
+                raise copy_aborted(0x0C, 0x00) from exc  # WRITE ERROR
+        if not dst.disk.write_cache:
+            unsynced.add(seg.destination)
+    for lun in unsynced:
+        io.units[lun].backing.sync()
+
+
+def _chunks(seg: CopySegment, src_at: int, dst_at: int, room: int) -> range:
+    """Chunk offsets in an order that reads every byte before it is overwritten: back
+    to front when the destination overlaps the source from above, else front to back."""
+    forward = range(0, seg.nbytes, room)
+    if seg.source == seg.destination and src_at < dst_at < src_at + seg.nbytes:
+        return forward[::-1]
+    return forward
 
 
 def _compare_and_write(backing: Backing, plan: CompareAndWritePlan, bs: int, io: IoRequest) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from earmark.scsi.disk import Disk
 from earmark.scsi.reservations import Reservations
+from earmark.scsi.xcopy import CopyManager
 from earmark.target.backing import Backing
 
 
@@ -14,10 +15,12 @@ from earmark.target.backing import Backing
 class LogicalUnit:
     """One LUN. `atomic` serialises the read-modify-write plans (COMPARE AND WRITE,
     ORWRITE) against each other, since they run on a thread pool. `reservations`
-    is shared by every session on the unit: fencing is between initiators."""
+    is shared by every session on the unit: fencing is between initiators, and so is
+    `copies`, the EXTENDED COPY lists each nexus started through this unit."""
 
     number: int
     disk: Disk
     backing: Backing
     atomic: threading.Lock = field(default_factory=threading.Lock)
     reservations: Reservations = field(default_factory=Reservations)
+    copies: CopyManager = field(default_factory=CopyManager)

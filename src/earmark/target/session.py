@@ -60,6 +60,7 @@ from earmark.memory.levels import TargetLevel
 from earmark.scsi import sbc
 from earmark.scsi.plans import (
     CompareAndWritePlan,
+    CopyPlan,
     ReadPlan,
     Reply,
     WriteSamePlan,
@@ -110,6 +111,7 @@ class TargetSession:
         "_last_rx",
         "_next_ttt",
         "_out",
+        "_peers",
         "_ping",
         "_slot_buf",
         "blocked",
@@ -145,6 +147,8 @@ class TargetSession:
         self.params = params
         self.units = dict(units)
         self.luns = sorted(self.units)
+        #: What EXTENDED COPY may name: this session's units, as SCSI sees them.
+        self._peers = {n: u.disk for n, u in self.units.items()}
         self.config = config
         self.name = name
         self.text = text
@@ -212,6 +216,7 @@ class TargetSession:
             self._abort(task)
         for unit in self.units.values():
             unit.reservations.nexus_lost(self.nexus)
+            unit.copies.nexus_lost(self.nexus)
         self.closed = True
         slots = [s for s in self._free if s is not None]
         self._free = []
@@ -298,6 +303,8 @@ class TargetSession:
         """The runtime finished `io`; `sense` is empty on success."""
         task = io.task
         task.in_flight = False
+        if isinstance(io.plan, CopyPlan):
+            io.unit.copies.finish(self.nexus, io.plan, ok=not sense)
         if task.aborted:
             self._release(task)
             return
@@ -320,9 +327,14 @@ class TargetSession:
             self.blocked = None
         if task.aborted:
             buffer.free()
+            if isinstance(task.plan, CopyPlan) and task.unit is not None:
+                task.unit.copies.finish(self.nexus, task.plan, ok=False)
             return
         task.pieces.append((req.start, buffer))
         task.pieces.sort(key=lambda p: p[0])
+        if isinstance(task.plan, CopyPlan):
+            self._copy_io(task, task.plan, buffer)
+            return
         if task.reading:
             self._start_io(task)
             return
@@ -404,7 +416,8 @@ class TargetSession:
             self._write_command(task, pdu, unit, out_len)
             return
         outcome = sbc.execute(pdu.cdb, disk, luns=self.luns, edtl=pdu.expected_data_transfer_length,
-                              nexus=self.nexus, reservations=unit.reservations)
+                              nexus=self.nexus, reservations=unit.reservations,
+                              copies=unit.copies)
         if isinstance(outcome, Reply):
             self._reply(task, pdu, outcome)
             return
@@ -535,14 +548,35 @@ class TargetSession:
         if plan is None:  # a parameter list command (UNMAP, ...): its list is here now
             outcome = sbc.execute(task.cdb, unit.disk, luns=self.luns,
                                   data_out=b"".join(views), edtl=task.edtl,
-                                  nexus=self.nexus, reservations=unit.reservations)
+                                  nexus=self.nexus, reservations=unit.reservations,
+                                  peers=self._peers, copies=unit.copies)
             if isinstance(outcome, Reply):
                 self._respond(task, ScsiStatus(outcome.status), outcome.sense, moved=task.xfer)
                 return
             task.plan = plan = outcome
+            if isinstance(plan, CopyPlan):
+                self._start_copy(task, plan)
+                return
         task.in_flight = True
         self._events.append(IoRequest(task, unit, plan, task.start, views,
                                       last=task.end >= task.xfer))
+
+    def _start_copy(self, task: Task, plan: CopyPlan) -> None:
+        """EXTENDED COPY moves its blocks through one buffer reused chunk by chunk: the
+        slot's whole buffer under reserve (the parameter list in it is parsed already),
+        one buffer-sized allocation under none, as a target that allocates does."""
+        if self.config.policy is Policy.NONE:
+            self._alloc(task, task.xfer, self.config.buffer_bytes, blocking=False)
+            return
+        assert task.slot is not None
+        self._copy_io(task, plan, self._slot_buf[task.slot])
+
+    def _copy_io(self, task: Task, plan: CopyPlan, buffer: Buffer) -> None:
+        assert task.unit is not None
+        task.in_flight = True
+        views = cut(buffer.segments, 0, buffer.nbytes)
+        self._events.append(IoRequest(task, task.unit, plan, task.start, views, last=True,
+                                      units=self.units))
 
     def _alloc(self, task: Task, start: int, nbytes: int, *, blocking: bool) -> None:
         req = AllocRequest(task, start, nbytes, blocking)
