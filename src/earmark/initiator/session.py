@@ -29,6 +29,7 @@ import struct
 from collections import deque
 from typing import Any
 
+from earmark.iscsi.digest import header_digest
 from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.framing import serialize, serialize_gather
 from earmark.iscsi.negotiation import SessionParams
@@ -50,6 +51,7 @@ from earmark.iscsi.pdu import (
     ScsiResponse,
     bhs_lengths,
     parse_sense_segment,
+    scsi_command_bhs,
 )
 from earmark.iscsi.serial import sn_le
 from earmark.scsi.sense import ScsiStatus, SenseFormatError, parse_sense
@@ -64,6 +66,7 @@ from .errors import (
 __all__ = ["Command", "InitiatorSession", "Timeouts"]
 
 _MASK = 0xFFFFFFFF
+_HALF = 1 << 31
 _U32 = struct.Struct(">I")
 _DATA_IN = int(Opcode.DATA_IN)
 #: What the target sends about one command: each lands in a receive buffer of its own.
@@ -225,9 +228,11 @@ class InitiatorSession:
         return done
 
     def data_to_send(self) -> list[Buffer]:
-        """Everything to write since the last call, in order, for ``writelines``."""
+        """Everything to write since the last call, in order, for ``writelines``
+        (an empty list, not to be kept, when there is nothing: asked after every batch)."""
         out = self._out
-        self._out = []
+        if out:
+            self._out = []
         return out
 
     # ------------------------------------------------------------ commands
@@ -280,6 +285,17 @@ class InitiatorSession:
         cmd.deadline = now + self.timeouts.command
         cmd.attempts += 1
         self._tasks[cmd.itt] = cmd
+        cdb = cmd.cdb
+        if data is None and len(cdb) <= 16:
+            # No data segment and no AHS: the BHS is all there is, packed at once.
+            header = scsi_command_bhs(
+                0x01, 0xC1 if cmd.read_into is not None else 0x81, 0, cmd.lun, cmd.itt,
+                length, cmd.cmd_sn, self.exp_stat_sn, cdb,
+            )
+            if self.params.header_digest:
+                header += header_digest(header)
+            self._out.append(header)
+            return
         pdu = ScsiCommand(
             itt=cmd.itt, cdb=cmd.cdb, expected_data_transfer_length=length,
             cmd_sn=cmd.cmd_sn, exp_stat_sn=self.exp_stat_sn, lun=cmd.lun,
@@ -401,16 +417,17 @@ class InitiatorSession:
 
     def _window(self, exp_cmd_sn: int, max_cmd_sn: int) -> None:
         # RFC 7143 §4.2.2.1: ignore both when MaxCmdSN < ExpCmdSN - 1 (serial).
-        if not sn_le((exp_cmd_sn - 1) & _MASK, max_cmd_sn):
+        # Serial comparisons written out (sn_le): this runs for every PDU received.
+        if (max_cmd_sn - exp_cmd_sn + 1) & _MASK >= _HALF:
             return
-        if sn_le(self.exp_cmd_sn, exp_cmd_sn):
+        if (exp_cmd_sn - self.exp_cmd_sn) & _MASK < _HALF:
             self.exp_cmd_sn = exp_cmd_sn
-        if sn_le(self.max_cmd_sn, max_cmd_sn):
+        if (max_cmd_sn - self.max_cmd_sn) & _MASK < _HALF:
             self.max_cmd_sn = max_cmd_sn
 
     def _stat(self, stat_sn: int) -> None:
         nxt = (stat_sn + 1) & _MASK
-        if sn_le(self.exp_stat_sn, nxt):
+        if (nxt - self.exp_stat_sn) & _MASK < _HALF:  # sn_le(exp_stat_sn, nxt)
             self.exp_stat_sn = nxt
 
     def _task(self, itt: int, what: str) -> Command:

@@ -47,6 +47,7 @@ __all__ = [
     "encode_header",
     "encode_lun",
     "parse_sense_segment",
+    "scsi_command_bhs",
     "sense_segment",
 ]
 
@@ -155,12 +156,23 @@ class ScsiCommand:
             ahs += _AHS_HEAD.pack(5, _AHS_BIDI_READ_LENGTH) + b"\0" + _U32.pack(
                 self.bidi_read_length
             )
-        bhs = _SCSI_COMMAND.pack(
-            _b0(0x01, self.immediate), flags, 0, _lens(len(ahs), self.data),
-            lun_to_u64(self.lun), self.itt, self.expected_data_transfer_length,
-            self.cmd_sn, self.exp_stat_sn, cdb[:16],
+        bhs = scsi_command_bhs(
+            _b0(0x01, self.immediate), flags, _lens(len(ahs), self.data), self.lun, self.itt,
+            self.expected_data_transfer_length, self.cmd_sn, self.exp_stat_sn, cdb[:16],
         )
         return bhs + ahs if ahs else bhs
+
+
+def scsi_command_bhs(
+    b0: int, flags: int, lens: int, lun: int, itt: int, length: int, cmd_sn: int,
+    exp_stat_sn: int, cdb16: bytes,
+) -> bytes:
+    """The BHS of a SCSI Command, field by field (``lens``: TotalAHSLength << 24 |
+    DataSegmentLength; ``flags``: F, R, W, ATTR). :class:`ScsiCommand` packs through
+    here, and so does the initiator's per-command path, which has the fields at hand
+    and would spend more building the object than packing it."""
+    return _SCSI_COMMAND.pack(b0, flags, 0, lens, lun_to_u64(lun), itt, length, cmd_sn,
+                              exp_stat_sn, cdb16)
 
 
 @dataclass(slots=True)

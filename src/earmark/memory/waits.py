@@ -3,13 +3,15 @@
 A deadlock is a property of the whole system, not of one wait, so waits are
 recorded where the detector can see them all at once. Memory waits are the
 arena's own queues (`Arena.memory_waits`); layers above register the others (a
-page's writeback, a response from the peer) here with `waiting()`.
+page's writeback, a response from the peer) here with `waiting()`, or, when
+they wait far more often than anyone looks (a command per I/O), name a source
+that lists their current waits when asked (`set_source`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -59,11 +61,12 @@ class PassiveHolder:
 class WaitRegistry:
     """Current waits and passive holders; no clocks of its own (callers pass `now`)."""
 
-    __slots__ = ("_counter", "_passive", "_waits")
+    __slots__ = ("_counter", "_passive", "_sources", "_waits")
 
     def __init__(self) -> None:
         self._waits: dict[int, Wait] = {}
         self._passive: dict[str, PassiveHolder] = {}
+        self._sources: dict[str, Callable[[], Iterable[Wait]]] = {}
         self._counter = itertools.count()
 
     def register(self, wait: Wait) -> int:
@@ -106,8 +109,24 @@ class WaitRegistry:
     def clear_passive(self, owner: str) -> None:
         self._passive.pop(owner, None)
 
+    def set_source(self, name: str, source: Callable[[], Iterable[Wait]]) -> None:
+        """``source()`` lists the current waits of one agent family when the registry is read.
+
+        For waits that begin and end on every I/O (a command waiting for its
+        target's answer): registering each would cost every command, while the
+        detector, which alone reads them, runs rarely. A source's waits are listed
+        after the registered ones, so a wait registered around its call comes first.
+        """
+        self._sources[name] = source
+
+    def clear_source(self, name: str) -> None:
+        self._sources.pop(name, None)
+
     def waits(self) -> list[Wait]:
-        return list(self._waits.values())
+        waits = list(self._waits.values())
+        for source in self._sources.values():
+            waits.extend(source())
+        return waits
 
     def passive(self) -> dict[str, PassiveHolder]:
         return dict(self._passive)

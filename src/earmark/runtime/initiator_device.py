@@ -7,7 +7,8 @@ through :meth:`BlockDevice.execute`, which is where the memory discipline bites:
   covers its task descriptor and Data-Out headers (TASK) and every receive
   buffer it can cause, R2Ts, Data-In headers and a response with sense (WIRE);
   the claim is computed from the negotiated limits (:meth:`command_cost`) and
-  held until the command's status arrives;
+  held until the command's status arrives, then kept, until the loop's next
+  turn, for the next command of the same size (:meth:`BlockDevice._pool`);
 * under the other policies the same charges are allocated as the command needs
   them, each of which may wait while holding the previous one, which is how
   those disciplines deadlock: the task descriptor and Data-Out headers at
@@ -110,22 +111,26 @@ and immediate plus unsolicited data so a small write is one round trip."""
 
 class _Answer:
     """The runtime's side of one command (``Command.context``): the future its caller
-    awaits, the memory it holds, and its registered wait for the target."""
+    awaits, the memory it holds, and since when it waits for the target (written out
+    as a :class:`Wait` only when the detector asks: :meth:`BlockDevice._waits_now`)."""
 
-    __slots__ = ("future", "held", "owner", "received", "token", "wait")
+    __slots__ = ("claim", "future", "held", "owner", "received", "res", "since")
 
-    def __init__(self, future: asyncio.Future[None], owner: str, held: list[Charge],
-                 receive_on_arrival: bool) -> None:
+    def __init__(self, future: asyncio.Future[None], owner: str, claim: Claim,
+                 res: Reservation | None, held: list[Charge], receive_on_arrival: bool,
+                 since: float) -> None:
         self.future = future
         self.owner = owner
+        #: What the command reserved under ``reserve``: ``res`` covers ``claim``.
+        self.claim = claim
+        self.res = res
         #: Drawn at submit: task descriptor and Data-Out headers (and receive buffers
         #: when those were reserved with the command).
         self.held = held
         #: Receive buffers allocated as the target's PDUs arrived; None when they
         #: were drawn at submit, or once the command has given its memory back.
         self.received: list[Charge] | None = [] if receive_on_arrival else None
-        self.token = -1
-        self.wait = Wait(owner, WaitKind.EXTERNAL, _ANSWER)
+        self.since = since
 
     def drop_received(self) -> None:
         """The connection that received them is gone: its buffers go with it."""
@@ -134,14 +139,6 @@ class _Answer:
             for charge in received:
                 charge.free()
             received.clear()
-
-    def give_back(self, res: Reservation | None) -> None:
-        if res is not None:
-            res.release()
-        for charge in self.held:
-            charge.free()
-        self.drop_received()
-        self.received = None  # a late answer to a cancelled command is charged to nobody
 
 
 def _login_error(exc: Exception, where: str) -> InitiatorError:
@@ -272,6 +269,11 @@ class BlockDevice:
         self._logged_out: asyncio.Future[None] | None = None
         # Commands waiting for the target, whose waits follow the reader's state.
         self._answers: set[_Answer] = set()
+        self._waits_name = f"{self.name}/commands@{id(self):x}"
+        # Command reservations given back and not yet released, by claim: the next
+        # command of the same size takes one instead of asking the arena.
+        self._idle: dict[Claim, list[Reservation]] = {}
+        self._sweep_scheduled = False
         # The stalled reader's allocation, and what it was granted before resuming.
         self._stall: asyncio.Task[None] | None = None
         self._granted: Charge | None = None
@@ -305,6 +307,7 @@ class BlockDevice:
         else:
             self._recv = await self.arena.allocate(HostLevel.WIRE, recv_bytes, owner=holder)
         self.arena.waits.set_passive(holder, freed_by=(), holds="its receive buffer")
+        self.arena.waits.set_source(self._waits_name, self._waits_now)
         try:
             if len(self._recv.segments) != 1:
                 raise InitiatorError("the arena is too fragmented for a connection's receive "
@@ -378,6 +381,7 @@ class BlockDevice:
                     await stream.closed
         self._stop_receiver()
         self._fail_all(self._dead or SessionLostError(f"{self.url}: device closed"))
+        self._sweep()
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, float("inf")
@@ -389,6 +393,7 @@ class BlockDevice:
             self._conn_res.release()
             self._conn_res = None
         self.arena.waits.clear_passive(f"{self.name}/receive-buffer")
+        self.arena.waits.clear_source(self._waits_name)
 
     # ------------------------------------------------------------ geometry, cost
 
@@ -541,7 +546,8 @@ class BlockDevice:
         if reserve and self.policy is Policy.RESERVE:
             # The command's own reservation: held, untouched, from admission to status,
             # exactly the command's lifetime, so drawing on it would only add bookkeeping.
-            res = await arena.reserve(claim, owner=who)
+            # One given back by a command of the same size this loop turn is taken as is.
+            res = self._reserved(claim, who) or await arena.reserve(claim, owner=who)
         else:
             held.append(await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who))
             if self.policy is Policy.RESERVE or handed_down() is not None:
@@ -552,53 +558,100 @@ class BlockDevice:
                     held[0].free()
                     raise
         loop = self._loop or asyncio.get_running_loop()
-        answer = _Answer(loop.create_future(), who, held,
-                         receive_on_arrival=res is None and len(held) == 1)
+        now = loop.time()
+        answer = _Answer(loop.create_future(), who, claim, res, held,
+                         res is None and len(held) == 1, now)
         cmd.context = answer
-        self._expect(answer, loop.time())
+        answers = self._answers
+        answers.add(answer)
         try:
-            self._submit(cmd)
+            self._submit(cmd, now)
             await answer.future
         finally:
-            self._settle(answer)
+            answers.discard(answer)  # the caller waits no more (answered, or cancelled)
             if answer.future.done():
-                answer.give_back(res)
+                self._give_back(answer)
             else:  # cancelled: the target may still answer into the command's buffers
-                answer.future.add_done_callback(lambda _: answer.give_back(res))
+                answer.future.add_done_callback(lambda _: self._give_back(answer))
         if cmd.error is not None:
             raise cmd.error
         return cmd
 
-    def _expect(self, answer: _Answer, now: float) -> None:
-        """Register the command's wait for the target (on the receiver if it is stalled)."""
-        answer.wait.since = now
-        if self._stall is not None:
-            _hold_back(answer.wait, self.receiver)
-        answer.token = self.arena.waits.register(answer.wait)
-        self._answers.add(answer)
+    def _give_back(self, answer: _Answer) -> None:
+        res, answer.res = answer.res, None
+        if res is not None:
+            self._pool(answer.claim, res)
+        for charge in answer.held:
+            charge.free()
+        answer.drop_received()
+        answer.received = None  # a late answer to a cancelled command is charged to nobody
 
-    def _settle(self, answer: _Answer) -> None:
-        """The command waits no more: answered, failed or abandoned by its caller."""
-        self.arena.waits.unregister(answer.token)
-        self._answers.discard(answer)
+    # ------------------------------------------------------------ command reservations
+
+    def _reserved(self, claim: Claim, who: str) -> Reservation | None:
+        """An idle reservation for ``claim``, given back by a finished command, or None."""
+        idle = self._idle.get(claim)
+        if not idle:
+            return None
+        res = idle.pop()
+        if res.owner != who:
+            res.handoff(who)
+        return res
+
+    def _pool(self, claim: Claim, res: Reservation) -> None:
+        """Keep a finished command's reservation for the next command of its size.
+
+        A caller that issues its next command as soon as one finishes (every queue
+        depth, the same task step) takes it back without asking the arena. It is
+        kept only until the loop's next turn (:meth:`_sweep`), and not at all once
+        anyone waits for memory: an idle reservation must never be what a waiter
+        waits for, since no progress of ours would release it.
+        """
+        if self._closing or self.arena.waiting or self._loop is None:
+            res.release()
+            return
+        idle = self._idle.get(claim)
+        if idle is None:
+            idle = self._idle[claim] = []
+        idle.append(res)
+        if not self._sweep_scheduled:
+            self._sweep_scheduled = True
+            self._loop.call_soon(self._sweep)
+
+    def _sweep(self) -> None:
+        """Release every idle reservation: nobody took it in the turn it was given back."""
+        self._sweep_scheduled = False
+        for idle in self._idle.values():
+            for res in idle:
+                res.release()
+        self._idle.clear()
+
+    # ------------------------------------------------------------ issuing, completing
+
+    def _waits_now(self) -> list[Wait]:
+        """Every command's wait for the target, for the detector: for the reader
+        instead while it is stalled, which must resume before any answer is read."""
+        if self._stall is None:
+            return [Wait(a.owner, WaitKind.EXTERNAL, _ANSWER, since=a.since)
+                    for a in self._answers]
+        held_by = (self.receiver,)
+        return [Wait(a.owner, WaitKind.AGENT, _HELD_BACK, held_by, since=a.since)
+                for a in self._answers]
 
     def _answered(self, cmd: Command) -> None:
-        # Unregistered here, not when the caller's task resumes: from now on the
+        # Off the waits here, not when the caller's task resumes: from now on the
         # command is about to give its memory back, not waiting for the reader.
         answer: _Answer = cmd.context
-        self._settle(answer)
+        self._answers.discard(answer)
         if not answer.future.done():
             answer.future.set_result(None)
 
-    def _submit(self, cmd: Command) -> None:
+    def _submit(self, cmd: Command, now: float) -> None:
         session = self._session
         if session is None:
             self._pending.append(cmd)
             return
-        loop = self._loop
-        assert loop is not None
         idle = not session.outstanding
-        now = loop.time()
         session.submit(cmd, now)
         if self._timer_at > now + self.timeouts.command:
             self._arm_timer(now)  # the keepalive timer is later than this command's deadline
@@ -607,6 +660,8 @@ class BlockDevice:
             # rather than one loop iteration later (what queue depth 1 waits on).
             self._flush()
         elif not self._flush_scheduled:
+            loop = self._loop
+            assert loop is not None
             self._flush_scheduled = True
             loop.call_soon(self._flush)
 
@@ -662,8 +717,6 @@ class BlockDevice:
 
     def _stall_reader(self, nbytes: int) -> None:
         assert self._loop is not None and self._stream is not None
-        for answer in self._answers:
-            _hold_back(answer.wait, self.receiver)
         self._stall = self._loop.create_task(
             self._receive_when_granted(self._stream, nbytes), name=self.receiver)
 
@@ -672,8 +725,6 @@ class BlockDevice:
             granted = await self.arena.allocate_charge(HostLevel.WIRE, nbytes,
                                                        owner=self.receiver)
         self._stall = None
-        for answer in self._answers:
-            _hold_back(answer.wait, None)
         if stream is not self._stream or stream.failed is not None:
             granted.free()
             return
@@ -685,8 +736,6 @@ class BlockDevice:
         stall, self._stall = self._stall, None
         if stall is not None:
             stall.cancel()
-            for answer in self._answers:
-                _hold_back(answer.wait, None)
         granted, self._granted = self._granted, None
         if granted is not None:
             granted.free()
@@ -826,14 +875,6 @@ class BlockDevice:
         pending, self._pending = self._pending, []
         for cmd in pending:
             self._complete(cmd, error)
-
-
-def _hold_back(wait: Wait, receiver: str | None) -> None:
-    """A command's wait: for the target, or, while ``receiver`` is stalled, for it."""
-    if receiver is None:
-        wait.kind, wait.what, wait.wakers = WaitKind.EXTERNAL, _ANSWER, ()
-    else:
-        wait.kind, wait.what, wait.wakers = WaitKind.AGENT, _HELD_BACK, (receiver,)
 
 
 def _chunks(view: memoryview) -> list[tuple[int, memoryview]]:

@@ -1,0 +1,97 @@
+"""Command reservations under `reserve`: one per command in flight, reused, all returned.
+
+A finished command's reservation is kept for the next command of its size, so a
+caller that issues again at once does not ask the arena each time; it is never
+lent to two commands, never kept past the loop's next turn (an idle reservation
+must not be what some waiter waits for), and closing returns everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from earmark.initiator.session import Command
+from earmark.memory import Arena, WaitKind
+from earmark.memory.claim import Claim
+from earmark.memory.reservation import Reservation
+from earmark.runtime.embedded import EmbeddedTarget
+from earmark.runtime.initiator_device import BlockDevice
+from earmark.target.backing import MemoryBacking
+
+LUN = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[EmbeddedTarget]:
+    with EmbeddedTarget(MemoryBacking(LUN)) as target:
+        yield target
+
+
+def test_every_command_in_flight_holds_a_reservation_of_its_own(target: EmbeddedTarget) -> None:
+    async def main() -> None:
+        arena = Arena(4 << 20)
+        async with BlockDevice(target.url, arena=arena) as dev:
+            submit = dev._submit
+            worst = 0
+
+            def spy(cmd: Command, now: float) -> None:
+                nonlocal worst
+                res = cmd.context.res
+                assert res is not None and not res.released
+                others = [a.res for a in dev._answers if a is not cmd.context]
+                assert all(res is not other for other in others)
+                assert all(res not in idle for idle in dev._idle.values())
+                worst = max(worst, len(dev._answers))
+                # The detector sees the command wait for the target, though nothing
+                # registered a wait: the device lists its waits when asked.
+                assert any(w.waiter == dev.name and w.kind is WaitKind.EXTERNAL
+                           for w in arena.waits.waits())
+                submit(cmd, now)
+
+            dev._submit = spy  # type: ignore[method-assign]
+
+            async def worker(n: int) -> None:
+                buf = bytearray(4096)
+                for i in range(n):
+                    await dev.readinto((i * 4096) % LUN, buf)
+
+            await asyncio.gather(*(worker(40) for _ in range(8)))
+            assert worst == 8
+
+    asyncio.run(main())
+
+
+def test_reservations_are_reused_and_all_returned(target: EmbeddedTarget) -> None:
+    async def main() -> None:
+        arena = Arena(4 << 20)
+        reserve = arena.reserve
+        asked = 0
+
+        async def counting(claims: Claim, *, owner: str) -> Reservation:
+            nonlocal asked
+            asked += 1
+            return await reserve(claims, owner=owner)
+
+        async with BlockDevice(target.url, arena=arena) as dev:
+            await asyncio.sleep(0)  # READ CAPACITY's reservation, idle, goes back
+            assert arena.reservations_of(dev.name) == []
+            baseline = arena.committed
+            arena.reserve = counting  # type: ignore[method-assign,assignment]
+            buf = bytearray(4096)
+            for i in range(100):
+                await dev.readinto(i * 4096, buf)
+            # Each read took the reservation the one before it gave back.
+            assert asked == 1
+            # Nobody took it in the next turn: back to the arena.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert arena.reservations_of(dev.name) == []
+            assert arena.committed == baseline
+            await dev.readinto(0, buf)  # and the next one reserves again
+            assert asked == 2
+        assert arena.committed == 0 and arena.holdings() == {}
+
+    asyncio.run(main())
