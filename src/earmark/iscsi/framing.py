@@ -140,10 +140,16 @@ class PduReader:
 
 def serialize(pdu: Pdu, header_digest_on: bool, data_digest_on: bool) -> list[Buffer]:
     """Wire pieces of ``pdu`` for ``writelines``; the data segment is not copied."""
-    header = encode_header(pdu)
+    return frame(encode_header(pdu), getattr(pdu, "data", b""), header_digest_on,
+                 data_digest_on)
+
+
+def frame(header: bytes, data: Buffer, header_digest_on: bool,
+          data_digest_on: bool) -> list[Buffer]:
+    """Wire pieces of a PDU given its packed header (BHS + AHS) and data segment: for
+    a hot path that packs the header directly instead of building a PDU object."""
     if header_digest_on:
         header += header_digest(header)
-    data = getattr(pdu, "data", b"")
     if not data:
         return [header]
     pad = padding(len(data))

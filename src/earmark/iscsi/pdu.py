@@ -42,6 +42,7 @@ __all__ = [
     "TextRequest",
     "TextResponse",
     "bhs_lengths",
+    "data_in_bhs",
     "decode_lun",
     "decode_pdu",
     "encode_header",
@@ -454,11 +455,23 @@ class DataIn:
             | (0x02 if self.residual_underflow else 0)
             | (0x01 if self.status_present else 0)
         )
-        return _DATA_IN.pack(
-            0x25, flags, self.status, _lens(0, self.data), lun_to_u64(self.lun), self.itt,
-            self.ttt, self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn, self.data_sn,
-            self.buffer_offset, self.residual_count,
+        return data_in_bhs(
+            flags, self.status, _lens(0, self.data), self.lun, self.itt, self.ttt, self.stat_sn,
+            self.exp_cmd_sn, self.max_cmd_sn, self.data_sn, self.buffer_offset,
+            self.residual_count,
         )
+
+
+def data_in_bhs(
+    flags: int, status: int, lens: int, lun: int, itt: int, ttt: int, stat_sn: int,
+    exp_cmd_sn: int, max_cmd_sn: int, data_sn: int, buffer_offset: int, residual: int,
+) -> bytes:
+    """The BHS of a Data-In, field by field (``flags``: F, A, O, U, S; ``lens``:
+    DataSegmentLength). :class:`DataIn` packs through here, and so does the target's
+    final Data-In with status, sent once per read: building the object to pack it
+    would cost more than the packing."""
+    return _DATA_IN.pack(0x25, flags, status, lens, lun_to_u64(lun), itt, ttt, stat_sn,
+                         exp_cmd_sn, max_cmd_sn, data_sn, buffer_offset, residual)
 
 
 @dataclass(slots=True)

@@ -64,6 +64,8 @@ class TargetConnection(asyncio.BufferedProtocol):
         self.server = server
         self.name = name
         self.transport: asyncio.Transport | None = None
+        #: The loop's clock, looked up once: every PDU received is timed with it.
+        self._clock: Callable[[], float] = server.loop.time
         self.session: TargetSession | None = None
         self._login: TargetLogin | None = None
         self._reservation: Reservation | None = None
@@ -306,7 +308,7 @@ class TargetConnection(asyncio.BufferedProtocol):
                 self.session.reject(bhs, reason)
                 continue
             if self.session is not None:
-                self.session.receive(pdu, self.server.loop.time(), placed=placed is not None)
+                self.session.receive(pdu, self._clock(), placed=placed is not None)
             else:
                 self._login_pdu(pdu)
         if self._pos == self._end:
@@ -436,12 +438,12 @@ class TargetConnection(asyncio.BufferedProtocol):
         plan = io.plan
         if type(plan) is not ReadPlan or io.offset or not io.last:
             return False
-        views = io.views
-        if sum(len(v) for v in views) > INLINE_READ_BYTES:
+        # One window that is the whole read: its views hold the transfer, `xfer` bytes.
+        if io.task.xfer > INLINE_READ_BYTES:
             return False
         unit = io.unit
         try:
-            if not unit.backing.read_cached(plan.lba * unit.disk.block_size, views):
+            if not unit.backing.read_cached(plan.lba * unit.disk.block_size, io.views):
                 return False
         except (BackingError, OSError):
             return False

@@ -62,8 +62,11 @@ from .sense import (
 from .xcopy import CopyManager, CopySa
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class _Context:
+    """What a command may need beyond its CDB and disk. Not frozen: one is built per
+    command, and a frozen dataclass pays a ``object.__setattr__`` call per field."""
+
     luns: Sequence[int]
     data_out: bytes | memoryview
     edtl: int | None
@@ -743,7 +746,8 @@ def execute(
         cmd = _lookup(cdb, disk)
         if reservations is None:
             reservations = Reservations()
-        else:
+        elif reservations.legacy is not None or reservations.pr_type is not None:
+            # An unreserved unit (the usual case) fences nothing: no call to find that out.
             reservations.check(cdb, nexus)
         context = _Context(luns, data_out, edtl, nexus, reservations, peers or {},
                            copies if copies is not None else CopyManager())

@@ -140,7 +140,7 @@ class FileBacking:
         return self._size
 
     def readinto(self, offset: int, buffers: list[memoryview]) -> None:
-        total = sum(len(b) for b in buffers)
+        total = sum(map(len, buffers))
         _check_range(self._size, offset, total)
         done = 0
         rest = [b for b in buffers if len(b)]
@@ -158,7 +158,7 @@ class FileBacking:
         # by an order of magnitude for small reads, and never blocks the loop on a disk.
         if not self._nowait or len(buffers) > _IOV_MAX:
             return False
-        total = sum(len(b) for b in buffers)
+        total = sum(map(len, buffers))
         _check_range(self._size, offset, total)
         try:
             n = os.preadv(self._fd, buffers, offset, _RWF_NOWAIT)
@@ -172,7 +172,7 @@ class FileBacking:
         return n == total
 
     def write(self, offset: int, buffers: list[memoryview]) -> None:
-        total = sum(len(b) for b in buffers)
+        total = sum(map(len, buffers))
         _check_range(self._size, offset, total)
         done = 0
         rest = [b for b in buffers if len(b)]
@@ -225,7 +225,7 @@ class MemoryBacking:
         return len(self._data)
 
     def readinto(self, offset: int, buffers: list[memoryview]) -> None:
-        _check_range(self.size, offset, sum(len(b) for b in buffers))
+        _check_range(self.size, offset, sum(map(len, buffers)))
         for b in buffers:
             b[:] = self._data[offset:offset + len(b)]
             offset += len(b)
@@ -235,7 +235,7 @@ class MemoryBacking:
         return True
 
     def write(self, offset: int, buffers: list[memoryview]) -> None:
-        _check_range(self.size, offset, sum(len(b) for b in buffers))
+        _check_range(self.size, offset, sum(map(len, buffers)))
         for b in buffers:
             self._data[offset:offset + len(b)] = b
             offset += len(b)

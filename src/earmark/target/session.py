@@ -29,7 +29,7 @@ from enum import Enum
 
 from earmark.iscsi.discovery import TextResponder
 from earmark.iscsi.errors import ProtocolError
-from earmark.iscsi.framing import serialize
+from earmark.iscsi.framing import frame, serialize
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import LogoutReason, Opcode, RejectReason, TmfFunction, TmfResponse
 from earmark.iscsi.pdu import (
@@ -51,6 +51,7 @@ from earmark.iscsi.pdu import (
     TextRequest,
     TextResponse,
     bhs_lengths,
+    data_in_bhs,
     encode_header,
     sense_segment,
 )
@@ -79,6 +80,8 @@ _U32 = struct.Struct(">I")
 #: Plans whose whole Data-Out must be in one window (they act on all of it at once).
 _WHOLE = (CompareAndWritePlan, WriteSamePlan)
 _MOD = 1 << 32
+#: Data-In flags of a read's last PDU: F (final) and S (status present).
+_FINAL_STATUS = 0x81
 
 
 class Policy(Enum):
@@ -105,6 +108,7 @@ class TargetSession:
     """Full-feature phase of one session on one connection."""
 
     __slots__ = (
+        "_discovery",
         "_events",
         "_free",
         "_held",
@@ -145,6 +149,8 @@ class TargetSession:
         nexus: Nexus | None = None,
     ) -> None:
         self.params = params
+        #: A discovery session answers every SCSI command with an error; asked per command.
+        self._discovery = params.session_type == "Discovery"
         self.units = dict(units)
         self.luns = sorted(self.units)
         #: What EXTENDED COPY may name: this session's units, as SCSI sees them.
@@ -352,6 +358,8 @@ class TargetSession:
     def _in_window(self, cmd_sn: int, immediate: bool) -> bool:
         if immediate:
             return True
+        if cmd_sn == self.exp_cmd_sn:  # the usual case: in the window unless it is closed
+            return sn_diff(cmd_sn, self.max_cmd_sn) <= 0
         return sn_diff(cmd_sn, self.exp_cmd_sn) >= 0 and sn_diff(cmd_sn, self.max_cmd_sn) <= 0
 
     def _advance(self, cmd_sn: int, immediate: bool, uses_slot: bool) -> bool:
@@ -386,36 +394,39 @@ class TargetSession:
     # ----------------------------------------------------------------- commands
 
     def _command(self, pdu: ScsiCommand) -> None:
-        if not self._in_window(pdu.cmd_sn, pdu.immediate):
-            self._advance(pdu.cmd_sn, pdu.immediate, True)
+        # Every command passes here: fields are read once into locals, and the usual
+        # case (the next CmdSN, not immediate) skips the serial-number arithmetic.
+        cmd_sn, immediate, itt, cdb = pdu.cmd_sn, pdu.immediate, pdu.itt, pdu.cdb
+        if not self._in_window(cmd_sn, immediate):
+            self._advance(cmd_sn, immediate, True)
             return
-        if pdu.itt in self.tasks or pdu.itt == RESERVED_TAG:
-            raise ProtocolError(f"SCSI Command reuses ITT 0x{pdu.itt:08x} of a task in flight")
+        tasks = self.tasks
+        if itt in tasks or itt == RESERVED_TAG:
+            raise ProtocolError(f"SCSI Command reuses ITT 0x{itt:08x} of a task in flight")
         if pdu.data and not self.params.immediate_data:
             raise ProtocolError("immediate data sent though ImmediateData=No")
-        spare = len(self._free) - sn_diff(self.max_cmd_sn, self.exp_cmd_sn) - 1
-        if pdu.immediate and spare <= 0:
+        free = self._free
+        if immediate and len(free) - sn_diff(self.max_cmd_sn, self.exp_cmd_sn) - 1 <= 0:
             self.reject(_header_of(pdu), RejectReason.IMMEDIATE_COMMAND_REJECT)
             return
-        if not self._free:
+        if not free:
             raise ProtocolError("command in the window but no slot: window accounting broken")
-        self._advance(pdu.cmd_sn, pdu.immediate, True)
-        slot = self._free.pop()
+        self._advance(cmd_sn, immediate, True)
         unit = self.units.get(pdu.lun)
-        task = Task(pdu.itt, pdu.cmd_sn, pdu.lun, unit, pdu.cdb, slot)
-        self.tasks[pdu.itt] = task
-        if self.params.session_type == "Discovery":
+        task = Task(itt, cmd_sn, pdu.lun, unit, cdb, free.pop())
+        tasks[itt] = task
+        if self._discovery:
             self._reply(task, pdu, Reply.error(ScsiError(SenseKey.ILLEGAL_REQUEST, 0x25, 0)))
             return
         if unit is None:
-            self._reply(task, pdu, sbc.execute_without_lun(pdu.cdb, self.luns))
+            self._reply(task, pdu, sbc.execute_without_lun(cdb, self.luns))
             return
         disk = unit.disk
-        out_len = sbc.data_out_length(pdu.cdb, disk)
+        out_len = sbc.data_out_length(cdb, disk)
         if out_len:
             self._write_command(task, pdu, unit, out_len)
             return
-        outcome = sbc.execute(pdu.cdb, disk, luns=self.luns, edtl=pdu.expected_data_transfer_length,
+        outcome = sbc.execute(cdb, disk, luns=self.luns, edtl=pdu.expected_data_transfer_length,
                               nexus=self.nexus, reservations=unit.reservations,
                               copies=unit.copies)
         if isinstance(outcome, Reply):
@@ -466,7 +477,8 @@ class TargetSession:
             task.unsolicited = Sequence(len(pdu.data), unsolicited)
         if pdu.cdb[0] not in sbc.PARAMETER_LISTS:  # those execute once the list is here
             outcome = sbc.execute(pdu.cdb, unit.disk, luns=self.luns, edtl=edtl,
-                                  nexus=self.nexus, reservations=unit.reservations)
+                                  nexus=self.nexus, reservations=unit.reservations,
+                                  copies=unit.copies)
             if isinstance(outcome, Reply):
                 self._respond(task, ScsiStatus(outcome.status), outcome.sense, moved=0)
                 return
@@ -703,11 +715,14 @@ class TargetSession:
         (the runtime sends before the next event)."""
         self._finish(task)
         over, under, residual = _residual(task.edtl, task.spdtl, task.xfer)
-        self._send(DataIn(
-            task.itt, RESERVED_TAG, task.data_sn, offset, self._stat(), self.exp_cmd_sn,
-            self.max_cmd_sn, residual, ScsiStatus.GOOD, True, False, over, under, True,
-            task.lun, piece,
-        ))
+        # Packed directly, not through a DataIn object: this is the reply to every read.
+        flags = _FINAL_STATUS | (0x04 if over else 0) | (0x02 if under else 0)
+        params = self.params
+        self._out += frame(
+            data_in_bhs(flags, ScsiStatus.GOOD, len(piece), task.lun, task.itt, RESERVED_TAG,
+                        self._stat(), self.exp_cmd_sn, self.max_cmd_sn, task.data_sn, offset,
+                        residual),
+            piece, params.header_digest, params.data_digest)
         task.data_sn += 1
 
     # ------------------------------------------------------------------- status
