@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from earmark.peers import ConformanceResult, Tgtd, free_port, iscsi_test_cu
-from earmark.runtime.serve import UsageError, parse_size
+from earmark.units import SizeError, parse_size
 
 #: How long `earmark serve` may take to listen, and to exit after SIGINT.
 START_TIMEOUT = 20.0
@@ -116,7 +116,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         size = parse_size(args.size, "--size")
-    except UsageError as exc:
+    except SizeError as exc:
         parser.error(str(exc))
     if size % 512:
         parser.error(f"--size {args.size} is not a whole number of 512-byte blocks")

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 from earmark.memory.allocation import Buffer, Charge
 from earmark.memory.arena import Arena
-from earmark.memory.reservation import _CURRENT
+from earmark.memory.reservation import handed_down
 
 
 async def draw_buffer(arena: Arena, level: int, nbytes: int, *, owner: str) -> Buffer:
-    res = _CURRENT.get()
+    res = handed_down()
     if res is not None:
         return res.take(level, nbytes)
     return await arena.allocate(level, nbytes, owner=owner)
 
 
 async def draw_charge(arena: Arena, level: int, nbytes: int, *, owner: str) -> Charge:
-    res = _CURRENT.get()
+    res = handed_down()
     if res is not None:
         return res.charge(level, nbytes)
     return await arena.allocate_charge(level, nbytes, owner=owner)

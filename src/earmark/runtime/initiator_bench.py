@@ -16,22 +16,9 @@ from dataclasses import asdict, dataclass
 
 from earmark.runtime.initiator_device import BlockDevice
 
-__all__ = ["RW_MODES", "BenchResult", "parse_size", "run_bench"]
+__all__ = ["RW_MODES", "BenchResult", "run_bench"]
 
 RW_MODES = ("randread", "randwrite", "read", "write")
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    """``4k``, ``1m``, ``512`` (binary units, as fio's --bs)."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = t[-1:] if t[-1:] in _UNITS else ""
-    number = t[: len(t) - len(unit)]
-    if not number.isdigit() or int(number) <= 0:
-        raise ValueError(f"bad size {text!r}: use e.g. 512, 4k, 1m")
-    return int(number) * _UNITS[unit]
-
-
 @dataclass(frozen=True, slots=True)
 class BenchResult:
     rw: str

@@ -18,10 +18,11 @@ from typing import Any, TypeVar
 
 from earmark.initiator.errors import InitiatorError
 from earmark.initiator.url import ENV_SECRET, ENV_USER, IscsiUrl, parse_url
-from earmark.runtime.initiator_bench import RW_MODES, BenchResult, parse_size, run_bench
+from earmark.runtime.initiator_bench import RW_MODES, BenchResult, run_bench
 from earmark.runtime.initiator_device import BlockDevice, discover
 from earmark.scsi import cdb as C
 from earmark.scsi.sense import ScsiError
+from earmark.units import parse_size
 
 T = TypeVar("T")
 
@@ -113,7 +114,7 @@ def _human(n: int) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    bs = parse_size(args.bs)
+    bs = parse_size(args.bs, "--bs")
     interactive = sys.stderr.isatty()
 
     def progress(elapsed: float, ios: int, iops: float) -> None:
