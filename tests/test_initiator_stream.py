@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from earmark.iscsi.framing import serialize
-from earmark.iscsi.pdu import DataIn, NopIn, Pdu, ScsiResponse, encode_header
+from earmark.iscsi.pdu import (
+    BHS_LENGTH,
+    DataIn,
+    NopIn,
+    Pdu,
+    ScsiResponse,
+    decode_pdu,
+    encode_header,
+)
 from earmark.runtime.initiator_connection import PLACE_MIN, InitiatorStream
 
 
@@ -29,6 +37,9 @@ class Sink:
         if isinstance(pdu, DataIn) and not placed:  # what the session does
             self.dest[pdu.buffer_offset : pdu.buffer_offset + len(pdu.data)] = pdu.data
         self.pdus.append((pdu, placed, bytes(getattr(pdu, "data", b""))))
+
+    def data_in_received(self, header: memoryview, at: int, data: memoryview) -> None:
+        self.pdu_received(decode_pdu(header[at : at + BHS_LENGTH], b"", data), False)
 
     def batch_done(self) -> None:
         self.batches += 1

@@ -35,6 +35,7 @@ from earmark.iscsi.framing import serialize, serialize_gather
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import AsyncEvent, LogoutReason, Opcode
 from earmark.iscsi.pdu import (
+    DATA_IN_BHS,
     R2T,
     RESERVED_TAG,
     AsyncMessage,
@@ -69,6 +70,9 @@ _MASK = 0xFFFFFFFF
 _HALF = 1 << 31
 _U32 = struct.Struct(">I")
 _DATA_IN = int(Opcode.DATA_IN)
+#: Data-In flags: status present (S), residual underflow (U).
+_S = 0x01
+_U = 0x02
 #: What the target sends about one command: each lands in a receive buffer of its own.
 _ANSWERS = frozenset((_DATA_IN, int(Opcode.R2T), int(Opcode.SCSI_RESPONSE)))
 
@@ -383,6 +387,26 @@ class InitiatorSession:
             return None
         return self._tasks.get(_U32.unpack_from(bhs, 16)[0])
 
+    def data_in(self, header: Buffer, at: int, data: Buffer, now: float) -> None:
+        """Take one Data-In whose BHS is ``header[at : at + 48]`` and whose data segment
+        (not placed) is ``data``: what :meth:`receive` does with a :class:`DataIn`.
+
+        Every read is answered by at least one Data-In, at 4 KiB by exactly one that
+        carries the status too; unpacking its fields here, instead of building and
+        dispatching a PDU object, is a good part of what a small read costs.
+        """
+        (_, flags, status, _, _, itt, _, stat_sn, exp_cmd_sn, max_cmd_sn, _, offset,
+         residual) = DATA_IN_BHS.unpack_from(header, at)
+        self._last_rx = now
+        try:
+            self._data_in(itt, offset, data, False, flags, status, stat_sn, exp_cmd_sn,
+                          max_cmd_sn, residual)
+        except ProtocolError as exc:
+            if self.failure is None:
+                self.failure = exc.reason
+        if self._queue:
+            self._pump(now)
+
     def receive(self, pdu: Pdu, now: float, placed: bool = False) -> None:
         """Take one PDU from the target. ``placed``: its data is already in place.
 
@@ -392,7 +416,11 @@ class InitiatorSession:
         self._last_rx = now
         try:
             if type(pdu) is DataIn:
-                self._data_in(pdu, placed)
+                self._data_in(
+                    pdu.itt, pdu.buffer_offset, pdu.data, placed,
+                    (_S if pdu.status_present else 0) | (_U if pdu.residual_underflow else 0),
+                    pdu.status, pdu.stat_sn, pdu.exp_cmd_sn, pdu.max_cmd_sn, pdu.residual_count,
+                )
             elif type(pdu) is ScsiResponse:
                 self._response(pdu)
             elif type(pdu) is R2T:
@@ -436,26 +464,28 @@ class InitiatorSession:
             raise ProtocolError(f"{what} for ITT 0x{itt:08x}, which has no command outstanding")
         return cmd
 
-    def _data_in(self, pdu: DataIn, placed: bool) -> None:
-        self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
-        cmd = self._task(pdu.itt, "Data-In")
-        data = pdu.data
+    def _data_in(
+        self, itt: int, offset: int, data: Buffer, placed: bool, flags: int, status: int,
+        stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int, residual: int,
+    ) -> None:
+        """One Data-In by its fields (``flags``: the BHS flags byte; S and U are read)."""
+        self._window(exp_cmd_sn, max_cmd_sn)
+        cmd = self._task(itt, "Data-In")
         n = len(data)
         if n:
             dest = cmd.read_into
-            offset = pdu.buffer_offset
             if dest is None or offset + n > len(dest):
                 raise ProtocolError(
-                    f"Data-In of {n} B at offset {offset} for ITT 0x{pdu.itt:08x} outside the "
+                    f"Data-In of {n} B at offset {offset} for ITT 0x{itt:08x} outside the "
                     f"{cmd.length} B the command expects"
                 )
             if not placed:
                 dest[offset : offset + n] = data
             cmd.received += n
-        if pdu.status_present:
-            self._stat(pdu.stat_sn)
-            cmd.residual = pdu.residual_count if pdu.residual_underflow else 0
-            self._finish(cmd, pdu.status, b"")
+        if flags & _S:
+            self._stat(stat_sn)
+            cmd.residual = residual if flags & _U else 0
+            self._finish(cmd, status, b"")
 
     def _response(self, pdu: ScsiResponse) -> None:
         self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)

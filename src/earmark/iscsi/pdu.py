@@ -19,6 +19,7 @@ from .opcodes import Opcode
 
 __all__ = [
     "BHS_LENGTH",
+    "DATA_IN_BHS",
     "MAX_DATA_SEGMENT_LENGTH",
     "R2T",
     "RESERVED_TAG",
@@ -472,6 +473,14 @@ def data_in_bhs(
     would cost more than the packing."""
     return _DATA_IN.pack(0x25, flags, status, lens, lun_to_u64(lun), itt, ttt, stat_sn,
                          exp_cmd_sn, max_cmd_sn, data_sn, buffer_offset, residual)
+
+
+DATA_IN_BHS = _DATA_IN
+"""The Data-In BHS, field by field as :func:`data_in_bhs` packs it (opcode, flags,
+status, lens, LUN, ITT, TTT, StatSN, ExpCmdSN, MaxCmdSN, DataSN, BufferOffset,
+ResidualCount). The initiator unpacks the answer to every read straight from its
+receive buffer with this, because building a :class:`DataIn` costs more than the
+rest of receiving it."""
 
 
 @dataclass(slots=True)

@@ -61,6 +61,10 @@ class StreamSink(Protocol):
 
     def pdu_received(self, pdu: Pdu, placed: bool) -> None: ...
 
+    def data_in_received(self, header: memoryview, at: int, data: memoryview) -> None:
+        """A Data-In not placed, its BHS at ``header[at:]``: no PDU object is built for it
+        (the reply to every small read)."""
+
     def batch_done(self) -> None: ...
 
 
@@ -248,6 +252,11 @@ class InitiatorStream(asyncio.BufferedProtocol):
                     data = buf[start + head : start + head + dsl]
                     if dd and data_digest(data) != buf[start + head + padded : start + total]:
                         raise DigestError("data digest mismatch", header=False)
+                    sink = self.sink
+                    if sink is not None and not ahs and buf[start] & 0x3F == _DATA_IN:
+                        at, start = start, start + total
+                        sink.data_in_received(buf, at, data)
+                        continue
                     pdu = decode_pdu(buf[start : start + BHS_LENGTH],
                                      buf[start + BHS_LENGTH : start + BHS_LENGTH + ahs], data)
                     start += total

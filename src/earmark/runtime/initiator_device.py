@@ -682,6 +682,11 @@ class BlockDevice:
         assert session is not None and self._loop is not None
         session.receive(pdu, self._loop.time(), placed)
 
+    def data_in_received(self, header: memoryview, at: int, data: memoryview) -> None:
+        session = self._session
+        assert session is not None and self._loop is not None
+        session.data_in(header, at, data, self._loop.time())
+
     def _admit(self, bhs: memoryview) -> bool:
         """The receive buffer of one PDU from the target, allocated as it arrives
         (policies without reservations), charged to the command it answers.
