@@ -273,6 +273,40 @@ def test_plain_allocation_reclaim_and_emergency_pool() -> None:
     run(main())
 
 
+def test_shrinkers_give_a_cache_back_before_anyone_waits() -> None:
+    async def main() -> None:
+        arena = Arena(16 * KIB)
+        cache: list[object] = [await arena.reserve({TASK: 8 * KIB}, owner="cache")]
+        calls = 0
+
+        def shrink() -> None:
+            nonlocal calls
+            calls += 1
+            for res in cache:
+                res.release()  # type: ignore[attr-defined]
+            cache.clear()
+
+        arena.add_shrinker(shrink)
+        small = await arena.reserve({TASK: 8 * KIB}, owner="small")  # fits: cache kept
+        assert calls == 0 and arena.committed == 16 * KIB
+        small.release()
+        # Needs the cached bytes: the cache goes back and the claim is granted at once.
+        big = await asyncio.wait_for(arena.reserve({PAGE: 16 * KIB}, owner="big"), 1.0)
+        assert calls == 1 and cache == [] and arena.committed == 16 * KIB
+        big.release()
+        # The same for allocations that must not wait (a receive path).
+        cache.append(await arena.reserve({TASK: 16 * KIB}, owner="cache"))
+        charge = arena.allocate_charge_now(WIRE, 4 * KIB, owner="reader")
+        assert charge is not None and calls == 2
+        charge.free()
+        arena.remove_shrinker(shrink)
+        held = await arena.reserve({TASK: 16 * KIB}, owner="held")
+        assert arena.allocate_charge_now(WIRE, 4 * KIB, owner="reader") is None and calls == 2
+        held.release()
+
+    run(main())
+
+
 def test_gauges_report_per_level() -> None:
     async def main() -> None:
         arena = Arena(16 * KIB)

@@ -41,6 +41,10 @@ _MEMALLOC: ContextVar[bool] = ContextVar("earmark_memalloc", default=False)
 ReclaimHook = Callable[[int, int], Awaitable[int]]
 """Direct reclaim: called with (level, bytes wanted), returns bytes it freed."""
 
+Shrinker = Callable[[], None]
+"""Gives back memory kept only as a cache (a finished command's reservation kept for
+the next one): called, synchronously, whenever someone is about to wait."""
+
 Validator = Callable[["Arena", str, list[int], bool], None]
 """Called as (arena, owner, levels asked, is_reservation) before any wait or reservation."""
 
@@ -125,6 +129,26 @@ class Arena:
         self.waits = WaitRegistry()
         self.reclaim: ReclaimHook | None = None
         self.validator: Validator | None = None
+        self._shrinkers: list[Shrinker] = []
+
+    # ---- caches -----------------------------------------------------------------
+
+    def add_shrinker(self, shrinker: Shrinker) -> None:
+        """Register a cache of memory that must be given back before anyone waits.
+
+        Linux's shrinkers, made strict: a holder may keep memory it does not need
+        (to save the next request a trip to the arena) only on the promise that
+        the moment anyone has to wait, it is released, so that nobody ever waits
+        for memory no progress would free.
+        """
+        self._shrinkers.append(shrinker)
+
+    def remove_shrinker(self, shrinker: Shrinker) -> None:
+        self._shrinkers.remove(shrinker)
+
+    def _shrink(self) -> None:
+        for shrinker in tuple(self._shrinkers):
+            shrinker()
 
     # ---- reserving --------------------------------------------------------------
 
@@ -212,7 +236,7 @@ class Arena:
         For a path that must not wait where it runs (a connection's reader, in a
         protocol callback): it stops and waits elsewhere, with `allocate_charge`.
         """
-        if self._can_grant_now(nbytes, _MEMALLOC.get()):
+        if self._fits_now(nbytes, _MEMALLOC.get()):
             return self._plain_charge(level, nbytes, owner)
         return None
 
@@ -241,7 +265,7 @@ class Arena:
                 f"{owner} asks for {format_bytes(cost)} at {self.levels(level).name} but "
                 f"the {self.name} can never grant more than {format_bytes(limit)}"
             )
-        if self._can_grant_now(cost, emergency):
+        if self._fits_now(cost, emergency):
             return make()
         if self.reclaim is not None and not emergency:
             # Direct reclaim: the allocating task cleans memory itself, marked
@@ -254,6 +278,16 @@ class Arena:
             self.validator(self, owner, [level], False)
         amounts = Claim({level: cost}, self.levels).amounts
         return await self._wait(amounts, cost, owner, emergency, timeout, make)
+
+    def _fits_now(self, cost: int, emergency: bool) -> bool:
+        """Whether an allocation can be granted at once, caches shrunk if that is what
+        it takes (before direct reclaim, which costs far more)."""
+        if self._can_grant_now(cost, emergency):
+            return True
+        if not self._shrinkers:
+            return False
+        self._shrink()
+        return self._can_grant_now(cost, emergency)
 
     def _can_grant_now(self, cost: int, emergency: bool) -> bool:
         if emergency:
@@ -294,6 +328,8 @@ class Arena:
         waiter = _Waiter(amounts, total, owner, emergency, future, make, now)
         queue = self._emergency_queue if emergency else self._queue
         queue.append(waiter)
+        # Caches go first: what they release wakes the queue, this waiter included.
+        self._shrink()
         try:
             if timeout is None:
                 return await future

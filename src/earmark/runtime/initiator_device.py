@@ -7,8 +7,9 @@ through :meth:`BlockDevice.execute`, which is where the memory discipline bites:
   covers its task descriptor and Data-Out headers (TASK) and every receive
   buffer it can cause, R2Ts, Data-In headers and a response with sense (WIRE);
   the claim is computed from the negotiated limits (:meth:`command_cost`) and
-  held until the command's status arrives, then kept, until the loop's next
-  turn, for the next command of the same size (:meth:`BlockDevice._pool`);
+  held until the command's status arrives, then kept for the next command of
+  the same size, but only until anyone has to wait for memory
+  (:meth:`BlockDevice._pool`);
 * under the other policies the same charges are allocated as the command needs
   them, each of which may wait while holding the previous one, which is how
   those disciplines deadlock: the task descriptor and Data-Out headers at
@@ -97,6 +98,8 @@ _SCSI_RESPONSE = int(Opcode.SCSI_RESPONSE)
 _ANSWER = "the target's answer"
 _HELD_BACK = "the target's answer, which its stalled receiver cannot read"
 _UA_RETRIES = 3
+_IDLE_MAX = 256
+"""Idle command reservations a device keeps at most (a few hundred KiB at most)."""
 
 WANTS: Mapping[str, str] = {
     "MaxRecvDataSegmentLength": "262144",
@@ -271,9 +274,11 @@ class BlockDevice:
         self._answers: set[_Answer] = set()
         self._waits_name = f"{self.name}/commands@{id(self):x}"
         # Command reservations given back and not yet released, by claim: the next
-        # command of the same size takes one instead of asking the arena.
+        # command of the same size takes one instead of asking the arena. Held by
+        # their own name, so that no task seems to hold them while it waits.
         self._idle: dict[Claim, list[Reservation]] = {}
-        self._sweep_scheduled = False
+        self._idle_count = 0
+        self._idle_owner = f"{self.name}/idle@{id(self):x}"
         # The stalled reader's allocation, and what it was granted before resuming.
         self._stall: asyncio.Task[None] | None = None
         self._granted: Charge | None = None
@@ -308,6 +313,7 @@ class BlockDevice:
             self._recv = await self.arena.allocate(HostLevel.WIRE, recv_bytes, owner=holder)
         self.arena.waits.set_passive(holder, freed_by=(), holds="its receive buffer")
         self.arena.waits.set_source(self._waits_name, self._waits_now)
+        self.arena.add_shrinker(self._drop_idle)
         try:
             if len(self._recv.segments) != 1:
                 raise InitiatorError("the arena is too fragmented for a connection's receive "
@@ -381,7 +387,7 @@ class BlockDevice:
                     await stream.closed
         self._stop_receiver()
         self._fail_all(self._dead or SessionLostError(f"{self.url}: device closed"))
-        self._sweep()
+        self._drop_idle()
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, float("inf")
@@ -394,6 +400,8 @@ class BlockDevice:
             self._conn_res = None
         self.arena.waits.clear_passive(f"{self.name}/receive-buffer")
         self.arena.waits.clear_source(self._waits_name)
+        with contextlib.suppress(ValueError):  # connect failed before registering it
+            self.arena.remove_shrinker(self._drop_idle)
 
     # ------------------------------------------------------------ geometry, cost
 
@@ -594,8 +602,8 @@ class BlockDevice:
         if not idle:
             return None
         res = idle.pop()
-        if res.owner != who:
-            res.handoff(who)
+        self._idle_count -= 1
+        res.handoff(who)
         return res
 
     def _pool(self, claim: Claim, res: Reservation) -> None:
@@ -603,28 +611,28 @@ class BlockDevice:
 
         A caller that issues its next command as soon as one finishes (every queue
         depth, the same task step) takes it back without asking the arena. It is
-        kept only until the loop's next turn (:meth:`_sweep`), and not at all once
-        anyone waits for memory: an idle reservation must never be what a waiter
-        waits for, since no progress of ours would release it.
+        kept only while nobody waits for memory: the arena calls
+        :meth:`_drop_idle` before anyone waits, and nothing is pooled while anyone
+        does, so an idle reservation is never what a waiter waits for (no progress
+        of ours would release it).
         """
-        if self._closing or self.arena.waiting or self._loop is None:
+        if self._closing or self._idle_count >= _IDLE_MAX or self.arena.waiting:
             res.release()
             return
+        res.handoff(self._idle_owner)
         idle = self._idle.get(claim)
         if idle is None:
             idle = self._idle[claim] = []
         idle.append(res)
-        if not self._sweep_scheduled:
-            self._sweep_scheduled = True
-            self._loop.call_soon(self._sweep)
+        self._idle_count += 1
 
-    def _sweep(self) -> None:
-        """Release every idle reservation: nobody took it in the turn it was given back."""
-        self._sweep_scheduled = False
-        for idle in self._idle.values():
-            for res in idle:
+    def _drop_idle(self) -> None:
+        """Release every idle reservation (someone is about to wait, or we close)."""
+        idle, self._idle = self._idle, {}
+        self._idle_count = 0
+        for pooled in idle.values():
+            for res in pooled:
                 res.release()
-        self._idle.clear()
 
     # ------------------------------------------------------------ issuing, completing
 
