@@ -14,12 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from earmark.initiator.session import Command
 from earmark.memory import Arena, HostLevel, WaitKind
 from earmark.memory.claim import Claim
 from earmark.memory.reservation import Reservation
 from earmark.runtime.embedded import EmbeddedTarget
-from earmark.runtime.initiator_device import BlockDevice
+from earmark.runtime.initiator_device import BlockDevice, _Issued
 from earmark.target.backing import MemoryBacking
 
 LUN = 1 << 20
@@ -38,19 +37,19 @@ def test_every_command_in_flight_holds_a_reservation_of_its_own(target: Embedded
             submit = dev._submit
             worst = 0
 
-            def spy(cmd: Command, now: float) -> None:
+            def spy(cmd: _Issued, now: float) -> None:
                 nonlocal worst
-                res = cmd.context.res
+                res = cmd.res
                 assert res is not None and not res.released
-                others = [a.res for a in dev._answers if a is not cmd.context]
+                others = [c.res for c in dev._unanswered()]
                 assert all(res is not other for other in others)
                 assert all(res not in idle for idle in dev._idle.values())
-                worst = max(worst, len(dev._answers))
+                worst = max(worst, len(others) + 1)
+                submit(cmd, now)
                 # The detector sees the command wait for the target, though nothing
                 # registered a wait: the device lists its waits when asked.
                 assert any(w.waiter == dev.name and w.kind is WaitKind.EXTERNAL
-                           for w in arena.waits.waits())
-                submit(cmd, now)
+                           and w.since == cmd.since for w in arena.waits.waits())
 
             dev._submit = spy  # type: ignore[method-assign]
 

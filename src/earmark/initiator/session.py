@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import Any
 
 from earmark.iscsi.digest import header_digest
 from earmark.iscsi.errors import ProtocolError
@@ -99,15 +98,14 @@ class Command:
     ``read_into`` receives Data-In; ``write_data`` is sent as immediate data and
     Data-Out (never copied: the PDUs carry slices of it). It may be a list of
     buffers, such as a run of page-cache pages, which are sent as they are (a
-    data segment that spans two of them goes out as their pieces). ``context``
-    belongs to the runtime.
+    data segment that spans two of them goes out as their pieces). A runtime
+    that needs more per command (its future, its memory) subclasses it.
     """
 
     __slots__ = (
         "attempts",
         "cdb",
         "cmd_sn",
-        "context",
         "deadline",
         "error",
         "itt",
@@ -124,26 +122,25 @@ class Command:
     def __init__(
         self,
         cdb: bytes,
-        *,
         lun: int = 0,
         read_into: memoryview | None = None,
         write_data: memoryview | list[memoryview] | None = None,
-        context: Any = None,
     ) -> None:
         self.cdb = cdb
         self.lun = lun
         self.read_into = read_into
-        if isinstance(write_data, list) and len(write_data) == 1:
-            write_data = write_data[0]
-        self.write_data = write_data
         #: Expected Data Transfer Length.
-        self.length = (
-            (len(write_data) if isinstance(write_data, memoryview)
-             else sum(len(piece) for piece in write_data))
-            if write_data is not None
-            else len(read_into) if read_into is not None else 0
-        )
-        self.context = context
+        if write_data is None:
+            self.length = len(read_into) if read_into is not None else 0
+        elif type(write_data) is list:
+            if len(write_data) == 1:
+                write_data = write_data[0]
+                self.length = len(write_data)
+            else:
+                self.length = sum(len(piece) for piece in write_data)
+        else:
+            self.length = len(write_data)
+        self.write_data = write_data
         self.itt = RESERVED_TAG
         self.cmd_sn = 0
         self.deadline = 0.0
@@ -225,6 +222,10 @@ class InitiatorSession:
         """Commands waiting for the target to open the command window."""
         return len(self._queue)
 
+    def unanswered(self) -> list[Command]:
+        """Commands issued and waiting for their status, then those waiting for the window."""
+        return [*self._tasks.values(), *self._queue]
+
     def take_completed(self) -> list[Command]:
         """Commands finished since the last call, in the order their status came."""
         done = self.completed
@@ -241,13 +242,20 @@ class InitiatorSession:
 
     # ------------------------------------------------------------ commands
 
-    def submit(self, cmd: Command, now: float) -> None:
-        """Issue ``cmd`` now if the window allows, else queue it (FIFO)."""
+    def submit(self, cmd: Command, now: float) -> bool:
+        """Issue ``cmd`` now if the window allows, else queue it (FIFO).
+
+        True when nothing else was outstanding: no answer is coming whose batch
+        would carry this command out, so the runtime should write it now.
+        """
         cmd.itt = self._allocate_itt()
-        if self._queue or not sn_le(self.cmd_sn, self.max_cmd_sn):
+        idle = not self._tasks
+        # sn_le(cmd_sn, max_cmd_sn) written out: this runs for every command.
+        if self._queue or (self.max_cmd_sn - self.cmd_sn) & _MASK >= _HALF:
             self._queue.append(cmd)
         else:
             self._issue(cmd, now)
+        return idle
 
     def abandon(self) -> list[Command]:
         """The connection is gone: every unanswered command, oldest CmdSN first.
@@ -470,7 +478,9 @@ class InitiatorSession:
     ) -> None:
         """One Data-In by its fields (``flags``: the BHS flags byte; S and U are read)."""
         self._window(exp_cmd_sn, max_cmd_sn)
-        cmd = self._task(itt, "Data-In")
+        cmd = self._tasks.get(itt)
+        if cmd is None:
+            cmd = self._task(itt, "Data-In")  # raises, in words
         n = len(data)
         if n:
             dest = cmd.read_into
@@ -485,7 +495,12 @@ class InitiatorSession:
         if flags & _S:
             self._stat(stat_sn)
             cmd.residual = residual if flags & _U else 0
-            self._finish(cmd, status, b"")
+            if status:
+                self._finish(cmd, status, b"")
+            else:  # GOOD, the usual end of a read: what _finish does with it
+                del self._tasks[itt]
+                cmd.status = 0
+                self.completed.append(cmd)
 
     def _response(self, pdu: ScsiResponse) -> None:
         self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)

@@ -84,7 +84,9 @@ async def run_bench(
         async def worker() -> None:
             nonlocal cursor
             buf = memoryview(bytearray(bs))
-            rng = random.Random()
+            # random() scaled, not randrange(): about 0.2 us less per I/O, and uniform
+            # to within slots / 2**53.
+            uniform = random.Random().random
             op = dev.write if write else dev.readinto
             data = payload if write else buf
             while True:
@@ -92,7 +94,7 @@ async def run_bench(
                 if t0 >= end:
                     return
                 if rand:
-                    offset = rng.randrange(slots) * bs
+                    offset = int(uniform() * slots) * bs
                 else:
                     offset = cursor * bs
                     cursor = (cursor + 1) % slots

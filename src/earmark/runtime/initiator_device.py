@@ -43,7 +43,7 @@ import contextlib
 import secrets
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from earmark.host.policy import Policy
 from earmark.initiator.errors import (
@@ -112,36 +112,36 @@ WANTS: Mapping[str, str] = {
 and immediate plus unsolicited data so a small write is one round trip."""
 
 
-class _Answer:
-    """The runtime's side of one command (``Command.context``): the future its caller
-    awaits, the memory it holds, and since when it waits for the target (written out
-    as a :class:`Wait` only when the detector asks: :meth:`BlockDevice._waits_now`)."""
+class _Issued(Command):
+    """A command as the device runs it: the session's fields, plus the future its
+    caller awaits, the memory it holds, and since when it waits (written out as a
+    :class:`Wait` only when the detector asks: :meth:`BlockDevice._waits_now`)."""
 
-    __slots__ = ("claim", "future", "held", "owner", "received", "res", "since")
+    __slots__ = ("claim", "future", "held", "owner", "res", "rx_buffers", "since")
 
-    def __init__(self, future: asyncio.Future[None], owner: str, claim: Claim,
-                 res: Reservation | None, held: list[Charge], receive_on_arrival: bool,
-                 since: float) -> None:
-        self.future = future
+    def __init__(self, cdb: bytes, lun: int, read_into: memoryview | None,
+                 write_data: memoryview | list[memoryview] | None, owner: str) -> None:
+        super().__init__(cdb, lun, read_into, write_data)
         self.owner = owner
+        self.future: asyncio.Future[None] | None = None
+        self.since = 0.0
         #: What the command reserved under ``reserve``: ``res`` covers ``claim``.
-        self.claim = claim
-        self.res = res
+        self.claim: Claim | None = None
+        self.res: Reservation | None = None
         #: Drawn at submit: task descriptor and Data-Out headers (and receive buffers
         #: when those were reserved with the command).
-        self.held = held
+        self.held: list[Charge] | tuple[()] = ()
         #: Receive buffers allocated as the target's PDUs arrived; None when they
         #: were drawn at submit, or once the command has given its memory back.
-        self.received: list[Charge] | None = [] if receive_on_arrival else None
-        self.since = since
+        self.rx_buffers: list[Charge] | None = None
 
-    def drop_received(self) -> None:
+    def drop_rx_buffers(self) -> None:
         """The connection that received them is gone: its buffers go with it."""
-        received = self.received
-        if received:
-            for charge in received:
+        rx_buffers = self.rx_buffers
+        if rx_buffers:
+            for charge in rx_buffers:
                 charge.free()
-            received.clear()
+            rx_buffers.clear()
 
 
 def _login_error(exc: Exception, where: str) -> InitiatorError:
@@ -258,7 +258,7 @@ class BlockDevice:
         self._blocks = 0
         self._stream: InitiatorStream | None = None
         self._session: InitiatorSession | None = None
-        self._pending: list[Command] = []
+        self._pending: list[_Issued] = []
         self._reconnecting: asyncio.Task[None] | None = None
         self._dead: InitiatorError | None = None
         self._closing = False
@@ -267,11 +267,11 @@ class BlockDevice:
         self._timer_at = float("inf")
         self._conn_res: Reservation | None = None
         self._recv: Buffer | None = None
-        self._claims: dict[tuple[bool, int], tuple[Claim, int, int]] = {}
+        # Each command's claim by transfer length, for reads and for writes.
+        self._read_claims: dict[int, tuple[Claim, int, int]] = {}
+        self._write_claims: dict[int, tuple[Claim, int, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged_out: asyncio.Future[None] | None = None
-        # Commands waiting for the target, whose waits follow the reader's state.
-        self._answers: set[_Answer] = set()
         self._waits_name = f"{self.name}/commands@{id(self):x}"
         # Command reservations given back and not yet released, by claim: the next
         # command of the same size takes one instead of asking the arena. Held by
@@ -342,7 +342,8 @@ class BlockDevice:
             max_cmd_sn=login.max_cmd_sn, exp_stat_sn=login.exp_stat_sn, now=loop.time(),
             timeouts=self.timeouts,
         )
-        self._claims.clear()
+        self._read_claims.clear()
+        self._write_claims.clear()
         self._stream = stream
         stream.sink = self
         if self.policy is not Policy.RESERVE:
@@ -429,8 +430,8 @@ class BlockDevice:
         Counts are upper bounds: a burst boundary can split a PDU, so each burst
         may add one PDU beyond length / MaxRecvDataSegmentLength.
         """
-        key = (write, nbytes)
-        got = self._claims.get(key)
+        claims = self._write_claims if write else self._read_claims
+        got = claims.get(nbytes)
         if got is not None:
             return got
         p = self.params
@@ -444,8 +445,8 @@ class BlockDevice:
             headers = -(-nbytes // p.initiator_mrdsl) + bursts  # Data-In
         wire = RESPONSE_HEADER_BYTES + _SENSE_BYTES + headers * RESPONSE_HEADER_BYTES
         got = (self.arena.claim({HostLevel.TASK: task, HostLevel.WIRE: wire}), task, wire)
-        if len(self._claims) < 1024:
-            self._claims[key] = got
+        if len(claims) < 1024:
+            claims[nbytes] = got
         return got
 
     # ------------------------------------------------------------ block I/O
@@ -467,10 +468,12 @@ class BlockDevice:
     async def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
         """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
         view = memoryview(buffer).cast("B")
-        self._check(offset, len(view))
+        n = len(view)
         bs = self._block_size
-        if len(view) <= MAX_IO_BYTES:
-            await self.execute(C.read_16(offset // bs, len(view) // bs), read_into=view)
+        if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
+            self._check(offset, n)  # raises, in words
+        if n <= MAX_IO_BYTES:
+            await self.execute(C.read_16(offset // bs, n // bs), read_into=view)
             return
         await asyncio.gather(*(
             self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
@@ -480,10 +483,12 @@ class BlockDevice:
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
         view = memoryview(data).cast("B")
-        self._check(offset, len(view))
+        n = len(view)
         bs = self._block_size
-        if len(view) <= MAX_IO_BYTES:
-            await self.execute(C.write_16(offset // bs, len(view) // bs), write_data=view)
+        if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
+            self._check(offset, n)  # raises, in words
+        if n <= MAX_IO_BYTES:
+            await self.execute(C.write_16(offset // bs, n // bs), write_data=view)
             return
         await asyncio.gather(*(
             self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
@@ -542,69 +547,72 @@ class BlockDevice:
         """
         if self._dead is not None:
             raise self._dead
-        if self._session is None and self._reconnecting is None:
+        loop = self._loop
+        if loop is None or (self._session is None and self._reconnecting is None):
             raise SessionLostError(f"{self.url}: the device is not connected (use async with)")
-        arena = self.arena
         who = owner or self.name
-        cmd = Command(cdb, lun=self.url.lun if lun is None else lun, read_into=read_into,
-                      write_data=write_data)
+        cmd = _Issued(cdb, self.url.lun if lun is None else lun, read_into, write_data, who)
         claim, task_bytes, wire_bytes = self._claim(write_data is not None, cmd.length)
-        res: Reservation | None = None
-        held: list[Charge] = []
         if reserve and self.policy is Policy.RESERVE:
             # The command's own reservation: held, untouched, from admission to status,
             # exactly the command's lifetime, so drawing on it would only add bookkeeping.
-            # One given back by a command of the same size this loop turn is taken as is.
-            res = self._reserved(claim, who) or await arena.reserve(claim, owner=who)
+            # One given back by a finished command of the same size is taken as is.
+            idle = self._idle.get(claim)
+            if idle:
+                res = idle.pop()
+                self._idle_count -= 1
+                res.handoff(who)
+            else:
+                res = await self.arena.reserve(claim, owner=who)
+            cmd.claim, cmd.res = claim, res
         else:
-            held.append(await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who))
-            if self.policy is Policy.RESERVE or handed_down() is not None:
-                # Receive buffers reserved with the command: drawn with the rest, now.
-                try:
-                    held.append(await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
-                except BaseException:
-                    held[0].free()
-                    raise
-        loop = self._loop or asyncio.get_running_loop()
-        now = loop.time()
-        answer = _Answer(loop.create_future(), who, claim, res, held,
-                         res is None and len(held) == 1, now)
-        cmd.context = answer
-        answers = self._answers
-        answers.add(answer)
+            await self._draw(cmd, task_bytes, wire_bytes)
+        now = cmd.since = loop.time()
+        future = cmd.future = loop.create_future()
         try:
             self._submit(cmd, now)
-            await answer.future
+            await future
         finally:
-            answers.discard(answer)  # the caller waits no more (answered, or cancelled)
-            if answer.future.done():
-                self._give_back(answer)
+            if future.done():
+                self._give_back(cmd)
             else:  # cancelled: the target may still answer into the command's buffers
-                answer.future.add_done_callback(lambda _: self._give_back(answer))
+                future.add_done_callback(lambda _: self._give_back(cmd))
         if cmd.error is not None:
             raise cmd.error
         return cmd
 
-    def _give_back(self, answer: _Answer) -> None:
-        res, answer.res = answer.res, None
+    async def _draw(self, cmd: _Issued, task_bytes: int, wire_bytes: int) -> None:
+        """Memory for a command that does not reserve its own: drawn from the caller's
+        reservation, or allocated (policies other than ``reserve``), which may wait."""
+        arena, who = self.arena, cmd.owner
+        held = [await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who)]
+        if self.policy is Policy.RESERVE or handed_down() is not None:
+            # Receive buffers reserved with the command: drawn with the rest, now.
+            try:
+                held.append(await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
+            except BaseException:
+                held[0].free()
+                raise
+        else:
+            cmd.rx_buffers = []  # allocated as the target's PDUs arrive (see _admit)
+        cmd.held = held
+
+    def _give_back(self, cmd: _Issued) -> None:
+        res = cmd.res
         if res is not None:
-            self._pool(answer.claim, res)
-        for charge in answer.held:
-            charge.free()
-        answer.drop_received()
-        answer.received = None  # a late answer to a cancelled command is charged to nobody
+            cmd.res = None
+            assert cmd.claim is not None
+            self._pool(cmd.claim, res)
+        held = cmd.held
+        if held:
+            cmd.held = ()
+            for charge in held:
+                charge.free()
+        if cmd.rx_buffers is not None:
+            cmd.drop_rx_buffers()
+            cmd.rx_buffers = None  # a late answer to a cancelled command is charged to nobody
 
     # ------------------------------------------------------------ command reservations
-
-    def _reserved(self, claim: Claim, who: str) -> Reservation | None:
-        """An idle reservation for ``claim``, given back by a finished command, or None."""
-        idle = self._idle.get(claim)
-        if not idle:
-            return None
-        res = idle.pop()
-        self._idle_count -= 1
-        res.handoff(who)
-        return res
 
     def _pool(self, claim: Claim, res: Reservation) -> None:
         """Keep a finished command's reservation for the next command of its size.
@@ -636,38 +644,44 @@ class BlockDevice:
 
     # ------------------------------------------------------------ issuing, completing
 
+    def _unanswered(self) -> list[_Issued]:
+        session = self._session
+        waiting = self._pending
+        return waiting if session is None else [
+            *cast("list[_Issued]", session.unanswered()), *waiting]
+
     def _waits_now(self) -> list[Wait]:
         """Every command's wait for the target, for the detector: for the reader
         instead while it is stalled, which must resume before any answer is read."""
         if self._stall is None:
-            return [Wait(a.owner, WaitKind.EXTERNAL, _ANSWER, since=a.since)
-                    for a in self._answers]
+            return [Wait(c.owner, WaitKind.EXTERNAL, _ANSWER, since=c.since)
+                    for c in self._unanswered()]
         held_by = (self.receiver,)
-        return [Wait(a.owner, WaitKind.AGENT, _HELD_BACK, held_by, since=a.since)
-                for a in self._answers]
+        return [Wait(c.owner, WaitKind.AGENT, _HELD_BACK, held_by, since=c.since)
+                for c in self._unanswered()]
 
-    def _answered(self, cmd: Command) -> None:
-        # Off the waits here, not when the caller's task resumes: from now on the
-        # command is about to give its memory back, not waiting for the reader.
-        answer: _Answer = cmd.context
-        self._answers.discard(answer)
-        if not answer.future.done():
-            answer.future.set_result(None)
+    def _answered(self, cmd: _Issued) -> None:
+        future = cmd.future
+        if future is not None and not future.done():
+            future.set_result(None)
 
-    def _submit(self, cmd: Command, now: float) -> None:
+    def _submit(self, cmd: _Issued, now: float) -> None:
         session = self._session
         if session is None:
             self._pending.append(cmd)
             return
-        idle = not session.outstanding
-        session.submit(cmd, now)
+        idle = session.submit(cmd, now)
         if self._timer_at > now + self.timeouts.command:
             self._arm_timer(now)  # the keepalive timer is later than this command's deadline
-        if idle and not self._flush_scheduled:
+        if self._flush_scheduled:
+            return
+        if idle:
             # Nothing in flight, so no answer is coming to carry a batch: send now
             # rather than one loop iteration later (what queue depth 1 waits on).
-            self._flush()
-        elif not self._flush_scheduled:
+            stream = self._stream
+            assert stream is not None
+            stream.write(session.data_to_send())
+        else:
             loop = self._loop
             assert loop is not None
             self._flush_scheduled = True
@@ -709,13 +723,12 @@ class BlockDevice:
         granted, self._granted = self._granted, None
         session = self._session
         cmd = session.answering(bhs) if session is not None else None
-        answer: _Answer | None = cmd.context if cmd is not None else None
-        received = answer.received if answer is not None else None
-        if answer is None or received is None:  # not a command's, or reserved with it
+        received = cast(_Issued, cmd).rx_buffers if cmd is not None else None
+        if cmd is None or received is None:  # not a command's, or reserved with it
             if granted is not None:
                 granted.free()
             return True
-        owner = answer.owner
+        owner = cast(_Issued, cmd).owner
         if granted is None:
             nbytes = _RESPONSE_BYTES if bhs[0] & 0x3F == _SCSI_RESPONSE else RESPONSE_HEADER_BYTES
             with self.arena.memalloc():
@@ -759,7 +772,7 @@ class BlockDevice:
             return
         if session.completed:
             retry = None
-            for cmd in session.take_completed():
+            for cmd in cast("list[_Issued]", session.take_completed()):
                 error = cmd.error
                 if (error is not None and isinstance(error, ScsiError)
                         and error.key == SenseKey.UNIT_ATTENTION
@@ -827,9 +840,9 @@ class BlockDevice:
             self._timer, self._timer_at = None, float("inf")
         if session is None:
             return
-        abandoned = session.abandon()
+        abandoned = cast("list[_Issued]", session.abandon())
         for cmd in abandoned:
-            cmd.context.drop_received()
+            cmd.drop_rx_buffers()
         self._pending[:0] = abandoned
         if self._closing or self._logged_out is not None:
             self._fail_all(SessionLostError(f"{self.url}: {reason}"))
@@ -880,7 +893,7 @@ class BlockDevice:
             session.submit(cmd, loop.time())
         self._flush()
 
-    def _complete(self, cmd: Command, error: Exception) -> None:
+    def _complete(self, cmd: _Issued, error: Exception) -> None:
         cmd.error = error
         self._answered(cmd)
 

@@ -87,6 +87,9 @@ class MalformedReply(ValueError):
 _RW10 = struct.Struct(">BBIBHB")
 _RW16 = struct.Struct(">BBQIBB")
 _FUA = 0x08
+# Plain ints for the per-I/O builders: packing an IntEnum member costs an __index__ call.
+_READ_16 = int(Opcode.READ_16)
+_WRITE_16 = int(Opcode.WRITE_16)
 
 
 def test_unit_ready() -> bytes:
@@ -124,11 +127,11 @@ def write_10(lba: int, nblocks: int, *, fua: bool = False) -> bytes:
 
 
 def read_16(lba: int, nblocks: int, *, fua: bool = False) -> bytes:
-    return _RW16.pack(Opcode.READ_16, _FUA if fua else 0, lba, nblocks, 0, 0)
+    return _RW16.pack(_READ_16, _FUA if fua else 0, lba, nblocks, 0, 0)
 
 
 def write_16(lba: int, nblocks: int, *, fua: bool = False) -> bytes:
-    return _RW16.pack(Opcode.WRITE_16, _FUA if fua else 0, lba, nblocks, 0, 0)
+    return _RW16.pack(_WRITE_16, _FUA if fua else 0, lba, nblocks, 0, 0)
 
 
 def synchronize_cache_10(lba: int = 0, nblocks: int = 0) -> bytes:
