@@ -187,6 +187,20 @@ class Arena:
         assert isinstance(res, Reservation)
         return res
 
+    def reserve_now(self, claims: Claim | Mapping[int, int], *, owner: str) -> Reservation | None:
+        """`reserve` if it can be granted at once, else None; never waits, never queues.
+
+        For a caller with no event loop to wait on (the blocking initiator, whose
+        thread owns its arena): it asks, and either holds everything the work
+        needs or knows at once that it cannot have it.
+        """
+        claim = claims if isinstance(claims, Claim) else Claim(claims, self.levels)
+        if self.validator is not None:
+            self.validator(self, owner, claim.levels(), True)
+        if self._fits_now(claim.total, False):
+            return self._grant_reservation(claim, owner)
+        return None
+
     def _grant_reservation(self, claim: Claim, owner: str) -> Reservation:
         committed = self.committed + claim.total
         self.committed = committed

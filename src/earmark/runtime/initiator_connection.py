@@ -1,4 +1,4 @@
-"""One initiator connection on asyncio: a BufferedProtocol reader and a batching writer.
+"""One initiator connection: a receive parser and a writer, over asyncio or a blocking socket.
 
 The reader receives into the connection's receive buffer (a WIRE buffer from
 the arena, held for the connection's life) as much as the socket has, and
@@ -19,13 +19,20 @@ session) PDUs go to an inbox queue one by one: those exchanges are strictly
 request/response and rare, so the simplest shape is the right one there.
 The target helper's ``runtime/connection.py`` is target-specific (Data-Out
 placement, admission); this is the initiator's mirror of it.
+
+:class:`PduStream` is all of that with no event loop: it is fed from whatever
+reads the socket (``get_buffer`` / ``buffer_updated``, the BufferedProtocol
+calls) and writes through any object with the few transport methods it uses.
+:class:`InitiatorStream` is it as an asyncio protocol; the blocking engine
+(``initiator_blocking``) feeds it from ``recv_into`` itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 from earmark.iscsi.digest import DIGEST_LENGTH, data_digest, header_digest
@@ -34,7 +41,7 @@ from earmark.iscsi.framing import serialize
 from earmark.iscsi.login import LOGIN_MAX_SEGMENT
 from earmark.iscsi.pdu import BHS_LENGTH, Buffer, Pdu, decode_pdu
 
-__all__ = ["PLACE_MIN", "InitiatorStream", "StreamSink", "receive_buffer_bytes"]
+__all__ = ["PLACE_MIN", "InitiatorStream", "PduStream", "StreamSink", "receive_buffer_bytes"]
 
 _LENS = struct.Struct(">I")
 _MAX_AHS = 255 * 4
@@ -68,8 +75,26 @@ class StreamSink(Protocol):
     def batch_done(self) -> None: ...
 
 
-class InitiatorStream(asyncio.BufferedProtocol):
-    def __init__(self, buffer: memoryview, on_lost: Callable[[InitiatorStream, str], None]) -> None:
+class Transport(Protocol):
+    """What a stream asks of its transport (asyncio's, or a blocking socket's)."""
+
+    def writelines(self, pieces: Sequence[Buffer]) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class PduStream:
+    """The initiator's side of one connection, without an event loop."""
+
+    def __init__(self, buffer: memoryview) -> None:
         self._buf = buffer
         self._start = 0
         self._end = 0
@@ -82,33 +107,15 @@ class InitiatorStream(asyncio.BufferedProtocol):
         self._dest_bhs = b""
         self._tail = 0
         self._tail_pdu: Pdu | None = None
-        self._on_lost = on_lost
         self.sink: StreamSink | None = None
         #: Asked with each PDU's BHS before it is parsed (full feature phase only);
         #: False stops the stream until resume().
         self.admit: Callable[[memoryview], bool] | None = None
         self._paused = False
-        self.inbox: asyncio.Queue[Pdu | None] = asyncio.Queue()
-        self.transport: asyncio.Transport | None = None
+        #: PDUs that arrived while no session was attached (login, discovery).
+        self.inbox: deque[Pdu] = deque()
+        self.transport: Transport | None = None
         self.failed: str | None = None
-        self.closed = asyncio.get_running_loop().create_future()
-
-    # -------------------------------------------------------------- lifecycle
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not isinstance(asyncio.Transport): uvloop's TCP transport is not a subclass.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.failed is None:
-            self.failed = f"connection lost: {exc}" if exc else "the target closed the connection"
-        self.inbox.put_nowait(None)
-        if not self.closed.done():
-            self.closed.set_result(None)
-        self._on_lost(self, self.failed)
-
-    def eof_received(self) -> bool | None:
-        return False
 
     def close(self, reason: str) -> None:
         if self.failed is None:
@@ -138,15 +145,6 @@ class InitiatorStream(asyncio.BufferedProtocol):
 
     def send(self, pdu: Pdu) -> None:
         self.write(serialize(pdu, bool(self._hd), bool(self._dd)))
-
-    async def next_pdu(self, timeout: float) -> Pdu:
-        """The next PDU in inbox mode; raises ConnectionError once the link is gone."""
-        async with asyncio.timeout(timeout):
-            pdu = await self.inbox.get()
-        if pdu is None:
-            self.inbox.put_nowait(None)
-            raise ConnectionError(self.failed or "connection closed")
-        return pdu
 
     # -------------------------------------------------------------- receiving
 
@@ -204,7 +202,10 @@ class InitiatorStream(asyncio.BufferedProtocol):
         data = getattr(pdu, "data", b"")
         if isinstance(data, memoryview):  # the receive buffer is reused: keep a copy
             pdu.data = bytes(data)  # type: ignore[union-attr]
-        self.inbox.put_nowait(pdu)
+        self._unattached(pdu)
+
+    def _unattached(self, pdu: Pdu) -> None:
+        self.inbox.append(pdu)
 
     def _parse(self) -> None:
         buf = self._buf
@@ -291,3 +292,42 @@ class InitiatorStream(asyncio.BufferedProtocol):
             if start == end:
                 start = end = 0
             self._start, self._end = start, end
+
+
+class InitiatorStream(PduStream, asyncio.BufferedProtocol):
+    """A :class:`PduStream` as an asyncio protocol: reads as the loop says data came."""
+
+    def __init__(self, buffer: memoryview, on_lost: Callable[[InitiatorStream, str], None]) -> None:
+        super().__init__(buffer)
+        self._on_lost = on_lost
+        self._arrived = asyncio.Event()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not isinstance(asyncio.Transport): uvloop's TCP transport is not a subclass.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.failed is None:
+            self.failed = f"connection lost: {exc}" if exc else "the target closed the connection"
+        self._arrived.set()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._on_lost(self, self.failed)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def _unattached(self, pdu: Pdu) -> None:
+        super()._unattached(pdu)
+        self._arrived.set()
+
+    async def next_pdu(self, timeout: float) -> Pdu:
+        """The next PDU in inbox mode; raises ConnectionError once the link is gone."""
+        async with asyncio.timeout(timeout):
+            while not self.inbox:
+                if self.closed.done():
+                    raise ConnectionError(self.failed or "connection closed")
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.inbox.popleft()

@@ -40,28 +40,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, cast
 
 from earmark.host.policy import Policy
 from earmark.initiator.errors import (
-    AuthenticationFailedError,
     CommandTimeoutError,
     ConnectError,
     InitiatorError,
     LoginError,
     SessionLostError,
-    TargetNotFoundError,
 )
 from earmark.initiator.session import Command, InitiatorSession, Timeouts
 from earmark.initiator.url import IscsiUrl, parse_url
 from earmark.iscsi.discovery import DiscoveredTarget, TextRequester, send_targets_from_pairs
-from earmark.iscsi.errors import AuthenticationError, ProtocolError
+from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.login import InitiatorLogin, LoginFailed
 from earmark.iscsi.negotiation import SessionParams
-from earmark.iscsi.opcodes import LoginStatus, LogoutReason, Opcode
+from earmark.iscsi.opcodes import LogoutReason, Opcode
 from earmark.iscsi.pdu import (
     LoginRequest,
     LoginResponse,
@@ -76,41 +73,34 @@ from earmark.memory.allocation import Buffer, Charge
 from earmark.memory.claim import Claim
 from earmark.memory.draw import draw_charge
 from earmark.memory.levels import (
-    DATA_OUT_HEADER_BYTES,
     RESPONSE_HEADER_BYTES,
-    TASK_DESCRIPTOR_BYTES,
 )
 from earmark.memory.reservation import Reservation, handed_down
+from earmark.runtime.initiator_common import (
+    DEFAULT_ARENA_BYTES,
+    DEFAULT_INITIATOR_NAME,
+    MAX_IO_BYTES,
+    SENSE_BYTES,
+    WANTS,
+    check_extent,
+    chunks,
+    command_bytes,
+    login_error,
+    new_isid,
+    retry_after_unit_attention,
+    wants,
+)
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
 from earmark.scsi import cdb as C
-from earmark.scsi.sense import ScsiError, SenseKey
 
 __all__ = ["DEFAULT_INITIATOR_NAME", "BlockDevice", "Policy", "discover"]
 
-DEFAULT_INITIATOR_NAME = "iqn.2024-01.org.earmark:initiator"
-DEFAULT_ARENA_BYTES = 16 << 20
-MAX_IO_BYTES = 1 << 20
-"""Largest single command; bigger requests are split and issued together."""
-_SENSE_BYTES = 256
-"""SenseLength (2) + the largest fixed or descriptor sense (252), one granule-aligned run."""
-_RESPONSE_BYTES = RESPONSE_HEADER_BYTES + _SENSE_BYTES
+_RESPONSE_BYTES = RESPONSE_HEADER_BYTES + SENSE_BYTES
 _SCSI_RESPONSE = int(Opcode.SCSI_RESPONSE)
 _ANSWER = "the target's answer"
 _HELD_BACK = "the target's answer, which its stalled receiver cannot read"
-_UA_RETRIES = 3
 _IDLE_MAX = 256
 """Idle command reservations a device keeps at most (a few hundred KiB at most)."""
-
-WANTS: Mapping[str, str] = {
-    "MaxRecvDataSegmentLength": "262144",
-    "MaxBurstLength": "16776192",
-    "FirstBurstLength": "262144",
-    "InitialR2T": "No",
-    "ImmediateData": "Yes",
-}
-"""What libiscsi asks for too: large segments so a 1 MiB read is a handful of PDUs,
-and immediate plus unsolicited data so a small write is one round trip."""
-
 
 class _Issued(Command):
     """A command as the device runs it: the session's fields, plus the future its
@@ -144,24 +134,6 @@ class _Issued(Command):
             rx_buffers.clear()
 
 
-def _login_error(exc: Exception, where: str) -> InitiatorError:
-    if isinstance(exc, LoginFailed):
-        status = exc.status
-        cls: type[LoginError] = LoginError
-        if status in (LoginStatus.NOT_FOUND, LoginStatus.TARGET_REMOVED):
-            cls = TargetNotFoundError
-        elif status in (LoginStatus.AUTHENTICATION_FAILURE, LoginStatus.AUTHORIZATION_FAILURE):
-            cls = AuthenticationFailedError
-        return cls(f"{where}: {exc}", int(status))
-    if isinstance(exc, AuthenticationError):
-        return AuthenticationFailedError(f"{where}: {exc.reason}")
-    if isinstance(exc, ProtocolError):
-        return LoginError(f"{where}: the target broke the login: {exc.reason}")
-    if isinstance(exc, TimeoutError):
-        return LoginError(f"{where}: no login response in time")
-    return LoginError(f"{where}: the target closed the connection during login ({exc})")
-
-
 async def _connect(
     url: IscsiUrl, buffer: memoryview, on_lost: Any, timeout: float
 ) -> InitiatorStream:
@@ -192,17 +164,11 @@ async def _login(
             req = login.receive(resp)
     except (LoginFailed, ProtocolError, TimeoutError, ConnectionError) as exc:
         stream.close("login failed")
-        raise _login_error(exc, where) from None
+        raise login_error(exc, where) from None
     except BaseException:  # cancelled (the device is closing): no socket left behind
         stream.close("login abandoned")
         raise
     return login.params
-
-
-def _new_isid() -> int:
-    """A random-format ISID (T=10b, RFC 7143 §11.12.5): unique per device object, kept
-    across reconnects so the target reinstates the session instead of adding one."""
-    return (0x80 << 40) | secrets.randbits(40)
 
 
 class BlockDevice:
@@ -244,12 +210,11 @@ class BlockDevice:
         self.reconnect_timeout = reconnect_timeout
         self.max_attempts = max_attempts
         self._geometry = geometry
-        self._wants = {**WANTS, **({"HeaderDigest": "CRC32C,None", "DataDigest": "CRC32C,None"}
-                                   if digests else {})}
+        self._wants = wants(digests)
         self.name = f"initiator:{self.url.target}/{self.url.lun}"
         #: Who waits, in the deadlock detector's words, when the reader is stalled.
         self.receiver = f"{self.name}/receiver"
-        self.isid = _new_isid()
+        self.isid = new_isid()
         self.params = SessionParams()
         #: Sessions re-established, and commands issued again on them.
         self.reconnects = 0
@@ -421,29 +386,12 @@ class BlockDevice:
                 HostLevel.WIRE: claim.amounts[HostLevel.WIRE]}
 
     def _claim(self, write: bool, nbytes: int) -> tuple[Claim, int, int]:
-        """(claim, TASK bytes, WIRE bytes) of one command, from the negotiated limits.
-
-        Receive headers are parsed in the connection's receive buffer and sense is
-        a few bytes, so WIRE is charged at its nominal size, like the descriptors
-        (memory/levels.py); the reservation is what guarantees it exists.
-
-        Counts are upper bounds: a burst boundary can split a PDU, so each burst
-        may add one PDU beyond length / MaxRecvDataSegmentLength.
-        """
+        """(claim, TASK bytes, WIRE bytes) of one command (:func:`command_bytes`)."""
         claims = self._write_claims if write else self._read_claims
         got = claims.get(nbytes)
         if got is not None:
             return got
-        p = self.params
-        bursts = -(-nbytes // p.max_burst_length)
-        if write:
-            pdus = -(-nbytes // p.target_mrdsl) + bursts
-            task = TASK_DESCRIPTOR_BYTES + pdus * DATA_OUT_HEADER_BYTES
-            headers = bursts  # R2Ts
-        else:
-            task = TASK_DESCRIPTOR_BYTES
-            headers = -(-nbytes // p.initiator_mrdsl) + bursts  # Data-In
-        wire = RESPONSE_HEADER_BYTES + _SENSE_BYTES + headers * RESPONSE_HEADER_BYTES
+        task, wire = command_bytes(self.params, write, nbytes)
         got = (self.arena.claim({HostLevel.TASK: task, HostLevel.WIRE: wire}), task, wire)
         if len(claims) < 1024:
             claims[nbytes] = got
@@ -452,13 +400,7 @@ class BlockDevice:
     # ------------------------------------------------------------ block I/O
 
     def _check(self, offset: int, length: int) -> None:
-        bs = self._block_size
-        if offset % bs or length % bs or offset < 0:
-            raise ValueError(f"offset {offset} and length {length} must be multiples of the "
-                             f"{bs} B block size")
-        if offset + length > self.size:
-            raise ValueError(f"{length} B at offset {offset} run past the end of the "
-                             f"{self.size} B device")
+        check_extent(offset, length, self._block_size, self.size)
 
     async def read(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)
@@ -477,7 +419,7 @@ class BlockDevice:
             return
         await asyncio.gather(*(
             self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
-            for at, part in _chunks(view)
+            for at, part in chunks(view)
         ))
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -492,7 +434,7 @@ class BlockDevice:
             return
         await asyncio.gather(*(
             self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
-            for at, part in _chunks(view)
+            for at, part in chunks(view)
         ))
 
     async def flush(self, *, owner: str | None = None) -> None:
@@ -773,13 +715,7 @@ class BlockDevice:
         if session.completed:
             retry = None
             for cmd in cast("list[_Issued]", session.take_completed()):
-                error = cmd.error
-                if (error is not None and isinstance(error, ScsiError)
-                        and error.key == SenseKey.UNIT_ATTENTION
-                        and cmd.attempts < self.max_attempts + _UA_RETRIES):
-                    # A new I_T nexus (first login, reinstatement) reports UNIT ATTENTION
-                    # once; the command itself was not executed: send it again.
-                    cmd.error = None
+                if retry_after_unit_attention(cmd, self.max_attempts):
                     retry = retry or []
                     retry.append(cmd)
                     continue
@@ -903,10 +839,6 @@ class BlockDevice:
             self._complete(cmd, error)
 
 
-def _chunks(view: memoryview) -> list[tuple[int, memoryview]]:
-    return [(at, view[at : at + MAX_IO_BYTES]) for at in range(0, len(view), MAX_IO_BYTES)]
-
-
 # ---------------------------------------------------------------- discovery
 
 
@@ -924,7 +856,7 @@ async def discover(
     buffer = memoryview(bytearray(receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))))
     stream = await _connect(portal, buffer, lambda s, r: None, timeout)
     try:
-        login = InitiatorLogin(initiator_name, target_name=None, isid=_new_isid(),
+        login = InitiatorLogin(initiator_name, target_name=None, isid=new_isid(),
                                chap=portal.chap, mutual=portal.mutual)
         params = await _login(stream, login, where, timeout)
         stream.set_full_feature(params.initiator_mrdsl, params.header_digest,
