@@ -3,7 +3,8 @@
 ``url`` is ``iscsi://[user[%secret]@]host[:port]/target-iqn/lun`` (libiscsi and
 QEMU syntax); CHAP credentials may come from EARMARK_CHAP_USER and
 EARMARK_CHAP_SECRET instead. Options (``arena``, ``policy``, ``timeouts``,
-``reconnect_timeout``...) are those of :class:`BlockDevice`.
+``reconnect_timeout``...) are those of :class:`BlockDevice` and
+:class:`SyncBlockDevice` (which has no ``policy``: it always reserves).
 
     async with earmark.open("iscsi://127.0.0.1:3261/iqn.2024-01.org.example:disk/1") as dev:
         await dev.write(0, b"\\0" * dev.block_size)
@@ -28,6 +29,10 @@ def open(url: str, **options: Any) -> BlockDevice:
 
 
 def open_sync(url: str, **options: Any) -> SyncBlockDevice:
-    """A blocking block device, connected on return; close it (or use ``with``)."""
+    """A blocking block device, connected on return; close it (or use ``with``).
+
+    One command at a time, in the caller's thread, no event loop: the fastest
+    way to wait for each I/O (queue depth 1). For I/Os in flight together, use
+    :func:`open`."""
     options.setdefault("environ", os.environ)
     return SyncBlockDevice(url, **options)

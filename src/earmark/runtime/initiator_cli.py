@@ -18,7 +18,13 @@ from typing import Any, TypeVar
 
 from earmark.initiator.errors import InitiatorError
 from earmark.initiator.url import ENV_SECRET, ENV_USER, IscsiUrl, parse_url
-from earmark.runtime.initiator_bench import RW_MODES, BenchResult, run_bench
+from earmark.runtime.initiator_bench import (
+    ENGINES,
+    RW_MODES,
+    engine_for,
+    run_bench,
+    run_bench_sync,
+)
 from earmark.runtime.initiator_device import BlockDevice, discover
 from earmark.scsi import cdb as C
 from earmark.scsi.sense import ScsiError
@@ -46,8 +52,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     bench.add_argument("--qd", type=int, default=32, help="I/Os in flight (default 32)")
     bench.add_argument("--time", type=float, default=10.0, help="seconds (default 10)")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.add_argument("--engine", choices=ENGINES, default="auto",
+                       help="async (I/Os in flight together, asyncio), sync (one at a time, "
+                            "blocking socket, as fio's psync); auto: sync at --qd 1, else async")
     bench.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
-                       help="event loop: uvloop if installed (auto, the default), or force one")
+                       help="the async engine's event loop: uvloop if installed (auto, the "
+                            "default), or force one")
 
 
 def event_loop_name(choice: str = "auto") -> str:
@@ -122,17 +132,25 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"\r{line}" if interactive else line, end="" if interactive else "\n",
               file=sys.stderr, flush=True)
 
+    engine = engine_for(args.engine, args.qd)
     loop = event_loop_name(args.loop)
-    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        raise ValueError("--loop uvloop: uvloop is not installed (pip install uvloop)")
-    result: BenchResult = _run(run_bench(
-        args.url, rw=args.rw, bs=bs, qd=args.qd, seconds=args.time, progress=progress,
-        environ=os.environ,
-    ), loop)
+    if engine == "sync":
+        result = run_bench_sync(args.url, rw=args.rw, bs=bs, seconds=args.time,
+                                progress=progress, environ=os.environ)
+        label = "sync engine"
+    else:
+        if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("--loop uvloop: uvloop is not installed (pip install uvloop)")
+        result = _run(run_bench(
+            args.url, rw=args.rw, bs=bs, qd=args.qd, seconds=args.time, progress=progress,
+            environ=os.environ,
+        ), loop)
+        label = f"async engine, {loop}"
     if interactive:
         print(file=sys.stderr)
     if args.json:
-        print(json.dumps({**result.as_dict(), "event_loop": loop}))
+        print(json.dumps({**result.as_dict(), "engine": engine,
+                          "event_loop": loop if engine == "async" else None}))
     else:
-        print(f"{result.summary()} [{loop}]")
+        print(f"{result.summary()} [{label}]")
     return 0
