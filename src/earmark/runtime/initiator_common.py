@@ -16,16 +16,19 @@ from earmark.initiator.errors import (
     LoginError,
     TargetNotFoundError,
 )
-from earmark.initiator.session import Command
+from earmark.initiator.session import Command, Timeouts
+from earmark.initiator.url import IscsiUrl, parse_url
 from earmark.iscsi.errors import AuthenticationError, ProtocolError
 from earmark.iscsi.login import LoginFailed
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import LoginStatus
+from earmark.memory.arena import Arena
 from earmark.memory.levels import (
     DATA_OUT_HEADER_BYTES,
     RESPONSE_HEADER_BYTES,
     TASK_DESCRIPTOR_BYTES,
 )
+from earmark.scsi import cdb as C
 from earmark.scsi.sense import ScsiError, SenseKey
 
 __all__ = [
@@ -34,12 +37,14 @@ __all__ = [
     "MAX_IO_BYTES",
     "SENSE_BYTES",
     "WANTS",
+    "DeviceBase",
     "check_extent",
     "chunks",
     "command_bytes",
     "login_error",
     "new_isid",
     "retry_after_unit_attention",
+    "unmap_command",
     "wants",
 ]
 
@@ -105,6 +110,19 @@ def check_extent(offset: int, length: int, block_size: int, size: int) -> None:
                          f"{size} B device")
 
 
+def unmap_command(offset: int, length: int, block_size: int) -> tuple[bytes, memoryview]:
+    """UNMAP's CDB and parameter list for a byte range already checked (whole blocks)."""
+    extents = []
+    lba, left = offset // block_size, length // block_size
+    while left:
+        n = min(left, 0xFFFFFFFF)
+        extents.append((lba, n))
+        lba += n
+        left -= n
+    params = C.unmap_parameter_list(extents)
+    return C.unmap(len(params)), memoryview(params)
+
+
 def chunks(view: memoryview) -> list[tuple[int, memoryview]]:
     """A request larger than one command, as (offset, piece) commands of MAX_IO_BYTES."""
     return [(at, view[at : at + MAX_IO_BYTES]) for at in range(0, len(view), MAX_IO_BYTES)]
@@ -141,3 +159,48 @@ def login_error(exc: Exception, where: str) -> InitiatorError:
     if isinstance(exc, TimeoutError):
         return LoginError(f"{where}: no login response in time")
     return LoginError(f"{where}: the target closed the connection during login ({exc})")
+
+
+class DeviceBase:
+    """What a device of either engine is given and keeps: which LUN, who it logs in as,
+    how long it waits, its memory, its session's limits and how often it recovered."""
+
+    def __init__(
+        self,
+        url: str | IscsiUrl,
+        *,
+        arena: Arena | None,
+        initiator_name: str,
+        timeouts: Timeouts | None,
+        login_timeout: float,
+        reconnect_timeout: float,
+        max_attempts: int,
+        environ: Mapping[str, str] | None,
+        digests: bool,
+    ) -> None:
+        self.url = url if isinstance(url, IscsiUrl) else parse_url(url, environ=environ)
+        if self.url.target is None:
+            raise ValueError(f"{self.url} names no target: a block device needs /target-iqn/lun")
+        self.arena = arena if arena is not None else Arena(DEFAULT_ARENA_BYTES)
+        self.initiator_name = initiator_name
+        self.timeouts = timeouts or Timeouts()
+        self.login_timeout = login_timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.max_attempts = max_attempts
+        self._wants = wants(digests)
+        self.name = f"initiator:{self.url.target}/{self.url.lun}"
+        self.isid = new_isid()
+        self.params = SessionParams()
+        #: Sessions re-established, and commands issued again on them.
+        self.reconnects = 0
+        self.reissued = 0
+        self._block_size = 0
+        self._blocks = 0
+
+    @property
+    def block_size(self) -> int:
+        return self._block_size
+
+    @property
+    def size(self) -> int:
+        return self._blocks * self._block_size

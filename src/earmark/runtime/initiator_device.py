@@ -77,18 +77,18 @@ from earmark.memory.levels import (
 )
 from earmark.memory.reservation import Reservation, handed_down
 from earmark.runtime.initiator_common import (
-    DEFAULT_ARENA_BYTES,
     DEFAULT_INITIATOR_NAME,
     MAX_IO_BYTES,
     SENSE_BYTES,
     WANTS,
+    DeviceBase,
     check_extent,
     chunks,
     command_bytes,
     login_error,
     new_isid,
     retry_after_unit_attention,
-    wants,
+    unmap_command,
 )
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
 from earmark.scsi import cdb as C
@@ -171,7 +171,7 @@ async def _login(
     return login.params
 
 
-class BlockDevice:
+class BlockDevice(DeviceBase):
     """A LUN of an iSCSI target as an async block device. Use ``async with``.
 
     Offsets and lengths must be multiples of :attr:`block_size`.
@@ -195,32 +195,17 @@ class BlockDevice:
         """``geometry`` False skips READ CAPACITY at connect (a LUN that is no disk);
         ``digests`` asks for CRC32C header and data digests (the target may refuse);
         ``policy`` is a :class:`~earmark.host.policy.Policy` or its name."""
-        self.url = url if isinstance(url, IscsiUrl) else parse_url(url, environ=environ)
-        if self.url.target is None:
-            raise ValueError(f"{self.url} names no target: a block device needs /target-iqn/lun")
+        super().__init__(url, arena=arena, initiator_name=initiator_name, timeouts=timeouts,
+                         login_timeout=login_timeout, reconnect_timeout=reconnect_timeout,
+                         max_attempts=max_attempts, environ=environ, digests=digests)
         try:
             self.policy = Policy(policy)
         except ValueError:
             raise ValueError(f"unknown policy {policy!r}; choose from "
                              f"{', '.join(p.value for p in Policy)}") from None
-        self.arena = arena if arena is not None else Arena(DEFAULT_ARENA_BYTES)
-        self.initiator_name = initiator_name
-        self.timeouts = timeouts or Timeouts()
-        self.login_timeout = login_timeout
-        self.reconnect_timeout = reconnect_timeout
-        self.max_attempts = max_attempts
         self._geometry = geometry
-        self._wants = wants(digests)
-        self.name = f"initiator:{self.url.target}/{self.url.lun}"
         #: Who waits, in the deadlock detector's words, when the reader is stalled.
         self.receiver = f"{self.name}/receiver"
-        self.isid = new_isid()
-        self.params = SessionParams()
-        #: Sessions re-established, and commands issued again on them.
-        self.reconnects = 0
-        self.reissued = 0
-        self._block_size = 0
-        self._blocks = 0
         self._stream: InitiatorStream | None = None
         self._session: InitiatorSession | None = None
         self._pending: list[_Issued] = []
@@ -371,14 +356,6 @@ class BlockDevice:
 
     # ------------------------------------------------------------ geometry, cost
 
-    @property
-    def block_size(self) -> int:
-        return self._block_size
-
-    @property
-    def size(self) -> int:
-        return self._blocks * self._block_size
-
     def command_cost(self, write: bool, nbytes: int) -> Mapping[int, int]:
         """Bytes per level (TASK, WIRE) one command moving ``nbytes`` draws."""
         claim, _, _ = self._claim(write, nbytes)
@@ -444,16 +421,8 @@ class BlockDevice:
     async def discard(self, offset: int, length: int) -> None:
         """UNMAP the range (the target may then read it back as zeros or as before)."""
         self._check(offset, length)
-        bs = self._block_size
-        extents = []
-        lba, left = offset // bs, length // bs
-        while left:
-            n = min(left, 0xFFFFFFFF)
-            extents.append((lba, n))
-            lba += n
-            left -= n
-        params = C.unmap_parameter_list(extents)
-        await self.execute(C.unmap(len(params)), write_data=memoryview(params))
+        cdb, params = unmap_command(offset, length, self._block_size)
+        await self.execute(cdb, write_data=params)
 
     # The page cache's side (earmark.host.device.PageDevice): it reserved already.
 

@@ -45,27 +45,25 @@ from earmark.initiator.errors import (
     SessionLostError,
 )
 from earmark.initiator.session import Command, InitiatorSession, Timeouts
-from earmark.initiator.url import IscsiUrl, parse_url
+from earmark.initiator.url import IscsiUrl
 from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.login import InitiatorLogin, LoginFailed
-from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.pdu import Buffer, LoginRequest, LoginResponse, Pdu
 from earmark.memory import Arena, HostLevel
 from earmark.memory.arena import format_bytes
 from earmark.memory.claim import Claim
 from earmark.memory.reservation import Reservation
 from earmark.runtime.initiator_common import (
-    DEFAULT_ARENA_BYTES,
     DEFAULT_INITIATOR_NAME,
     MAX_IO_BYTES,
     WANTS,
+    DeviceBase,
     check_extent,
     chunks,
     command_bytes,
     login_error,
-    new_isid,
     retry_after_unit_attention,
-    wants,
+    unmap_command,
 )
 from earmark.runtime.initiator_connection import PduStream, receive_buffer_bytes
 from earmark.scsi import cdb as C
@@ -133,7 +131,7 @@ class _SocketTransport:
         pass
 
 
-class SyncBlockDevice:
+class SyncBlockDevice(DeviceBase):
     """A LUN of an iSCSI target as a blocking block device. Use ``with``.
 
     Offsets and lengths must be multiples of :attr:`block_size`.
@@ -154,30 +152,15 @@ class SyncBlockDevice:
     ) -> None:
         """Connects, logs in and reads the capacity; ``arena`` must be used by this
         device's callers only (an arena is single-threaded)."""
-        self.url = url if isinstance(url, IscsiUrl) else parse_url(url, environ=environ)
-        if self.url.target is None:
-            raise ValueError(f"{self.url} names no target: a block device needs /target-iqn/lun")
-        self.arena = arena if arena is not None else Arena(DEFAULT_ARENA_BYTES)
-        self.initiator_name = initiator_name
-        self.timeouts = timeouts or Timeouts()
-        self.login_timeout = login_timeout
-        self.reconnect_timeout = reconnect_timeout
-        self.max_attempts = max_attempts
-        self._wants = wants(digests)
-        self.name = f"initiator:{self.url.target}/{self.url.lun}"
-        self.isid = new_isid()
-        self.params = SessionParams()
-        #: Sessions re-established, and commands issued again on them.
-        self.reconnects = 0
-        self.reissued = 0
+        super().__init__(url, arena=arena, initiator_name=initiator_name, timeouts=timeouts,
+                         login_timeout=login_timeout, reconnect_timeout=reconnect_timeout,
+                         max_attempts=max_attempts, environ=environ, digests=digests)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._stream: PduStream | None = None
         self._session: InitiatorSession | None = None
         self._dead: InitiatorError | None = None
         self._closed = False
-        self._block_size = 0
-        self._blocks = 0
         self._read_claims: dict[int, Claim] = {}
         self._write_claims: dict[int, Claim] = {}
         # A finished command's reservation, kept for the next command of its size.
@@ -206,14 +189,6 @@ class SyncBlockDevice:
 
     # ------------------------------------------------------------ geometry
 
-    @property
-    def block_size(self) -> int:
-        return self._block_size
-
-    @property
-    def size(self) -> int:
-        return self._blocks * self._block_size
-
     # ------------------------------------------------------------ block I/O
 
     def read(self, offset: int, length: int) -> bytes:
@@ -223,29 +198,22 @@ class SyncBlockDevice:
 
     def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
         """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
-        view = memoryview(buffer).cast("B")
-        n = len(view)
-        bs = self._block_size
-        if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
-            check_extent(offset, n, bs, self._blocks * bs)  # raises, in words
-        if n <= MAX_IO_BYTES:
-            self.execute(C.read_16(offset // bs, n // bs), read_into=view)
-            return
-        for at, part in chunks(view):
-            self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
+        self._transfer(offset, memoryview(buffer).cast("B"), False)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
-        view = memoryview(data).cast("B")
+        self._transfer(offset, memoryview(data).cast("B"), True)
+
+    def _transfer(self, offset: int, view: memoryview, write: bool) -> None:
         n = len(view)
         bs = self._block_size
         if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
             check_extent(offset, n, bs, self._blocks * bs)  # raises, in words
-        if n <= MAX_IO_BYTES:
-            self.execute(C.write_16(offset // bs, n // bs), write_data=view)
-            return
-        for at, part in chunks(view):
-            self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
+        for at, part in ((0, view),) if n <= MAX_IO_BYTES else chunks(view):
+            if write:
+                self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
+            else:
+                self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
 
     def flush(self) -> None:
         """SYNCHRONIZE CACHE of the whole LUN."""
@@ -255,15 +223,8 @@ class SyncBlockDevice:
         """UNMAP the range (the target may then read it back as zeros or as before)."""
         bs = self._block_size
         check_extent(offset, length, bs, self._blocks * bs)
-        extents = []
-        lba, left = offset // bs, length // bs
-        while left:
-            n = min(left, 0xFFFFFFFF)
-            extents.append((lba, n))
-            lba += n
-            left -= n
-        params = C.unmap_parameter_list(extents)
-        self.execute(C.unmap(len(params)), write_data=memoryview(params))
+        cdb, params = unmap_command(offset, length, bs)
+        self.execute(cdb, write_data=params)
 
     def execute(
         self,
