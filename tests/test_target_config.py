@@ -120,3 +120,32 @@ def test_serve_config_targets_luns_chap_and_acl(served: int) -> None:
     assert asyncio.run(sizes(one + "/0", allowed)) == 4 << 20
     with pytest.raises(InitiatorError, match=r"0x0202"):
         asyncio.run(sizes(one + "/0", "iqn.2026-11.org.earmark:stranger"))
+
+
+@pytest.mark.interop
+def test_ls_lists_every_target_and_reports_the_one_that_refuses(tmp_path: Path) -> None:
+    """Target one wants CHAP, which `earmark ls` was not given: its login is refused,
+    said in one line, and target two is still listed with its LUN; exit code 2."""
+    port = peers.free_port()
+    config = write(tmp_path, GOOD.replace(
+        'initiators = ["iqn.2026-11.org.earmark:allowed"]\n', ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "earmark.cli", "serve", "--config", str(config), "--port",
+         str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert sum(proc.stdout.readline().startswith("iscsi://") for _ in range(6)) == 3
+        done = subprocess.run([sys.executable, "-m", "earmark.cli", "ls",
+                               f"iscsi://127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert done.returncode == 2, done.stderr
+    assert "Target: iqn.2026-11.org.earmark:one" in done.stdout
+    assert "Target: iqn.2026-11.org.earmark:two" in done.stdout
+    assert "LUN 0: disk" in done.stdout.split("earmark:two")[1]
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == 1 and "iqn.2026-11.org.earmark:one" in errors[0]
+    assert "Traceback" not in done.stderr

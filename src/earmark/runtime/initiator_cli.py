@@ -88,17 +88,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _ls(url_text: str) -> int:
+    """Every target the portal lists, each with its LUNs; a target that refuses us is
+    reported (stderr, exit 2 at the end) and the listing goes on with the next."""
     portal = parse_url(url_text, need_target=False, environ=os.environ)
+    refused = 0
     for target in await discover(portal):
-        print(f"Target: {target.name}  Portal: {', '.join(target.addresses)}")
+        print(f"Target: {target.name}  Portal: {', '.join(target.addresses)}", flush=True)
         url = IscsiUrl(portal.host, portal.port, target.name, 0, portal.user, portal.secret,
                        portal.target_user, portal.target_secret)
-        async with BlockDevice(url, geometry=False) as dev:
-            report = bytearray(4096)
-            await dev.execute(C.report_luns(len(report)), read_into=memoryview(report))
-            for lun in C.parse_report_luns(memoryview(report)):
-                print(f"  LUN {lun}: {await _describe(dev, lun)}")
-    return 0
+        try:
+            async with BlockDevice(url, geometry=False, max_attempts=1) as dev:
+                report = bytearray(4096)
+                await dev.execute(C.report_luns(len(report)), read_into=memoryview(report))
+                for lun in C.parse_report_luns(memoryview(report)):
+                    print(f"  LUN {lun}: {await _describe(dev, lun)}")
+        except (InitiatorError, ScsiError) as exc:
+            refused += 1
+            print(f"earmark ls: error: {target.name}: {exc}", file=sys.stderr, flush=True)
+    return 2 if refused else 0
 
 
 async def _describe(dev: BlockDevice, lun: int) -> str:
