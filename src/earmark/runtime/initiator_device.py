@@ -684,7 +684,7 @@ class BlockDevice(DeviceBase):
         if session.completed:
             retry = None
             for cmd in cast("list[_Issued]", session.take_completed()):
-                if retry_after_unit_attention(cmd, self.max_attempts):
+                if cmd.error is not None and retry_after_unit_attention(cmd, self.max_attempts):
                     retry = retry or []
                     retry.append(cmd)
                     continue
