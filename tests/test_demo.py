@@ -37,7 +37,7 @@ def test_tcp_none_deadlocks_named_and_reserve_completes_verified() -> None:
 def test_cli_json_on_the_simulator() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "earmark.cli", "demo", "--sim", "--json", "--writers", "1,32",
-         "--arena", "1MiB", "--pages", "1024"],
+         "--pages", "1024"],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr

@@ -4,16 +4,15 @@ Each run gets a fresh small host arena and its own device; the workload is
 fixed in total (the pages split among the writers) so rows compare. A run ends
 "completed" (fsync returned; the data is then read back and checked) or
 "deadlocked" with the cycle the detector named. The stack under the cache is a
-`Stack`: the real one (initiator over TCP to an embedded target) or the
-simulator's (a model device on virtual time).
+`Stack`: earmark's initiator and an embedded earmark target, over TCP or over the
+simulator's network on virtual time (runtime/demostack.py).
 """
 
 from __future__ import annotations
 
 import json
-import zlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,7 +21,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from earmark.host.device import PageDevice
-from earmark.host.modeldevice import ModelDevice
 from earmark.host.policy import HostTuning, Policy
 from earmark.host.workload import RunResult, Workload, run_writers
 from earmark.memory import Arena, format_bytes
@@ -156,28 +154,3 @@ async def live(stack: Stack, config: DemoConfig, console: Console) -> list[Row]:
 
 def print_json(rows: list[Row]) -> None:
     print(json.dumps({"runs": [row.as_json() for row in rows]}, ensure_ascii=False))
-
-
-@dataclass
-class SimStack:
-    """The simulator's stack: a model device that spends memory as iSCSI does."""
-
-    lun_bytes: int
-    latency: float = 0.0005
-    _device: ModelDevice | None = None
-
-    def open(self, arena: Arena, policy: Policy) -> AbstractAsyncContextManager[PageDevice]:
-        @asynccontextmanager
-        async def opened() -> AsyncIterator[PageDevice]:
-            self._device = ModelDevice(arena, self.lun_bytes, latency=self.latency)
-            yield self._device
-
-        return opened()
-
-    async def verify(self, expected: dict[int, int]) -> bool:
-        device = self._device
-        assert device is not None, "verify follows a run"
-        return all(
-            zlib.crc32(device.snapshot(i * PAGE_BYTES, PAGE_BYTES)) == crc
-            for i, crc in expected.items()
-        )

@@ -8,9 +8,9 @@ import sys
 
 from rich.console import Console
 
-from earmark.demo import DemoConfig, SimStack, live, print_json, render
+from earmark.demo import DemoConfig, Row, live, print_json, render
 from earmark.host.policy import HostTuning, Policy
-from earmark.runtime.demostack import TcpStack
+from earmark.runtime.demostack import SimStack, TcpStack
 from earmark.runtime.virtualtime import run_virtual
 from earmark.units import SizeError, parse_size
 
@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--slow-net", nargs="?", const=0.002, type=float, default=0.0,
                    metavar="SECONDS", help="add target-side latency per write (default 2 ms)")
     p.add_argument("--sim", action="store_true",
-                   help="run on the simulator: a model device on virtual time (deterministic)")
+                   help="run on the simulator: the same initiator and target code over a "
+                        "simulated network on virtual time (deterministic, no sockets)")
     p.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object as the last line: {"runs": [...]}')
@@ -58,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     except SizeError as exc:
         err.print(f"earmark demo: {exc}")
         return 2
-    if arena < 2 << 20 and not args.sim:
-        err.print("earmark demo: --arena must be at least 2MiB on TCP: the initiator's receive "
+    if arena < 2 << 20:
+        err.print("earmark demo: --arena must be at least 2MiB: the initiator's receive "
                   "buffer alone takes 1 MiB")
         return 2
     if args.pages < 1:
@@ -68,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
     config = DemoConfig(writers=writers, policies=policies, arena_bytes=arena // 64 * 64,
                         total_pages=args.pages, seed=args.seed, tuning=HostTuning())
     if args.sim:
-        rows = run_virtual(lambda: live(SimStack(config.lun_bytes), config, err))
+        async def simulate() -> list[Row]:
+            async with SimStack(config.lun_bytes) as stack:
+                return await live(stack, config, err)
+
+        rows = run_virtual(simulate)
     else:
         with TcpStack(config.lun_bytes, slow_net=args.slow_net) as stack:
             err.print(f"embedded target at {stack.target.url}")

@@ -1,5 +1,6 @@
-"""The demo's real stack: the page cache over earmark's initiator, over TCP, to an
-embedded earmark target on its own thread.
+"""The demo's stacks: the page cache over earmark's initiator, to an embedded earmark
+target, over TCP (:class:`TcpStack`, the target on its own thread) or over the
+simulated network of a virtual-time loop (:class:`SimStack`, the same code).
 
 Each run opens a fresh session on that run's host arena, so the host side of the
 cycle (pages, requests, commands, receive buffers) is all in one bounded arena.
@@ -20,7 +21,7 @@ from earmark.host.device import PageDevice
 from earmark.host.policy import Policy
 from earmark.memory import Arena
 from earmark.memory.levels import PAGE_BYTES
-from earmark.runtime.embedded import EmbeddedTarget
+from earmark.runtime.embedded import EmbeddedTarget, one_lun_server
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.target.backing import Backing, MemoryBacking
 
@@ -65,30 +66,15 @@ class SlowBacking:
         self.inner.close()
 
 
-class TcpStack:
-    def __init__(self, lun_bytes: int, *, slow_net: float = 0.0) -> None:
-        backing: Backing = MemoryBacking(lun_bytes)
-        if slow_net:
-            backing = SlowBacking(backing, slow_net)
-        self.target = EmbeddedTarget(backing)
-        self.policy = Policy.RESERVE
+class _IscsiStack:
+    """Sessions to one target at ``url``: one per run, and one more to verify."""
 
-    def __enter__(self) -> TcpStack:
-        self.target.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.target.stop()
+    url = ""
 
     def open(self, arena: Arena, policy: Policy) -> AbstractAsyncContextManager[PageDevice]:
         @asynccontextmanager
         async def opened() -> AsyncIterator[PageDevice]:
-            device = BlockDevice(self.target.url, arena=arena, policy=policy,
+            device = BlockDevice(self.url, arena=arena, policy=policy,
                                  reconnect_timeout=5, max_attempts=1)
             try:
                 async with asyncio.timeout(_CONNECT_S):
@@ -106,9 +92,52 @@ class TcpStack:
         return opened()
 
     async def verify(self, expected: dict[int, int]) -> bool:
-        async with BlockDevice(self.target.url, arena=Arena(_VERIFY_ARENA)) as device:
+        async with BlockDevice(self.url, arena=Arena(_VERIFY_ARENA)) as device:
             for index, crc in expected.items():
                 page = await device.read(index * PAGE_BYTES, PAGE_BYTES)
                 if zlib.crc32(page) != crc:
                     return False
         return True
+
+
+class TcpStack(_IscsiStack):
+    def __init__(self, lun_bytes: int, *, slow_net: float = 0.0) -> None:
+        backing: Backing = MemoryBacking(lun_bytes)
+        if slow_net:
+            backing = SlowBacking(backing, slow_net)
+        self.target = EmbeddedTarget(backing)
+
+    def __enter__(self) -> TcpStack:
+        self.target.start()
+        self.url = self.target.url
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.target.stop()
+
+
+class SimStack(_IscsiStack):
+    """The target on the same virtual-time loop as the host, over its simulated network:
+    every byte goes through the real initiator, codec, target session and admission."""
+
+    def __init__(self, lun_bytes: int) -> None:
+        self.server = one_lun_server(MemoryBacking(lun_bytes))
+
+    async def __aenter__(self) -> SimStack:
+        await self.server.start()
+        iqn = next(iter(self.server.targets))
+        self.url = f"iscsi://127.0.0.1:{self.server.port}/{iqn}/0"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.server.stop(grace=2)

@@ -1,8 +1,10 @@
-"""An earmark target on its own thread and event loop, inside another program.
+"""An earmark target inside another program: one target, one LUN.
 
-The demo, tests and benchmarks need a real target next to the code under test
-without sharing its event loop: a stalled host loop must not stall the target
-(and the other way round), exactly as with a target on another machine.
+The demo, tests and benchmarks need a real target next to the code under test.
+On TCP it runs on its own thread and event loop (:class:`EmbeddedTarget`): a
+stalled host loop must not stall the target (and the other way round), exactly
+as with a target on another machine. In the simulator it shares the virtual-time
+loop and is reached over the simulated network (:func:`one_lun_server`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,27 @@ from earmark.target.session import Policy, SessionConfig
 DEFAULT_IQN = "iqn.2026-11.org.earmark:embedded"
 
 
+def one_lun_server(
+    backing: Backing,
+    *,
+    memory: int = 64 << 20,
+    policy: Policy = Policy.RESERVE,
+    iqn: str = DEFAULT_IQN,
+    chap: tuple[str, str] | None = None,
+    block_size: int = 512,
+    watchdog_s: float = 2.0,
+) -> TargetServer:
+    """A target server with one target and LUN 0 on ``backing``, on a free port (not started)."""
+    disk = Disk(backing.size // block_size, serial="EMBEDDED", block_size=block_size)
+    return TargetServer(
+        [TargetSpec(TargetEntry(iqn, chap=chap), {0: LogicalUnit(0, disk, backing)})],
+        arena=Arena(memory, levels=TargetLevel, name="target arena"),
+        config=SessionConfig(policy=policy),
+        port=0,
+        watchdog_s=watchdog_s,
+    )
+
+
 class EmbeddedTarget:
     def __init__(
         self,
@@ -35,16 +58,10 @@ class EmbeddedTarget:
         block_size: int = 512,
         watchdog_s: float = 2.0,
     ) -> None:
-        disk = Disk(backing.size // block_size, serial="EMBEDDED", block_size=block_size)
         self.iqn = iqn
-        self.arena = Arena(memory, levels=TargetLevel, name="target arena")
-        self.server = TargetServer(
-            [TargetSpec(TargetEntry(iqn, chap=chap), {0: LogicalUnit(0, disk, backing)})],
-            arena=self.arena,
-            config=SessionConfig(policy=policy),
-            port=0,
-            watchdog_s=watchdog_s,
-        )
+        self.server = one_lun_server(backing, memory=memory, policy=policy, iqn=iqn, chap=chap,
+                                     block_size=block_size, watchdog_s=watchdog_s)
+        self.arena = self.server.arena
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="earmark-target",
                                         daemon=True)

@@ -4,7 +4,12 @@ Timers fire in order, instantly: when nothing is ready, the loop jumps its clock
 to the next timer instead of sleeping. asyncio runs ready callbacks in FIFO
 order, so a run with the same inputs (and seeds) is the same run every time —
 a deadlock found once is found again, in milliseconds rather than minutes.
-Only in-process work may run on it: a real socket would never become ready.
+
+Only in-process work may run on it: a real socket would never become ready. So
+its ``create_connection`` and ``create_server`` go to its simulated network
+(:mod:`earmark.runtime.simnet`), and ``run_in_executor`` runs the function at
+once on the loop (the target's backing I/O), which keeps the run single-threaded
+and its order fixed.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import selectors
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from earmark.runtime.simnet import SimNetwork, SimServer, SimTransport
 
 T = TypeVar("T")
 
@@ -41,11 +48,35 @@ class _JumpingSelector(selectors.DefaultSelector):
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
+    def __init__(self, *, latency: float = 50e-6, bandwidth: float = 1.25e9) -> None:
+        """``latency`` (one way, seconds) and ``bandwidth`` (bytes/s) of every simulated link."""
         selector = _JumpingSelector()
         super().__init__(selector)
         selector.loop = self
         self._now = 0.0
+        self.network = SimNetwork(self, latency=latency, bandwidth=bandwidth)
+
+    async def create_connection(  # type: ignore[override]
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None = None,
+        port: int | None = None, **_: Any,
+    ) -> tuple[SimTransport, asyncio.BaseProtocol]:
+        return await self.network.connect(protocol_factory, host or "127.0.0.1", port or 0)
+
+    async def create_server(  # type: ignore[override]
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None = None,
+        port: int | None = None, **_: Any,
+    ) -> SimServer:
+        return self.network.listen(host or "127.0.0.1", port or 0, protocol_factory)
+
+    def run_in_executor(  # type: ignore[override]
+        self, executor: object, func: Callable[..., T], *args: Any,
+    ) -> asyncio.Future[T]:
+        done: asyncio.Future[T] = self.create_future()
+        try:
+            done.set_result(func(*args))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
 
     def time(self) -> float:
         return self._now
@@ -55,9 +86,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self._now += seconds
 
 
-def run_virtual(main: Callable[[], Awaitable[T]]) -> T:
-    """asyncio.run on virtual time."""
-    loop = VirtualTimeLoop()
+def run_virtual(main: Callable[[], Awaitable[T]], **network: float) -> T:
+    """asyncio.run on virtual time (``network``: the simulated links' latency, bandwidth)."""
+    loop = VirtualTimeLoop(**network)
     try:
         return loop.run_until_complete(main())
     finally:
