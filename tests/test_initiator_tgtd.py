@@ -210,10 +210,12 @@ def test_chap_right_and_wrong(chap_tgtd: Tgtd, capsys: pytest.CaptureFixture[str
         asyncio.run(bad(chap_tgtd.url(user=CHAP[0], password="wrong-secret-0123")))
     with pytest.raises(AuthenticationFailedError):
         asyncio.run(bad(chap_tgtd.url()))  # no credentials at all
-    code, out, err = run_cli(["bench", chap_tgtd.url(user=CHAP[0], password="wrong-secret-0123"),
-                              "--time", "1"], capsys)
-    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
-    assert "authentication failed" in err and "wrong-secret" not in err
+    for depth in ("32", "1"):  # the async engine, then the sync one
+        code, out, err = run_cli(["bench", chap_tgtd.url(user=CHAP[0],
+                                                          password="wrong-secret-0123"),
+                                  "--qd", depth, "--time", "1"], capsys)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+        assert "authentication failed" in err and "wrong-secret" not in err
 
 
 def test_errors_are_typed_and_one_line(tgtd: Tgtd, capsys: pytest.CaptureFixture[str]) -> None:
@@ -233,6 +235,9 @@ def test_errors_are_typed_and_one_line(tgtd: Tgtd, capsys: pytest.CaptureFixture
     for argv, words in (
         (["bench", unknown, "--time", "1"], "target not found"),
         (["bench", closed, "--time", "1"], "cannot reach"),
+        (["bench", unknown, "--qd", "1", "--time", "1"], "target not found"),  # sync engine
+        (["bench", closed, "--qd", "1", "--time", "1"], "cannot reach"),
+        (["bench", "nonsense", "--qd", "1", "--time", "1"], "iscsi://"),
         (["ls", "iscsi://"], "no host"),
         (["bench", "nonsense", "--time", "1"], "iscsi://"),
         (["ls", f"iscsi://127.0.0.1:{free_port()}"], "cannot reach"),
