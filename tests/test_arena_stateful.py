@@ -1,8 +1,9 @@
 """Hypothesis drives the arena through random reserve/cancel/draw/release interleavings.
 
 Invariants after every step: capacity never exceeded, the books equal the sum of
-what owners hold, grants respect arrival order, and once every owner is done
-nothing is left committed and every granule is free again.
+what owners hold, grants respect arrival order, no reservation kept only as a
+cache (a shrinker's) while anyone waits, and once every owner is done nothing is
+left committed and every granule is free again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ class ArenaMachine(RuleBasedStateMachine):
         self.arrivals = 0
         self.grant_order: list[int] = []
         self.cancelled: set[int] = set()
+        # Finished work's reservations kept for reuse, as the initiator does: given
+        # back by the shrinker the moment anyone is about to wait.
+        self.cache: list[Reservation] = []
+        self.arena.add_shrinker(self.shrink)
+
+    def shrink(self) -> None:
+        cache, self.cache = self.cache, []
+        for res in cache:
+            res.release()
 
     def step(self) -> None:
         for _ in range(3):
@@ -93,6 +103,24 @@ class ArenaMachine(RuleBasedStateMachine):
                 self.granted.remove(res)
         self.step()
 
+    @precondition(lambda self: self.granted)
+    @rule(pick=st.integers(0, 1000))
+    def keep_as_cache(self, pick: int) -> None:
+        res = self.granted[pick % len(self.granted)]
+        if res.released or any(res.held) or self.arena.waiting:
+            return  # only whole, idle reservations, and never while anyone waits
+        self.granted.remove(res)
+        self.cache.append(res)
+
+    @precondition(lambda self: self.cache)
+    @rule()
+    def reuse_cache(self) -> None:
+        self.granted.append(self.cache.pop())
+
+    @invariant()
+    def no_cache_while_anyone_waits(self) -> None:
+        assert not (self.arena.waiting and self.cache)
+
     @invariant()
     def books_balance(self) -> None:
         arena = self.arena
@@ -115,7 +143,7 @@ class ArenaMachine(RuleBasedStateMachine):
         self.step()
         for buf in self.buffers:
             buf.free()
-        for res in self.granted:
+        for res in self.granted + self.cache:
             if not res.released:
                 res.release()
         self.step()
