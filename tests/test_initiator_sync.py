@@ -242,3 +242,16 @@ def test_bench_picks_the_sync_engine_at_depth_one(
     code = cli.main(["bench", tgtd.url(), "--qd", "4", "--engine", "sync", "--time", "1"])
     out, err = capsys.readouterr()
     assert code == 2 and "--engine async" in err and len(err.strip().splitlines()) == 1
+
+
+def test_crc32c_digests_both_ways() -> None:
+    with Tgtd(8 << 20) as t:
+        for key in ("HeaderDigest", "DataDigest"):  # tgtd offers None only by default
+            t.tgtadm("--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", "1",
+                     "--name", key, "--value", "CRC32C")
+        with SyncBlockDevice(t.url(), digests=True) as dev:
+            assert dev.params.header_digest and dev.params.data_digest
+            data = os.urandom(3 << 20)  # large Data-In segments, received in place
+            dev.write(1 << 20, data)
+            assert dev.read(1 << 20, len(data)) == data
+            assert dev.read(1 << 20, 4096) == data[:4096]
