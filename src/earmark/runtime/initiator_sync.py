@@ -92,26 +92,33 @@ class _SocketTransport:
     def writelines(self, pieces: Sequence[Buffer]) -> None:
         """Send every piece, in order, however many send calls that takes."""
         sock = self.sock
-        pending = list(pieces)
-        at = 0
-        while at < len(pending):
-            try:
-                if at + 1 == len(pending):  # one piece (a command's header): plain send
+        try:
+            if len(pieces) == 1:  # a command without data: one header, one send
+                piece = pieces[0]
+                sent = sock.send(piece)
+                if sent == len(piece):
+                    return
+                pending: list[Buffer] = [memoryview(piece)[sent:]]
+            else:
+                pending = list(pieces)
+            at = 0
+            while at < len(pending):
+                if at + 1 == len(pending):
                     sent = sock.send(pending[at])
                 else:
                     sent = sock.sendmsg(pending[at : at + _IOV_MAX])
-            except BlockingIOError:  # SO_SNDTIMEO ran out: the target reads nothing
-                raise _Lost("the target stopped reading what we send") from None
-            except OSError as exc:
-                raise _Lost(f"connection lost: {exc.strerror or exc}") from None
-            while sent:
-                n = len(pending[at])
-                if sent >= n:
-                    sent -= n
-                    at += 1
-                else:
-                    pending[at] = memoryview(pending[at])[sent:]
-                    sent = 0
+                while sent:
+                    n = len(pending[at])
+                    if sent >= n:
+                        sent -= n
+                        at += 1
+                    else:
+                        pending[at] = memoryview(pending[at])[sent:]
+                        sent = 0
+        except BlockingIOError:  # SO_SNDTIMEO ran out: the target reads nothing
+            raise _Lost("the target stopped reading what we send") from None
+        except OSError as exc:
+            raise _Lost(f"connection lost: {exc.strerror or exc}") from None
 
     def is_closing(self) -> bool:
         return self.closing
