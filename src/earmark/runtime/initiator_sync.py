@@ -468,7 +468,10 @@ class SyncBlockDevice(DeviceBase):
     # ------------------------------------------------------------ closing
 
     def close(self) -> None:
-        """Log out, close the socket, give the memory back. Idempotent."""
+        """Log out, close the socket, give the memory back. Idempotent.
+
+        A command another thread has in progress finishes first (at most its
+        command timeout, then the reconnect attempts its device allows)."""
         with self._lock:
             if self._closed:
                 return
