@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from earmark import __version__
+from earmark.check import cli as check_cli
 from earmark.runtime import demo_cli, initiator_cli, serve
 
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cli.add_parser(commands)
     serve.add_parser(commands)
     initiator_cli.add_parsers(commands)
+    check_cli.add_parser(commands)
     return parser
 
 
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve.run(args)
     if args.command in ("ls", "bench"):
         return initiator_cli.run(args)
+    if args.command == "check":
+        return check_cli.run(args)
     parser.error(f"unknown command {args.command!r}")
 
 

@@ -1,0 +1,169 @@
+"""The memory cycle as a small state machine, one per policy, for the exhaustive checker.
+
+What the demo shows on one schedule, this lets :mod:`earmark.check.explore` show
+on every schedule of a small system: writers dirty pages in a bounded memory, a
+few writeback slots clean them, and cleaning a page needs memory of its own, a
+request, a task descriptor, and a receive buffer when the target's answer
+arrives, exactly the levels of DESIGN.md §2.
+
+Memory is counted in units (a page is ``PAGE`` units, each descriptor one), with
+the arena's rule for the emergency pool: ordinary allocations may commit up to
+``arena - emergency``, writeback and receive (PF_MEMALLOC) up to ``arena``.
+
+* ``none``: every allocation waits where it stands, holding what it holds.
+* ``mempool``: the same, but writeback and receive may use the emergency units.
+* ``throttle``: ``none``, and a writer looks at the dirty count every
+  ``ratelimit`` pages and waits while it is above ``dirty_limit``.
+* ``reserve``: dirtying a page reserves its page and its writeback's
+  descriptors and receive buffer at once (the writer waits there, holding
+  nothing); writeback draws on that and never waits.
+
+A state is a tuple (hashable, so the explorer never visits one twice); a
+transition is a (words, next state) pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from earmark.host.policy import Policy
+
+__all__ = ["PAGE", "Config", "State", "describe", "initial", "is_done", "steps"]
+
+PAGE = 4
+"""Units of one page; each descriptor (request, task, receive buffer) is one unit."""
+_WRITEBACK = 3  # request + task + receive buffer
+_CLAIM = PAGE + _WRITEBACK  # what `reserve` takes when a page becomes dirty
+
+# Writeback slot stages, by index into State.slots.
+_NEED_REQUEST, _NEED_TASK, _IN_FLIGHT, _NEED_RECEIVE = range(4)
+_STAGE_WORDS = ("a request", "a task descriptor", "the target's answer", "a receive buffer")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    policy: Policy
+    writers: int
+    pages: int
+    """Pages each writer dirties."""
+    arena: int
+    """Units of memory in all."""
+    writebacks: int = 2
+    """Writeback slots: pages being cleaned at once."""
+    emergency: int = 0
+    """Units only writeback and receive may use (``mempool``)."""
+    dirty_limit: int = 2
+    ratelimit: int = 1
+
+    def __post_init__(self) -> None:
+        if min(self.writers, self.pages, self.writebacks, self.ratelimit) < 1:
+            raise ValueError("writers, pages, writebacks and ratelimit must be at least 1")
+        if not 0 <= self.emergency < self.arena:
+            raise ValueError(f"the emergency pool ({self.emergency}) must be smaller than the "
+                             f"arena ({self.arena})")
+        need = _CLAIM if self.policy is Policy.RESERVE else PAGE
+        if self.arena - self.emergency < need:
+            raise ValueError(f"an arena of {self.arena} units cannot hold even one page's "
+                             f"{need} units under {self.policy.value}")
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    left: tuple[int, ...]
+    """Pages each writer still has to dirty."""
+    since_check: tuple[int, ...]
+    """Pages each writer dirtied since it last looked at the dirty count (``throttle``)."""
+    dirty: int
+    """Dirty pages no writeback has taken yet."""
+    slots: tuple[int, int, int, int]
+    """Writebacks at each stage: need a request, need a task, in flight, need a receive buffer."""
+    used: int
+    """Units committed."""
+
+
+def initial(config: Config) -> State:
+    return State((config.pages,) * config.writers, (0,) * config.writers, 0, (0, 0, 0, 0), 0)
+
+
+def is_done(state: State) -> bool:
+    return not any(state.left) and not state.dirty and not any(state.slots)
+
+
+def _fits(config: Config, state: State, units: int, memalloc: bool) -> bool:
+    limit = config.arena if memalloc else config.arena - config.emergency
+    return state.used + units <= limit
+
+
+def _move(slots: tuple[int, int, int, int], src: int | None,
+          dst: int | None) -> tuple[int, int, int, int]:
+    counts = list(slots)
+    if src is not None:
+        counts[src] -= 1
+    if dst is not None:
+        counts[dst] += 1
+    return counts[0], counts[1], counts[2], counts[3]
+
+
+def steps(config: Config, state: State) -> Iterator[tuple[str, State]]:
+    """Every transition enabled in ``state``, in words."""
+    reserve = config.policy is Policy.RESERVE
+    in_writeback = sum(state.slots)
+    dirty_total = state.dirty + in_writeback
+    for i, left in enumerate(state.left):
+        if not left:
+            continue
+        since = state.since_check[i]
+        if config.policy is Policy.THROTTLE and since >= config.ratelimit:
+            if dirty_total > config.dirty_limit:
+                continue  # balance_dirty_pages: waits for writeback
+            since = 0
+        cost = _CLAIM if reserve else PAGE
+        if not _fits(config, state, cost, False):
+            continue  # waits for memory (holding nothing)
+        yield (f"writer-{i} dirties a page{' (reserving its writeback)' if reserve else ''}",
+               State((*state.left[:i], left - 1, *state.left[i + 1 :]),
+                     (*state.since_check[:i], since + 1, *state.since_check[i + 1 :]),
+                     state.dirty + 1, state.slots, state.used + cost))
+    if state.dirty and in_writeback < config.writebacks:
+        yield ("a writeback takes a dirty page",
+               State(state.left, state.since_check, state.dirty - 1,
+                     _move(state.slots, None, _IN_FLIGHT if reserve else _NEED_REQUEST),
+                     state.used))
+    if reserve:
+        if state.slots[_IN_FLIGHT]:
+            yield ("the target answers a writeback; its page and reservation are freed",
+                   State(state.left, state.since_check, state.dirty,
+                         _move(state.slots, _IN_FLIGHT, None), state.used - _CLAIM))
+        return
+    memalloc = config.policy is Policy.MEMPOOL
+    for stage, nxt in ((_NEED_REQUEST, _NEED_TASK), (_NEED_TASK, _IN_FLIGHT)):
+        if state.slots[stage] and _fits(config, state, 1, memalloc):
+            yield (f"a writeback gets {_STAGE_WORDS[stage]}",
+                   State(state.left, state.since_check, state.dirty,
+                         _move(state.slots, stage, nxt), state.used + 1))
+    if state.slots[_IN_FLIGHT]:
+        yield ("the target answers a writeback",
+               State(state.left, state.since_check, state.dirty,
+                     _move(state.slots, _IN_FLIGHT, _NEED_RECEIVE), state.used))
+    if state.slots[_NEED_RECEIVE] and _fits(config, state, 1, memalloc):
+        yield ("a writeback gets its receive buffer, completes, and its page is freed",
+               State(state.left, state.since_check, state.dirty,
+                     _move(state.slots, _NEED_RECEIVE, None),
+                     state.used - PAGE - _WRITEBACK + 1))
+
+
+def describe(config: Config, state: State) -> str:
+    """A stuck state in words: who waits for what, and how full memory is."""
+    parts = []
+    for i, left in enumerate(state.left):
+        if left:
+            parts.append(f"writer-{i} waits for memory ({left} pages to go)")
+    if state.dirty:
+        parts.append(f"{state.dirty} dirty pages wait for a writeback slot")
+    for stage, count in enumerate(state.slots):
+        if count:
+            parts.append(f"{count} writeback(s) hold their page and wait for "
+                         f"{_STAGE_WORDS[stage]}")
+    parts.append(f"memory {state.used} of {config.arena} units used")
+    return "; ".join(parts)
