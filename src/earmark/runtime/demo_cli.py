@@ -30,7 +30,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--pages", type=int, default=4096,
                    help="4 KiB pages written per run, split among the writers (default 4096)")
     p.add_argument("--slow-net", nargs="?", const=0.002, type=float, default=0.0,
-                   metavar="SECONDS", help="add target-side latency per write (default 2 ms)")
+                   metavar="SECONDS", help="add target-side latency per write (default 2 ms); "
+                                           "with --sim, that much round-trip time on the link")
     p.add_argument("--sim", action="store_true",
                    help="run on the simulator: the same initiator and target code over a "
                         "simulated network on virtual time (deterministic, no sockets)")
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             async with SimStack(config.lun_bytes) as stack:
                 return await live(stack, config, err)
 
-        rows = run_virtual(simulate)
+        rows = run_virtual(simulate, **({"latency": args.slow_net / 2} if args.slow_net else {}))
     else:
         with TcpStack(config.lun_bytes, slow_net=args.slow_net) as stack:
             err.print(f"embedded target at {stack.target.url}")
