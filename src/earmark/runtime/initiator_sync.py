@@ -294,7 +294,7 @@ class SyncBlockDevice(DeviceBase):
 
     def _run(self, cmd: Command) -> None:
         """Issue ``cmd`` and read until it is answered, reconnecting as often as allowed."""
-        reason = ""
+        reason = "an earlier command lost the connection"
         while True:
             session, stream = self._session, self._stream
             if session is None or stream is None:
