@@ -92,6 +92,14 @@ class TargetConnection(asyncio.BufferedProtocol):
         self._setup: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
         self.idle.set()
+        # Backing I/O running on the pool, and the session it belongs to even after
+        # the connection is gone: its buffers come back only when the I/O returns, and
+        # a session that replaces this one must not start before then.
+        self._io_running = 0
+        self._ended: TargetSession | None = None
+        #: Set once the connection is gone and no I/O of its session still runs.
+        self.drained = asyncio.Event()
+        self._login_wait: asyncio.Task[None] | None = None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -156,11 +164,13 @@ class TargetConnection(asyncio.BufferedProtocol):
             self._admission.cancel()
         for task in self._allocs:
             task.cancel()
+        if self._login_wait is not None:
+            self._login_wait.cancel()
         slots: list[Reservation] = []
         if self.session is not None:
             slots = self.session.close()
             self.server.session_ended(self)
-            self.session = None
+            self._ended, self.session = self.session, None
         if self._first_slot is not None:
             slots.append(self._first_slot)
             self._first_slot = None
@@ -176,6 +186,8 @@ class TargetConnection(asyncio.BufferedProtocol):
         self.server.arena.waits.clear_passive(f"{self.name}/cmds")
         self.server.connection_closed(self)
         self.idle.set()
+        if not self._io_running:
+            self._drained()
 
     def _close(self, reason: str = "", error: bool = False) -> None:
         if reason:
@@ -361,12 +373,36 @@ class TargetConnection(asyncio.BufferedProtocol):
                              max_cmd_sn=(pdu.cmd_sn + slots - 1) & 0xFFFFFFFF,
                              stat_sn=self._stat_sn)
         self._stat_sn = (self._stat_sn + 1) & 0xFFFFFFFF
+        if login.done and not login.failed and login.target is not None:
+            old = self.server.predecessor(login.initiator_name or "?", login.isid, self)
+            if old is not None:
+                # Session reinstatement (RFC 7143 §6.3.5): the old session's tasks end
+                # before this one begins, so a write of the old one still on its way to
+                # the disk cannot land after this session's writes.
+                self._login_wait = asyncio.ensure_future(
+                    self._login_after(old, serialize(resp, False, False), login, pdu.cmd_sn))
+                return
         self._write(serialize(resp, False, False))
         if login.failed:
             self._close(f"login refused: {login.reason}", error=True)
             return
         if login.done:
             self._start_session(login, pdu.cmd_sn)
+
+    async def _login_after(self, old: TargetConnection, resp: list[bytes | memoryview],
+                           login: TargetLogin, cmd_sn: int) -> None:
+        old.abort("its session is reinstated by a new login")
+        if not old.drained.is_set():
+            log.info("%s: waiting for %s's I/O to finish before the session is reinstated",
+                     self.name, old.name)
+        await old.drained.wait()
+        self._login_wait = None
+        if self._closing:
+            return
+        self._write(resp)
+        self._start_session(login, cmd_sn)
+        if self._pos < self._end:
+            self._guarded(self._parse)
 
     def _start_session(self, login: TargetLogin, cmd_sn: int) -> None:
         server = self.server
@@ -390,6 +426,8 @@ class TargetConnection(asyncio.BufferedProtocol):
         log.info("%s: %s session for %s with %s", self.name, login.session_type, initiator,
                  target.iqn if target is not None else "discovery")
         server.session_started(self)
+        if target is not None:
+            server.nexus_started(initiator, login.isid, self)
 
     # ---------------------------------------------------------------- sending
 
@@ -407,6 +445,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         while (event := session.next_event()) is not None:
             if isinstance(event, IoRequest):
                 if not self._read_inline(session, event):
+                    self._io_running += 1
                     fut = loop.run_in_executor(self.server.pool, run_io, event)
                     fut.add_done_callback(self._io_callback(event))
             elif isinstance(event, AllocRequest):
@@ -452,8 +491,14 @@ class TargetConnection(asyncio.BufferedProtocol):
 
     def _io_callback(self, io: IoRequest) -> Callable[[asyncio.Future[bytes]], None]:
         def done(fut: asyncio.Future[bytes]) -> None:
+            self._io_running -= 1
             session = self.session
-            if session is None:
+            if session is None:  # the connection is gone: the I/O's buffers come back now
+                ended = self._ended
+                if ended is not None:
+                    ended.io_done(io, b"")
+                if not self._io_running:
+                    self._drained()
                 return
             if fut.cancelled():
                 sense = _internal_error()
@@ -532,6 +577,10 @@ class TargetConnection(asyncio.BufferedProtocol):
             self._pump()
 
     # ----------------------------------------------------------------- stopping
+
+    def _drained(self) -> None:
+        self.drained.set()
+        self.server.nexus_ended(self)
 
     def kick(self) -> None:
         """The session's share of slots changed: start admission if it wants more."""

@@ -89,6 +89,9 @@ class TargetServer:
         self._watchdog = Watchdog(watchdog_s)
         self._connections: set[TargetConnection] = set()
         self._sessions: set[TargetConnection] = set()
+        # The last connection of each I_T nexus (initiator name, ISID): a new login of
+        # the same nexus reinstates its session.
+        self._nexus: dict[tuple[str, int], TargetConnection] = {}
         self._names = itertools.count(1)
         self._tsih = itertools.count(1)
         self._server: asyncio.Server | None = None
@@ -131,6 +134,21 @@ class TargetServer:
     def session_started(self, conn: TargetConnection) -> None:
         self._sessions.add(conn)
         self._share()
+
+    def nexus_started(self, initiator: str, isid: int, conn: TargetConnection) -> None:
+        self._nexus[(initiator, isid)] = conn
+
+    def nexus_ended(self, conn: TargetConnection) -> None:
+        """``conn`` is gone and its I/O done: a later login of its nexus need not wait."""
+        for key in [k for k, c in self._nexus.items() if c is conn]:
+            del self._nexus[key]
+
+    def predecessor(self, initiator: str, isid: int,
+                    conn: TargetConnection) -> TargetConnection | None:
+        """The connection whose session a login of this nexus reinstates, unless it is
+        gone and none of its I/O still runs."""
+        old = self._nexus.get((initiator, isid))
+        return None if old is None or old is conn or old.drained.is_set() else old
 
     def session_ended(self, conn: TargetConnection) -> None:
         self._sessions.discard(conn)

@@ -1,0 +1,74 @@
+"""Session reinstatement on the earmark target: an old session's tasks end before the new
+session begins, so a write still on its way to the disk cannot land after newer writes;
+and a connection lost with I/O running gives every buffer back once the I/O returns."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from earmark.initiator.session import Timeouts
+from earmark.runtime.embedded import EmbeddedTarget
+from earmark.runtime.initiator_device import BlockDevice
+from earmark.target.backing import Backing, MemoryBacking
+
+
+class FirstWriteSlow:
+    """A backing whose first write takes `delay` seconds (a disk that hangs once)."""
+
+    def __init__(self, inner: Backing, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+        self._first = True
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self.inner.size
+
+    def readinto(self, offset: int, buffers: list[memoryview]) -> None:
+        self.inner.readinto(offset, buffers)
+
+    def read_cached(self, offset: int, buffers: list[memoryview]) -> bool:
+        return self.inner.read_cached(offset, buffers)
+
+    def write(self, offset: int, buffers: list[memoryview]) -> None:
+        with self._lock:
+            slow, self._first = self._first, False
+        if slow:
+            time.sleep(self.delay)
+        self.inner.write(offset, buffers)
+
+    def sync(self) -> None:
+        self.inner.sync()
+
+    def punch(self, offset: int, length: int) -> None:
+        self.inner.punch(offset, length)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_timed_out_write_cannot_land_after_newer_writes() -> None:
+    """Write A hangs in the backing; the initiator times out, logs in again (same ISID)
+    and sends A again, then writes B to the same block. Without the fence the first A
+    reached the disk after B: an acknowledged write lost."""
+    with EmbeddedTarget(FirstWriteSlow(MemoryBacking(1 << 20), delay=1.0)) as target:
+
+        async def main() -> tuple[bytes, BlockDevice]:
+            dev = BlockDevice(target.url, reconnect_timeout=10,
+                              timeouts=Timeouts(command=0.3, nop_interval=5, nop_timeout=5))
+            async with dev:
+                await dev.write(0, b"A" * 4096)
+                await dev.write(0, b"B" * 4096)
+                await asyncio.sleep(1.2)  # long after the first A's I/O returned
+                return await dev.read(0, 4096), dev
+
+        back, dev = asyncio.run(main())
+        assert dev.reconnects == 1 and dev.reissued == 1
+        assert back == b"B" * 4096
+        deadline = time.monotonic() + 5
+        while target.arena.committed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert target.arena.committed == 0, "a lost connection's buffers were never given back"
