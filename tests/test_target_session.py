@@ -282,6 +282,28 @@ def test_abort_task_ends_a_write_waiting_for_data_and_frees_its_buffer() -> None
     assert resp.response == TmfResponse.TASK_DOES_NOT_EXIST
 
 
+def test_abort_task_is_answered_only_once_the_tasks_io_has_returned() -> None:
+    """A write whose data is in the backing's hands is not over until that returns: the
+    answer waits, so nothing the initiator sends after it can be overtaken by the write."""
+    rig = Rig(slots=2)
+    data = bytes(range(256)) * 16
+    out = rig.command(cdbs.write_10(0, 8), edtl=4096, write=True, data=data, itt=0x61,
+                      run=False)
+    assert out == [] and len(rig.pending) == 1  # the write is on its way to the disk
+    assert rig.send(TaskMgmtRequest(function=TmfFunction.ABORT_TASK, itt=0x62,
+                                    referenced_task_tag=0x61, cmd_sn=2, ref_cmd_sn=1,
+                                    immediate=True)) == []
+    assert rig.session.tasks == {}  # ended; only its I/O is still out
+    io = rig.pending.pop()
+    rig.session.io_done(io, run_io(io))
+    (resp,) = rig.pump()
+    assert isinstance(resp, TaskMgmtResponse) and resp.itt == 0x62
+    assert resp.response == TmfResponse.FUNCTION_COMPLETE  # and no status for the write
+    # Its slot is free again: the window admits the next command.
+    (resp,) = rig.command(cdbs.test_unit_ready(), edtl=0, cmd_sn=2)
+    assert isinstance(resp, ScsiResponse) and resp.status == 0
+
+
 @pytest.mark.parametrize("fn", [TmfFunction.ABORT_TASK_SET, TmfFunction.LOGICAL_UNIT_RESET,
                                 TmfFunction.TARGET_WARM_RESET])
 def test_task_set_resets_abort_everything_on_the_lun(fn: TmfFunction) -> None:

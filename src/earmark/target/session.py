@@ -112,6 +112,7 @@ class TargetSession:
         "_events",
         "_free",
         "_held",
+        "_held_tmf",
         "_last_rx",
         "_next_ttt",
         "_out",
@@ -181,6 +182,9 @@ class TargetSession:
         self.stat_sn = stat_sn
         self._out: list[bytes | memoryview] = []
         self._events: deque[Event] = deque()
+        # Task management answers held until the backing I/O of every task they ended
+        # has returned: (response, ITT, those tasks, close the connection after).
+        self._held_tmf: list[tuple[int, int, list[Task], bool]] = []
         self._next_ttt = 1
         self._last_rx = now
         self._ping: tuple[int, float] | None = None
@@ -313,6 +317,8 @@ class TargetSession:
             io.unit.copies.finish(self.nexus, io.plan, ok=not sense)
         if task.aborted:
             self._release(task)
+            if self._held_tmf:
+                self._tmf_io_returned(task)
             return
         if sense:
             moved = task.start if task.reading else 0
@@ -783,10 +789,11 @@ class TargetSession:
             return
         fn = pdu.function
         response = TmfResponse.FUNCTION_COMPLETE
+        ended: list[Task] = []
         if fn == TmfFunction.ABORT_TASK:
             task = self.tasks.get(pdu.referenced_task_tag)
             if task is not None:
-                self._abort(task)
+                ended.append(task)
             elif sn_diff(pdu.ref_cmd_sn, self.exp_cmd_sn) >= 0:
                 # Never received: nothing to abort, and it will be ignored if it comes.
                 response = TmfResponse.TASK_DOES_NOT_EXIST
@@ -795,13 +802,11 @@ class TargetSession:
             if pdu.lun not in self.units:
                 response = TmfResponse.LUN_DOES_NOT_EXIST
             else:
-                for task in [t for t in self.tasks.values() if t.lun == pdu.lun]:
-                    self._abort(task)
+                ended = [t for t in self.tasks.values() if t.lun == pdu.lun]
                 if fn == TmfFunction.LOGICAL_UNIT_RESET:
                     self.units[pdu.lun].reservations.reset()
         elif fn in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
-            for task in list(self.tasks.values()):
-                self._abort(task)
+            ended = list(self.tasks.values())
             for unit in self.units.values():
                 unit.reservations.reset()
         elif fn == TmfFunction.TASK_REASSIGN:
@@ -810,10 +815,33 @@ class TargetSession:
             response = TmfResponse.FUNCTION_NOT_SUPPORTED
         else:
             response = TmfResponse.FUNCTION_REJECTED
-        self._send(TaskMgmtResponse(int(response), pdu.itt, self._stat(), self.exp_cmd_sn,
+        for task in ended:
+            self._abort(task)
+        # The answer says the tasks are over (SAM-5 7.1): a write still in the backing's
+        # hands is not, and must not land after what the initiator sends next.
+        running = [t for t in ended if t.in_flight]
+        close = fn == TmfFunction.TARGET_COLD_RESET
+        if running:
+            self._held_tmf.append((int(response), pdu.itt, running, close))
+        else:
+            self._answer_tmf(int(response), pdu.itt, close)
+
+    def _answer_tmf(self, response: int, itt: int, close: bool) -> None:
+        self._send(TaskMgmtResponse(response, itt, self._stat(), self.exp_cmd_sn,
                                     self.max_cmd_sn))
-        if fn == TmfFunction.TARGET_COLD_RESET:
+        if close:
             self._events.append(CloseConnection(f"{self.name}: target cold reset", error=False))
+
+    def _tmf_io_returned(self, task: Task) -> None:
+        """An ended task's I/O is back: answer the task management that waited for it."""
+        held = []
+        for response, itt, running, close in self._held_tmf:
+            running = [t for t in running if t is not task]
+            if running:
+                held.append((response, itt, running, close))
+            else:
+                self._answer_tmf(response, itt, close)
+        self._held_tmf = held
 
     def _abort(self, task: Task) -> None:
         """End a task without status (RFC 7143 §4.2.3.4): its slot comes back once any
