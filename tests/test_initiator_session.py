@@ -6,10 +6,15 @@ import os
 
 import pytest
 
-from earmark.initiator.errors import CommandRejectedError, ScsiStatusError
+from earmark.initiator.errors import (
+    CommandAbortedError,
+    CommandRejectedError,
+    ScsiStatusError,
+)
 from earmark.initiator.session import Command, InitiatorSession, Timeouts
 from earmark.iscsi.framing import PduReader
 from earmark.iscsi.negotiation import SessionParams
+from earmark.iscsi.opcodes import TmfFunction, TmfResponse
 from earmark.iscsi.pdu import (
     R2T,
     RESERVED_TAG,
@@ -22,6 +27,8 @@ from earmark.iscsi.pdu import (
     Reject,
     ScsiCommand,
     ScsiResponse,
+    TaskMgmtRequest,
+    TaskMgmtResponse,
     encode_header,
     sense_segment,
 )
@@ -273,19 +280,72 @@ def test_keepalive_ping_and_its_timeout() -> None:
     assert s.failure is not None and "NOP-Out" in s.failure
 
 
-def test_command_timeout_fails_the_connection_and_abandon_keeps_order() -> None:
-    s = make(window=2, timeouts=Timeouts(command=3, nop_interval=100, nop_timeout=10))
+def test_a_timed_out_command_is_aborted_and_an_unanswered_abort_fails_the_connection() -> None:
+    s = make(window=2, timeouts=Timeouts(command=3, nop_interval=100, nop_timeout=10, abort=2))
     cmds = [read_cmd() for _ in range(3)]
     for c in cmds:
         s.submit(c, 1.0)
+    sent(s)
     assert s.get_timer() == 4.0
     s.handle_timer(3.9)
-    assert s.failure is None
+    assert s.failure is None and sent(s) == []
     s.handle_timer(4.0)
-    assert s.failure is not None and "no answer in 3 s" in s.failure
+    aborts = sent(s)
+    assert [type(p) for p in aborts] == [TaskMgmtRequest, TaskMgmtRequest]
+    first = aborts[0]
+    assert isinstance(first, TaskMgmtRequest)
+    assert (first.function, first.referenced_task_tag, first.ref_cmd_sn, first.lun,
+            first.immediate, first.cmd_sn) == (TmfFunction.ABORT_TASK, cmds[0].itt,
+                                               cmds[0].cmd_sn, 1, True, s.cmd_sn)
+    assert first.itt not in (c.itt for c in cmds) and s.failure is None
+    assert s.get_timer() == 6.0  # the aborts' answers are due
+    s.handle_timer(6.0)
+    assert s.failure is not None and "nor its ABORT TASK in 2 s" in s.failure
+    assert "got no answer" in s.failure  # what the runtime reads as a timeout
     left = s.abandon()
     assert left == cmds and s.outstanding == 0 and s.queued == 0
     assert [c.attempts for c in left] == [1, 1, 0]
+
+
+def test_an_aborted_command_is_handed_back_to_be_sent_again() -> None:
+    s = make(timeouts=Timeouts(command=3, nop_interval=100, nop_timeout=10, abort=5))
+    slow, fast = read_cmd(), read_cmd()
+    s.submit(slow, 0.0)
+    s.submit(fast, 0.0)
+    sent(s)
+    s.handle_timer(3.0)
+    abort_slow, abort_fast = sent(s)
+    assert isinstance(abort_slow, TaskMgmtRequest) and isinstance(abort_fast, TaskMgmtRequest)
+    # `fast` answers before its abort is confirmed: it is done, the abort's answer is moot.
+    s.receive(DataIn(itt=fast.itt, final=True, status_present=True, stat_sn=5, exp_cmd_sn=12,
+                     max_cmd_sn=40, data=bytes(4096)), 3.5)
+    s.receive(TaskMgmtResponse(response=TmfResponse.TASK_DOES_NOT_EXIST, itt=abort_fast.itt,
+                               stat_sn=6, exp_cmd_sn=12, max_cmd_sn=40), 3.6)
+    s.receive(TaskMgmtResponse(response=TmfResponse.FUNCTION_COMPLETE, itt=abort_slow.itt,
+                               stat_sn=7, exp_cmd_sn=12, max_cmd_sn=40), 3.7)
+    assert s.failure is None and s.outstanding == 0
+    done = s.take_completed()
+    assert done == [fast, slow] and fast.error is None
+    assert isinstance(slow.error, CommandAbortedError) and "was aborted" in str(slow.error)
+    # Sent again, it gets a new ITT and CmdSN and a fresh deadline.
+    old_itt = slow.itt
+    slow.error = None
+    s.submit(slow, 4.0)
+    (again,) = sent(s)
+    assert isinstance(again, ScsiCommand) and again.itt != old_itt and slow.attempts == 2
+    assert s.get_timer() == 7.0
+
+
+def test_a_refused_abort_fails_the_connection() -> None:
+    s = make(timeouts=Timeouts(command=1, nop_interval=100, nop_timeout=10, abort=5))
+    c = read_cmd()
+    s.submit(c, 0.0)
+    sent(s)
+    s.handle_timer(1.0)
+    (abort,) = sent(s)
+    s.receive(TaskMgmtResponse(response=TmfResponse.FUNCTION_REJECTED, itt=abort.itt,
+                               stat_sn=5, exp_cmd_sn=11, max_cmd_sn=40), 1.1)
+    assert s.failure is not None and "would not abort" in s.failure
 
 
 def test_async_logout_request_fails_the_connection_for_reinstatement() -> None:

@@ -205,13 +205,14 @@ def test_target_killed_and_restarted_mid_workload(tmp_path: Path) -> None:
 
 
 def test_stalled_target_times_out_then_the_write_completes(tgtd: Tgtd) -> None:
-    """SIGSTOP tgtd: the write gets no answer within the command timeout, the connection
-    is dropped, logins fail while tgtd is stopped; after SIGCONT the write goes out again
-    on a reinstated session."""
+    """SIGSTOP tgtd: the write gets no answer within the command timeout, nor does its
+    ABORT TASK, the connection is dropped, logins fail while tgtd is stopped; after
+    SIGCONT the write goes out again on a reinstated session."""
     assert tgtd.pid is not None
     pid = tgtd.pid
+    timeouts = Timeouts(command=1.0, nop_interval=5, nop_timeout=5, abort=0.5)
     with SyncBlockDevice(tgtd.url(), login_timeout=1.0, reconnect_timeout=30,
-                         timeouts=Timeouts(command=1.0, nop_interval=5, nop_timeout=5)) as dev:
+                         timeouts=timeouts) as dev:
         data = os.urandom(65536)
         os.kill(pid, signal.SIGSTOP)
         resume = threading.Timer(2.5, os.kill, (pid, signal.SIGCONT))

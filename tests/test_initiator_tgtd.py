@@ -345,7 +345,7 @@ def test_stalled_target_times_out_and_the_command_completes_after_reconnect(
 
     async def main() -> BlockDevice:
         dev = BlockDevice(tgtd.url(), login_timeout=1.0, reconnect_timeout=30,
-                          timeouts=Timeouts(command=1.0, nop_interval=5, nop_timeout=5))
+                          timeouts=Timeouts(command=1.0, nop_interval=5, nop_timeout=5, abort=0.5))
         async with dev:
             data = os.urandom(65536)
             os.kill(pid, signal.SIGSTOP)

@@ -51,14 +51,16 @@ class FirstWriteSlow:
 
 
 def test_a_timed_out_write_cannot_land_after_newer_writes() -> None:
-    """Write A hangs in the backing; the initiator times out, logs in again (same ISID)
-    and sends A again, then writes B to the same block. Without the fence the first A
-    reached the disk after B: an acknowledged write lost."""
+    """Write A hangs in the backing; the initiator times out, its ABORT TASK goes
+    unanswered in time (the target answers only once the write is back), so it logs in
+    again (same ISID) and sends A again, then writes B to the same block. Without the
+    fence the first A reached the disk after B: an acknowledged write lost."""
     with EmbeddedTarget(FirstWriteSlow(MemoryBacking(1 << 20), delay=1.0)) as target:
 
         async def main() -> tuple[bytes, BlockDevice]:
             dev = BlockDevice(target.url, reconnect_timeout=10,
-                              timeouts=Timeouts(command=0.3, nop_interval=5, nop_timeout=5))
+                              timeouts=Timeouts(command=0.3, nop_interval=5, nop_timeout=5,
+                                                abort=0.2))
             async with dev:
                 await dev.write(0, b"A" * 4096)
                 await dev.write(0, b"B" * 4096)
@@ -66,9 +68,30 @@ def test_a_timed_out_write_cannot_land_after_newer_writes() -> None:
                 return await dev.read(0, 4096), dev
 
         back, dev = asyncio.run(main())
-        assert dev.reconnects == 1 and dev.reissued == 1
+        assert dev.reconnects == 1 and dev.reissued == 1 and dev.aborts == 0
         assert back == b"B" * 4096
         deadline = time.monotonic() + 5
         while target.arena.committed and time.monotonic() < deadline:
             time.sleep(0.05)
         assert target.arena.committed == 0, "a lost connection's buffers were never given back"
+
+
+def test_an_aborted_write_is_over_before_its_abort_is_answered() -> None:
+    """The same hanging write, with time for the abort: ABORT TASK is answered only once
+    the write is back from the backing, then the device sends it again on the same
+    session; B, written after, is what the block holds."""
+    with EmbeddedTarget(FirstWriteSlow(MemoryBacking(1 << 20), delay=1.0)) as target:
+
+        async def main() -> tuple[bytes, BlockDevice]:
+            dev = BlockDevice(target.url, reconnect_timeout=10,
+                              timeouts=Timeouts(command=0.3, nop_interval=5, nop_timeout=5,
+                                                abort=5))
+            async with dev:
+                await dev.write(0, b"A" * 4096)
+                await dev.write(0, b"B" * 4096)
+                await asyncio.sleep(1.2)
+                return await dev.read(0, 4096), dev
+
+        back, dev = asyncio.run(main())
+        assert dev.aborts == 1 and dev.reissued == 1 and dev.reconnects == 0
+        assert back == b"B" * 4096

@@ -45,6 +45,11 @@ class CommandTimeoutError(SessionLostError):
     """A command got no answer in time, even after the session was re-established."""
 
 
+class CommandAbortedError(CommandTimeoutError):
+    """A command got no answer in time and the target aborted it on our request (ABORT
+    TASK); the device sends it again while it has attempts left."""
+
+
 class ScsiStatusError(InitiatorError):
     """The target ended a command with a status other than GOOD or CHECK CONDITION
     (BUSY, RESERVATION CONFLICT, TASK SET FULL...): the command was not executed."""

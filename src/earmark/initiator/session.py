@@ -18,8 +18,11 @@ What it decides, and why here:
   lets the runtime receive a large data segment straight there;
 * status and sense become typed exceptions on the command;
 * NOP-Out keepalive when the link is idle, answers to the target's NOP-In
-  pings, and command timeouts; a missed deadline marks the connection failed
-  (``failure``) because under ERL 0 the only recovery is a new connection, where
+  pings, and command timeouts: a command past its deadline is aborted (ABORT
+  TASK, as Linux's SCSI error handler does first) and, once the target confirms,
+  handed back finished with :class:`CommandAbortedError` for the runtime to send
+  again; only when the abort itself goes unanswered is the connection marked
+  failed (``failure``): under ERL 0 the recovery is then a new connection, where
   :meth:`abandon` hands back every unanswered command to be issued again.
 """
 
@@ -32,7 +35,7 @@ from earmark.iscsi.digest import header_digest
 from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.framing import serialize, serialize_gather
 from earmark.iscsi.negotiation import SessionParams
-from earmark.iscsi.opcodes import AsyncEvent, LogoutReason, Opcode
+from earmark.iscsi.opcodes import AsyncEvent, LogoutReason, Opcode, TmfFunction, TmfResponse
 from earmark.iscsi.pdu import (
     DATA_IN_BHS,
     R2T,
@@ -49,6 +52,8 @@ from earmark.iscsi.pdu import (
     Reject,
     ScsiCommand,
     ScsiResponse,
+    TaskMgmtRequest,
+    TaskMgmtResponse,
     bhs_lengths,
     parse_sense_segment,
     scsi_command_bhs,
@@ -57,6 +62,7 @@ from earmark.iscsi.serial import sn_le
 from earmark.scsi.sense import ScsiStatus, SenseFormatError, parse_sense
 
 from .errors import (
+    CommandAbortedError,
     CommandRejectedError,
     InitiatorError,
     ScsiStatusError,
@@ -79,17 +85,20 @@ _ANSWERS = frozenset((_DATA_IN, int(Opcode.R2T), int(Opcode.SCSI_RESPONSE)))
 class Timeouts:
     """How long the session waits before it declares the connection dead."""
 
-    __slots__ = ("command", "nop_interval", "nop_timeout")
+    __slots__ = ("abort", "command", "nop_interval", "nop_timeout")
 
     def __init__(
-        self, command: float = 30.0, nop_interval: float = 5.0, nop_timeout: float = 10.0
+        self, command: float = 30.0, nop_interval: float = 5.0, nop_timeout: float = 10.0,
+        abort: float = 10.0,
     ) -> None:
-        #: A command with no status after this long fails the connection.
+        #: A command with no status after this long is aborted (ABORT TASK).
         self.command = command
         #: Ping the target with NOP-Out after this long without receiving anything.
         self.nop_interval = nop_interval
         #: A ping without its NOP-In after this long fails the connection.
         self.nop_timeout = nop_timeout
+        #: An ABORT TASK without its answer after this long fails the connection.
+        self.abort = abort
 
 
 class Command:
@@ -156,6 +165,8 @@ class InitiatorSession:
     """Full feature phase of one connection of a single-connection session."""
 
     __slots__ = (
+        "_aborting",
+        "_aborts",
         "_immediate_limit",
         "_last_rx",
         "_next_itt",
@@ -204,6 +215,10 @@ class InitiatorSession:
         self._last_rx = now
         self._ping_itt = RESERVED_TAG
         self._ping_deadline = 0.0
+        # ABORT TASKs sent: by their ITT, the command and when the answer is due; and
+        # the ITTs of the commands being aborted (never reused until the answer).
+        self._aborts: dict[int, tuple[Command, float]] = {}
+        self._aborting: set[int] = set()
         #: Commands finished (successfully or not) since the runtime last drained this.
         self.completed: list[Command] = []
         #: Why the connection must be dropped; None while it is healthy.
@@ -268,6 +283,8 @@ class InitiatorSession:
         left.extend(self._queue)
         self._tasks.clear()
         self._queue.clear()
+        self._aborts.clear()
+        self._aborting.clear()
         for cmd in left:
             cmd.received = 0
             cmd.itt = RESERVED_TAG
@@ -283,7 +300,8 @@ class InitiatorSession:
     def _allocate_itt(self) -> int:
         itt = self._next_itt
         tasks = self._tasks
-        while itt in tasks or itt == self._ping_itt:
+        while itt in tasks or itt == self._ping_itt or itt in self._aborts \
+                or itt in self._aborting:
             itt = itt % 0xFFFFFFFE + 1
         self._next_itt = itt % 0xFFFFFFFE + 1
         return itt
@@ -435,6 +453,8 @@ class InitiatorSession:
                 self._r2t(pdu)
             elif type(pdu) is NopIn:
                 self._nop_in(pdu)
+            elif type(pdu) is TaskMgmtResponse:
+                self._tmf_response(pdu)
             elif type(pdu) is LogoutResponse:
                 self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
                 self._stat(pdu.stat_sn)
@@ -547,6 +567,25 @@ class InitiatorSession:
             )
         self._data_out(cmd, pdu.ttt, pdu.buffer_offset, length)
 
+    def _tmf_response(self, pdu: TaskMgmtResponse) -> None:
+        self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
+        self._stat(pdu.stat_sn)
+        entry = self._aborts.pop(pdu.itt, None)
+        if entry is None:
+            raise ProtocolError(f"Task Management Response for ITT 0x{pdu.itt:08x}, "
+                                "which we did not send")
+        cmd = entry[0]
+        self._aborting.discard(cmd.itt)
+        if pdu.response not in (TmfResponse.FUNCTION_COMPLETE, TmfResponse.TASK_DOES_NOT_EXIST):
+            raise ProtocolError(f"the target would not abort timed-out ITT 0x{cmd.itt:08x} "
+                                f"(task management response {pdu.response})")
+        if self._tasks.get(cmd.itt) is cmd:  # else its status came first: it is done
+            del self._tasks[cmd.itt]
+            cmd.error = CommandAbortedError(
+                f"command (CDB opcode 0x{cmd.cdb[0]:02x}) got no answer in "
+                f"{self.timeouts.command:g} s and was aborted")
+            self.completed.append(cmd)
+
     def _nop_in(self, pdu: NopIn) -> None:
         self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
         if pdu.itt != RESERVED_TAG:
@@ -592,17 +631,26 @@ class InitiatorSession:
         else:
             deadline = self._last_rx + self.timeouts.nop_interval
         for cmd in self._tasks.values():  # oldest first: dicts keep insertion order
-            return min(deadline, cmd.deadline)
+            if cmd.itt not in self._aborting:
+                deadline = min(deadline, cmd.deadline)
+                break
+        for _, due in self._aborts.values():
+            deadline = min(deadline, due)
         return deadline
 
     def handle_timer(self, now: float) -> None:
-        for cmd in self._tasks.values():
-            if cmd.deadline <= now and self.failure is None:
+        for cmd in list(self._tasks.values()):
+            if cmd.deadline > now:
+                break
+            if cmd.itt not in self._aborting and self.failure is None:
+                self._abort_task(cmd, now)
+        for cmd, due in self._aborts.values():
+            if due <= now and self.failure is None:
                 self.failure = (
                     f"command ITT 0x{cmd.itt:08x} (CDB opcode 0x{cmd.cdb[0]:02x}) got no "
-                    f"answer in {self.timeouts.command:g} s"
+                    f"answer in {self.timeouts.command:g} s, nor its ABORT TASK in "
+                    f"{self.timeouts.abort:g} s"
                 )
-            break
         if self._ping_itt != RESERVED_TAG:
             if now >= self._ping_deadline and self.failure is None:
                 self.failure = (
@@ -613,6 +661,17 @@ class InitiatorSession:
             self._ping_deadline = now + self.timeouts.nop_timeout
             self._send(NopOut(itt=self._ping_itt, ttt=RESERVED_TAG, cmd_sn=self.cmd_sn,
                               exp_stat_sn=self.exp_stat_sn, immediate=True))
+
+    def _abort_task(self, cmd: Command, now: float) -> None:
+        """ABORT TASK for a command past its deadline (immediate: it takes no CmdSN)."""
+        itt = self._allocate_itt()
+        self._aborting.add(cmd.itt)
+        self._aborts[itt] = (cmd, now + self.timeouts.abort)
+        self._send(TaskMgmtRequest(
+            function=TmfFunction.ABORT_TASK, itt=itt, referenced_task_tag=cmd.itt,
+            cmd_sn=self.cmd_sn, exp_stat_sn=self.exp_stat_sn, ref_cmd_sn=cmd.cmd_sn,
+            lun=cmd.lun, immediate=True,
+        ))
 
 
 def _segment(

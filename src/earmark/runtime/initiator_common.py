@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from earmark.initiator.errors import (
     AuthenticationFailedError,
+    CommandAbortedError,
     InitiatorError,
     LoginError,
     TargetNotFoundError,
@@ -43,7 +44,7 @@ __all__ = [
     "command_bytes",
     "login_error",
     "new_isid",
-    "retry_after_unit_attention",
+    "retry_in_session",
     "unmap_command",
     "wants",
 ]
@@ -128,18 +129,21 @@ def chunks(view: memoryview) -> list[tuple[int, memoryview]]:
     return [(at, view[at : at + MAX_IO_BYTES]) for at in range(0, len(view), MAX_IO_BYTES)]
 
 
-def retry_after_unit_attention(cmd: Command, max_attempts: int) -> bool:
-    """Whether a finished command is to be sent again: a new I_T nexus (first login,
-    reinstatement) reports UNIT ATTENTION once, and the command itself was not run.
-    Clears the error when it is."""
+def retry_in_session(cmd: Command, max_attempts: int) -> bool:
+    """Whether a finished command is to be sent again on the same session, its error
+    cleared if so: a new I_T nexus (first login, reinstatement) reports UNIT ATTENTION
+    once and the command itself was not run; a command that timed out and that the
+    target aborted (ABORT TASK) goes again while it has attempts left."""
     error = cmd.error
-    if (error is not None and isinstance(error, ScsiError)
-            and error.key == SenseKey.UNIT_ATTENTION
-            and cmd.attempts < max_attempts + _UA_RETRIES):
+    if isinstance(error, ScsiError):
+        again = (error.key == SenseKey.UNIT_ATTENTION
+                 and cmd.attempts < max_attempts + _UA_RETRIES)
+    else:
+        again = isinstance(error, CommandAbortedError) and cmd.attempts < max_attempts
+    if again:
         cmd.error = None
         cmd.status = None
-        return True
-    return False
+    return again
 
 
 def login_error(exc: Exception, where: str) -> InitiatorError:
@@ -191,9 +195,11 @@ class DeviceBase:
         self.name = f"initiator:{self.url.target}/{self.url.lun}"
         self.isid = new_isid()
         self.params = SessionParams()
-        #: Sessions re-established, and commands issued again on them.
+        #: Sessions re-established, commands issued again (on a new session or after
+        #: an abort), and commands aborted after a timeout.
         self.reconnects = 0
         self.reissued = 0
+        self.aborts = 0
         self._block_size = 0
         self._blocks = 0
 

@@ -28,8 +28,9 @@ Each connection holds its receive buffer (WIRE) for its whole life; it is where
 every PDU not placed in a caller's buffer is parsed, unsolicited ones (NOP-In,
 Async Message, Reject) included, so they never need memory on arrival.
 
-A lost connection (reset, timeout, a target that breaks the protocol) is
-recovered at ERL 0: log in again with the same ISID and TSIH 0 (session
+A command past its timeout is aborted (ABORT TASK) and, once the target confirms,
+sent again on the same session. A lost connection (reset, an abort the target
+does not answer, a target that breaks the protocol) is recovered at ERL 0: log in again with the same ISID and TSIH 0 (session
 reinstatement: the target drops the old session and its tasks) and issue every
 unanswered command again in CmdSN order. A write is acknowledged only by its
 GOOD status, so an acknowledged write is never sent again and an
@@ -46,6 +47,7 @@ from typing import Any, cast
 
 from earmark.host.policy import Policy
 from earmark.initiator.errors import (
+    CommandAbortedError,
     CommandTimeoutError,
     ConnectError,
     InitiatorError,
@@ -87,7 +89,7 @@ from earmark.runtime.initiator_common import (
     command_bytes,
     login_error,
     new_isid,
-    retry_after_unit_attention,
+    retry_in_session,
     unmap_command,
 )
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
@@ -684,7 +686,12 @@ class BlockDevice(DeviceBase):
         if session.completed:
             retry = None
             for cmd in cast("list[_Issued]", session.take_completed()):
-                if cmd.error is not None and retry_after_unit_attention(cmd, self.max_attempts):
+                error = cmd.error
+                if error is not None and retry_in_session(cmd, self.max_attempts):
+                    if isinstance(error, CommandAbortedError):
+                        self.aborts += 1
+                        self.reissued += 1
+                        cmd.drop_rx_buffers()  # the aborted run's, allocated on arrival
                     retry = retry or []
                     retry.append(cmd)
                     continue

@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from earmark.initiator.errors import (
+    CommandAbortedError,
     CommandTimeoutError,
     ConnectError,
     InitiatorError,
@@ -62,7 +63,7 @@ from earmark.runtime.initiator_common import (
     chunks,
     command_bytes,
     login_error,
-    retry_after_unit_attention,
+    retry_in_session,
     unmap_command,
 )
 from earmark.runtime.initiator_connection import PduStream, receive_buffer_bytes
@@ -361,7 +362,11 @@ class SyncBlockDevice(DeviceBase):
             return
         if session.completed:
             for cmd in session.take_completed():
-                if cmd.error is not None and retry_after_unit_attention(cmd, self.max_attempts):
+                error = cmd.error
+                if error is not None and retry_in_session(cmd, self.max_attempts):
+                    if isinstance(error, CommandAbortedError):
+                        self.aborts += 1
+                        self.reissued += 1
                     session.submit(cmd, time.monotonic())
         stream.write(session.data_to_send())
 
