@@ -336,6 +336,28 @@ def test_an_aborted_command_is_handed_back_to_be_sent_again() -> None:
     assert s.get_timer() == 7.0
 
 
+def test_task_does_not_exist_waits_one_more_timeout_then_gives_the_connection_up() -> None:
+    """tgtd answers "task does not exist" for a command it still completes afterwards:
+    the command stays outstanding for one more timeout; a second silence drops the link."""
+    s = make(timeouts=Timeouts(command=3, nop_interval=100, nop_timeout=10, abort=5))
+    late, lost = read_cmd(), read_cmd()
+    s.submit(late, 0.0)
+    s.submit(lost, 0.0)
+    sent(s)
+    s.handle_timer(3.0)
+    abort_late, abort_lost = sent(s)
+    for abort, sn in ((abort_late, 5), (abort_lost, 6)):
+        s.receive(TaskMgmtResponse(response=TmfResponse.TASK_DOES_NOT_EXIST, itt=abort.itt,
+                                   stat_sn=sn, exp_cmd_sn=12, max_cmd_sn=40), 3.1)
+    assert s.failure is None and s.outstanding == 2 and s.take_completed() == []
+    assert s.get_timer() == 6.1  # one more timeout from the answer
+    s.receive(DataIn(itt=late.itt, final=True, status_present=True, stat_sn=7,
+                     exp_cmd_sn=12, max_cmd_sn=40, data=bytes(4096)), 4.0)
+    assert s.take_completed() == [late] and late.error is None
+    s.handle_timer(7.1)
+    assert s.failure is not None and "does not know it" in s.failure
+
+
 def test_a_refused_abort_fails_the_connection() -> None:
     s = make(timeouts=Timeouts(command=1, nop_interval=100, nop_timeout=10, abort=5))
     c = read_cmd()

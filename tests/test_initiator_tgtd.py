@@ -394,3 +394,40 @@ def test_policies_and_the_page_cache_path(tgtd: Tgtd, policy: str) -> None:
 
     arena, before = asyncio.run(main())
     assert arena.committed == 0 and before > 0
+
+
+def test_a_timed_out_command_is_aborted_on_tgtd_without_losing_the_session(
+    tgtd: Tgtd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGSTOP tgtd for longer than the command timeout but less than the abort's: the
+    ABORT TASK goes out, tgtd answers it (or the write's status first) once it runs again,
+    and the session survives with the data written."""
+    assert tgtd.pid is not None
+    pid = tgtd.pid
+    sent_aborts = 0
+    abort_task = InitiatorSession._abort_task
+
+    def counting(self: InitiatorSession, cmd: object, now: float) -> None:
+        nonlocal sent_aborts
+        sent_aborts += 1
+        abort_task(self, cmd, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(InitiatorSession, "_abort_task", counting)
+
+    async def main() -> BlockDevice:
+        dev = BlockDevice(tgtd.url(), reconnect_timeout=30,
+                          timeouts=Timeouts(command=0.3, nop_interval=5, nop_timeout=5,
+                                            abort=10))
+        async with dev:
+            data = os.urandom(65536)
+            os.kill(pid, signal.SIGSTOP)
+            asyncio.get_running_loop().call_later(1.0, os.kill, pid, signal.SIGCONT)
+            try:
+                await asyncio.wait_for(dev.write(3 << 20, data), 20)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert await dev.read(3 << 20, 65536) == data
+        return dev
+
+    dev = asyncio.run(main())
+    assert sent_aborts >= 1 and dev.reconnects == 0

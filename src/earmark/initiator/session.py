@@ -175,6 +175,7 @@ class InitiatorSession:
         "_ping_itt",
         "_queue",
         "_tasks",
+        "_unknown",
         "_unsolicited_limit",
         "cmd_sn",
         "completed",
@@ -219,6 +220,8 @@ class InitiatorSession:
         # the ITTs of the commands being aborted (never reused until the answer).
         self._aborts: dict[int, tuple[Command, float]] = {}
         self._aborting: set[int] = set()
+        # Commands whose abort the target answered "task does not exist".
+        self._unknown: set[int] = set()
         #: Commands finished (successfully or not) since the runtime last drained this.
         self.completed: list[Command] = []
         #: Why the connection must be dropped; None while it is healthy.
@@ -285,6 +288,7 @@ class InitiatorSession:
         self._queue.clear()
         self._aborts.clear()
         self._aborting.clear()
+        self._unknown.clear()
         for cmd in left:
             cmd.received = 0
             cmd.itt = RESERVED_TAG
@@ -301,7 +305,7 @@ class InitiatorSession:
         itt = self._next_itt
         tasks = self._tasks
         while itt in tasks or itt == self._ping_itt or itt in self._aborts \
-                or itt in self._aborting:
+                or itt in self._aborting or itt in self._unknown:
             itt = itt % 0xFFFFFFFE + 1
         self._next_itt = itt % 0xFFFFFFFE + 1
         return itt
@@ -576,15 +580,28 @@ class InitiatorSession:
                                 "which we did not send")
         cmd = entry[0]
         self._aborting.discard(cmd.itt)
-        if pdu.response not in (TmfResponse.FUNCTION_COMPLETE, TmfResponse.TASK_DOES_NOT_EXIST):
+        if self._tasks.get(cmd.itt) is not cmd:  # its status came first: it is done
+            return
+        if pdu.response == TmfResponse.TASK_DOES_NOT_EXIST:
+            # Not known to the target (RFC 7143 11.5.1 c), yet possibly still on its way
+            # (tgtd answers so and then completes the command): wait one more timeout
+            # for its status, then give the connection up rather than guess.
+            if cmd.itt in self._unknown:
+                raise ProtocolError(f"the target does not know timed-out ITT 0x{cmd.itt:08x}")
+            self._unknown.add(cmd.itt)
+            del self._tasks[cmd.itt]
+            cmd.deadline = self._last_rx + self.timeouts.command
+            self._tasks[cmd.itt] = cmd  # last again: deadlines stay in order
+            return
+        if pdu.response != TmfResponse.FUNCTION_COMPLETE:
             raise ProtocolError(f"the target would not abort timed-out ITT 0x{cmd.itt:08x} "
                                 f"(task management response {pdu.response})")
-        if self._tasks.get(cmd.itt) is cmd:  # else its status came first: it is done
-            del self._tasks[cmd.itt]
-            cmd.error = CommandAbortedError(
-                f"command (CDB opcode 0x{cmd.cdb[0]:02x}) got no answer in "
-                f"{self.timeouts.command:g} s and was aborted")
-            self.completed.append(cmd)
+        del self._tasks[cmd.itt]
+        self._unknown.discard(cmd.itt)
+        cmd.error = CommandAbortedError(
+            f"command (CDB opcode 0x{cmd.cdb[0]:02x}) got no answer in "
+            f"{self.timeouts.command:g} s and was aborted")
+        self.completed.append(cmd)
 
     def _nop_in(self, pdu: NopIn) -> None:
         self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
@@ -639,10 +656,17 @@ class InitiatorSession:
         return deadline
 
     def handle_timer(self, now: float) -> None:
+        if self._unknown:  # forget those that have finished since
+            self._unknown = {itt for itt in self._unknown if itt in self._tasks}
         for cmd in list(self._tasks.values()):
             if cmd.deadline > now:
                 break
-            if cmd.itt not in self._aborting and self.failure is None:
+            if cmd.itt in self._unknown and self.failure is None:
+                self.failure = (
+                    f"command ITT 0x{cmd.itt:08x} (CDB opcode 0x{cmd.cdb[0]:02x}) got no "
+                    f"answer, and the target said it does not know it"
+                )
+            elif cmd.itt not in self._aborting and self.failure is None:
                 self._abort_task(cmd, now)
         for cmd, due in self._aborts.values():
             if due <= now and self.failure is None:

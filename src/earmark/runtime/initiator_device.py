@@ -30,9 +30,10 @@ Async Message, Reject) included, so they never need memory on arrival.
 
 A command past its timeout is aborted (ABORT TASK) and, once the target confirms,
 sent again on the same session. A lost connection (reset, an abort the target
-does not answer, a target that breaks the protocol) is recovered at ERL 0: log in again with the same ISID and TSIH 0 (session
-reinstatement: the target drops the old session and its tasks) and issue every
-unanswered command again in CmdSN order. A write is acknowledged only by its
+does not answer, a target that breaks the protocol) is recovered at ERL 0: log
+in again with the same ISID and TSIH 0 (session reinstatement: the target drops
+the old session and its tasks) and issue every unanswered command again in CmdSN
+order. A write is acknowledged only by its
 GOOD status, so an acknowledged write is never sent again and an
 unacknowledged one is only ever repeated whole (WRITE is idempotent).
 """
