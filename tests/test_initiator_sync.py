@@ -235,6 +235,7 @@ def test_bench_picks_the_sync_engine_at_depth_one(
     assert code == 0, err
     result = json.loads(out)
     assert result["engine"] == "sync" and result["qd"] == 1 and result["ios"] > 0
+    assert result["reconnects"] == 0 and result["aborts"] == 0
     assert 0 < result["lat_p50_us"] <= result["lat_p99_us"] <= result["lat_max_us"]
     code = cli.main(["bench", tgtd.url(), "--qd", "1", "--engine", "async", "--time", "1",
                      "--json"])

@@ -38,6 +38,8 @@ def engine_for(choice: str, qd: int) -> str:
     if choice == "sync" and qd != 1:
         raise ValueError(f"--engine sync keeps one I/O in flight: --qd {qd} needs --engine async")
     return choice
+
+
 @dataclass(frozen=True, slots=True)
 class BenchResult:
     rw: str
@@ -51,6 +53,8 @@ class BenchResult:
     lat_p99_us: float
     lat_max_us: float
     reconnects: int
+    aborts: int
+    """Commands aborted after their timeout and sent again (ABORT TASK)."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -61,6 +65,8 @@ class BenchResult:
             f"{self.mib_per_s:,.1f} MiB/s, latency p50 {self.lat_p50_us:,.0f} us, "
             f"p99 {self.lat_p99_us:,.0f} us, max {self.lat_max_us:,.0f} us "
             f"({self.ios} I/Os in {self.seconds:.1f} s)"
+            + (f", {self.aborts} aborted and sent again" if self.aborts else "")
+            + (f", {self.reconnects} reconnects" if self.reconnects else "")
         )
 
 
@@ -103,7 +109,7 @@ def _offsets(rw: str, slots: int, bs: int) -> Callable[[], int]:
 
 
 def _result(rw: str, bs: int, qd: int, elapsed: float, latencies: list[float],
-            reconnects: int) -> BenchResult:
+            reconnects: int, aborts: int) -> BenchResult:
     latencies.sort()
     n = len(latencies)
     return BenchResult(
@@ -113,6 +119,7 @@ def _result(rw: str, bs: int, qd: int, elapsed: float, latencies: list[float],
         lat_p99_us=_percentile(latencies, 0.99) * 1e6,
         lat_max_us=(latencies[-1] if latencies else 0.0) * 1e6,
         reconnects=reconnects,
+        aborts=aborts,
     )
 
 
@@ -164,8 +171,8 @@ async def run_bench(
         finally:
             reporter.cancel()
         elapsed = clock() - start
-        reconnects = dev.reconnects
-    return _result(rw, bs, qd, elapsed, latencies, reconnects)
+        reconnects, aborts = dev.reconnects, dev.aborts
+    return _result(rw, bs, qd, elapsed, latencies, reconnects, aborts)
 
 
 def run_bench_sync(
@@ -202,5 +209,5 @@ def run_bench_sync(
             op(next_offset(), data)
             record(clock() - t0)
         elapsed = clock() - start
-        reconnects = dev.reconnects
-    return _result(rw, bs, 1, elapsed, latencies, reconnects)
+        reconnects, aborts = dev.reconnects, dev.aborts
+    return _result(rw, bs, 1, elapsed, latencies, reconnects, aborts)
