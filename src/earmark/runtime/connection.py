@@ -52,6 +52,10 @@ INLINE_READ_BYTES = 64 * 1024
 _MAX_AHS = 255 * 4
 
 
+_UNSENT_HIGH = 1 << 20
+"""Unsent bytes a connection's transport may hold before it stops reading commands."""
+
+
 def recv_buffer_bytes(mrdsl: int) -> int:
     """The RECV reservation of one connection: the largest PDU we accept, rounded up
     to a power of two so the arena hands it out as one run."""
@@ -100,6 +104,9 @@ class TargetConnection(asyncio.BufferedProtocol):
         #: Set once the connection is gone and no I/O of its session still runs.
         self.drained = asyncio.Event()
         self._login_wait: asyncio.Task[None] | None = None
+        # The transport holds more unsent bytes than its high-water mark (the initiator
+        # reads slower than we answer): no new command is read until it drains.
+        self._write_paused = False
 
     # -------------------------------------------------------------- lifecycle
 
@@ -107,6 +114,9 @@ class TargetConnection(asyncio.BufferedProtocol):
         # A stream transport; uvloop's is not an asyncio.Transport subclass, so no isinstance.
         self.transport = cast(asyncio.Transport, transport)
         transport = self.transport
+        # Bytes waiting in the transport are outside the arena: bounded by these marks
+        # plus what the commands already admitted still send (pause_writing).
+        transport.set_write_buffer_limits(high=_UNSENT_HIGH, low=_UNSENT_HIGH // 4)
         transport.pause_reading()
         self._setup = asyncio.ensure_future(self._reserve_connection())
 
@@ -326,7 +336,21 @@ class TargetConnection(asyncio.BufferedProtocol):
         if self._pos == self._end:
             self._pos = self._end = 0
 
+    def pause_writing(self) -> None:
+        """The initiator reads slower than we answer: stop reading commands, so the bytes
+        queued for it (outside the arena) stop growing with every command admitted."""
+        self._write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if not self._closing:
+            self._resume()
+
     def _blocked(self) -> bool:
+        if self._write_paused:
+            return True
         session = self.session
         if session is not None and session.blocked is not None:
             if self.transport is not None:
@@ -518,7 +542,8 @@ class TargetConnection(asyncio.BufferedProtocol):
             return
         if self._pos < self._end:
             self._guarded(self._parse)
-        if self.session is not None and self.session.blocked is None and not self._closing:
+        if (self.session is not None and self.session.blocked is None and not self._closing
+                and not self._write_paused):
             self.transport.resume_reading()
 
     async def _allocate(self, req: AllocRequest) -> None:
