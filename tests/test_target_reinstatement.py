@@ -8,6 +8,9 @@ import asyncio
 import threading
 import time
 
+import pytest
+
+from earmark.initiator.errors import LoginError
 from earmark.initiator.session import Timeouts
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.runtime.initiator_device import BlockDevice
@@ -95,3 +98,35 @@ def test_an_aborted_write_is_over_before_its_abort_is_answered() -> None:
         back, dev = asyncio.run(main())
         assert dev.aborts >= 1 and dev.reissued >= 1 and dev.reconnects == 0
         assert back == b"B" * 4096
+
+
+def test_the_latest_login_of_a_nexus_reinstates_one_still_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two initiators with one ISID: B's login reinstates A's session and waits for A's
+    hanging write; A logs in again, which reinstates B's waiting login in turn (B is
+    refused) and completes once the write is back, then sends it again. One session per
+    nexus, and the fence holds along the chain."""
+    from earmark.runtime import initiator_common
+    from earmark.runtime.initiator_sync import SyncBlockDevice
+
+    monkeypatch.setattr(initiator_common, "new_isid", lambda: 0x80_1234_5678)
+    with EmbeddedTarget(FirstWriteSlow(MemoryBacking(1 << 20), delay=1.5)) as target:
+        a = SyncBlockDevice(target.url, reconnect_timeout=20)
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                a.write(0, b"A" * 4096)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(0.3)  # A's write is in the backing's hands
+        with pytest.raises(LoginError, match="closed the connection during login"):
+            SyncBlockDevice(target.url, login_timeout=10)
+        writer.join(20)
+        assert not writer.is_alive() and errors == []
+        assert a.reconnects >= 1 and a.read(0, 4096) == b"A" * 4096
+        a.close()

@@ -104,6 +104,10 @@ class TargetConnection(asyncio.BufferedProtocol):
         #: Set once the connection is gone and no I/O of its session still runs.
         self.drained = asyncio.Event()
         self._login_wait: asyncio.Task[None] | None = None
+        # The connection whose session this login reinstates, while it drains: this one
+        # counts as drained only after it (a later login may reinstate this one first).
+        self._predecessor: TargetConnection | None = None
+        self._drain_wait: asyncio.Task[None] | None = None
         # The transport holds more unsent bytes than its high-water mark (the initiator
         # reads slower than we answer): no new command is read until it drains.
         self._write_paused = False
@@ -403,6 +407,10 @@ class TargetConnection(asyncio.BufferedProtocol):
                 # Session reinstatement (RFC 7143 §6.3.5): the old session's tasks end
                 # before this one begins, so a write of the old one still on its way to
                 # the disk cannot land after this session's writes.
+                self._predecessor = old
+                # The nexus is this connection's now: a later login of it reinstates
+                # this one, and waits for both.
+                self.server.nexus_started(login.initiator_name or "?", login.isid, self)
                 self._login_wait = asyncio.ensure_future(
                     self._login_after(old, serialize(resp, False, False), login, pdu.cmd_sn))
                 return
@@ -421,6 +429,7 @@ class TargetConnection(asyncio.BufferedProtocol):
                      self.name, old.name)
         await old.drained.wait()
         self._login_wait = None
+        self._predecessor = None
         if self._closing:
             return
         self._write(resp)
@@ -604,8 +613,17 @@ class TargetConnection(asyncio.BufferedProtocol):
     # ----------------------------------------------------------------- stopping
 
     def _drained(self) -> None:
+        old = self._predecessor
+        if old is not None and not old.drained.is_set():
+            self._drain_wait = asyncio.ensure_future(self._drained_after(old))
+            return
         self.drained.set()
         self.server.nexus_ended(self)
+
+    async def _drained_after(self, old: TargetConnection) -> None:
+        await old.drained.wait()
+        self._predecessor = self._drain_wait = None
+        self._drained()
 
     def kick(self) -> None:
         """The session's share of slots changed: start admission if it wants more."""
