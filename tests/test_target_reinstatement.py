@@ -12,45 +12,27 @@ import pytest
 
 from earmark.initiator.errors import LoginError
 from earmark.initiator.session import Timeouts
+from earmark.runtime.demostack import SlowBacking
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.target.backing import Backing, MemoryBacking
 
 
-class FirstWriteSlow:
+class FirstWriteSlow(SlowBacking):
     """A backing whose first write takes `delay` seconds (a disk that hangs once)."""
 
     def __init__(self, inner: Backing, delay: float) -> None:
-        self.inner = inner
-        self.delay = delay
+        super().__init__(inner, delay)
         self._first = True
         self._lock = threading.Lock()
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    def readinto(self, offset: int, buffers: list[memoryview]) -> None:
-        self.inner.readinto(offset, buffers)
-
-    def read_cached(self, offset: int, buffers: list[memoryview]) -> bool:
-        return self.inner.read_cached(offset, buffers)
 
     def write(self, offset: int, buffers: list[memoryview]) -> None:
         with self._lock:
             slow, self._first = self._first, False
         if slow:
-            time.sleep(self.delay)
-        self.inner.write(offset, buffers)
-
-    def sync(self) -> None:
-        self.inner.sync()
-
-    def punch(self, offset: int, length: int) -> None:
-        self.inner.punch(offset, length)
-
-    def close(self) -> None:
-        self.inner.close()
+            super().write(offset, buffers)
+        else:
+            self.inner.write(offset, buffers)
 
 
 def test_a_timed_out_write_cannot_land_after_newer_writes() -> None:
