@@ -114,7 +114,7 @@ class _Issued(Command):
 
     def __init__(self, cdb: bytes, lun: int, read_into: memoryview | None,
                  write_data: memoryview | list[memoryview] | None, owner: str) -> None:
-        super().__init__(cdb, lun, read_into, write_data)
+        Command.__init__(self, cdb, lun, read_into, write_data)
         self.owner = owner
         self.future: asyncio.Future[None] | None = None
         self.since = 0.0
@@ -207,6 +207,7 @@ class BlockDevice(DeviceBase):
             raise ValueError(f"unknown policy {policy!r}; choose from "
                              f"{', '.join(p.value for p in Policy)}") from None
         self._geometry = geometry
+        self._lun = self.url.lun
         #: Who waits, in the deadlock detector's words, when the reader is stalled.
         self.receiver = f"{self.name}/receiver"
         self._stream: InitiatorStream | None = None
@@ -465,7 +466,7 @@ class BlockDevice(DeviceBase):
         if loop is None or (self._session is None and self._reconnecting is None):
             raise SessionLostError(f"{self.url}: the device is not connected (use async with)")
         who = owner or self.name
-        cmd = _Issued(cdb, self.url.lun if lun is None else lun, read_into, write_data, who)
+        cmd = _Issued(cdb, self._lun if lun is None else lun, read_into, write_data, who)
         claim, task_bytes, wire_bytes = self._claim(write_data is not None, cmd.length)
         if reserve and self.policy is Policy.RESERVE:
             # The command's own reservation: held, untouched, from admission to status,
