@@ -342,8 +342,8 @@ class Arena:
         waiter = _Waiter(amounts, total, owner, emergency, future, make, now)
         queue = self._emergency_queue if emergency else self._queue
         queue.append(waiter)
-        # Caches go first: what they release wakes the queue, this waiter included.
-        self._shrink()
+        if self._shrinkers:  # caches go first: what they release wakes the queue
+            self._shrink()
         try:
             if timeout is None:
                 return await future
