@@ -31,6 +31,7 @@ again; an acknowledged write is never sent twice.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -79,6 +80,23 @@ _LOGOUT_WAIT = 5.0
 
 class _Lost(Exception):
     """The connection is gone (reset, closed, timed out, or the target broke the protocol)."""
+
+
+def _read(stream: PduStream, sock: socket.socket) -> bool:
+    """Receive what the socket has and parse it; False when a tick of SO_RCVTIMEO passed
+    with nothing. A closed, reset or protocol-breaking link raises _Lost."""
+    try:
+        n = sock.recv_into(stream.get_buffer(-1))
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        raise _Lost(f"connection lost: {exc.strerror or exc}") from None
+    if n == 0:
+        raise _Lost("the target closed the connection")
+    stream.buffer_updated(n)
+    if stream.failed is not None:
+        raise _Lost(stream.failed)
+    return True
 
 
 class _SocketTransport:
@@ -323,20 +341,9 @@ class SyncBlockDevice(DeviceBase):
         stream, sock = self._stream, self._sock
         assert stream is not None and sock is not None
         while cmd.status is None and cmd.error is None:
-            try:
-                n = sock.recv_into(stream.get_buffer(-1))
-            except BlockingIOError:  # a tick of SO_RCVTIMEO: time for the session's timers
+            if not _read(stream, sock):  # a tick of SO_RCVTIMEO: the session's timers
                 session.handle_timer(time.monotonic())
                 stream.write(session.data_to_send())
-                n = -1
-            except OSError as exc:
-                raise _Lost(f"connection lost: {exc.strerror or exc}") from None
-            if n == 0:
-                raise _Lost("the target closed the connection")
-            if n > 0:
-                stream.buffer_updated(n)
-            if stream.failed is not None:
-                raise _Lost(stream.failed)
             if session.failure is not None:
                 raise _Lost(session.failure)
 
@@ -402,7 +409,7 @@ class SyncBlockDevice(DeviceBase):
                 if not isinstance(resp, LoginResponse):
                     raise ProtocolError(f"{resp.OPCODE.name} during login")
                 req = login.receive(resp)
-        except (LoginFailed, ProtocolError, TimeoutError, ConnectionError, _Lost) as exc:
+        except (LoginFailed, ProtocolError, TimeoutError, _Lost) as exc:
             sock.close()
             raise login_error(exc, where) from None
         except BaseException:
@@ -426,17 +433,7 @@ class SyncBlockDevice(DeviceBase):
         while not stream.inbox:
             if time.monotonic() >= deadline:
                 raise TimeoutError
-            try:
-                n = sock.recv_into(stream.get_buffer(-1))
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise ConnectionError(exc.strerror or str(exc)) from None
-            if n == 0:
-                raise ConnectionError("the target closed the connection")
-            stream.buffer_updated(n)
-            if stream.failed is not None:
-                raise ConnectionError(stream.failed)
+            _read(stream, sock)
         return stream.inbox.popleft()
 
     def _reconnect(self, reason: str) -> None:
@@ -499,18 +496,9 @@ class SyncBlockDevice(DeviceBase):
         stream, sock = self._stream, self._sock
         assert stream is not None and sock is not None
         deadline = time.monotonic() + _LOGOUT_WAIT
-        while session.logout_response is None and time.monotonic() < deadline:
-            try:
-                n = sock.recv_into(stream.get_buffer(-1))
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            if n == 0:
-                return
-            stream.buffer_updated(n)
-            if stream.failed is not None:
-                return
+        with contextlib.suppress(_Lost):  # gone already: nothing more to wait for
+            while session.logout_response is None and time.monotonic() < deadline:
+                _read(stream, sock)
 
     def __enter__(self) -> SyncBlockDevice:
         return self
