@@ -44,7 +44,6 @@ __all__ = [
     "command_bytes",
     "login_error",
     "new_isid",
-    "retry_in_session",
     "unmap_command",
     "wants",
 ]
@@ -129,23 +128,6 @@ def chunks(view: memoryview) -> list[tuple[int, memoryview]]:
     return [(at, view[at : at + MAX_IO_BYTES]) for at in range(0, len(view), MAX_IO_BYTES)]
 
 
-def retry_in_session(cmd: Command, max_attempts: int) -> bool:
-    """Whether a finished command is to be sent again on the same session, its error
-    cleared if so: a new I_T nexus (first login, reinstatement) reports UNIT ATTENTION
-    once and the command itself was not run; a command that timed out and that the
-    target aborted (ABORT TASK) goes again while it has attempts left."""
-    error = cmd.error
-    if isinstance(error, ScsiError):
-        again = (error.key == SenseKey.UNIT_ATTENTION
-                 and cmd.attempts < max_attempts + _UA_RETRIES)
-    else:
-        again = isinstance(error, CommandAbortedError) and cmd.attempts < max_attempts
-    if again:
-        cmd.error = None
-        cmd.status = None
-    return again
-
-
 def login_error(exc: Exception, where: str) -> InitiatorError:
     """A failed login as the typed error a user can act on."""
     if isinstance(exc, LoginFailed):
@@ -202,6 +184,25 @@ class DeviceBase:
         self.aborts = 0
         self._block_size = 0
         self._blocks = 0
+
+    def _send_again(self, cmd: Command) -> bool:
+        """Whether a finished command is to be sent again on the same session, its error
+        cleared if so: a new I_T nexus (first login, reinstatement) reports UNIT
+        ATTENTION once and the command itself was not run; a command that timed out and
+        that the target aborted (ABORT TASK) goes again while it has attempts left."""
+        error = cmd.error
+        if isinstance(error, ScsiError):
+            again = (error.key == SenseKey.UNIT_ATTENTION
+                     and cmd.attempts < self.max_attempts + _UA_RETRIES)
+        else:
+            again = isinstance(error, CommandAbortedError) and cmd.attempts < self.max_attempts
+            if again:
+                self.aborts += 1
+                self.reissued += 1
+        if again:
+            cmd.error = None
+            cmd.status = None
+        return again
 
     @property
     def block_size(self) -> int:

@@ -48,7 +48,6 @@ from typing import Any, cast
 
 from earmark.host.policy import Policy
 from earmark.initiator.errors import (
-    CommandAbortedError,
     CommandTimeoutError,
     ConnectError,
     InitiatorError,
@@ -90,7 +89,6 @@ from earmark.runtime.initiator_common import (
     command_bytes,
     login_error,
     new_isid,
-    retry_in_session,
     unmap_command,
 )
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
@@ -688,12 +686,8 @@ class BlockDevice(DeviceBase):
         if session.completed:
             retry = None
             for cmd in cast("list[_Issued]", session.take_completed()):
-                error = cmd.error
-                if error is not None and retry_in_session(cmd, self.max_attempts):
-                    if isinstance(error, CommandAbortedError):
-                        self.aborts += 1
-                        self.reissued += 1
-                        cmd.drop_rx_buffers()  # the aborted run's, allocated on arrival
+                if cmd.error is not None and self._send_again(cmd):
+                    cmd.drop_rx_buffers()  # the last run's, allocated as its PDUs came
                     retry = retry or []
                     retry.append(cmd)
                     continue

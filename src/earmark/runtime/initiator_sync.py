@@ -40,7 +40,6 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from earmark.initiator.errors import (
-    CommandAbortedError,
     CommandTimeoutError,
     ConnectError,
     InitiatorError,
@@ -64,7 +63,6 @@ from earmark.runtime.initiator_common import (
     chunks,
     command_bytes,
     login_error,
-    retry_in_session,
     unmap_command,
 )
 from earmark.runtime.initiator_connection import PduStream, receive_buffer_bytes
@@ -369,11 +367,7 @@ class SyncBlockDevice(DeviceBase):
             return
         if session.completed:
             for cmd in session.take_completed():
-                error = cmd.error
-                if error is not None and retry_in_session(cmd, self.max_attempts):
-                    if isinstance(error, CommandAbortedError):
-                        self.aborts += 1
-                        self.reissued += 1
+                if cmd.error is not None and self._send_again(cmd):
                     session.submit(cmd, time.monotonic())
         stream.write(session.data_to_send())
 
