@@ -35,24 +35,29 @@ class FirstWriteSlow(SlowBacking):
             self.inner.write(offset, buffers)
 
 
+def a_then_b(target: EmbeddedTarget, abort: float) -> tuple[bytes, BlockDevice]:
+    """Write A (it hangs in the backing past the 0.3 s command timeout), then B to the
+    same block; read the block back long after the first A's I/O returned."""
+
+    async def main() -> tuple[bytes, BlockDevice]:
+        dev = BlockDevice(target.url, reconnect_timeout=10,
+                          timeouts=Timeouts(command=0.3, nop_interval=5, nop_timeout=5,
+                                            abort=abort))
+        async with dev:
+            await dev.write(0, b"A" * 4096)
+            await dev.write(0, b"B" * 4096)
+            await asyncio.sleep(1.2)
+            return await dev.read(0, 4096), dev
+
+    return asyncio.run(main())
+
+
 def test_a_timed_out_write_cannot_land_after_newer_writes() -> None:
-    """Write A hangs in the backing; the initiator times out, its ABORT TASK goes
-    unanswered in time (the target answers only once the write is back), so it logs in
-    again (same ISID) and sends A again, then writes B to the same block. Without the
-    fence the first A reached the disk after B: an acknowledged write lost."""
+    """The abort goes unanswered in time (the target answers only once the write is
+    back), so the device logs in again (same ISID) and sends A again, then B. Without
+    the fence the first A reached the disk after B: an acknowledged write lost."""
     with EmbeddedTarget(FirstWriteSlow(MemoryBacking(1 << 20), delay=1.0)) as target:
-
-        async def main() -> tuple[bytes, BlockDevice]:
-            dev = BlockDevice(target.url, reconnect_timeout=10,
-                              timeouts=Timeouts(command=0.3, nop_interval=5, nop_timeout=5,
-                                                abort=0.2))
-            async with dev:
-                await dev.write(0, b"A" * 4096)
-                await dev.write(0, b"B" * 4096)
-                await asyncio.sleep(1.2)  # long after the first A's I/O returned
-                return await dev.read(0, 4096), dev
-
-        back, dev = asyncio.run(main())
+        back, dev = a_then_b(target, abort=0.2)
         assert dev.reconnects >= 1 and dev.reissued >= 1  # the reinstatement path
         assert back == b"B" * 4096
         deadline = time.monotonic() + 5
@@ -62,22 +67,11 @@ def test_a_timed_out_write_cannot_land_after_newer_writes() -> None:
 
 
 def test_an_aborted_write_is_over_before_its_abort_is_answered() -> None:
-    """The same hanging write, with time for the abort: ABORT TASK is answered only once
-    the write is back from the backing, then the device sends it again on the same
-    session; B, written after, is what the block holds."""
+    """With time for the abort: ABORT TASK is answered only once the write is back from
+    the backing, then the device sends it again on the same session; B, written after,
+    is what the block holds."""
     with EmbeddedTarget(FirstWriteSlow(MemoryBacking(1 << 20), delay=1.0)) as target:
-
-        async def main() -> tuple[bytes, BlockDevice]:
-            dev = BlockDevice(target.url, reconnect_timeout=10,
-                              timeouts=Timeouts(command=0.3, nop_interval=5, nop_timeout=5,
-                                                abort=5))
-            async with dev:
-                await dev.write(0, b"A" * 4096)
-                await dev.write(0, b"B" * 4096)
-                await asyncio.sleep(1.2)
-                return await dev.read(0, 4096), dev
-
-        back, dev = asyncio.run(main())
+        back, dev = a_then_b(target, abort=5)
         assert dev.aborts >= 1 and dev.reissued >= 1 and dev.reconnects == 0
         assert back == b"B" * 4096
 
