@@ -304,8 +304,11 @@ class InitiatorSession:
     def _allocate_itt(self) -> int:
         itt = self._next_itt
         tasks = self._tasks
-        while itt in tasks or itt == self._ping_itt or itt in self._aborts \
-                or itt in self._aborting or itt in self._unknown:
+        # ITTs of aborts under way are not reused (every aborting command has its ABORT
+        # TASK in _aborts): looked at only while there are any, not for every command.
+        held = bool(self._aborts or self._unknown)
+        while itt in tasks or itt == self._ping_itt or (held and (
+                itt in self._aborts or itt in self._aborting or itt in self._unknown)):
             itt = itt % 0xFFFFFFFE + 1
         self._next_itt = itt % 0xFFFFFFFE + 1
         return itt
