@@ -16,9 +16,9 @@ import json
 
 from rich.console import Console
 
-from earmark.demo import DemoConfig, Row, live
 from earmark.host.policy import Policy
 from earmark.runtime.demostack import TcpStack
+from earmark.sim.demo import DemoConfig, Row, live
 
 
 def main() -> None:

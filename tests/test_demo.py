@@ -10,9 +10,9 @@ import sys
 import pytest
 from rich.console import Console
 
-from earmark.demo import DemoConfig, live
 from earmark.host.policy import Policy
 from earmark.runtime.demostack import TcpStack
+from earmark.sim.demo import DemoConfig, live
 
 pytestmark = pytest.mark.interop
 

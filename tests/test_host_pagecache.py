@@ -15,9 +15,9 @@ import pytest
 from earmark.host.modeldevice import ModelDevice
 from earmark.host.pagecache import PageCache
 from earmark.host.policy import HostTuning, Policy
-from earmark.host.workload import RunResult, Workload, run_writers
 from earmark.memory import Arena, check_level_order
 from earmark.memory.levels import PAGE_BYTES
+from earmark.sim.workload import RunResult, Workload, run_writers
 
 ARENA = 512 * 1024
 DEVICE = 8 << 20

@@ -8,11 +8,11 @@ import os
 
 import pytest
 
-from earmark.demo import DemoConfig, run_matrix
 from earmark.host.policy import Policy
 from earmark.runtime.demostack import SimStack
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.runtime.virtualtime import run_virtual
+from earmark.sim.demo import DemoConfig, run_matrix
 
 
 class Listener:

@@ -9,9 +9,9 @@ import pytest
 
 from earmark.host.modeldevice import ModelDevice
 from earmark.host.policy import Policy
-from earmark.host.workload import Workload, run_writers
 from earmark.memory import Arena
 from earmark.runtime.virtualtime import StalledError, run_virtual
+from earmark.sim.workload import Workload, run_writers
 
 
 def test_an_hour_of_sleeping_takes_no_time_and_keeps_order() -> None:

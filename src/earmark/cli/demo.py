@@ -8,10 +8,10 @@ import sys
 
 from rich.console import Console
 
-from earmark.demo import DemoConfig, Row, live, print_json, render
 from earmark.host.policy import HostTuning, Policy
 from earmark.runtime.demostack import SimStack, TcpStack
 from earmark.runtime.virtualtime import run_virtual
+from earmark.sim.demo import DemoConfig, Row, live, print_json, render
 from earmark.units import SizeError, parse_size
 
 

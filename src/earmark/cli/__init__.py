@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from earmark import __version__
-from earmark.check import cli as check_cli
-from earmark.runtime import demo_cli, initiator_cli, serve
+from earmark.cli import check as check_cli
+from earmark.cli import demo as demo_cli
+from earmark.runtime import initiator_cli, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,3 @@ def main(argv: list[str] | None = None) -> int:
         return check_cli.run(args)
     parser.error(f"unknown command {args.command!r}")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

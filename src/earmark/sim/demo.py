@@ -5,7 +5,7 @@ fixed in total (the pages split among the writers) so rows compare. A run ends
 "completed" (fsync returned; the data is then read back and checked) or
 "deadlocked" with the cycle the detector named. The stack under the cache is a
 `Stack`: earmark's initiator and an embedded earmark target, over TCP or over the
-simulator's network on virtual time (runtime/demostack.py).
+simulator's network on virtual time (sim/stacks.py).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from rich.table import Table
 
 from earmark.host.device import PageDevice
 from earmark.host.policy import HostTuning, Policy
-from earmark.host.workload import RunResult, Workload, run_writers
 from earmark.memory import Arena, format_bytes
 from earmark.memory.levels import PAGE_BYTES
+from earmark.sim.workload import RunResult, Workload, run_writers
 
 
 class Stack(Protocol):
