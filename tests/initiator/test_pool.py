@@ -10,30 +10,23 @@ everything.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from earmark.memory import Arena, HostLevel, WaitKind
 from earmark.memory.claim import Claim
 from earmark.memory.reservation import Reservation
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.runtime.initiator_device import BlockDevice, _Issued
-from earmark.target.backing import MemoryBacking
+from tests.targets import EmbeddedSpec
 
-LUN = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def target() -> Iterator[EmbeddedTarget]:
-    with EmbeddedTarget(MemoryBacking(LUN)) as target:
-        yield target
+LUN = EmbeddedSpec.lun_bytes  # the shared embedded target's
 
 
-def test_every_command_in_flight_holds_a_reservation_of_its_own(target: EmbeddedTarget) -> None:
+def test_every_command_in_flight_holds_a_reservation_of_its_own(
+    embedded_target: EmbeddedTarget,
+) -> None:
     async def main() -> None:
         arena = Arena(4 << 20)
-        async with BlockDevice(target.url, arena=arena) as dev:
+        async with BlockDevice(embedded_target.url, arena=arena) as dev:
             submit = dev._submit
             worst = 0
 
@@ -64,7 +57,7 @@ def test_every_command_in_flight_holds_a_reservation_of_its_own(target: Embedded
     asyncio.run(main())
 
 
-def test_reservations_are_reused_and_all_returned(target: EmbeddedTarget) -> None:
+def test_reservations_are_reused_and_all_returned(embedded_target: EmbeddedTarget) -> None:
     async def main() -> None:
         arena = Arena(4 << 20)
         reserve = arena.reserve
@@ -75,7 +68,7 @@ def test_reservations_are_reused_and_all_returned(target: EmbeddedTarget) -> Non
             asked += 1
             return await reserve(claims, owner=owner)
 
-        async with BlockDevice(target.url, arena=arena) as dev:
+        async with BlockDevice(embedded_target.url, arena=arena) as dev:
             arena.reserve = counting  # type: ignore[method-assign,assignment]
             buf = bytearray(4096)
             for i in range(100):

@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
-
-import pytest
 
 from earmark.host.policy import Policy
 from earmark.memory import Arena, HostLevel, find_deadlock
 from earmark.memory.allocation import Charge
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.runtime.initiator_device import BlockDevice
-from earmark.target.backing import MemoryBacking
 
 ARENA = 2 << 20  # the connection's 1 MiB receive buffer and room for a few commands
 
 
-@pytest.fixture(scope="module")
-def target() -> Iterator[EmbeddedTarget]:
-    with EmbeddedTarget(MemoryBacking(1 << 20)) as target:
-        yield target
-
-
 def test_the_response_buffer_is_allocated_when_the_response_arrives(
-    target: EmbeddedTarget,
+    embedded_target: EmbeddedTarget,
 ) -> None:
     async def main() -> None:
         arena = Arena(ARENA)
@@ -43,7 +33,7 @@ def test_the_response_buffer_is_allocated_when_the_response_arrives(
             return allocate_now(level, nbytes, owner=owner)
 
         arena.allocate_charge_now = spy  # type: ignore[method-assign]
-        async with BlockDevice(target.url, arena=arena, policy=Policy.NONE) as dev:
+        async with BlockDevice(embedded_target.url, arena=arena, policy=Policy.NONE) as dev:
             baseline = arena.committed
             cost = dev.command_cost(True, 8192)
             pages = [memoryview(bytearray(os.urandom(4096))) for _ in range(2)]
@@ -63,11 +53,11 @@ def test_the_response_buffer_is_allocated_when_the_response_arrives(
 
 
 def test_a_stalled_receive_allocation_pauses_the_reader_and_is_named(
-    target: EmbeddedTarget,
+    embedded_target: EmbeddedTarget,
 ) -> None:
     async def main() -> None:
         arena = Arena(ARENA)
-        async with BlockDevice(target.url, arena=arena, policy="none") as dev:
+        async with BlockDevice(embedded_target.url, arena=arena, policy="none") as dev:
             baseline = arena.committed
             task_bytes = dev.command_cost(True, 4096)[HostLevel.TASK]
             # Dirty pages that only the writeback can free, leaving room for the command
@@ -82,8 +72,9 @@ def test_a_stalled_receive_allocation_pauses_the_reader_and_is_named(
                     break
                 await asyncio.sleep(0.01)
             stream = dev._stream
-            assert stream is not None and stream.transport is not None
-            assert not stream.transport.is_reading()  # the reader stopped
+            transport = stream.transport if stream is not None else None
+            assert isinstance(transport, asyncio.Transport)
+            assert not transport.is_reading()  # the reader stopped
             assert [w.waiter for w in arena.memory_waits()] == [dev.receiver]
             report = find_deadlock(arena)
             assert report is not None
@@ -95,7 +86,7 @@ def test_a_stalled_receive_allocation_pauses_the_reader_and_is_named(
             pages.free()
             arena.waits.clear_passive("cache")
             await asyncio.wait_for(write, 10)
-            assert stream.transport.is_reading()
+            assert transport.is_reading()
             assert find_deadlock(arena) is None and arena.committed == baseline
 
     asyncio.run(main())

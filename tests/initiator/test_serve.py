@@ -15,10 +15,10 @@ import pytest
 
 import earmark
 from earmark.initiator.errors import AuthenticationFailedError
-from earmark.peers import _port_accepts, free_port
 from earmark.runtime.initiator_device import discover
+from tools.peers import _port_accepts, free_port
 
-pytestmark = pytest.mark.interop
+pytestmark = pytest.mark.tcp
 
 LUN_BYTES = 8 << 20
 CHAP = ("serve-user", "serve-secret-0123")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import pytest
 
@@ -130,7 +131,7 @@ def test_immediate_and_unsolicited_data_within_first_burst() -> None:
     s.receive(R2T(itt=c.itt, ttt=9, buffer_offset=20480, desired_data_transfer_length=45056,
                   exp_cmd_sn=11, max_cmd_sn=50), 0.0)
     rest = sent(s)
-    assert sum(len(p.data) for p in rest) == 45056  # type: ignore[union-attr]
+    assert sum(len(cast(DataOut, p).data) for p in rest) == 45056
     s.receive(ScsiResponse(itt=c.itt, status=0, stat_sn=5, exp_cmd_sn=11, max_cmd_sn=50), 0.0)
     (done,) = s.take_completed()
     assert done is c and c.error is None and c.status == 0
@@ -346,6 +347,7 @@ def test_task_does_not_exist_waits_one_more_timeout_then_gives_the_connection_up
     sent(s)
     s.handle_timer(3.0)
     abort_late, abort_lost = sent(s)
+    assert isinstance(abort_late, TaskMgmtRequest) and isinstance(abort_lost, TaskMgmtRequest)
     for abort, sn in ((abort_late, 5), (abort_lost, 6)):
         s.receive(TaskMgmtResponse(response=TmfResponse.TASK_DOES_NOT_EXIST, itt=abort.itt,
                                    stat_sn=sn, exp_cmd_sn=12, max_cmd_sn=40), 3.1)
@@ -365,6 +367,7 @@ def test_a_refused_abort_fails_the_connection() -> None:
     sent(s)
     s.handle_timer(1.0)
     (abort,) = sent(s)
+    assert isinstance(abort, TaskMgmtRequest)
     s.receive(TaskMgmtResponse(response=TmfResponse.FUNCTION_REJECTED, itt=abort.itt,
                                stat_sn=5, exp_cmd_sn=11, max_cmd_sn=40), 1.1)
     assert s.failure is not None and "would not abort" in s.failure

@@ -74,7 +74,7 @@ def make(sink: Sink, digests: bool) -> tuple[InitiatorStream, Transport]:
     transport = Transport()
     stream.connection_made(transport)  # type: ignore[arg-type]
     stream.set_full_feature(262144, digests, digests)
-    stream.sink = sink  # type: ignore[assignment]
+    stream.sink = sink
     return stream, transport
 
 

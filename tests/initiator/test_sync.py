@@ -11,7 +11,6 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,30 +24,16 @@ from earmark.initiator.errors import (
 )
 from earmark.initiator.session import Timeouts
 from earmark.memory import Arena
-from earmark.peers import Tgtd, free_port
 from earmark.runtime.embedded import EmbeddedTarget
+from earmark.runtime.initiator_common import WANTS
 from earmark.runtime.initiator_connection import receive_buffer_bytes
-from earmark.runtime.initiator_device import WANTS
 from earmark.runtime.initiator_sync import SyncBlockDevice
 from earmark.scsi.sense import ScsiError, SenseKey
-from earmark.target.backing import MemoryBacking
+from tests.targets import TgtdSpec, embedded_with
+from tools.peers import Tgtd, free_port
 
-pytestmark = pytest.mark.interop
-
-LUN_BYTES = 8 << 20
+LUN_BYTES = TgtdSpec.lun_bytes  # the shared tgtd's LUN; the embedded target's too
 CHAP = ("earmark-user", "earmark-secret-0123")
-
-
-@pytest.fixture(scope="module")
-def tgtd() -> Iterator[Tgtd]:
-    with Tgtd(LUN_BYTES) as t:
-        yield t
-
-
-@pytest.fixture(scope="module")
-def embedded() -> Iterator[EmbeddedTarget]:
-    with EmbeddedTarget(MemoryBacking(LUN_BYTES)) as target:
-        yield target
 
 
 def random_pattern_round_trip(url: str) -> None:
@@ -80,9 +65,10 @@ def test_round_trip_against_tgtd(tgtd: Tgtd) -> None:
     random_pattern_round_trip(tgtd.url())
 
 
-def test_round_trip_against_earmark_serve(embedded: EmbeddedTarget) -> None:
-    random_pattern_round_trip(embedded.url)
-    with earmark.open_sync(embedded.url) as dev:  # tgtd's file LUN has no UNMAP
+@embedded_with(LUN_BYTES)
+def test_round_trip_against_earmark_serve(embedded_target: EmbeddedTarget) -> None:
+    random_pattern_round_trip(embedded_target.url)
+    with earmark.open_sync(embedded_target.url) as dev:  # tgtd's file LUN has no UNMAP
         dev.write(1 << 20, b"\x33" * 4096)
         dev.discard(1 << 20, 4096)
         assert dev.read(1 << 20, 4096) in (b"\x33" * 4096, bytes(4096))
@@ -106,6 +92,7 @@ def test_errors_are_typed_and_in_words(tgtd: Tgtd) -> None:
         earmark.open_sync(f"iscsi://127.0.0.1:{free_port()}/{tgtd.iqn}/1")
 
 
+@pytest.mark.peers
 def test_chap_right_and_wrong() -> None:
     with Tgtd(1 << 20, chap=CHAP) as t:
         with earmark.open_sync(t.auth_url()) as dev:
@@ -150,6 +137,7 @@ def test_threads_take_turns_on_one_device(tgtd: Tgtd) -> None:
         assert all(dev.read(k * 4096, 4096) == data for k, data in blocks.items())
 
 
+@pytest.mark.peers
 def test_target_killed_and_restarted_mid_workload(tmp_path: Path) -> None:
     """SIGKILL tgtd between and during writes, start a new one on the same port and LUN
     file: the device reinstates its session, sends the unanswered write again, and every
@@ -246,6 +234,7 @@ def test_bench_picks_the_sync_engine_at_depth_one(
     assert code == 2 and "--engine async" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.peers
 def test_crc32c_digests_both_ways() -> None:
     with Tgtd(8 << 20) as t:
         for key in ("HeaderDigest", "DataDigest"):  # tgtd offers None only by default

@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,27 +22,17 @@ from earmark.initiator.errors import (
 )
 from earmark.initiator.session import InitiatorSession, Timeouts
 from earmark.memory import Arena
-from earmark.peers import Tgtd, free_port
+from earmark.runtime.initiator_common import WANTS
 from earmark.runtime.initiator_connection import receive_buffer_bytes
-from earmark.runtime.initiator_device import WANTS, BlockDevice, discover
+from earmark.runtime.initiator_device import BlockDevice, discover
 from earmark.scsi.sense import ScsiError, SenseKey
+from tests.targets import TgtdSpec, tgtd_with
+from tools.peers import Tgtd, free_port
 
-pytestmark = pytest.mark.interop
+pytestmark = pytest.mark.peers
 
-LUN_BYTES = 8 << 20
+LUN_BYTES = TgtdSpec.lun_bytes  # the shared tgtd's LUN
 CHAP = ("earmark-user", "earmark-secret-0123")
-
-
-@pytest.fixture(scope="module")
-def tgtd() -> Iterator[Tgtd]:
-    with Tgtd(LUN_BYTES) as t:
-        yield t
-
-
-@pytest.fixture(scope="module")
-def chap_tgtd() -> Iterator[Tgtd]:
-    with Tgtd(1 << 20, chap=CHAP) as t:
-        yield t
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -187,9 +176,10 @@ def test_reserve_bounds_commands_in_flight(
     assert arena.committed == 0 and arena.high_water <= arena.capacity
 
 
-def test_chap_right_and_wrong(chap_tgtd: Tgtd, capsys: pytest.CaptureFixture[str]) -> None:
+@tgtd_with(1 << 20, chap=CHAP)
+def test_chap_right_and_wrong(tgtd: Tgtd, capsys: pytest.CaptureFixture[str]) -> None:
     async def good() -> bytes:
-        async with earmark.open(chap_tgtd.auth_url()) as dev:
+        async with earmark.open(tgtd.auth_url()) as dev:
             await dev.write(0, b"c" * 512)
             return await dev.read(0, 512)
 
@@ -197,7 +187,7 @@ def test_chap_right_and_wrong(chap_tgtd: Tgtd, capsys: pytest.CaptureFixture[str
 
     async def env_creds() -> int:
         env = {"EARMARK_CHAP_USER": CHAP[0], "EARMARK_CHAP_SECRET": CHAP[1]}
-        async with BlockDevice(chap_tgtd.url(), environ=env) as dev:
+        async with BlockDevice(tgtd.url(), environ=env) as dev:
             return dev.size
 
     assert asyncio.run(env_creds()) == 1 << 20
@@ -207,11 +197,11 @@ def test_chap_right_and_wrong(chap_tgtd: Tgtd, capsys: pytest.CaptureFixture[str
             pass
 
     with pytest.raises(AuthenticationFailedError, match="authentication failed"):
-        asyncio.run(bad(chap_tgtd.url(user=CHAP[0], password="wrong-secret-0123")))
+        asyncio.run(bad(tgtd.url(user=CHAP[0], password="wrong-secret-0123")))
     with pytest.raises(AuthenticationFailedError):
-        asyncio.run(bad(chap_tgtd.url()))  # no credentials at all
+        asyncio.run(bad(tgtd.url()))  # no credentials at all
     for depth in ("32", "1"):  # the async engine, then the sync one
-        code, out, err = run_cli(["bench", chap_tgtd.url(user=CHAP[0],
+        code, out, err = run_cli(["bench", tgtd.url(user=CHAP[0],
                                                           password="wrong-secret-0123"),
                                   "--qd", depth, "--time", "1"], capsys)
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1

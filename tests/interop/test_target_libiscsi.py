@@ -8,16 +8,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from earmark import peers
 from earmark.runtime.embedded import EmbeddedTarget
-from earmark.target.backing import MemoryBacking
-
-pytestmark = pytest.mark.interop
+from tests.targets import embedded_with
+from tools import peers
 
 IQN = "iqn.2026-11.org.earmark:test"
 SIZE = 8 << 20
@@ -28,39 +25,44 @@ def url(target: EmbeddedTarget, cred: str = "") -> str:
     return f"iscsi://{cred}127.0.0.1:{target.server.port}/{target.iqn}/0"
 
 
-@pytest.fixture
-def target() -> Iterator[EmbeddedTarget]:
-    with EmbeddedTarget(MemoryBacking(SIZE), memory=16 << 20, iqn=IQN) as running:
-        yield running
+# The shared embedded target (tests/conftest.py), with this module's size, arena and IQN.
+WITH_TARGET = embedded_with(SIZE, memory=16 << 20, iqn=IQN)
 
 
-def test_libiscsi_tools_see_the_disk(target: EmbeddedTarget) -> None:
-    inq = peers.iscsi_inq(url(target))
+@pytest.mark.peers
+@WITH_TARGET
+def test_libiscsi_tools_see_the_disk(embedded_target: EmbeddedTarget) -> None:
+    inq = peers.iscsi_inq(url(embedded_target))
     assert inq.is_disk and "EARMARK" in inq.vendor
-    block_size, num_blocks = peers.iscsi_readcapacity16(url(target))
+    block_size, num_blocks = peers.iscsi_readcapacity16(url(embedded_target))
     assert (block_size, num_blocks) == (512, SIZE // 512)
-    (found,) = peers.iscsi_ls(f"iscsi://127.0.0.1:{target.server.port}")
+    (found,) = peers.iscsi_ls(f"iscsi://127.0.0.1:{embedded_target.server.port}")
     assert found.iqn == IQN
     # Every connection gave its receive buffer and slots back.
     deadline = time.monotonic() + 5
-    while target.server.arena.committed and time.monotonic() < deadline:
+    while embedded_target.server.arena.committed and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert target.server.arena.committed == 0
+    assert embedded_target.server.arena.committed == 0
 
 
-def test_iscsi_perf_reads_through_reserved_buffers(target: EmbeddedTarget) -> None:
-    result = peers.iscsi_perf(url(target), blocks=8, queue_depth=8, seconds=1)
+@pytest.mark.peers
+@WITH_TARGET
+def test_iscsi_perf_reads_through_reserved_buffers(embedded_target: EmbeddedTarget) -> None:
+    result = peers.iscsi_perf(url(embedded_target), blocks=8, queue_depth=8, seconds=1)
     assert result.iops > 0
-    assert target.server.arena.high_water <= target.server.arena.capacity
+    assert embedded_target.server.arena.high_water <= embedded_target.server.arena.capacity
 
 
-def test_chap_right_secret_logs_in_and_wrong_one_is_refused() -> None:
-    with EmbeddedTarget(MemoryBacking(SIZE), iqn=IQN, chap=("user", "secret-12345")) as running:
-        assert peers.iscsi_inq(url(running, "user%secret-12345@")).is_disk
-        with pytest.raises(peers.PeerError):
-            peers.iscsi_inq(url(running, "user%wrong-secret@"))
-        with pytest.raises(peers.PeerError):
-            peers.iscsi_inq(url(running))
+@pytest.mark.peers
+@embedded_with(SIZE, iqn=IQN, chap=("user", "secret-12345"))
+def test_chap_right_secret_logs_in_and_wrong_one_is_refused(
+    embedded_target: EmbeddedTarget,
+) -> None:
+    assert peers.iscsi_inq(url(embedded_target, "user%secret-12345@")).is_disk
+    with pytest.raises(peers.PeerError):
+        peers.iscsi_inq(url(embedded_target, "user%wrong-secret@"))
+    with pytest.raises(peers.PeerError):
+        peers.iscsi_inq(url(embedded_target))
 
 
 def serve(*args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
@@ -68,6 +70,7 @@ def serve(*args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
                           timeout=timeout, check=False)
 
 
+@pytest.mark.tcp  # free_port() binds
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -86,6 +89,7 @@ def test_serve_errors_are_one_line_with_the_fix(tmp_path: Path, args: list[str],
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.tcp
 def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -95,6 +99,7 @@ def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
     assert done.returncode == 2 and "in use" in done.stderr and "--port" in done.stderr
 
 
+@pytest.mark.peers
 def test_serve_prints_the_url_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     port = peers.free_port()
     proc = subprocess.Popen([*EARMARK, "serve", str(tmp_path / "disk.img"), "--size", "4M",

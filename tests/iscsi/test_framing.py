@@ -12,7 +12,7 @@ from earmark.iscsi import pdu as P
 from earmark.iscsi.digest import data_digest, header_digest, padded_length, padding
 from earmark.iscsi.errors import DigestError, ProtocolError
 from earmark.iscsi.framing import PduReader, serialize
-from test_iscsi_pdu import ANY_PDU
+from tests.iscsi.test_pdu import ANY_PDU
 
 
 def wire(pdus: list[Any], hd: bool, dd: bool) -> bytes:

@@ -26,7 +26,7 @@ from earmark.iscsi.negotiation import KEYS
 from earmark.iscsi.opcodes import LoginStatus
 from earmark.iscsi.pdu import LoginRequest, LoginResponse, decode_pdu
 from earmark.iscsi.text import decode_text, encode_text
-from test_iscsi_negotiation import LIBISCSI_OPNEG
+from tests.iscsi.test_negotiation import LIBISCSI_OPNEG
 
 T = TypeVar("T")
 INITIATOR = "iqn.2024-01.earmark:host"

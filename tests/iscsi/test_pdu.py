@@ -52,7 +52,7 @@ FIELD_STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "bidi_read_length": st.none() | U32,
     "data": st.binary(max_size=300),
 }
-PDU_TYPES = [
+PDU_TYPES: list[type[Any]] = [
     P.NopOut, P.ScsiCommand, P.TaskMgmtRequest, P.LoginRequest, P.TextRequest, P.DataOut,
     P.LogoutRequest, P.SnackRequest, P.NopIn, P.ScsiResponse, P.TaskMgmtResponse,
     P.LoginResponse, P.TextResponse, P.DataIn, P.LogoutResponse, P.R2T, P.AsyncMessage,

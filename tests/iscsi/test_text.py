@@ -10,7 +10,7 @@ from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.text import TextAccumulator, decode_text, encode_text, split_text
 
 KEYS = st.text("ABCXYZabcxyz0189.-+@_", min_size=1, max_size=63)
-VALUES = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)),
+VALUES = st.text(st.characters(exclude_characters="\0", exclude_categories=["Cs"]),
                  max_size=60)
 PAIRS = st.lists(st.tuples(KEYS, VALUES), max_size=12)
 

@@ -14,9 +14,8 @@ from earmark.demo import DemoConfig, live
 from earmark.host.policy import Policy
 from earmark.runtime.demostack import TcpStack
 
-pytestmark = pytest.mark.interop
 
-
+@pytest.mark.tcp
 def test_tcp_none_deadlocks_named_and_reserve_completes_verified() -> None:
     config = DemoConfig(writers=[1, 16], policies=[Policy.NONE, Policy.RESERVE],
                         arena_bytes=2 << 20, total_pages=768)

@@ -1,11 +1,12 @@
 """Backing stores: validation messages, scatter/gather I/O, punching reads back zeros."""
 
+import ctypes
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
-from earmark.target import backing
 from earmark.target.backing import Backing, BackingError, FileBacking, MemoryBacking
 
 
@@ -92,7 +93,7 @@ def test_punch_falls_back_to_zeros_when_refused(tmp_path: Path,
 
     def refuse(fd: int, mode: int, offset: int, length: int) -> int:
         calls.append((offset, length))
-        monkeypatch.setattr(backing.ctypes, "get_errno", lambda: backing.errno.EOPNOTSUPP)
+        monkeypatch.setattr(ctypes, "get_errno", lambda: errno.EOPNOTSUPP)
         return -1
 
     store._fallocate = refuse

@@ -23,12 +23,13 @@ from hypothesis import strategies as st
 import earmark
 from earmark.iscsi.framing import PduReader, serialize
 from earmark.iscsi.login import InitiatorLogin
-from earmark.iscsi.pdu import LoginResponse, Pdu, Reject, ScsiCommand
+from earmark.iscsi.pdu import LoginRequest, LoginResponse, Pdu, Reject, ScsiCommand
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.scsi import cdb as C
-from earmark.target.backing import MemoryBacking
+from tests.targets import embedded_with
 
-pytestmark = pytest.mark.interop
+# The shared embedded target (tests/conftest.py), small, in a tight arena.
+WITH_TARGET = embedded_with(4 << 20, memory=8 << 20)
 
 HOST_PORT: tuple[str, int] = ("127.0.0.1", 0)
 
@@ -60,14 +61,8 @@ class GoodSession:
 
 
 @pytest.fixture(scope="module")
-def target() -> Iterator[EmbeddedTarget]:
-    with EmbeddedTarget(MemoryBacking(4 << 20), memory=8 << 20) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def good(target: EmbeddedTarget) -> Iterator[GoodSession]:
-    session = GoodSession(target.url)
+def good(embedded_target: EmbeddedTarget) -> Iterator[GoodSession]:
+    session = GoodSession(embedded_target.url)
     yield session
     session.close()
 
@@ -103,7 +98,7 @@ def logged_in(target: EmbeddedTarget) -> tuple[socket.socket, PduReader, Initiat
     login = InitiatorLogin("iqn.2026-11.org.earmark:attacker", target_name=target.iqn,
                            isid=0x80_0000_0001, wants={"InitialR2T": "Yes",
                                                        "ImmediateData": "No"})
-    req = login.start()
+    req: LoginRequest | None = login.start()
     while req is not None:
         (resp,) = exchange(sock, reader, req)
         assert isinstance(resp, LoginResponse)
@@ -122,29 +117,32 @@ SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+@WITH_TARGET
 @SETTINGS
 @given(garbage=st.binary(min_size=1, max_size=600))
 def test_garbage_before_login_closes_only_that_connection(
-    target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture, garbage: bytes
+    embedded_target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture,
+    garbage: bytes,
 ) -> None:
     caplog.set_level(logging.INFO)
-    with connect(target) as sock:
+    with connect(embedded_target) as sock:
         sock.sendall(garbage)
         sock.shutdown(socket.SHUT_WR)
         # Whatever it said, the target ends this connection and nothing else.
         while sock.recv(65536):
             pass
-    still_fine(target, good, caplog)
+    still_fine(embedded_target, good, caplog)
 
 
+@WITH_TARGET
 @SETTINGS
 @given(opcode=st.integers(0, 0x3F), body=st.binary(min_size=47, max_size=47))
 def test_unknown_or_mangled_pdus_get_reject_or_a_logged_close(
-    target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture,
+    embedded_target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture,
     opcode: int, body: bytes,
 ) -> None:
     caplog.set_level(logging.INFO)
-    sock, reader, _ = logged_in(target)
+    sock, reader, _ = logged_in(embedded_target)
     with sock:
         # A BHS with any opcode and random fields, its lengths zeroed so it frames.
         bhs = bytearray(bytes([opcode]) + body)
@@ -153,15 +151,16 @@ def test_unknown_or_mangled_pdus_get_reject_or_a_logged_close(
         replies = read_some(sock, reader)
     closed = any("closing" in r.getMessage() for r in caplog.records)
     assert replies or closed or opcode in (0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x10)
-    still_fine(target, good, caplog)
+    still_fine(embedded_target, good, caplog)
 
 
+@WITH_TARGET
 def test_oversize_segment_out_of_window_command_and_bad_digest(
-    target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture
+    embedded_target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     # A data segment far beyond what the target declared it accepts.
-    sock, reader, login = logged_in(target)
+    sock, reader, login = logged_in(embedded_target)
     with sock:
         cmd = ScsiCommand(itt=1, cdb=C.test_unit_ready(), cmd_sn=login.cmd_sn,
                           exp_stat_sn=login.exp_stat_sn)
@@ -171,11 +170,11 @@ def test_oversize_segment_out_of_window_command_and_bad_digest(
         replies = read_some(sock, reader)
         assert all(isinstance(r, Reject) for r in replies)
     assert any("exceeds MaxRecvDataSegmentLength" in r.getMessage() for r in caplog.records)
-    still_fine(target, good, caplog)
+    still_fine(embedded_target, good, caplog)
 
     # A command far outside the CmdSN window is ignored, as RFC 7143 says; the
     # session goes on and answers the next in-window command.
-    sock, reader, login = logged_in(target)
+    sock, reader, login = logged_in(embedded_target)
     with sock:
         stray = ScsiCommand(itt=2, cdb=C.test_unit_ready(), cmd_sn=login.cmd_sn + 100_000,
                             exp_stat_sn=login.exp_stat_sn)
@@ -184,14 +183,14 @@ def test_oversize_segment_out_of_window_command_and_bad_digest(
                          exp_stat_sn=login.exp_stat_sn)
         replies = exchange(sock, reader, ok)
         assert [getattr(r, "itt", None) for r in replies] == [3]
-    still_fine(target, good, caplog)
+    still_fine(embedded_target, good, caplog)
 
     # A header digest that does not match, on a session that negotiated digests.
-    sock = connect(target)
+    sock = connect(embedded_target)
     reader = PduReader(1 << 20)
-    login = InitiatorLogin("iqn.2026-11.org.earmark:digests", target_name=target.iqn,
+    login = InitiatorLogin("iqn.2026-11.org.earmark:digests", target_name=embedded_target.iqn,
                            isid=0x80_0000_0002, wants={"HeaderDigest": "CRC32C"})
-    req = login.start()
+    req: LoginRequest | None = login.start()
     with sock:
         while req is not None:
             (resp,) = exchange(sock, reader, req)
@@ -206,7 +205,7 @@ def test_oversize_segment_out_of_window_command_and_bad_digest(
         reader.set_digests(True, False)
         read_some(sock, reader)
     assert any("digest" in r.getMessage() for r in caplog.records)
-    still_fine(target, good, caplog)
+    still_fine(embedded_target, good, caplog)
 
 
 def test_struct_sanity() -> None:

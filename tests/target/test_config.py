@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import earmark
-from earmark import peers
 from earmark.initiator.errors import InitiatorError
 from earmark.target.config import ConfigError, load
+from tools import peers
 
 GOOD = """
 [server]
@@ -100,7 +100,7 @@ def served(tmp_path: Path) -> Iterator[int]:
     assert proc.returncode == 0
 
 
-@pytest.mark.interop
+@pytest.mark.peers
 def test_serve_config_targets_luns_chap_and_acl(served: int) -> None:
     port = served
     # iscsi-ls logs in as libiscsi's own initiator name, which target one's ACL
@@ -122,7 +122,7 @@ def test_serve_config_targets_luns_chap_and_acl(served: int) -> None:
         asyncio.run(sizes(one + "/0", "iqn.2026-11.org.earmark:stranger"))
 
 
-@pytest.mark.interop
+@pytest.mark.tcp
 def test_ls_lists_every_target_and_reports_the_one_that_refuses(tmp_path: Path) -> None:
     """Target one wants CHAP, which `earmark ls` was not given: its login is refused,
     said in one line, and target two is still listed with its LUN; exit code 2."""

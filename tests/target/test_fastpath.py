@@ -16,16 +16,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import earmark
-from earmark import peers
 from earmark.runtime import connection
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.target.backing import BackingError, FileBacking, MemoryBacking
+from earmark.target.events import IoRequest
+from earmark.target.executor import run_io
+from tools import peers
 
 SIZE = 4 << 20
 
@@ -92,11 +94,11 @@ def _read_all(url: str, reads: list[tuple[int, int]]) -> list[bytes]:
 
 
 @pytest.fixture
-def served(lun: Path) -> Iterator[tuple[EmbeddedTarget, FileBacking]]:
+def served(
+    lun: Path, embedded_targets: Callable[..., EmbeddedTarget]
+) -> tuple[EmbeddedTarget, FileBacking]:
     backing = FileBacking(lun)
-    with EmbeddedTarget(backing, memory=16 << 20) as running:
-        yield running, backing
-    backing.close()
+    return embedded_targets(backing, memory=16 << 20), backing
 
 
 READS = [(0, 4096), (12288, 512), (1 << 20, 4096), (SIZE - 8192, 8192), (65536, 65536),
@@ -110,9 +112,9 @@ def test_reads_on_the_loop_and_on_the_pool_return_the_same_bytes(
     data = lun.read_bytes()
     want = [data[o : o + n] for o, n in READS]
     pooled: list[int] = []
-    real_run_io = connection.run_io
+    real_run_io = run_io
 
-    def counting(io: connection.IoRequest) -> bytes:
+    def counting(io: IoRequest) -> bytes:
         pooled.append(sum(len(v) for v in io.views))
         return real_run_io(io)
 
@@ -139,7 +141,7 @@ def test_a_failing_cached_read_falls_back_to_the_pool(
     assert _read_all(target.url, [(4096, 4096)]) == [lun.read_bytes()[4096:8192]]
 
 
-@pytest.mark.interop
+@pytest.mark.peers
 @pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop not installed")
 def test_serve_on_uvloop_logs_in_reads_and_stops_cleanly(lun: Path) -> None:
     port = peers.free_port()

@@ -22,7 +22,7 @@ from earmark.runtime.embedded import EmbeddedTarget
 from earmark.target.backing import FileBacking
 from earmark.target.session import Policy
 
-pytestmark = pytest.mark.interop
+pytestmark = pytest.mark.tcp
 
 SESSIONS = 16
 QUEUE_DEPTH = 32

@@ -17,6 +17,8 @@ from earmark.runtime.embedded import EmbeddedTarget
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.target.backing import Backing, MemoryBacking
 
+pytestmark = pytest.mark.tcp
+
 
 class FirstWriteSlow(SlowBacking):
     """A backing whose first write takes `delay` seconds (a disk that hangs once)."""

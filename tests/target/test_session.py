@@ -44,7 +44,7 @@ from earmark.target.session import Policy, SessionConfig, TargetSession
 KIB = 1024
 BUF = 64 * KIB
 BS = 512
-SLOT = {TargetLevel.SLOT: 256, TargetLevel.BUFFER: BUF}
+SLOT: dict[int, int] = {TargetLevel.SLOT: 256, TargetLevel.BUFFER: BUF}
 
 
 class Rig:
@@ -127,7 +127,7 @@ def test_window_advertises_only_reserved_slots_and_grows_with_each_grant() -> No
     assert rig.session.slot_demand() == 1
     rig.session.add_slot(rig.reserve())
     (resp,) = rig.command(cdbs.test_unit_ready(), edtl=0)
-    assert (resp.exp_cmd_sn, resp.max_cmd_sn) == (3, 5)
+    assert isinstance(resp, ScsiResponse) and (resp.exp_cmd_sn, resp.max_cmd_sn) == (3, 5)
     assert rig.arena.committed == 3 * (256 + BUF)
 
 

@@ -8,12 +8,16 @@ import asyncio
 import socket
 import time
 
+import pytest
+
 from earmark.iscsi.framing import serialize
 from earmark.iscsi.pdu import ScsiCommand
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.runtime.initiator_sync import SyncBlockDevice
 from earmark.scsi import cdb as C
 from earmark.target.backing import MemoryBacking
+
+pytestmark = pytest.mark.tcp
 
 READ_BYTES = 256 << 10
 COMMANDS = 120

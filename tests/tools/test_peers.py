@@ -1,9 +1,9 @@
-"""Tests for earmark.peers: output parsers on recorded tool output, then the real peers.
+"""Tests for tools.peers: output parsers on recorded tool output, then the real peers.
 
 The parser tests use text captured from libiscsi-bin 1.19 against tgt 1.0.85,
 including the awkward cases (a verdict followed by teardown noise, a
 "[FAILED]" message inside a test CUnit passed), so a regression in counting
-shows up without starting anything. The interop tests start real tgtd
+shows up without starting anything. The peers tests start real tgtd
 instances on free loopback ports and drive them with libiscsi's tools.
 """
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from earmark.peers import (
+from tests.targets import tgtd_with
+from tools.peers import (
     PeerError,
     Tgtd,
     free_port,
@@ -225,6 +225,7 @@ def test_urls_carry_credentials_libiscsi_can_parse() -> None:
         Tgtd(1000)
 
 
+@pytest.mark.tcp
 def test_free_port_is_bindable_on_loopback() -> None:
     port = free_port()
     assert 1024 <= port <= 65535
@@ -233,7 +234,7 @@ def test_free_port_is_bindable_on_loopback() -> None:
 
 
 # --------------------------------------------------------------------------
-# interop with the real peers
+# the real peers
 # --------------------------------------------------------------------------
 
 
@@ -264,13 +265,11 @@ def _assert_gone(pid: int | None, port: int) -> None:
         s.listen()
 
 
-@pytest.fixture(scope="module")
-def tgtd() -> Iterator[Tgtd]:
-    with Tgtd(LUN_SIZE, iqn=IQN) as t:
-        yield t
+# The shared `tgtd` fixture (tests/conftest.py), with this module's LUN and IQN.
+WITH_TGTD = tgtd_with(LUN_SIZE, iqn=IQN)
 
 
-@pytest.mark.interop
+@WITH_TGTD
 def test_inq_reports_a_disk(tgtd: Tgtd) -> None:
     inq = iscsi_inq(tgtd.url())
     assert inq.is_disk
@@ -278,7 +277,7 @@ def test_inq_reports_a_disk(tgtd: Tgtd) -> None:
     assert not iscsi_inq(tgtd.url(lun=0)).is_disk  # LUN 0 is tgtd's controller
 
 
-@pytest.mark.interop
+@WITH_TGTD
 def test_readcapacity16_gives_the_size_created(tgtd: Tgtd) -> None:
     block_size, num_blocks = iscsi_readcapacity16(tgtd.url())
     assert block_size == 512
@@ -287,7 +286,7 @@ def test_readcapacity16_gives_the_size_created(tgtd: Tgtd) -> None:
     assert os.stat(tgtd.lun_path).st_blocks * 512 < LUN_SIZE // 8
 
 
-@pytest.mark.interop
+@WITH_TGTD
 def test_ls_lists_the_iqn_and_its_lun(tgtd: Tgtd) -> None:
     targets = iscsi_ls(tgtd.portal_url())
     assert [(t.iqn, t.portal) for t in targets] == [(IQN, f"127.0.0.1:{tgtd.port}")]
@@ -297,7 +296,7 @@ def test_ls_lists_the_iqn_and_its_lun(tgtd: Tgtd) -> None:
     assert lun1.size_bytes is not None and LUN_SIZE - (1 << 20) <= lun1.size_bytes <= LUN_SIZE
 
 
-@pytest.mark.interop
+@WITH_TGTD
 def test_perf_short_run_gives_iops(tgtd: Tgtd) -> None:
     r = iscsi_perf(tgtd.url(), blocks=8, queue_depth=8, random=True, seconds=1)
     assert r.iops > 0 and r.final
@@ -305,7 +304,7 @@ def test_perf_short_run_gives_iops(tgtd: Tgtd) -> None:
     assert r.mib_per_s == pytest.approx(r.iops * 4096 / 2**20)
 
 
-@pytest.mark.interop
+@WITH_TGTD
 def test_conformance_subset_counts_tgtds_skip(tgtd: Tgtd) -> None:
     r = iscsi_test_cu(tgtd.url(), tests="ALL.Inquiry", timeout=60)
     assert not r.crashed, r.crash_reason
@@ -316,7 +315,7 @@ def test_conformance_subset_counts_tgtds_skip(tgtd: Tgtd) -> None:
     assert r.passed + r.skipped == r.cunit_passed == len(r.outcomes)
 
 
-@pytest.mark.interop
+@pytest.mark.peers
 def test_conformance_against_nothing_is_a_crash_not_an_exception() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -325,7 +324,7 @@ def test_conformance_against_nothing_is_a_crash_not_an_exception() -> None:
     assert r.crashed and r.outcomes == {} and r.summary_lines == []
 
 
-@pytest.mark.interop
+@pytest.mark.peers
 def test_conformance_timeout_stops_the_tool_and_reports_crash() -> None:
     with socket.socket() as silent:  # accepts the TCP connection, never answers the login
         silent.bind(("127.0.0.1", 0))
@@ -336,29 +335,30 @@ def test_conformance_timeout_stops_the_tool_and_reports_crash() -> None:
     assert r.crashed and r.crash_reason is not None and "timed out" in r.crash_reason
 
 
-@pytest.mark.interop
-def test_chap_right_secret_logs_in_wrong_one_fails() -> None:
-    chap, mutual = ("alice", "alice-secret-1"), ("tgtd", "target-secret-1")
-    with Tgtd(LUN_SIZE, iqn=IQN, chap=chap, mutual=mutual) as t:
-        assert iscsi_inq(t.auth_url()).is_disk
-        with pytest.raises(PeerError, match="Authentication failure"):
-            iscsi_inq(t.url(user="alice", password="wrong-secret-1"))
-        with pytest.raises(PeerError, match="Authentication failure"):
-            iscsi_inq(t.url())  # no credentials at all
-        with pytest.raises(PeerError, match="CHAP_R"):  # target proves a different secret
-            iscsi_inq(
-                t.url(
-                    user="alice",
-                    password="alice-secret-1",
-                    target_user="tgtd",
-                    target_password="not-the-target",
-                )
+CHAP, MUTUAL = ("alice", "alice-secret-1"), ("tgtd", "target-secret-1")
+
+
+@tgtd_with(LUN_SIZE, iqn=IQN, chap=CHAP, mutual=MUTUAL)
+def test_chap_right_secret_logs_in_wrong_one_fails(tgtd: Tgtd) -> None:
+    assert iscsi_inq(tgtd.auth_url()).is_disk
+    with pytest.raises(PeerError, match="Authentication failure"):
+        iscsi_inq(tgtd.url(user="alice", password="wrong-secret-1"))
+    with pytest.raises(PeerError, match="Authentication failure"):
+        iscsi_inq(tgtd.url())  # no credentials at all
+    with pytest.raises(PeerError, match="CHAP_R"):  # target proves a different secret
+        iscsi_inq(
+            tgtd.url(
+                user="alice",
+                password="alice-secret-1",
+                target_user="tgtd",
+                target_password="not-the-target",
             )
-        with pytest.raises(PeerError):  # a normal login per target with -s: needs the secret
-            iscsi_ls(t.portal_url("alice", "wrong-secret-1"), show_luns=True)
+        )
+    with pytest.raises(PeerError):  # a normal login per target with -s: needs the secret
+        iscsi_ls(tgtd.portal_url("alice", "wrong-secret-1"), show_luns=True)
 
 
-@pytest.mark.interop
+@pytest.mark.peers
 def test_tgtd_is_gone_after_stop_even_if_the_body_fails(tmp_path: Path) -> None:
     lun = tmp_path / "lun.img"
     lun.write_bytes(b"\0" * (1 << 20))
@@ -375,7 +375,7 @@ def test_tgtd_is_gone_after_stop_even_if_the_body_fails(tmp_path: Path) -> None:
     t.stop()  # idempotent
 
 
-@pytest.mark.interop
+@pytest.mark.peers
 def test_instances_run_side_by_side() -> None:
     with Tgtd(1 << 20, iqn=IQN + "-a") as a, Tgtd(2 << 20, iqn=IQN + "-b") as b:
         assert a.port != b.port and a.workdir != b.workdir
@@ -388,7 +388,7 @@ def test_instances_run_side_by_side() -> None:
         assert iscsi_readcapacity16(a.url()).size_bytes == 1 << 20
 
 
-@pytest.mark.interop
+@pytest.mark.peers
 def test_startup_failure_raises_with_tgtds_log_and_leaves_nothing() -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -401,7 +401,7 @@ def test_startup_failure_raises_with_tgtds_log_and_leaves_nothing() -> None:
         assert t.pid is None and _tgtd_pids_on(port) == []
 
 
-@pytest.mark.interop
+@pytest.mark.peers
 @pytest.mark.slow
 def test_full_conformance_suite_against_tgtd() -> None:
     with Tgtd(LUN_SIZE, iqn=IQN) as t:
