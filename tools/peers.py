@@ -58,6 +58,7 @@ __all__ = [
     "parse_iscsi_ls",
     "parse_perf",
     "parse_readcapacity16",
+    "port_accepts",
 ]
 
 DEFAULT_IQN = "iqn.2024-01.org.earmark:tgtd"
@@ -221,7 +222,8 @@ def free_port() -> int:
         return port
 
 
-def _port_accepts(port: int, timeout: float = 0.2) -> bool:
+def port_accepts(port: int, timeout: float = 0.2) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port` (a started server)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout):
             return True
@@ -591,7 +593,7 @@ class Tgtd:
 
     def _wait_listening(self) -> None:
         deadline = time.monotonic() + self._start_timeout
-        while not _port_accepts(self.port):
+        while not port_accepts(self.port):
             if not self.running:
                 raise PeerError("tgtd died before it accepted connections", stderr=self.log_text())
             if time.monotonic() > deadline:

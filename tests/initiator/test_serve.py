@@ -16,7 +16,7 @@ import pytest
 import earmark
 from earmark.initiator.errors import AuthenticationFailedError
 from earmark.runtime.initiator_device import discover
-from tools.peers import _port_accepts, free_port
+from tools.peers import free_port, port_accepts
 
 pytestmark = pytest.mark.tcp
 
@@ -35,7 +35,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path
     )
     try:
         deadline = time.monotonic() + 20
-        while not _port_accepts(port):
+        while not port_accepts(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 pytest.fail(f"earmark serve did not start: {err}")
