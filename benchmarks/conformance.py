@@ -25,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from earmark.peers import ConformanceResult, Tgtd, free_port, iscsi_test_cu
+import repo_root  # noqa: F401  (before tools: puts the repository root on sys.path)
 from earmark.units import SizeError, parse_size
+from tools.peers import ConformanceResult, Tgtd, free_port, iscsi_test_cu
 
 #: How long `earmark serve` may take to listen, and to exit after SIGINT.
 START_TIMEOUT = 20.0

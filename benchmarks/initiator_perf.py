@@ -23,7 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from earmark.peers import Tgtd, iscsi_perf
+import repo_root  # noqa: F401  (before tools: puts the repository root on sys.path)
+from tools.peers import Tgtd, iscsi_perf
 
 LUN_BYTES = 256 << 20
 BLOCK = 512  # tgtd's block size

@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 
 from earmark.memory import Arena, HostLevel
 
-CLAIM = {HostLevel.PAGE: 4096, HostLevel.REQUEST: 256, HostLevel.TASK: 64, HostLevel.WIRE: 64}
+CLAIM: dict[int, int] = {HostLevel.PAGE: 4096, HostLevel.REQUEST: 256, HostLevel.TASK: 64,
+                         HostLevel.WIRE: 64}
 CLAIM_BYTES = sum(CLAIM.values())
 SLOTS = 10
 TASKS = 1000
@@ -58,7 +59,7 @@ def timed(coro_factory: Callable[[], Awaitable[None]]) -> float:
         await coro_factory()
         return time.perf_counter_ns() - start
 
-    return asyncio.run(run())  # type: ignore[arg-type]
+    return asyncio.run(run())
 
 
 def best_of(repeats: int, fn: Callable[[], float]) -> float:

@@ -29,7 +29,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from earmark.peers import Tgtd, free_port, iscsi_perf
+import repo_root  # noqa: F401  (before tools: puts the repository root on sys.path)
+from tools.peers import Tgtd, free_port, iscsi_perf
 
 LUN_BYTES = 256 << 20
 BLOCK = 512  # both targets' block size

@@ -1,0 +1,73 @@
+"""`earmark serve` as a user meets it: errors in one line, a port in use, the URL it
+prints, a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools import peers
+
+EARMARK = [sys.executable, "-m", "earmark.cli"]
+
+
+def serve(*args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EARMARK, "serve", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.mark.tcp  # free_port() binds
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["{dir}/missing.img"], "does not exist"),
+        (["{dir}/new.img", "--size", "1X"], "is not a size"),
+        (["{dir}/odd.img"], "not a multiple"),
+        (["{dir}/new.img", "--size", "1001"], "not a multiple"),
+    ],
+)
+def test_serve_errors_are_one_line_with_the_fix(tmp_path: Path, args: list[str],
+                                                words: str) -> None:
+    (tmp_path / "odd.img").write_bytes(b"x" * 1000)
+    done = serve(*[a.format(dir=tmp_path) for a in args], "--port", str(peers.free_port()))
+    assert done.returncode == 2
+    assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.tcp
+def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        done = serve(str(tmp_path / "d.img"), "--size", "1M", "--port", str(port))
+    assert done.returncode == 2 and "in use" in done.stderr and "--port" in done.stderr
+
+
+@pytest.mark.peers
+def test_serve_prints_the_url_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port = peers.free_port()
+    proc = subprocess.Popen([*EARMARK, "serve", str(tmp_path / "disk.img"), "--size", "4M",
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        url = proc.stdout.readline().strip()
+        assert url == f"iscsi://127.0.0.1:{port}/iqn.2026-11.org.earmark:disk/0"
+        assert peers.iscsi_readcapacity16(url).num_blocks == 8192
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert os.path.getsize(tmp_path / "disk.img") == 4 << 20
+

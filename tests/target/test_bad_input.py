@@ -1,0 +1,213 @@
+"""Malformed PDUs against a running target: Reject or a logged close, never a traceback.
+
+A raw socket client plays a broken or hostile initiator (garbage before login,
+unknown opcodes, impossible lengths, commands outside the window, a wrong
+digest) while a well-behaved session keeps working beside it. The target must
+answer each with a Reject or close that one connection with a log line saying
+why, keep serving the good session, and stay within its memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import earmark
+from earmark.iscsi.framing import PduReader, serialize
+from earmark.iscsi.login import InitiatorLogin
+from earmark.iscsi.pdu import LoginRequest, LoginResponse, Pdu, Reject, ScsiCommand
+from earmark.runtime.embedded import EmbeddedTarget
+from earmark.scsi import cdb as C
+from tests.targets import embedded_with
+
+# The shared embedded target (tests/conftest.py), small, in a tight arena.
+WITH_TARGET = embedded_with(4 << 20, memory=8 << 20)
+
+HOST_PORT: tuple[str, int] = ("127.0.0.1", 0)
+
+
+class GoodSession:
+    """A real initiator session on its own loop thread, checked between attacks."""
+
+    def __init__(self, url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.dev = earmark.open(url)
+        self._run(self.dev.connect())
+        self.round = 0
+
+    def _run(self, coro: object) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)  # type: ignore[arg-type]
+
+    def check(self) -> None:
+        self.round += 1
+        data = bytes([self.round % 256]) * 4096
+        self._run(self.dev.write(8192, data))
+        assert self._run(self.dev.read(8192, 4096)) == data
+
+    def close(self) -> None:
+        self._run(self.dev.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def good(embedded_target: EmbeddedTarget) -> Iterator[GoodSession]:
+    session = GoodSession(embedded_target.url)
+    yield session
+    session.close()
+
+
+def connect(target: EmbeddedTarget) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", target.server.port), timeout=5)
+    sock.settimeout(5)
+    return sock
+
+
+def exchange(sock: socket.socket, reader: PduReader, pdu: Pdu) -> list[Pdu]:
+    sock.sendall(b"".join(bytes(p) for p in serialize(pdu, False, False)))
+    return read_some(sock, reader)
+
+
+def read_some(sock: socket.socket, reader: PduReader) -> list[Pdu]:
+    """PDUs the target sent, or [] once it closed the connection (or went quiet)."""
+    got: list[Pdu] = []
+    try:
+        while not got:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return got
+            got.extend(reader.feed(chunk))
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return got
+
+
+def logged_in(target: EmbeddedTarget) -> tuple[socket.socket, PduReader, InitiatorLogin]:
+    sock = connect(target)
+    reader = PduReader(1 << 20)
+    login = InitiatorLogin("iqn.2026-11.org.earmark:attacker", target_name=target.iqn,
+                           isid=0x80_0000_0001, wants={"InitialR2T": "Yes",
+                                                       "ImmediateData": "No"})
+    req: LoginRequest | None = login.start()
+    while req is not None:
+        (resp,) = exchange(sock, reader, req)
+        assert isinstance(resp, LoginResponse)
+        req = login.receive(resp)
+    return sock, reader, login
+
+
+def still_fine(target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture) -> None:
+    good.check()
+    assert target.arena.high_water <= target.arena.capacity
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert not tracebacks, tracebacks[0].getMessage()
+
+
+SETTINGS = settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@WITH_TARGET
+@SETTINGS
+@given(garbage=st.binary(min_size=1, max_size=600))
+def test_garbage_before_login_closes_only_that_connection(
+    embedded_target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture,
+    garbage: bytes,
+) -> None:
+    caplog.set_level(logging.INFO)
+    with connect(embedded_target) as sock:
+        sock.sendall(garbage)
+        sock.shutdown(socket.SHUT_WR)
+        # Whatever it said, the target ends this connection and nothing else.
+        while sock.recv(65536):
+            pass
+    still_fine(embedded_target, good, caplog)
+
+
+@WITH_TARGET
+@SETTINGS
+@given(opcode=st.integers(0, 0x3F), body=st.binary(min_size=47, max_size=47))
+def test_unknown_or_mangled_pdus_get_reject_or_a_logged_close(
+    embedded_target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture,
+    opcode: int, body: bytes,
+) -> None:
+    caplog.set_level(logging.INFO)
+    sock, reader, _ = logged_in(embedded_target)
+    with sock:
+        # A BHS with any opcode and random fields, its lengths zeroed so it frames.
+        bhs = bytearray(bytes([opcode]) + body)
+        bhs[4:8] = bytes(4)
+        sock.sendall(bytes(bhs))
+        replies = read_some(sock, reader)
+    closed = any("closing" in r.getMessage() for r in caplog.records)
+    assert replies or closed or opcode in (0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x10)
+    still_fine(embedded_target, good, caplog)
+
+
+@WITH_TARGET
+def test_oversize_segment_out_of_window_command_and_bad_digest(
+    embedded_target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    # A data segment far beyond what the target declared it accepts.
+    sock, reader, login = logged_in(embedded_target)
+    with sock:
+        cmd = ScsiCommand(itt=1, cdb=C.test_unit_ready(), cmd_sn=login.cmd_sn,
+                          exp_stat_sn=login.exp_stat_sn)
+        header = bytearray(b"".join(bytes(p) for p in serialize(cmd, False, False)))
+        header[5:8] = (0xFFFFFF).to_bytes(3, "big")
+        sock.sendall(bytes(header))
+        replies = read_some(sock, reader)
+        assert all(isinstance(r, Reject) for r in replies)
+    assert any("exceeds MaxRecvDataSegmentLength" in r.getMessage() for r in caplog.records)
+    still_fine(embedded_target, good, caplog)
+
+    # A command far outside the CmdSN window is ignored, as RFC 7143 says; the
+    # session goes on and answers the next in-window command.
+    sock, reader, login = logged_in(embedded_target)
+    with sock:
+        stray = ScsiCommand(itt=2, cdb=C.test_unit_ready(), cmd_sn=login.cmd_sn + 100_000,
+                            exp_stat_sn=login.exp_stat_sn)
+        sock.sendall(b"".join(bytes(p) for p in serialize(stray, False, False)))
+        ok = ScsiCommand(itt=3, cdb=C.test_unit_ready(), cmd_sn=login.cmd_sn,
+                         exp_stat_sn=login.exp_stat_sn)
+        replies = exchange(sock, reader, ok)
+        assert [getattr(r, "itt", None) for r in replies] == [3]
+    still_fine(embedded_target, good, caplog)
+
+    # A header digest that does not match, on a session that negotiated digests.
+    sock = connect(embedded_target)
+    reader = PduReader(1 << 20)
+    login = InitiatorLogin("iqn.2026-11.org.earmark:digests", target_name=embedded_target.iqn,
+                           isid=0x80_0000_0002, wants={"HeaderDigest": "CRC32C"})
+    req: LoginRequest | None = login.start()
+    with sock:
+        while req is not None:
+            (resp,) = exchange(sock, reader, req)
+            assert isinstance(resp, LoginResponse)
+            req = login.receive(resp)
+        assert login.params.header_digest
+        cmd = ScsiCommand(itt=4, cdb=C.test_unit_ready(), cmd_sn=login.cmd_sn,
+                          exp_stat_sn=login.exp_stat_sn)
+        wire = bytearray(b"".join(bytes(p) for p in serialize(cmd, True, False)))
+        wire[48] ^= 0xFF  # corrupt the header digest
+        sock.sendall(bytes(wire))
+        reader.set_digests(True, False)
+        read_some(sock, reader)
+    assert any("digest" in r.getMessage() for r in caplog.records)
+    still_fine(embedded_target, good, caplog)
+
+
+def test_struct_sanity() -> None:
+    # The BHS is 48 bytes: the fuzzers above build exactly that.
+    assert struct.calcsize(">B47s") == 48

@@ -1,0 +1,166 @@
+"""The target's fast paths: cached reads on the loop thread, and their fallbacks.
+
+A small read whose blocks are in the page cache is done on the event loop with
+preadv2(RWF_NOWAIT); anything else (not cached, a kernel without the flag, an
+error, a larger read) must still go through the thread pool and come back with
+the right data. `earmark serve --loop uvloop` runs the same code on uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import earmark
+from earmark.runtime import connection
+from earmark.runtime.embedded import EmbeddedTarget
+from earmark.target.backing import BackingError, FileBacking, MemoryBacking
+from earmark.target.events import IoRequest
+from earmark.target.executor import run_io
+from tools import peers
+
+SIZE = 4 << 20
+
+
+@pytest.fixture
+def lun(tmp_path: Path) -> Path:
+    path = tmp_path / "lun.img"
+    path.write_bytes(os.urandom(SIZE))  # just written: in the page cache
+    return path
+
+
+def test_read_cached_fills_the_views_from_the_page_cache(lun: Path) -> None:
+    backing = FileBacking(lun)
+    want = lun.read_bytes()[8192 : 8192 + 6144]
+    a, b = bytearray(2048), bytearray(4096)
+    assert backing.read_cached(8192, [memoryview(a), memoryview(b)])
+    assert bytes(a + b) == want
+    with pytest.raises(BackingError):
+        backing.read_cached(SIZE - 512, [memoryview(bytearray(1024))])
+    backing.close()
+
+
+def test_read_cached_declines_instead_of_waiting(lun: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    backing = FileBacking(lun)
+    view = memoryview(bytearray(4096))
+
+    def would_block(*args: object) -> int:
+        raise BlockingIOError(errno.EAGAIN, "not cached")
+
+    monkeypatch.setattr(os, "preadv", would_block)
+    assert not backing.read_cached(0, [view])
+
+    def unsupported(*args: object) -> int:
+        raise OSError(errno.EOPNOTSUPP, "no RWF_NOWAIT here")
+
+    monkeypatch.setattr(os, "preadv", unsupported)
+    assert not backing.read_cached(0, [view])
+    monkeypatch.undo()
+    # Having been told no once, it stops asking; readinto still works.
+    assert not backing.read_cached(0, [view])
+    backing.readinto(0, [view])
+    assert bytes(view) == lun.read_bytes()[:4096]
+    backing.close()
+
+
+def test_memory_backing_is_always_cached() -> None:
+    backing = MemoryBacking(4096)
+    backing.write(0, [memoryview(b"x" * 4096)])
+    view = memoryview(bytearray(4096))
+    assert backing.read_cached(0, [view]) and bytes(view) == b"x" * 4096
+
+
+def _read_all(url: str, reads: list[tuple[int, int]]) -> list[bytes]:
+    async def go() -> list[bytes]:
+        dev = earmark.open(url)
+        await dev.connect()
+        try:
+            return list(await asyncio.gather(*(dev.read(o, n) for o, n in reads)))
+        finally:
+            await dev.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def served(
+    lun: Path, embedded_targets: Callable[..., EmbeddedTarget]
+) -> tuple[EmbeddedTarget, FileBacking]:
+    backing = FileBacking(lun)
+    return embedded_targets(backing, memory=16 << 20), backing
+
+
+READS = [(0, 4096), (12288, 512), (1 << 20, 4096), (SIZE - 8192, 8192), (65536, 65536),
+         (3 << 20, 256 << 10)]  # the last two: at and above the inline limit
+
+
+def test_reads_on_the_loop_and_on_the_pool_return_the_same_bytes(
+    lun: Path, served: tuple[EmbeddedTarget, FileBacking], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, backing = served
+    data = lun.read_bytes()
+    want = [data[o : o + n] for o, n in READS]
+    pooled: list[int] = []
+    real_run_io = run_io
+
+    def counting(io: IoRequest) -> bytes:
+        pooled.append(sum(len(v) for v in io.views))
+        return real_run_io(io)
+
+    monkeypatch.setattr(connection, "run_io", counting)
+    assert _read_all(target.url, READS) == want
+    # Only what is over the inline limit went to a thread (cached small reads did not).
+    assert all(n > connection.INLINE_READ_BYTES for n in pooled)
+    # Nothing cached (or no RWF_NOWAIT): every read goes to the pool, same bytes.
+    pooled.clear()
+    monkeypatch.setattr(backing, "read_cached", lambda offset, views: False)
+    assert _read_all(target.url, READS) == want
+    assert len(pooled) >= len(READS)
+
+
+def test_a_failing_cached_read_falls_back_to_the_pool(
+    lun: Path, served: tuple[EmbeddedTarget, FileBacking], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, backing = served
+
+    def broken(offset: int, views: list[memoryview]) -> bool:
+        raise OSError(errno.EIO, "flaky")
+
+    monkeypatch.setattr(backing, "read_cached", broken)
+    assert _read_all(target.url, [(4096, 4096)]) == [lun.read_bytes()[4096:8192]]
+
+
+@pytest.mark.peers
+@pytest.mark.skipif(importlib.util.find_spec("uvloop") is None, reason="uvloop not installed")
+def test_serve_on_uvloop_logs_in_reads_and_stops_cleanly(lun: Path) -> None:
+    port = peers.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "earmark.cli", "serve", str(lun), "--port", str(port),
+         "--loop", "uvloop"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline() and proc.stdout.readline().strip()
+        assert url.startswith("iscsi://")
+        assert peers.iscsi_readcapacity16(url) == (512, SIZE // 512)
+        assert peers.iscsi_perf(url, blocks=8, queue_depth=4, seconds=1).iops > 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
