@@ -11,23 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import hashlib
 import importlib.util
 import logging
-import os
 import re
 import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from earmark.iscsi.login import TargetEntry
-from earmark.memory import Arena
-from earmark.memory.levels import TargetLevel
 from earmark.runtime.initiator_cli import event_loop_name
-from earmark.runtime.server import TargetServer, TargetSpec
-from earmark.scsi.disk import Disk
-from earmark.target.backing import BackingError, FileBacking
+from earmark.runtime.server import TargetServer
+from earmark.target import build
+from earmark.target.backing import BackingError
 from earmark.target.config import (
     ConfigError,
     LunConfig,
@@ -35,14 +30,12 @@ from earmark.target.config import (
     TargetConfig,
     load,
 )
-from earmark.target.lun import LogicalUnit
-from earmark.target.session import Policy, SessionConfig
+from earmark.target.session import Policy
 from earmark.units import SizeError, parse_size
 
 log = logging.getLogger("earmark.serve")
 
 IQN_PREFIX = "iqn.2026-11.org.earmark:"
-BLOCK_SIZE = 512
 
 
 class UsageError(Exception):
@@ -91,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             uvloop.run(_serve(server, args))
         else:
             asyncio.run(_serve(server, args))
-    except (UsageError, BackingError, ConfigError, SizeError) as exc:
+    except (UsageError, BackingError, ConfigError, SizeError, build.SetupError) as exc:
         print(f"earmark serve: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -131,57 +124,13 @@ def _build(args: argparse.Namespace) -> TargetServer:
     cfg = _config(args)
     if not 0 < cfg.port < 65536:
         raise UsageError(f"--port {cfg.port} is not a TCP port: use 1-65535")
-    config = SessionConfig(policy=Policy(cfg.policy))
-    granule = 64
-    arena = Arena(cfg.memory // granule * granule or granule, levels=TargetLevel,
-                  name="target arena")
-    specs = []
-    for target in cfg.targets:
-        units = {lun.lun: _unit(lun, config) for lun in target.luns}
-        entry = TargetEntry(target.iqn, alias=target.alias, chap=target.chap,
-                            mutual=target.mutual, allowed_initiators=target.initiators)
-        specs.append(TargetSpec(entry, units))
-    server = TargetServer(specs, arena=arena, config=config, address=cfg.address,
-                          port=cfg.port)
-    need = server.recv_bytes + sum(server.slot_claims.values())
+    server = TargetServer(build.from_config(cfg))
+    portal = server.portal
+    need = portal.recv_bytes + sum(portal.slot_claim.values())
     if cfg.memory < need:
         raise UsageError(f"memory {cfg.memory} B cannot hold one connection ({need} B): "
                          "give it at least 1MiB")
     return server
-
-
-def _unit(lun: LunConfig, config: SessionConfig) -> LogicalUnit:
-    if lun.size is not None:
-        _create(lun.file, lun.size)
-    backing = FileBacking(lun.file, block_size=BLOCK_SIZE)
-    serial = hashlib.sha256(os.fsencode(lun.file.resolve())).hexdigest()[:16]
-    # WRITE SAME may cover no more than one transfer: initiators (libiscsi's tests
-    # among them) read and write a whole WRITE SAME range with one command.
-    max_transfer = 8 << 20
-    disk = Disk(backing.size // BLOCK_SIZE, serial, block_size=BLOCK_SIZE,
-                max_transfer_bytes=max_transfer,
-                max_write_same_blocks=max_transfer // BLOCK_SIZE,
-                max_compare_blocks=min(255, config.buffer_bytes // (2 * BLOCK_SIZE)),
-                # WRITE ATOMIC is atomic because its data is written from one buffer.
-                max_atomic_blocks=min(0xFFFF, config.buffer_bytes // BLOCK_SIZE))
-    return LogicalUnit(lun.lun, disk, backing)
-
-
-def _create(path: Path, size: int) -> None:
-    if size % BLOCK_SIZE:
-        raise UsageError(f"--size {size} B is not a multiple of the {BLOCK_SIZE}-byte block "
-                         "size: round it (e.g. 1G)")
-    if path.exists():
-        have = path.stat().st_size
-        if have != size:
-            raise UsageError(f"{path} exists with {have} B, not {size} B: drop --size to serve "
-                             "it as it is, or remove it first")
-        return
-    try:
-        with open(path, "xb") as f:
-            f.truncate(size)
-    except OSError as exc:
-        raise UsageError(f"cannot create {path}: {exc.strerror}") from None
 
 
 async def _serve(server: TargetServer, args: argparse.Namespace) -> None:
@@ -200,8 +149,8 @@ async def _serve(server: TargetServer, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    policy = server.config.policy.value
-    for iqn, spec in server.targets.items():
+    policy = server.portal.config.policy.value
+    for iqn, spec in server.portal.targets.items():
         cred = ""
         if spec.entry.chap is not None:
             cred = f"{spec.entry.chap[0]}%{spec.entry.chap[1]}@"
