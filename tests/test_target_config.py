@@ -13,7 +13,10 @@ import pytest
 import earmark
 from earmark import peers
 from earmark.initiator.errors import InitiatorError
+from earmark.target import build
+from earmark.target.backing import MemoryBacking
 from earmark.target.config import ConfigError, load
+from earmark.target.session import Policy
 
 GOOD = """
 [server]
@@ -79,6 +82,22 @@ def test_mistakes_are_one_line_with_the_fix(tmp_path: Path, text: str, message: 
         load(write(tmp_path, text))
     assert message in str(info.value)
     assert str(info.value).startswith(f"config {tmp_path / 'earmark.toml'}")
+
+
+def test_the_embedded_target_serves_the_disk_earmark_serve_does(tmp_path: Path) -> None:
+    """The tests run the embedded target: it must present the limits `earmark serve` does
+    (WRITE ATOMIC up to one command buffer, WRITE SAME up to one transfer)."""
+    setup = build.from_config(load(write(tmp_path, GOOD)))
+    served = setup.targets[0].units[0].disk
+    for spec in setup.targets:
+        for unit in spec.units.values():
+            unit.backing.close()
+    embedded = build.one_lun(MemoryBacking(4 << 20), iqn="iqn.2026-11.org.earmark:e",
+                             memory=16 << 20, policy=Policy.RESERVE, chap=None,
+                             block_size=512, serial=served.serial).targets[0].units[0].disk
+    assert embedded == served
+    assert (served.max_atomic_blocks, served.max_write_same_blocks) == (512, 16384)
+    assert (setup.address, setup.port, setup.arena.capacity) == ("127.0.0.1", 3999, 32 << 20)
 
 
 @pytest.fixture
