@@ -13,38 +13,23 @@ import asyncio
 import errno
 import importlib.util
 import logging
-import re
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from earmark.runtime.initiator_cli import event_loop_name
 from earmark.runtime.server import TargetServer
 from earmark.target import build
 from earmark.target.backing import BackingError
-from earmark.target.config import (
-    ConfigError,
-    LunConfig,
-    ServeConfig,
-    TargetConfig,
-    load,
-)
+from earmark.target.config import ConfigError, from_options
 from earmark.target.session import Policy
-from earmark.units import SizeError, parse_size
+from earmark.units import SizeError
 
 log = logging.getLogger("earmark.serve")
-
-IQN_PREFIX = "iqn.2026-11.org.earmark:"
 
 
 class UsageError(Exception):
     """A mistake on the command line or in the environment; the message is the fix."""
-
-
-def target_iqn(path: Path) -> str:
-    stem = re.sub(r"[^a-z0-9.-]+", "-", path.stem.lower()).strip("-.") or "disk"
-    return IQN_PREFIX + stem
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,40 +75,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config(args: argparse.Namespace) -> ServeConfig:
-    """The command line as a config: one target, one LUN; --config reads the rest."""
-    if (args.file is None) == (args.config is None):
-        raise UsageError("give either FILE (one LUN) or --config FILE.toml, not both or neither")
-    if args.config is not None:
-        cfg = load(args.config)
-        # Flags given explicitly override the file's [server] table.
-        if args.address is not None:
-            cfg = replace(cfg, address=args.address)
-        if args.port is not None:
-            cfg = replace(cfg, port=args.port)
-        if args.memory is not None:
-            cfg = replace(cfg, memory=parse_size(args.memory, "--memory"))
-        if args.policy is not None:
-            cfg = replace(cfg, policy=args.policy)
-        return cfg
-    chap = None
-    if args.chap is not None:
-        user, sep, secret = args.chap.partition(":")
-        if not sep or not user or not secret:
-            raise UsageError(f"--chap {args.chap!r} must be USER:SECRET")
-        chap = (user, secret)
-    size = parse_size(args.size, "--size") if args.size is not None else None
-    lun = LunConfig(0, args.file, size)
-    target = TargetConfig(target_iqn(args.file), "", chap, None, None, (lun,))
-    return ServeConfig(args.address or "127.0.0.1", 3260 if args.port is None else args.port,
-                       parse_size(args.memory or "64MiB", "--memory"),
-                       args.policy or "reserve", (target,))
-
-
 def _build(args: argparse.Namespace) -> TargetServer:
-    cfg = _config(args)
-    if not 0 < cfg.port < 65536:
-        raise UsageError(f"--port {cfg.port} is not a TCP port: use 1-65535")
+    cfg = from_options(args.file, args.config, size=args.size, address=args.address,
+                       port=args.port, memory=args.memory, policy=args.policy, chap=args.chap)
     server = TargetServer(build.from_config(cfg))
     portal = server.portal
     need = portal.recv_bytes + sum(portal.slot_claim.values())
