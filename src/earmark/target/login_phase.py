@@ -13,7 +13,7 @@ from earmark.iscsi.login import TargetLogin
 from earmark.iscsi.pdu import Buffer, LoginRequest, Pdu
 from earmark.memory import Reservation
 from earmark.scsi.reservations import Nexus
-from earmark.target.portal import START, Start, TargetPortal, WaitFor
+from earmark.target.portal import PORTAL_GROUP_TAG, START, Start, TargetPortal, WaitFor
 from earmark.target.session import TargetSession
 
 _MOD = 1 << 32
@@ -36,7 +36,8 @@ class LoginPhase:
     def __init__(self, portal: TargetPortal, conn_id: int) -> None:
         self._portal = portal
         self._conn_id = conn_id
-        self._login = TargetLogin(portal.entries, portal_group_tag=1, wants=portal.login_wants,
+        self._login = TargetLogin(portal.entries, portal_group_tag=PORTAL_GROUP_TAG,
+                                  wants=portal.login_wants,
                                   allocate_tsih=self._allocate_tsih)
         self._stat_sn = 0
         self._cmd_sn = 0

@@ -35,6 +35,8 @@ from earmark.target.session import Policy, SessionConfig, TargetSession
 SLOT_BYTES = 256
 #: What the target accepts per PDU (MaxRecvDataSegmentLength it declares).
 RECV_SEGMENT = 65536
+#: The one portal group this target has: login and SendTargets both name it.
+PORTAL_GROUP_TAG = 1
 #: TSIHs are 16 bits, and 0 on the wire means "a new session".
 _TSIH_MAX = 0xFFFF
 
@@ -120,7 +122,7 @@ class TargetPortal:
         self._gone: set[int] = set()
 
     def listening(self, address: str, port: int) -> None:
-        self.network_portals = [Portal(address, port, 1)]
+        self.network_portals = [Portal(address, port, PORTAL_GROUP_TAG)]
 
     def units_of(self, iqn: str) -> dict[int, LogicalUnit]:
         spec = self.targets.get(iqn)
