@@ -12,7 +12,10 @@ import pytest
 
 import earmark
 from earmark.initiator.errors import InitiatorError
-from earmark.target.config import ConfigError, load
+from earmark.target import build
+from earmark.target.backing import MemoryBacking
+from earmark.target.config import ConfigError, from_options, load
+from earmark.target.session import Policy
 from tools import peers
 
 GOOD = """
@@ -79,6 +82,53 @@ def test_mistakes_are_one_line_with_the_fix(tmp_path: Path, text: str, message: 
         load(write(tmp_path, text))
     assert message in str(info.value)
     assert str(info.value).startswith(f"config {tmp_path / 'earmark.toml'}")
+
+
+def test_the_command_line_is_one_target_with_one_lun(tmp_path: Path) -> None:
+    cfg = from_options(tmp_path / "My Disk.img", None, size="1M", chap="bob:bob-secret-123")
+    (target,) = cfg.targets
+    assert target.iqn == "iqn.2026-11.org.earmark:my-disk" and target.chap == ("bob",
+                                                                            "bob-secret-123")
+    assert [(lun.lun, lun.size) for lun in target.luns] == [(0, 1 << 20)]
+    assert (cfg.address, cfg.port, cfg.memory, cfg.policy) == ("127.0.0.1", 3260, 64 << 20,
+                                                              "reserve")
+
+
+def test_flags_override_the_config_files_server_table(tmp_path: Path) -> None:
+    cfg = from_options(None, write(tmp_path, GOOD), port=4000, memory="8MiB", policy="none",
+                       address="0.0.0.0")
+    assert (cfg.address, cfg.port, cfg.memory, cfg.policy) == ("0.0.0.0", 4000, 8 << 20, "none")
+    assert len(cfg.targets) == 2
+
+
+@pytest.mark.parametrize(("file", "config", "flags", "message"), [
+    (None, None, {}, "give either FILE"),
+    ("d.img", "earmark.toml", {}, "not both or neither"),
+    ("d.img", None, {"chap": "nocolon"}, "must be USER:SECRET"),
+    ("d.img", None, {"port": 70000}, "is not a TCP port"),
+])
+def test_command_line_mistakes_say_the_fix(tmp_path: Path, file: str | None, config: str | None,
+                                           flags: dict[str, object], message: str) -> None:
+    write(tmp_path, GOOD)
+    with pytest.raises(ConfigError, match=message):
+        from_options(None if file is None else tmp_path / file,
+                     None if config is None else tmp_path / config, **flags)  # type: ignore[arg-type]
+
+
+def test_the_embedded_target_serves_the_disk_earmark_serve_does(tmp_path: Path) -> None:
+    """The tests run the embedded target: it must present the limits `earmark serve` does
+    (WRITE ATOMIC up to one command buffer, WRITE SAME up to one transfer)."""
+    setup = build.from_config(load(write(tmp_path, GOOD)))
+    served = setup.targets[0].units[0].disk
+    for spec in setup.targets:
+        for unit in spec.units.values():
+            unit.backing.close()
+    embedded = build.one_lun(MemoryBacking(4 << 20), iqn="iqn.2026-11.org.earmark:e",
+                             memory=16 << 20, policy=Policy.RESERVE, chap=None,
+                             block_size=512, serial=served.serial).targets[0].units[0].disk
+    assert embedded == served
+    assert (served.max_atomic_blocks, served.max_write_same_blocks) == (512, 16384)
+    assert (setup.address, setup.port, setup.arena.capacity) == ("127.0.0.1", 3999, 32 << 20)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def test_unsent_answers_stay_bounded_when_the_initiator_stops_reading() -> None:
         async def probe() -> list[tuple[int, int]]:
             return [(c.transport.get_write_buffer_size(),
                      c.session.exp_cmd_sn - first if c.session is not None else -1)
-                    for c in target.server._connections if c.transport is not None]
+                    for c in target.server._connections.values() if c.transport is not None]
 
         (unsent, read), = asyncio.run_coroutine_threadsafe(probe(), target.loop).result(10)
         sock.close()

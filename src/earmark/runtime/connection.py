@@ -19,29 +19,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from concurrent.futures import Executor
+from typing import cast
 
 from crc32c import crc32c
 
 from earmark.iscsi.digest import DIGEST_LENGTH, header_digest, padding
-from earmark.iscsi.discovery import TextResponder, discovery_answer
 from earmark.iscsi.errors import DigestError, ProtocolError
-from earmark.iscsi.framing import serialize
-from earmark.iscsi.login import LOGIN_MAX_SEGMENT, TargetLogin
+from earmark.iscsi.login import LOGIN_MAX_SEGMENT
 from earmark.iscsi.opcodes import RejectReason
-from earmark.iscsi.pdu import BHS_LENGTH, LoginRequest, bhs_lengths, decode_pdu
+from earmark.iscsi.pdu import BHS_LENGTH, Pdu, bhs_lengths, decode_pdu
 from earmark.memory import Buffer, Reservation
 from earmark.memory.levels import TargetLevel
 from earmark.scsi.plans import ReadPlan
-from earmark.scsi.reservations import Nexus
 from earmark.scsi.sense import ScsiError, SenseKey
 from earmark.target.backing import BackingError
 from earmark.target.events import AllocRequest, CloseConnection, IoRequest
 from earmark.target.executor import run_io
-from earmark.target.session import Policy, TargetSession
-
-if TYPE_CHECKING:
-    from earmark.runtime.server import TargetServer
+from earmark.target.login_phase import LoginPhase, Refused
+from earmark.target.portal import TargetPortal, WaitFor
+from earmark.target.session import TargetSession
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +61,24 @@ def recv_buffer_bytes(mrdsl: int) -> int:
 
 
 class TargetConnection(asyncio.BufferedProtocol):
-    def __init__(self, server: TargetServer, name: str) -> None:
-        self.server = server
-        self.name = name
+    """`peers` is every live connection by id (this one too, until it is lost): the
+    portal names the ones a login ends or lets start, and whose shares changed."""
+
+    def __init__(self, portal: TargetPortal, conn_id: int, peers: dict[int, TargetConnection],
+                 loop: asyncio.AbstractEventLoop, pool: Executor) -> None:
+        self._portal = portal
+        self.conn_id = conn_id
+        self._peers = peers
+        self._loop = loop
+        self._pool = pool
+        self.name = f"conn-{conn_id}"
         self.transport: asyncio.Transport | None = None
         #: The loop's clock, looked up once: every PDU received is timed with it.
-        self._clock: Callable[[], float] = server.loop.time
+        self._clock: Callable[[], float] = loop.time
         self.session: TargetSession | None = None
-        self._login: TargetLogin | None = None
+        self._login = LoginPhase(portal, conn_id)
+        #: The final login response, held while the sessions it reinstates drain.
+        self._held: list[bytes | memoryview] | None = None
         self._reservation: Reservation | None = None
         self._recv: Buffer | None = None
         self._rb = memoryview(bytearray(0))
@@ -87,7 +94,6 @@ class TargetConnection(asyncio.BufferedProtocol):
         self._header_digest = False
         self._data_digest = False
         self._limit = LOGIN_MAX_SEGMENT
-        self._stat_sn = 0
         self._first_slot: Reservation | None = None
         self._admission: asyncio.Task[None] | None = None
         self._allocs: set[asyncio.Task[None]] = set()
@@ -101,13 +107,6 @@ class TargetConnection(asyncio.BufferedProtocol):
         # a session that replaces this one must not start before then.
         self._io_running = 0
         self._ended: TargetSession | None = None
-        #: Set once the connection is gone and no I/O of its session still runs.
-        self.drained = asyncio.Event()
-        self._login_wait: asyncio.Task[None] | None = None
-        # The connection whose session this login reinstates, while it drains: this one
-        # counts as drained only after it (a later login may reinstate this one first).
-        self._predecessor: TargetConnection | None = None
-        self._drain_wait: asyncio.Task[None] | None = None
         # The transport holds more unsent bytes than its high-water mark (the initiator
         # reads slower than we answer): no new command is read until it drains.
         self._write_paused = False
@@ -126,12 +125,9 @@ class TargetConnection(asyncio.BufferedProtocol):
 
     async def _reserve_connection(self) -> None:
         """Hold the receive buffer and one command slot before reading a byte."""
-        server = self.server
-        claims: dict[int, int] = {TargetLevel.RECV: server.recv_bytes}
-        if server.config.policy is Policy.RESERVE:
-            claims.update(server.slot_claims)
+        portal = self._portal
         try:
-            res = await server.arena.reserve(claims, owner=f"{self.name}/admit")
+            res = await portal.arena.reserve(portal.connection_claim, owner=f"{self.name}/admit")
         except Exception as exc:  # ClaimTooLargeError: the arena cannot hold one connection
             log.error("%s: refused: %s", self.name, exc)
             self._close()
@@ -141,14 +137,14 @@ class TargetConnection(asyncio.BufferedProtocol):
             return
         res.handoff(self.name)
         self._reservation = res
-        waits = server.arena.waits
+        waits = portal.arena.waits
         waits.set_passive(self.name, (self.name,), "its receive buffer")
         # Command buffers (`--policy none`) are freed when the commands complete, which
         # takes their Data-Out: only this connection's reader can deliver it.
         waits.set_passive(f"{self.name}/cmds", (f"{self.name}/reader",))
-        if server.config.policy is Policy.RESERVE:
-            self._first_slot = res.split(server.slot_claims, owner=f"{self.name}/slots")
-        recv = res.take(TargetLevel.RECV, server.recv_bytes)
+        if portal.first_slot is not None:
+            self._first_slot = res.split(portal.first_slot, owner=f"{self.name}/slots")
+        recv = res.take(TargetLevel.RECV, portal.recv_bytes)
         if len(recv.segments) != 1:
             recv.put_back()
             log.error("%s: refused: the arena is too fragmented for a receive buffer", self.name)
@@ -159,10 +155,6 @@ class TargetConnection(asyncio.BufferedProtocol):
         if self._early_n:
             self._rb[: self._early_n] = self._early[: self._early_n]
             self._end = self._early_n
-        self._login = TargetLogin(
-            server.login_targets, portal_group_tag=1, wants=server.login_wants,
-            allocate_tsih=server.allocate_tsih,
-        )
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
             if self._end:
@@ -178,12 +170,9 @@ class TargetConnection(asyncio.BufferedProtocol):
             self._admission.cancel()
         for task in self._allocs:
             task.cancel()
-        if self._login_wait is not None:
-            self._login_wait.cancel()
         slots: list[Reservation] = []
         if self.session is not None:
             slots = self.session.close()
-            self.server.session_ended(self)
             self._ended, self.session = self.session, None
         if self._first_slot is not None:
             slots.append(self._first_slot)
@@ -196,9 +185,12 @@ class TargetConnection(asyncio.BufferedProtocol):
         if self._reservation is not None:
             self._reservation.release()
             self._reservation = None
-        self.server.arena.waits.clear_passive(self.name)
-        self.server.arena.waits.clear_passive(f"{self.name}/cmds")
-        self.server.connection_closed(self)
+        waits = self._portal.arena.waits
+        waits.clear_passive(self.name)
+        waits.clear_passive(f"{self.name}/cmds")
+        self._peers.pop(self.conn_id, None)
+        if self._portal.connection_closed(self.conn_id):
+            self._kick_all()
         self.idle.set()
         if not self._io_running:
             self._drained()
@@ -391,76 +383,43 @@ class TargetConnection(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------------ login
 
-    def _login_pdu(self, pdu: object) -> None:
-        login = self._login
-        if not isinstance(pdu, LoginRequest) or login is None:
-            self._fatal(f"{type(pdu).__name__} before login completed")
-            return
-        slots = 1 if self.server.config.policy is Policy.RESERVE else self.server.config.window
-        resp = login.receive(pdu, exp_cmd_sn=pdu.cmd_sn,
-                             max_cmd_sn=(pdu.cmd_sn + slots - 1) & 0xFFFFFFFF,
-                             stat_sn=self._stat_sn)
-        self._stat_sn = (self._stat_sn + 1) & 0xFFFFFFFF
-        if login.done and not login.failed and login.target is not None:
-            old = self.server.predecessor(login.initiator_name or "?", login.isid, self)
+    def _login_pdu(self, pdu: Pdu) -> None:
+        pieces, step = self._login.receive(pdu)
+        if type(step) is WaitFor:
+            self._held = pieces
+            log.info("%s: waiting for conn-%d's I/O to finish before the session is "
+                     "reinstated", self.name, step.old)
+            old = self._peers.get(step.old)
             if old is not None:
-                # Session reinstatement (RFC 7143 §6.3.5): the old session's tasks end
-                # before this one begins, so a write of the old one still on its way to
-                # the disk cannot land after this session's writes.
-                self._predecessor = old
-                # The nexus is this connection's now: a later login of it reinstates
-                # this one, and waits for both.
-                self.server.nexus_started(login.initiator_name or "?", login.isid, self)
-                self._login_wait = asyncio.ensure_future(
-                    self._login_after(old, serialize(resp, False, False), login, pdu.cmd_sn))
-                return
-        self._write(serialize(resp, False, False))
-        if login.failed:
-            self._close(f"login refused: {login.reason}", error=True)
+                old.abort("its session is reinstated by a new login")
             return
-        if login.done:
-            self._start_session(login, pdu.cmd_sn)
+        self._write(pieces)
+        if type(step) is Refused:
+            self._close(f"login refused: {step.reason}", error=True)
+        elif step is not None:
+            self._start_session()
 
-    async def _login_after(self, old: TargetConnection, resp: list[bytes | memoryview],
-                           login: TargetLogin, cmd_sn: int) -> None:
-        old.abort("its session is reinstated by a new login")
-        if not old.drained.is_set():
-            log.info("%s: waiting for %s's I/O to finish before the session is reinstated",
-                     self.name, old.name)
-        await old.drained.wait()
-        self._login_wait = None
-        self._predecessor = None
-        if self._closing:
+    def reinstate(self) -> None:
+        """The sessions this login reinstates are over: it may start now."""
+        held, self._held = self._held, None
+        if held is None or self._closing:
             return
-        self._write(resp)
-        self._start_session(login, cmd_sn)
+        self._write(held)
+        self._guarded(self._start_session)
         if self._pos < self._end:
             self._guarded(self._parse)
 
-    def _start_session(self, login: TargetLogin, cmd_sn: int) -> None:
-        server = self.server
-        params = login.params
-        target = login.target
-        initiator = login.initiator_name or "?"
-        units = server.units_of(target.iqn) if target is not None else {}
-        answer = discovery_answer(server.login_targets, server.portals, initiator_name=initiator,
-                                  session_target=target.iqn if target is not None else None)
+    def _start_session(self) -> None:
         slots = [self._first_slot] if self._first_slot is not None else []
         self._first_slot = None
-        self.session = TargetSession(
-            params, units, exp_cmd_sn=cmd_sn, stat_sn=self._stat_sn, slots=slots,
-            config=server.config, name=self.name, now=server.loop.time(),
-            text=TextResponder(answer, max_segment=params.initiator_mrdsl),
-            nexus=Nexus(initiator, login.isid),
-        )
+        self.session = session = self._login.session(slots, name=self.name,
+                                                     now=self._loop.time())
+        params = session.params
         self._header_digest, self._data_digest = params.header_digest, params.data_digest
         self._limit = params.target_mrdsl
-        self._login = None
-        log.info("%s: %s session for %s with %s", self.name, login.session_type, initiator,
-                 target.iqn if target is not None else "discovery")
-        server.session_started(self)
-        if target is not None:
-            server.nexus_started(initiator, login.isid, self)
+        log.info("%s: %s", self.name, self._login.what)
+        if self._portal.session_started(self.conn_id, session):
+            self._kick_all()
 
     # ---------------------------------------------------------------- sending
 
@@ -474,12 +433,12 @@ class TargetConnection(asyncio.BufferedProtocol):
         if session is None:
             return
         self._write(session.data_to_send())
-        loop = self.server.loop
+        loop = self._loop
         while (event := session.next_event()) is not None:
             if isinstance(event, IoRequest):
                 if not self._read_inline(session, event):
                     self._io_running += 1
-                    fut = loop.run_in_executor(self.server.pool, run_io, event)
+                    fut = loop.run_in_executor(self._pool, run_io, event)
                     fut.add_done_callback(self._io_callback(event))
             elif isinstance(event, AllocRequest):
                 task = asyncio.ensure_future(self._allocate(event))
@@ -563,7 +522,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         Once granted, the buffer is held by the connection's commands as a group.
         """
         waiter = f"{self.name}/reader" if req.blocking else f"{self.name}/{req.task.owner}"
-        buf = await self.server.arena.allocate(TargetLevel.BUFFER, req.nbytes, owner=waiter)
+        buf = await self._portal.arena.allocate(TargetLevel.BUFFER, req.nbytes, owner=waiter)
         buf.handoff(f"{self.name}/cmds")
         session = self.session
         if session is None or self._closing:
@@ -576,10 +535,10 @@ class TargetConnection(asyncio.BufferedProtocol):
 
     async def _admit(self) -> None:
         """Reserve command slots while the session wants more: its window grows."""
-        server = self.server
+        portal = self._portal
         try:
             while (session := self.session) is not None and session.slot_demand():
-                res = await server.arena.reserve(server.slot_claims, owner=f"{self.name}/admit")
+                res = await portal.arena.reserve(portal.slot_claim, owner=f"{self.name}/admit")
                 if self._closing or self.session is None:
                     res.release()
                     return
@@ -602,28 +561,26 @@ class TargetConnection(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
         if when is not None:
-            self._timer = self.server.loop.call_at(when, self._on_timer)
+            self._timer = self._loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.session is not None and not self._closing:
-            self.session.handle_timer(self.server.loop.time())
+            self.session.handle_timer(self._loop.time())
             self._pump()
 
     # ----------------------------------------------------------------- stopping
 
     def _drained(self) -> None:
-        old = self._predecessor
-        if old is not None and not old.drained.is_set():
-            self._drain_wait = asyncio.ensure_future(self._drained_after(old))
-            return
-        self.drained.set()
-        self.server.nexus_ended(self)
+        """Gone, and none of its I/O still runs: logins waiting for it may start."""
+        for conn_id in self._portal.drained(self.conn_id):
+            waiting = self._peers.get(conn_id)
+            if waiting is not None:
+                waiting.reinstate()
 
-    async def _drained_after(self, old: TargetConnection) -> None:
-        await old.drained.wait()
-        self._predecessor = self._drain_wait = None
-        self._drained()
+    def _kick_all(self) -> None:
+        for conn in list(self._peers.values()):
+            conn.kick()
 
     def kick(self) -> None:
         """The session's share of slots changed: start admission if it wants more."""

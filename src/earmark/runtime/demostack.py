@@ -130,7 +130,7 @@ class SimStack(_IscsiStack):
 
     async def __aenter__(self) -> SimStack:
         await self.server.start()
-        iqn = next(iter(self.server.targets))
+        iqn = next(iter(self.server.portal.targets))
         self.url = f"iscsi://127.0.0.1:{self.server.port}/{iqn}/0"
         return self
 

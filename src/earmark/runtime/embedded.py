@@ -13,14 +13,11 @@ import asyncio
 import threading
 from types import TracebackType
 
-from earmark.iscsi.login import TargetEntry
-from earmark.memory import Arena, DeadlockReport
-from earmark.memory.levels import TargetLevel
-from earmark.runtime.server import TargetServer, TargetSpec
-from earmark.scsi.disk import Disk
+from earmark.memory import DeadlockReport
+from earmark.runtime.server import TargetServer
+from earmark.target import build
 from earmark.target.backing import Backing
-from earmark.target.lun import LogicalUnit
-from earmark.target.session import Policy, SessionConfig
+from earmark.target.session import Policy
 
 DEFAULT_IQN = "iqn.2026-11.org.earmark:embedded"
 
@@ -36,14 +33,9 @@ def one_lun_server(
     watchdog_s: float = 2.0,
 ) -> TargetServer:
     """A target server with one target and LUN 0 on ``backing``, on a free port (not started)."""
-    disk = Disk(backing.size // block_size, serial="EMBEDDED", block_size=block_size)
-    return TargetServer(
-        [TargetSpec(TargetEntry(iqn, chap=chap), {0: LogicalUnit(0, disk, backing)})],
-        arena=Arena(memory, levels=TargetLevel, name="target arena"),
-        config=SessionConfig(policy=policy),
-        port=0,
-        watchdog_s=watchdog_s,
-    )
+    setup = build.one_lun(backing, iqn=iqn, memory=memory, policy=policy, chap=chap,
+                          block_size=block_size, serial="EMBEDDED")
+    return TargetServer(setup, watchdog_s=watchdog_s)
 
 
 class EmbeddedTarget:

@@ -11,47 +11,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import hashlib
 import importlib.util
 import logging
-import os
-import re
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from earmark.iscsi.login import TargetEntry
-from earmark.memory import Arena
-from earmark.memory.levels import TargetLevel
 from earmark.runtime.initiator_cli import event_loop_name
-from earmark.runtime.server import TargetServer, TargetSpec
-from earmark.scsi.disk import Disk
-from earmark.target.backing import BackingError, FileBacking
-from earmark.target.config import (
-    ConfigError,
-    LunConfig,
-    ServeConfig,
-    TargetConfig,
-    load,
-)
-from earmark.target.lun import LogicalUnit
-from earmark.target.session import Policy, SessionConfig
-from earmark.units import SizeError, parse_size
+from earmark.runtime.server import TargetServer
+from earmark.target import build
+from earmark.target.backing import BackingError
+from earmark.target.config import ConfigError, from_options
+from earmark.target.session import Policy
+from earmark.units import SizeError
 
 log = logging.getLogger("earmark.serve")
-
-IQN_PREFIX = "iqn.2026-11.org.earmark:"
-BLOCK_SIZE = 512
 
 
 class UsageError(Exception):
     """A mistake on the command line or in the environment; the message is the fix."""
-
-
-def target_iqn(path: Path) -> str:
-    stem = re.sub(r"[^a-z0-9.-]+", "-", path.stem.lower()).strip("-.") or "disk"
-    return IQN_PREFIX + stem
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -91,97 +69,22 @@ def run(args: argparse.Namespace) -> int:
             uvloop.run(_serve(server, args))
         else:
             asyncio.run(_serve(server, args))
-    except (UsageError, BackingError, ConfigError, SizeError) as exc:
+    except (UsageError, BackingError, ConfigError, SizeError, build.SetupError) as exc:
         print(f"earmark serve: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
-def _config(args: argparse.Namespace) -> ServeConfig:
-    """The command line as a config: one target, one LUN; --config reads the rest."""
-    if (args.file is None) == (args.config is None):
-        raise UsageError("give either FILE (one LUN) or --config FILE.toml, not both or neither")
-    if args.config is not None:
-        cfg = load(args.config)
-        # Flags given explicitly override the file's [server] table.
-        if args.address is not None:
-            cfg = replace(cfg, address=args.address)
-        if args.port is not None:
-            cfg = replace(cfg, port=args.port)
-        if args.memory is not None:
-            cfg = replace(cfg, memory=parse_size(args.memory, "--memory"))
-        if args.policy is not None:
-            cfg = replace(cfg, policy=args.policy)
-        return cfg
-    chap = None
-    if args.chap is not None:
-        user, sep, secret = args.chap.partition(":")
-        if not sep or not user or not secret:
-            raise UsageError(f"--chap {args.chap!r} must be USER:SECRET")
-        chap = (user, secret)
-    size = parse_size(args.size, "--size") if args.size is not None else None
-    lun = LunConfig(0, args.file, size)
-    target = TargetConfig(target_iqn(args.file), "", chap, None, None, (lun,))
-    return ServeConfig(args.address or "127.0.0.1", 3260 if args.port is None else args.port,
-                       parse_size(args.memory or "64MiB", "--memory"),
-                       args.policy or "reserve", (target,))
-
-
 def _build(args: argparse.Namespace) -> TargetServer:
-    cfg = _config(args)
-    if not 0 < cfg.port < 65536:
-        raise UsageError(f"--port {cfg.port} is not a TCP port: use 1-65535")
-    config = SessionConfig(policy=Policy(cfg.policy))
-    granule = 64
-    arena = Arena(cfg.memory // granule * granule or granule, levels=TargetLevel,
-                  name="target arena")
-    specs = []
-    for target in cfg.targets:
-        units = {lun.lun: _unit(lun, config) for lun in target.luns}
-        entry = TargetEntry(target.iqn, alias=target.alias, chap=target.chap,
-                            mutual=target.mutual, allowed_initiators=target.initiators)
-        specs.append(TargetSpec(entry, units))
-    server = TargetServer(specs, arena=arena, config=config, address=cfg.address,
-                          port=cfg.port)
-    need = server.recv_bytes + sum(server.slot_claims.values())
+    cfg = from_options(args.file, args.config, size=args.size, address=args.address,
+                       port=args.port, memory=args.memory, policy=args.policy, chap=args.chap)
+    server = TargetServer(build.from_config(cfg))
+    portal = server.portal
+    need = portal.recv_bytes + sum(portal.slot_claim.values())
     if cfg.memory < need:
         raise UsageError(f"memory {cfg.memory} B cannot hold one connection ({need} B): "
                          "give it at least 1MiB")
     return server
-
-
-def _unit(lun: LunConfig, config: SessionConfig) -> LogicalUnit:
-    if lun.size is not None:
-        _create(lun.file, lun.size)
-    backing = FileBacking(lun.file, block_size=BLOCK_SIZE)
-    serial = hashlib.sha256(os.fsencode(lun.file.resolve())).hexdigest()[:16]
-    # WRITE SAME may cover no more than one transfer: initiators (libiscsi's tests
-    # among them) read and write a whole WRITE SAME range with one command.
-    max_transfer = 8 << 20
-    disk = Disk(backing.size // BLOCK_SIZE, serial, block_size=BLOCK_SIZE,
-                max_transfer_bytes=max_transfer,
-                max_write_same_blocks=max_transfer // BLOCK_SIZE,
-                max_compare_blocks=min(255, config.buffer_bytes // (2 * BLOCK_SIZE)),
-                # WRITE ATOMIC is atomic because its data is written from one buffer.
-                max_atomic_blocks=min(0xFFFF, config.buffer_bytes // BLOCK_SIZE))
-    return LogicalUnit(lun.lun, disk, backing)
-
-
-def _create(path: Path, size: int) -> None:
-    if size % BLOCK_SIZE:
-        raise UsageError(f"--size {size} B is not a multiple of the {BLOCK_SIZE}-byte block "
-                         "size: round it (e.g. 1G)")
-    if path.exists():
-        have = path.stat().st_size
-        if have != size:
-            raise UsageError(f"{path} exists with {have} B, not {size} B: drop --size to serve "
-                             "it as it is, or remove it first")
-        return
-    try:
-        with open(path, "xb") as f:
-            f.truncate(size)
-    except OSError as exc:
-        raise UsageError(f"cannot create {path}: {exc.strerror}") from None
 
 
 async def _serve(server: TargetServer, args: argparse.Namespace) -> None:
@@ -200,8 +103,8 @@ async def _serve(server: TargetServer, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    policy = server.config.policy.value
-    for iqn, spec in server.targets.items():
+    policy = server.portal.config.policy.value
+    for iqn, spec in server.portal.targets.items():
         cred = ""
         if spec.entry.chap is not None:
             cred = f"{spec.entry.chap[0]}%{spec.entry.chap[1]}@"

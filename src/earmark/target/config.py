@@ -20,14 +20,17 @@
 
 The file is checked whole before anything starts: a mistake is one line that
 names the file, the place and the fix (an unknown key says which keys exist).
+`earmark serve FILE` with flags is the same configuration with one target and one
+LUN (:func:`from_options`).
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,8 @@ from earmark.units import SizeError, parse_size
 
 
 class ConfigError(ValueError):
-    """The config file is wrong; the message names the place and the fix."""
+    """The config file or the command line is wrong; the message names the place and
+    the fix."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,13 @@ class ServeConfig:
     targets: tuple[TargetConfig, ...]
 
 
+DEFAULT_ADDRESS = "127.0.0.1"
+DEFAULT_PORT = 3260
+DEFAULT_MEMORY = "64MiB"
+DEFAULT_POLICY = "reserve"
+#: The target name `earmark serve FILE` gives FILE: this prefix and the file's stem.
+IQN_PREFIX = "iqn.2026-11.org.earmark:"
+
 _SERVER_KEYS = {"address", "port", "memory", "policy"}
 _TARGET_KEYS = {"iqn", "alias", "chap", "mutual", "initiators", "lun"}
 _LUN_KEYS = {"lun", "file", "size"}
@@ -89,12 +100,12 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
     _known(data, {"server", "target"}, where, "the top level")
     server = _table(data.get("server", {}), where, "[server]")
     _known(server, _SERVER_KEYS, where, "[server]")
-    address = _str(server.get("address", "127.0.0.1"), where, "[server] address")
-    port = server.get("port", 3260)
+    address = _str(server.get("address", DEFAULT_ADDRESS), where, "[server] address")
+    port = server.get("port", DEFAULT_PORT)
     if not isinstance(port, int) or not 0 < port < 65536:
         raise where.error(f"[server] port {port!r} is not a TCP port: use 1-65535")
-    memory = _size(server.get("memory", "64MiB"), where, "[server] memory")
-    policy = _str(server.get("policy", "reserve"), where, "[server] policy")
+    memory = _size(server.get("memory", DEFAULT_MEMORY), where, "[server] memory")
+    policy = _str(server.get("policy", DEFAULT_POLICY), where, "[server] policy")
     if policy not in POLICIES:
         raise where.error(f"[server] policy {policy!r} is unknown: use one of {POLICIES}")
     raw_targets = data.get("target")
@@ -107,6 +118,54 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
             raise where.error(f"target {target.iqn} is defined twice")
         seen.add(target.iqn)
     return ServeConfig(address, port, memory, policy, targets)
+
+
+def from_options(
+    file: Path | None,
+    config: Path | None,
+    *,
+    size: str | None = None,
+    address: str | None = None,
+    port: int | None = None,
+    memory: str | None = None,
+    policy: str | None = None,
+    chap: str | None = None,
+) -> ServeConfig:
+    """`earmark serve`'s command line as a config: FILE is one target with one LUN;
+    --config reads the file, and the flags given override its [server] table."""
+    if (file is None) == (config is None):
+        raise ConfigError("give either FILE (one LUN) or --config FILE.toml, not both or neither")
+    if config is not None:
+        cfg = load(config)
+        if address is not None:
+            cfg = replace(cfg, address=address)
+        if port is not None:
+            cfg = replace(cfg, port=port)
+        if memory is not None:
+            cfg = replace(cfg, memory=parse_size(memory, "--memory"))
+        if policy is not None:
+            cfg = replace(cfg, policy=policy)
+    else:
+        assert file is not None
+        credentials = None
+        if chap is not None:
+            user, sep, secret = chap.partition(":")
+            if not sep or not user or not secret:
+                raise ConfigError(f"--chap {chap!r} must be USER:SECRET")
+            credentials = (user, secret)
+        lun = LunConfig(0, file, parse_size(size, "--size") if size is not None else None)
+        target = TargetConfig(target_iqn(file), "", credentials, None, None, (lun,))
+        cfg = ServeConfig(address or DEFAULT_ADDRESS, DEFAULT_PORT if port is None else port,
+                          parse_size(memory or DEFAULT_MEMORY, "--memory"),
+                          policy or DEFAULT_POLICY, (target,))
+    if not 0 < cfg.port < 65536:
+        raise ConfigError(f"--port {cfg.port} is not a TCP port: use 1-65535")
+    return cfg
+
+
+def target_iqn(path: Path) -> str:
+    stem = re.sub(r"[^a-z0-9.-]+", "-", path.stem.lower()).strip("-.") or "disk"
+    return IQN_PREFIX + stem
 
 
 def _target(raw: object, index: int, where: _Where) -> TargetConfig:

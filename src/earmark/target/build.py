@@ -1,0 +1,117 @@
+"""The one way to build what a target serves, from `earmark serve`'s configuration or an
+embedded target's parameters: its targets, their LUNs and Disk settings, its arena and
+its SessionConfig. `earmark serve`, the embedded target the tests use and the demo all
+come through here, so they serve the same disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from earmark.iscsi.login import TargetEntry
+from earmark.memory import Arena
+from earmark.memory.levels import TargetLevel
+from earmark.scsi.disk import Disk
+from earmark.target.backing import Backing, FileBacking
+from earmark.target.config import LunConfig, ServeConfig
+from earmark.target.lun import LogicalUnit
+from earmark.target.portal import TargetSpec
+from earmark.target.session import Policy, SessionConfig
+
+BLOCK_SIZE = 512
+#: Largest transfer of one command; the target reserves its buffers before admitting it.
+MAX_TRANSFER = 8 << 20
+#: The arena's unit; a capacity is rounded down to it.
+_GRANULE = 64
+
+
+class SetupError(ValueError):
+    """A LUN cannot be set up as asked; the message is the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSetup:
+    """Everything a target server serves, and where it listens (port 0: any free one)."""
+
+    targets: tuple[TargetSpec, ...]
+    arena: Arena
+    config: SessionConfig
+    address: str = "127.0.0.1"
+    port: int = 3260
+
+
+def from_config(cfg: ServeConfig) -> TargetSetup:
+    """`earmark serve`'s targets: LUN files created first where a size is given."""
+    config = SessionConfig(policy=Policy(cfg.policy))
+    specs = []
+    for target in cfg.targets:
+        units = {lun.lun: _file_unit(lun, config) for lun in target.luns}
+        entry = TargetEntry(target.iqn, alias=target.alias, chap=target.chap,
+                            mutual=target.mutual, allowed_initiators=target.initiators)
+        specs.append(TargetSpec(entry, units))
+    return TargetSetup(tuple(specs), target_arena(cfg.memory), config, cfg.address, cfg.port)
+
+
+def one_lun(
+    backing: Backing,
+    *,
+    iqn: str,
+    memory: int,
+    policy: Policy,
+    chap: tuple[str, str] | None,
+    block_size: int,
+    serial: str,
+) -> TargetSetup:
+    """One target, LUN 0 on `backing`, on a free loopback port."""
+    config = SessionConfig(policy=policy)
+    unit = LogicalUnit(0, disk(backing.size, serial, block_size=block_size, config=config),
+                       backing)
+    return TargetSetup((TargetSpec(TargetEntry(iqn, chap=chap), {0: unit}),),
+                       target_arena(memory), config, port=0)
+
+
+def target_arena(memory: int) -> Arena:
+    return Arena(memory // _GRANULE * _GRANULE or _GRANULE, levels=TargetLevel,
+                 name="target arena")
+
+
+def disk(size: int, serial: str, *, block_size: int, config: SessionConfig) -> Disk:
+    """The Disk a LUN of `size` bytes presents: its limits follow from one command
+    buffer (`config.buffer_bytes`), which the target reserves before admitting a command."""
+    return Disk(size // block_size, serial, block_size=block_size,
+                max_transfer_bytes=MAX_TRANSFER,
+                # WRITE SAME may cover no more than one transfer: initiators (libiscsi's
+                # tests among them) read and write a whole WRITE SAME range with one command.
+                max_write_same_blocks=MAX_TRANSFER // block_size,
+                max_compare_blocks=min(255, config.buffer_bytes // (2 * block_size)),
+                # WRITE ATOMIC is atomic because its data is written from one buffer.
+                max_atomic_blocks=min(0xFFFF, config.buffer_bytes // block_size))
+
+
+def _file_unit(lun: LunConfig, config: SessionConfig) -> LogicalUnit:
+    if lun.size is not None:
+        _create(lun.file, lun.size)
+    backing = FileBacking(lun.file, block_size=BLOCK_SIZE)
+    serial = hashlib.sha256(os.fsencode(lun.file.resolve())).hexdigest()[:16]
+    return LogicalUnit(lun.lun, disk(backing.size, serial, block_size=BLOCK_SIZE, config=config),
+                       backing)
+
+
+def _create(path: Path, size: int) -> None:
+    if size % BLOCK_SIZE:
+        raise SetupError(f"--size {size} B is not a multiple of the {BLOCK_SIZE}-byte block "
+                         "size: round it (e.g. 1G)")
+    if path.exists():
+        have = path.stat().st_size
+        if have != size:
+            raise SetupError(f"{path} exists with {have} B, not {size} B: drop --size to serve "
+                             "it as it is, or remove it first")
+        return
+    try:
+        with open(path, "xb") as f:
+            f.truncate(size)
+    except OSError as exc:
+        raise SetupError(f"cannot create {path}: {exc.strerror}") from None

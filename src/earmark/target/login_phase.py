@@ -1,0 +1,93 @@
+"""One connection's login phase, sans-I/O: the login's command window and StatSN, and what
+a finished login becomes (a session now, a session once the one it reinstates is over,
+or a refusal to send before closing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from earmark.iscsi.discovery import TextResponder
+from earmark.iscsi.errors import ProtocolError
+from earmark.iscsi.framing import serialize
+from earmark.iscsi.login import TargetLogin
+from earmark.iscsi.pdu import Buffer, LoginRequest, Pdu
+from earmark.memory import Reservation
+from earmark.scsi.reservations import Nexus
+from earmark.target.portal import PORTAL_GROUP_TAG, START, Start, TargetPortal, WaitFor
+from earmark.target.session import TargetSession
+
+_MOD = 1 << 32
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Send the response, then close: the login is refused for `reason`."""
+
+    reason: str
+
+
+#: What one login PDU leads to; None: the login goes on.
+LoginStep = Start | WaitFor | Refused | None
+
+
+class LoginPhase:
+    __slots__ = ("_cmd_sn", "_conn_id", "_login", "_portal", "_stat_sn")
+
+    def __init__(self, portal: TargetPortal, conn_id: int) -> None:
+        self._portal = portal
+        self._conn_id = conn_id
+        self._login = TargetLogin(portal.entries, portal_group_tag=PORTAL_GROUP_TAG,
+                                  wants=portal.login_wants,
+                                  allocate_tsih=self._allocate_tsih)
+        self._stat_sn = 0
+        self._cmd_sn = 0
+
+    def _allocate_tsih(self) -> int:
+        return self._portal.allocate_tsih(self._conn_id)
+
+    def receive(self, pdu: Pdu) -> tuple[list[Buffer], LoginStep]:
+        """The response's wire pieces, and what to do once they are sent."""
+        if not isinstance(pdu, LoginRequest):
+            raise ProtocolError(f"{type(pdu).__name__} before login completed")
+        login = self._login
+        # Login is immediate: the first command reuses the login's CmdSN.
+        self._cmd_sn = pdu.cmd_sn
+        resp = login.receive(
+            pdu, exp_cmd_sn=pdu.cmd_sn,
+            max_cmd_sn=(pdu.cmd_sn + self._portal.login_window - 1) % _MOD,
+            stat_sn=self._stat_sn,
+        )
+        self._stat_sn = (self._stat_sn + 1) % _MOD
+        pieces = serialize(resp, False, False)
+        if login.failed:
+            return pieces, Refused(login.reason)
+        if not login.done:
+            return pieces, None
+        if login.target is None:  # discovery: no nexus to reinstate
+            return pieces, START
+        return pieces, self._portal.login_done(self._conn_id, self.initiator, login.isid)
+
+    @property
+    def initiator(self) -> str:
+        return self._login.initiator_name or "?"
+
+    @property
+    def what(self) -> str:
+        """The session, in words, for the log."""
+        target = self._login.target
+        return (f"{self._login.session_type} session for {self.initiator} with "
+                f"{target.iqn if target is not None else 'discovery'}")
+
+    def session(self, slots: list[Reservation], *, name: str, now: float) -> TargetSession:
+        """The full-feature session of the finished login, holding `slots`."""
+        login = self._login
+        params = login.params
+        iqn = login.target.iqn if login.target is not None else None
+        portal = self._portal
+        return TargetSession(
+            params, portal.units_of(iqn) if iqn is not None else {}, exp_cmd_sn=self._cmd_sn,
+            stat_sn=self._stat_sn, slots=slots, config=portal.config, name=name, now=now,
+            text=TextResponder(portal.text_answer(self.initiator, iqn),
+                               max_segment=params.initiator_mrdsl),
+            nexus=Nexus(self.initiator, login.isid),
+        )

@@ -1,0 +1,215 @@
+"""The target's front desk, sans-I/O: who may log in to what, one session per I_T nexus,
+TSIHs, each session's fair share of command slots, and the memory a connection starts with.
+
+Connections are plain ids the portal hands out, so every decision here can be driven
+and tested without a socket; the runtime maps an id back to its connection.
+
+* Fair share. A session keeps the slots it was granted (no re-reserving per
+  command), so without a limit the first sessions would hold the arena and the
+  rest would wait forever for their first slot. Each session's `slot_target` is
+  its share of what the arena can hold, counting one session more than there
+  is (room for the next to log in); a session above it hands slots back as its
+  commands finish.
+* Reinstatement (RFC 7143 §6.3.5). A login of a nexus that already has a session
+  reinstates it: the old session's tasks must end before the new one begins, so a
+  write of the old one still on its way to the disk cannot land after the new
+  session's writes. The waiting login is already the nexus's session: a later
+  login of the nexus reinstates it in turn and waits for the whole chain to drain.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from earmark.iscsi.discovery import Portal, discovery_answer
+from earmark.iscsi.login import TargetEntry
+from earmark.iscsi.text import TextPairs
+from earmark.memory import Arena
+from earmark.memory.levels import TargetLevel
+from earmark.target.lun import LogicalUnit
+from earmark.target.session import Policy, SessionConfig, TargetSession
+
+#: Nominal size charged for a command slot: the task descriptor and its response header.
+SLOT_BYTES = 256
+#: What the target accepts per PDU (MaxRecvDataSegmentLength it declares).
+RECV_SEGMENT = 65536
+#: The one portal group this target has: login and SendTargets both name it.
+PORTAL_GROUP_TAG = 1
+#: TSIHs are 16 bits, and 0 on the wire means "a new session".
+_TSIH_MAX = 0xFFFF
+
+
+@dataclass(slots=True)
+class TargetSpec:
+    """One target: what login checks (name, CHAP, ACL) and the LUNs it serves."""
+
+    entry: TargetEntry
+    units: dict[int, LogicalUnit]
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The login may become a session now."""
+
+
+START = Start()
+
+
+@dataclass(frozen=True, slots=True)
+class WaitFor:
+    """The login reinstates connection `old`'s session: end that connection, and start
+    only once :meth:`TargetPortal.drained` names this one."""
+
+    old: int
+
+
+class TargetPortal:
+    def __init__(
+        self,
+        targets: Sequence[TargetSpec],
+        *,
+        arena: Arena,
+        config: SessionConfig,
+        recv_bytes: int,
+        max_slots: int = 64,
+    ) -> None:
+        self.targets = {t.entry.iqn: t for t in targets}
+        self.entries: Mapping[str, TargetEntry] = {
+            iqn: t.entry for iqn, t in self.targets.items()
+        }
+        self.arena = arena
+        self.config = config
+        self.max_slots = max_slots
+        #: A connection's receive buffer, held for its life (the largest PDU it accepts).
+        self.recv_bytes = recv_bytes
+        #: One command slot: its descriptor and its data buffer.
+        self.slot_claim: Mapping[int, int] = {
+            TargetLevel.SLOT: SLOT_BYTES,
+            TargetLevel.BUFFER: arena.cost(config.buffer_bytes),
+        }
+        reserve = config.policy is Policy.RESERVE
+        #: The slot a connection brings to its session (`reserve`): a session can always
+        #: take one command, and the login's window is that one command.
+        self.first_slot: Mapping[int, int] | None = self.slot_claim if reserve else None
+        #: What a connection holds before it reads a byte.
+        self.connection_claim: Mapping[int, int] = {
+            TargetLevel.RECV: recv_bytes, **(self.first_slot or {}),
+        }
+        #: The login window: commands the initiator may send right after login.
+        self.login_window = 1 if reserve else config.window
+        self.login_wants: Mapping[str, str] = {
+            "MaxRecvDataSegmentLength": str(RECV_SEGMENT),
+            "MaxBurstLength": str(config.buffer_bytes),
+            "FirstBurstLength": str(min(65536, config.buffer_bytes)),
+            "InitialR2T": "No",
+        }
+        #: Where the target listens, for SendTargets; the runtime says once it knows.
+        self.network_portals: list[Portal] = []
+        self._ids = itertools.count(1)
+        self._connections: set[int] = set()
+        self._sessions: dict[int, TargetSession] = {}
+        self._tsih = 0
+        self._tsihs: dict[int, int] = {}
+        # The last connection of each I_T nexus (initiator name, ISID): a new login of
+        # the same nexus reinstates its session. An entry goes once it has drained.
+        self._nexus: dict[tuple[str, int], int] = {}
+        # A login waiting for the connection whose session it reinstates, until that
+        # one has drained (it counts as drained only after its own predecessor).
+        self._waits_for: dict[int, int] = {}
+        # Connections gone with their I/O done, but whose predecessor has not drained.
+        self._gone: set[int] = set()
+
+    def listening(self, address: str, port: int) -> None:
+        self.network_portals = [Portal(address, port, PORTAL_GROUP_TAG)]
+
+    def units_of(self, iqn: str) -> dict[int, LogicalUnit]:
+        spec = self.targets.get(iqn)
+        return dict(spec.units) if spec is not None else {}
+
+    def text_answer(self, initiator: str, target: str | None) -> Callable[[TextPairs], bytes]:
+        """SendTargets for a session of `initiator` (on `target`; None: discovery)."""
+        return discovery_answer(self.entries, self.network_portals, initiator_name=initiator,
+                                session_target=target)
+
+    # ------------------------------------------------------------ connections
+
+    def connection_opened(self) -> int:
+        conn_id = next(self._ids)
+        self._connections.add(conn_id)
+        return conn_id
+
+    def connection_closed(self, conn_id: int) -> bool:
+        """The connection is gone (its I/O may still run); True: the shares changed."""
+        self._tsihs.pop(conn_id, None)
+        changed = self._sessions.pop(conn_id, None) is not None and self._share()
+        self._connections.discard(conn_id)
+        return changed
+
+    def allocate_tsih(self, conn_id: int) -> int:
+        """The next TSIH, wrapping at 16 bits, never 0 nor one a live session holds."""
+        taken = set(self._tsihs.values())
+        for _ in range(_TSIH_MAX):
+            self._tsih = self._tsih % _TSIH_MAX + 1
+            if self._tsih not in taken:
+                break
+        self._tsihs[conn_id] = self._tsih
+        return self._tsih
+
+    # ---------------------------------------------------------- reinstatement
+
+    def login_done(self, conn_id: int, initiator: str, isid: int) -> Start | WaitFor:
+        """A login of a normal session succeeded: may it start, or whom must it outlive?"""
+        key = (initiator, isid)
+        old = self._nexus.get(key)
+        self._nexus[key] = conn_id
+        if old is None or old == conn_id:
+            return START
+        self._waits_for[conn_id] = old
+        return WaitFor(old)
+
+    def drained(self, conn_id: int) -> list[int]:
+        """The connection is gone and none of its I/O still runs: the waiting logins
+        that may start now."""
+        if conn_id in self._waits_for:
+            self._gone.add(conn_id)
+            return []
+        ready: list[int] = []
+        self._release(conn_id, ready)
+        return ready
+
+    def _release(self, conn_id: int, ready: list[int]) -> None:
+        for key in [k for k, c in self._nexus.items() if c == conn_id]:
+            del self._nexus[key]
+        for waiter in [w for w, old in self._waits_for.items() if old == conn_id]:
+            del self._waits_for[waiter]
+            if waiter in self._gone:
+                self._gone.discard(waiter)
+                self._release(waiter, ready)
+            else:
+                ready.append(waiter)
+
+    # ------------------------------------------------------------ fair shares
+
+    def session_started(self, conn_id: int, session: TargetSession) -> bool:
+        """True: the shares changed (every session may want more slots now)."""
+        self._sessions[conn_id] = session
+        return self._share()
+
+    def fair_share(self) -> int:
+        """Slots per session. Credit once advertised (MaxCmdSN) stays with an idle
+        session, so the shares leave room for one more connection's receive buffer and
+        first slot: otherwise an idle session could keep every newcomer waiting forever."""
+        per_slot = sum(self.slot_claim.values())
+        room = self.arena.capacity - (len(self._connections) + 1) * self.recv_bytes
+        sessions = len(self._sessions) + 1
+        return max(1, min(self.max_slots, room // per_slot // sessions))
+
+    def _share(self) -> bool:
+        if self.config.policy is not Policy.RESERVE or not self._sessions:
+            return False
+        share = self.fair_share()
+        for session in self._sessions.values():
+            session.slot_target = share
+        return True
