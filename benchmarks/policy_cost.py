@@ -17,8 +17,8 @@ import json
 from rich.console import Console
 
 from earmark.host.policy import Policy
-from earmark.runtime.demostack import TcpStack
 from earmark.sim.demo import DemoConfig, Row, live
+from earmark.sim.stacks import TcpStack
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 
 from earmark.host.policy import Policy
-from earmark.runtime.demostack import TcpStack
 from earmark.sim.demo import DemoConfig, live
+from earmark.sim.stacks import TcpStack
 
 
 @pytest.mark.tcp

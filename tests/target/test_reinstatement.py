@@ -12,9 +12,9 @@ import pytest
 
 from earmark.initiator.errors import LoginError
 from earmark.initiator.session import Timeouts
-from earmark.runtime.demostack import SlowBacking
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.runtime.initiator_device import BlockDevice
+from earmark.sim.stacks import SlowBacking
 from earmark.target.backing import Backing, MemoryBacking
 
 pytestmark = pytest.mark.tcp

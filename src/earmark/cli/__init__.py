@@ -7,7 +7,8 @@ import argparse
 from earmark import __version__
 from earmark.cli import check as check_cli
 from earmark.cli import demo as demo_cli
-from earmark.runtime import initiator_cli, serve
+from earmark.cli import serve
+from earmark.runtime import initiator_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
