@@ -112,7 +112,8 @@ def test_r2t_answered_with_data_out_within_limits() -> None:
     # An R2T beyond the burst limit or the command is a protocol violation.
     s.receive(R2T(itt=c.itt, ttt=78, buffer_offset=0, desired_data_transfer_length=65536,
                   exp_cmd_sn=11, max_cmd_sn=50), 0.0)
-    assert s.failure is not None and "MaxBurstLength" in s.failure.reason and s.failure.kind is FailureKind.PROTOCOL
+    assert s.failure is not None and "MaxBurstLength" in s.failure.reason
+    assert s.failure.kind is FailureKind.PROTOCOL
 
 
 def test_immediate_and_unsolicited_data_within_first_burst() -> None:
@@ -205,7 +206,8 @@ def test_data_in_outside_the_buffer_fails_the_connection() -> None:
     s.submit(c, 0.0)
     s.receive(DataIn(itt=c.itt, buffer_offset=2048, data=bytes(4096), exp_cmd_sn=11,
                      max_cmd_sn=50), 0.0)
-    assert s.failure is not None and "outside" in s.failure.reason and s.failure.kind is FailureKind.PROTOCOL
+    assert s.failure is not None and "outside" in s.failure.reason
+    assert s.failure.kind is FailureKind.PROTOCOL
     assert s.take_completed() == []
 
 
@@ -278,7 +280,8 @@ def test_keepalive_ping_and_its_timeout() -> None:
     s.handle_timer(11.0)
     sent(s)
     s.handle_timer(13.0)
-    assert s.failure is not None and "NOP-Out" in s.failure.reason and s.failure.kind is FailureKind.PING
+    assert s.failure is not None and "NOP-Out" in s.failure.reason
+    assert s.failure.kind is FailureKind.PING
 
 
 def test_a_timed_out_command_is_aborted_and_an_unanswered_abort_fails_the_connection() -> None:
@@ -356,7 +359,8 @@ def test_task_does_not_exist_waits_one_more_timeout_then_gives_the_connection_up
                      exp_cmd_sn=12, max_cmd_sn=40, data=bytes(4096)), 4.0)
     assert s.take_completed() == [late] and late.error is None
     s.handle_timer(7.1)
-    assert s.failure is not None and "does not know it" in s.failure.reason and s.failure.kind is FailureKind.TIMEOUT
+    assert s.failure is not None and "does not know it" in s.failure.reason
+    assert s.failure.kind is FailureKind.TIMEOUT
 
 
 def test_a_refused_abort_fails_the_connection() -> None:
@@ -368,19 +372,22 @@ def test_a_refused_abort_fails_the_connection() -> None:
     (abort,) = sent(s)
     s.receive(TaskMgmtResponse(response=TmfResponse.FUNCTION_REJECTED, itt=abort.itt,
                                stat_sn=5, exp_cmd_sn=11, max_cmd_sn=40), 1.1)
-    assert s.failure is not None and "would not abort" in s.failure.reason and s.failure.kind is FailureKind.PROTOCOL
+    assert s.failure is not None and "would not abort" in s.failure.reason
+    assert s.failure.kind is FailureKind.PROTOCOL
 
 
 def test_async_logout_request_fails_the_connection_for_reinstatement() -> None:
     s = make()
     s.receive(AsyncMessage(async_event=1, stat_sn=5, exp_cmd_sn=10, max_cmd_sn=40), 0.0)
-    assert s.failure is not None and "LOGOUT_REQUEST" in s.failure.reason and s.failure.kind is FailureKind.DROPPED
+    assert s.failure is not None and "LOGOUT_REQUEST" in s.failure.reason
+    assert s.failure.kind is FailureKind.DROPPED
 
 
 def test_unknown_itt_is_a_protocol_failure_not_an_exception() -> None:
     s = make()
     s.receive(ScsiResponse(itt=4242, exp_cmd_sn=10, max_cmd_sn=40), 0.0)
-    assert s.failure is not None and "0x00001092" in s.failure.reason and s.failure.kind is FailureKind.PROTOCOL
+    assert s.failure is not None and "0x00001092" in s.failure.reason
+    assert s.failure.kind is FailureKind.PROTOCOL
 
 
 @pytest.mark.parametrize("write", [False, True])
