@@ -56,7 +56,7 @@ def test_a_given_back_reservation_is_the_next_ones_under_its_new_owner() -> None
     assert adm.arena.reservations_of("a") == []  # kept under the pool's own name
     other = adm.claim(True, 4096)[0]
     assert adm.take(other, "b") is None  # only a claim of exactly its size takes it
-    assert adm.reserve_now(claim, "b", 4096) is res and res.owner == "b"
+    assert adm.take(claim, "b") is res and res.owner == "b"
     assert adm.idle == []
 
 

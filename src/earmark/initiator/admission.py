@@ -141,13 +141,13 @@ class Admission:
             return None
         res = pooled.pop()
         self._idle_count -= 1
-        res.handoff(owner)
+        res.owner = owner  # Reservation.handoff, written out: this runs for every command
         return res
 
     def reserve_now(self, claim: Claim, owner: str, nbytes: int) -> Reservation:
-        """``claim`` from the pool or the arena at once; an error in words if it does not fit
-        (for an engine that has nothing to wait on)."""
-        res = self.take(claim, owner) or self.arena.reserve_now(claim, owner=owner)
+        """``claim`` from the arena at once (after :meth:`take` found none); an error in
+        words if it does not fit (for an engine that has nothing to wait on)."""
+        res = self.arena.reserve_now(claim, owner=owner)
         if res is None:
             raise InitiatorError(
                 f"the device's arena cannot hold what one command of {nbytes} B needs "
@@ -161,7 +161,7 @@ class Admission:
         if self.closing or self._idle_count >= _IDLE_MAX or self.arena.waiting:
             res.release()
             return
-        res.handoff(self._idle_owner)
+        res.owner = self._idle_owner  # Reservation.handoff, written out
         pooled = self._idle.get(claim)
         if pooled is None:
             pooled = self._idle[claim] = []

@@ -174,6 +174,8 @@ class SyncBlockDevice(DeviceBase):
         self._session: InitiatorSession | None = None
         self._dead: InitiatorError | None = None
         self._closed = False
+        #: Why the last connection was lost.
+        self._failure: ConnectionFailed | None = None
         recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
         conn_res = self.arena.reserve_now({HostLevel.WIRE: recv_bytes},
                                           owner=f"{self.name}/receive-buffer")
@@ -251,7 +253,8 @@ class SyncBlockDevice(DeviceBase):
             cmd = Command(cdb, self.url.lun if lun is None else lun, read_into, write_data)
             admission = self.admission
             claim = admission.claim(write_data is not None, cmd.length)[0]
-            res = admission.reserve_now(claim, self.name, cmd.length)
+            res = (admission.take(claim, self.name)
+                   or admission.reserve_now(claim, self.name, cmd.length))
             try:
                 self._run(cmd)
             finally:
@@ -264,11 +267,10 @@ class SyncBlockDevice(DeviceBase):
 
     def _run(self, cmd: Command) -> None:
         """Issue ``cmd`` and read until it is answered, reconnecting as often as allowed."""
-        failure = ConnectionFailed(FailureKind.CLOSED, "an earlier command lost the connection")
         while True:
             session, stream = self._session, self._stream
             if session is None or stream is None:
-                self._reconnect(failure)
+                self._reconnect()
                 self.reconnected((cmd,))
                 continue
             try:
@@ -277,7 +279,7 @@ class SyncBlockDevice(DeviceBase):
                 self._receive(session, cmd)
                 return
             except ConnectionFailed as lost:
-                failure = lost
+                self._failure = failure = lost
             self._drop()
             error = self.give_up(cmd, failure)
             if error is not None:
@@ -370,7 +372,10 @@ class SyncBlockDevice(DeviceBase):
             _read(stream, sock)
         return stream.inbox.popleft()
 
-    def _reconnect(self, failure: ConnectionFailed) -> None:
+    def _reconnect(self) -> None:
+        """Log in again after ``_failure``, until the reconnect timeout gives up."""
+        failure = self._failure
+        assert failure is not None
         backoff = self.backoff(time.monotonic())
         while backoff.may_try(time.monotonic()):
             try:
