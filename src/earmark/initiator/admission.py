@@ -22,9 +22,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from earmark.initiator.errors import InitiatorError
+from earmark.initiator.session import Command
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import Opcode
 from earmark.memory import Arena, HostLevel
+from earmark.memory.allocation import Charge
 from earmark.memory.arena import format_bytes
 from earmark.memory.claim import Claim
 from earmark.memory.levels import (
@@ -34,7 +36,7 @@ from earmark.memory.levels import (
 )
 from earmark.memory.reservation import Reservation
 
-__all__ = ["SENSE_BYTES", "Admission", "command_bytes", "receive_bytes"]
+__all__ = ["SENSE_BYTES", "Admission", "Admitted", "command_bytes", "receive_bytes"]
 
 SENSE_BYTES = 256
 """SenseLength (2) + the largest fixed or descriptor sense (252), one granule-aligned run."""
@@ -175,3 +177,48 @@ class Admission:
         for pooled in idle.values():
             for res in pooled:
                 res.release()
+
+
+class Admitted(Command):
+    """A command with the memory it holds while it runs, whichever way it got it."""
+
+    __slots__ = ("claim", "held", "owner", "res", "rx_buffers")
+
+    def __init__(self, cdb: bytes, lun: int, read_into: memoryview | None,
+                 write_data: memoryview | list[memoryview] | None, owner: str) -> None:
+        Command.__init__(self, cdb, lun, read_into, write_data)
+        self.owner = owner
+        #: What the command reserved under ``reserve``: ``res`` covers ``claim``.
+        self.claim: Claim | None = None
+        self.res: Reservation | None = None
+        #: Drawn at submit: task descriptor and Data-Out headers (and receive buffers
+        #: when those were reserved with the command).
+        self.held: list[Charge] | tuple[()] = ()
+        #: Receive buffers allocated as the target's PDUs arrived; None when they
+        #: were drawn at submit, or once the command has given its memory back.
+        self.rx_buffers: list[Charge] | None = None
+
+    def drop_rx_buffers(self) -> None:
+        """The connection that received them is gone (or the command goes again):
+        its buffers go with it."""
+        rx_buffers = self.rx_buffers
+        if rx_buffers:
+            for charge in rx_buffers:
+                charge.free()
+            rx_buffers.clear()
+
+    def give_back(self, admission: Admission) -> None:
+        """The command is over: its reservation to the pool, what it drew freed."""
+        res = self.res
+        if res is not None:
+            self.res = None
+            assert self.claim is not None
+            admission.give_back(self.claim, res)
+        held = self.held
+        if held:
+            self.held = ()
+            for charge in held:
+                charge.free()
+        if self.rx_buffers is not None:
+            self.drop_rx_buffers()
+            self.rx_buffers = None  # a late answer to a cancelled command is charged to nobody

@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import cast
 
 from earmark.host.policy import Policy
-from earmark.initiator.admission import receive_bytes
+from earmark.initiator.admission import Admitted, receive_bytes
 from earmark.initiator.device import (
     DEFAULT_INITIATOR_NAME,
     MAX_IO_BYTES,
@@ -51,7 +51,6 @@ from earmark.iscsi.login import InitiatorLogin
 from earmark.iscsi.pdu import LoginRequest, Pdu
 from earmark.memory import Arena, HostLevel, Wait, WaitKind
 from earmark.memory.allocation import Buffer, Charge
-from earmark.memory.claim import Claim
 from earmark.memory.draw import draw_charge
 from earmark.memory.reservation import Reservation, handed_down
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
@@ -63,36 +62,15 @@ _ANSWER = "the target's answer"
 _HELD_BACK = "the target's answer, which its stalled receiver cannot read"
 
 
-class _Issued(Command):
-    """A command as the device runs it: the session's fields, plus the future its
-    caller awaits, the memory it holds, and since when it waits (written out as a
-    :class:`Wait` only when the detector asks: :meth:`BlockDevice._waits_now`)."""
+class _Issued(Admitted):
+    """A command as the asyncio device runs it: the future its caller awaits and since
+    when it waits (written out as a :class:`Wait` only when the detector asks:
+    :meth:`BlockDevice._waits_now`), both set by ``execute`` before it is submitted."""
 
-    __slots__ = ("claim", "future", "held", "owner", "res", "rx_buffers", "since")
+    __slots__ = ("future", "since")
 
-    def __init__(self, cdb: bytes, lun: int, read_into: memoryview | None,
-                 write_data: memoryview | list[memoryview] | None, owner: str) -> None:
-        Command.__init__(self, cdb, lun, read_into, write_data)
-        self.owner = owner
-        self.future: asyncio.Future[None] | None = None
-        self.since = 0.0
-        #: What the command reserved under ``reserve``: ``res`` covers ``claim``.
-        self.claim: Claim | None = None
-        self.res: Reservation | None = None
-        #: Drawn at submit: task descriptor and Data-Out headers (and receive buffers
-        #: when those were reserved with the command).
-        self.held: list[Charge] | tuple[()] = ()
-        #: Receive buffers allocated as the target's PDUs arrived; None when they
-        #: were drawn at submit, or once the command has given its memory back.
-        self.rx_buffers: list[Charge] | None = None
-
-    def drop_rx_buffers(self) -> None:
-        """The connection that received them is gone: its buffers go with it."""
-        rx_buffers = self.rx_buffers
-        if rx_buffers:
-            for charge in rx_buffers:
-                charge.free()
-            rx_buffers.clear()
+    future: asyncio.Future[None]
+    since: float
 
 
 async def _connect(url: IscsiUrl, buffer: memoryview,
@@ -377,9 +355,9 @@ class BlockDevice(DeviceBase):
             await future
         finally:
             if future.done():
-                self._give_back(cmd)
+                cmd.give_back(self.admission)
             else:  # cancelled: the target may still answer into the command's buffers
-                future.add_done_callback(lambda _: self._give_back(cmd))
+                future.add_done_callback(lambda _: cmd.give_back(self.admission))
         if cmd.error is not None:
             raise cmd.error
         return cmd
@@ -399,21 +377,6 @@ class BlockDevice(DeviceBase):
             cmd.rx_buffers = []  # allocated as the target's PDUs arrive (see _admit)
         cmd.held = held
 
-    def _give_back(self, cmd: _Issued) -> None:
-        res = cmd.res
-        if res is not None:
-            cmd.res = None
-            assert cmd.claim is not None
-            self.admission.give_back(cmd.claim, res)
-        held = cmd.held
-        if held:
-            cmd.held = ()
-            for charge in held:
-                charge.free()
-        if cmd.rx_buffers is not None:
-            cmd.drop_rx_buffers()
-            cmd.rx_buffers = None  # a late answer to a cancelled command is charged to nobody
-
     def _unanswered(self) -> list[_Issued]:
         session, waiting = self._session, self._pending
         return waiting if session is None else [
@@ -430,7 +393,7 @@ class BlockDevice(DeviceBase):
 
     def _answered(self, cmd: _Issued) -> None:
         future = cmd.future
-        if future is not None and not future.done():
+        if not future.done():
             future.set_result(None)
 
     def _submit(self, cmd: _Issued, now: float) -> None:
