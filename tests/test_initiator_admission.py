@@ -14,6 +14,7 @@ import pytest
 from earmark.initiator.admission import (
     SENSE_BYTES,
     Admission,
+    Admitted,
     command_bytes,
     receive_bytes,
 )
@@ -109,3 +110,26 @@ def test_an_answer_allocated_on_arrival_has_room_for_sense_only_if_it_is_a_respo
     r2t = memoryview(serialize(R2T(itt=1), False, False)[0])
     assert receive_bytes(response) == RESPONSE_HEADER_BYTES + SENSE_BYTES
     assert receive_bytes(r2t) == RESPONSE_HEADER_BYTES
+
+
+def test_an_answer_is_charged_to_its_command_on_arrival_or_the_reader_is_told_to_wait() -> None:
+    adm = admission(64 << 10)
+    arena = adm.arena
+    response = memoryview(serialize(ScsiResponse(itt=1), False, False)[0])
+    cmd = Admitted(b"\x28" + bytes(9), 0, memoryview(bytearray(512)), None, "writer")
+    assert adm.on_arrival(cmd, response, None) == 0  # reserved with it: nothing to charge
+    cmd.rx_buffers = []  # allocated on arrival (the policies without reservations)
+    assert adm.on_arrival(cmd, response, None) == 0
+    assert len(cmd.rx_buffers) == 1 and arena.committed == receive_bytes(response)
+    hog = arena.reserve_now({HostLevel.TASK: arena.capacity - arena.committed}, owner="hog")
+    assert hog is not None
+    assert adm.on_arrival(cmd, response, None) == receive_bytes(response)  # wait for it
+    hog.release()
+    granted = arena.allocate_charge_now(HostLevel.WIRE, receive_bytes(response), owner="rx")
+    assert granted is not None and adm.on_arrival(cmd, response, granted) == 0
+    assert cmd.rx_buffers[-1] is granted and granted.owner == "writer"
+    cmd.give_back(adm)
+    assert arena.committed == 0 and cmd.rx_buffers is None
+    stray = arena.allocate_charge_now(HostLevel.WIRE, 64, owner="rx")
+    assert stray is not None and adm.on_arrival(None, response, stray) == 0  # nobody's
+    assert arena.committed == 0

@@ -170,6 +170,28 @@ class Admission:
         pooled.append(res)
         self._idle_count += 1
 
+    def on_arrival(self, cmd: Admitted | None, bhs: memoryview, granted: Charge | None) -> int:
+        """Charge the receive buffer of the PDU with this BHS to the command it answers,
+        if its buffers are allocated on arrival: ``granted`` if the reader waited for it,
+        else allocated now as a receive path does (PF_MEMALLOC: the emergency pool
+        counts). 0 when the PDU may be parsed, else the bytes the reader must wait for."""
+        received = cmd.rx_buffers if cmd is not None else None
+        if cmd is None or received is None:  # not a command's, or reserved with it
+            if granted is not None:
+                granted.free()
+            return 0
+        if granted is None:
+            nbytes = receive_bytes(bhs)
+            arena = self.arena
+            with arena.memalloc():
+                granted = arena.allocate_charge_now(HostLevel.WIRE, nbytes, owner=cmd.owner)
+            if granted is None:
+                return nbytes
+        else:
+            granted.handoff(cmd.owner)
+        received.append(granted)
+        return 0
+
     def drop_idle(self) -> None:
         """Release every idle reservation (someone is about to wait, or we close)."""
         idle, self._idle = self._idle, {}

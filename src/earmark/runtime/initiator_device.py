@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import cast
 
 from earmark.host.policy import Policy
-from earmark.initiator.admission import Admitted, receive_bytes
+from earmark.initiator.admission import Admitted
 from earmark.initiator.device import (
     DEFAULT_INITIATOR_NAME,
     MAX_IO_BYTES,
@@ -454,23 +454,12 @@ class BlockDevice(DeviceBase):
         granted, self._granted = self._granted, None
         session = self._session
         cmd = cast("_Issued | None", session.answering(bhs) if session is not None else None)
-        received = cmd.rx_buffers if cmd is not None else None
-        if cmd is None or received is None:  # not a command's, or reserved with it
-            if granted is not None:
-                granted.free()
-            return True
-        if granted is None:
-            nbytes = receive_bytes(bhs)
-            with self.arena.memalloc():
-                granted = self.arena.allocate_charge_now(HostLevel.WIRE, nbytes, owner=cmd.owner)
-            if granted is None:
-                assert self._loop is not None and self._stream is not None
-                self._stall = self._loop.create_task(
-                    self._receive_when_granted(self._stream, nbytes), name=self.receiver)
-                return False
-        else:
-            granted.handoff(cmd.owner)
-        received.append(granted)
+        nbytes = self.admission.on_arrival(cmd, bhs, granted)
+        if nbytes:
+            assert self._loop is not None and self._stream is not None
+            self._stall = self._loop.create_task(
+                self._receive_when_granted(self._stream, nbytes), name=self.receiver)
+            return False
         return True
 
     async def _receive_when_granted(self, stream: InitiatorStream, nbytes: int) -> None:
