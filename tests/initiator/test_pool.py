@@ -36,7 +36,7 @@ def test_every_command_in_flight_holds_a_reservation_of_its_own(
                 assert res is not None and not res.released
                 others = [c.res for c in dev._unanswered()]
                 assert all(res is not other for other in others)
-                assert all(res not in idle for idle in dev._idle.values())
+                assert res not in dev.admission.idle
                 worst = max(worst, len(others) + 1)
                 submit(cmd, now)
                 # The detector sees the command wait for the target, though nothing
@@ -78,14 +78,14 @@ def test_reservations_are_reused_and_all_returned(embedded_target: EmbeddedTarge
             # Kept while nobody waits, under a name of its own: no task holds it.
             await asyncio.sleep(0)
             await dev.readinto(0, buf)
-            assert asked <= 1 and dev._idle_count >= 1
+            assert asked <= 1 and len(dev.admission.idle) >= 1
             assert arena.reservations_of(dev.name) == []
-            idle = sum(res.total() for pooled in dev._idle.values() for res in pooled)
+            idle = sum(res.total() for res in dev.admission.idle)
             # A claim that fits only with the idle bytes: they go back before it would
             # wait, and it is granted at once.
             need = arena.capacity - arena.committed + idle
             other = await asyncio.wait_for(reserve({HostLevel.TASK: need}, owner="other"), 1.0)
-            assert dev._idle_count == 0 and dev._idle == {}
+            assert dev.admission.idle == []
             # Room for one read, exactly: it is admitted; then someone has to wait, and
             # the read's reservation, when it finishes, goes to them, not to the pool.
             one = sum(dev.command_cost(False, 4096).values())
@@ -95,11 +95,11 @@ def test_reservations_are_reused_and_all_returned(embedded_target: EmbeddedTarge
             assert arena.committed == arena.capacity
             blocked = asyncio.ensure_future(reserve({HostLevel.TASK: one}, owner="blocked"))
             await read
-            assert asked == 2 and dev._idle_count == 0
+            assert asked == 2 and dev.admission.idle == []
             (await asyncio.wait_for(blocked, 1.0)).release()
             other.release()
             await dev.readinto(0, buf)
-            assert asked == 3 and dev._idle_count == 1
+            assert asked == 3 and len(dev.admission.idle) == 1
         assert arena.committed == 0 and arena.holdings() == {}
 
     asyncio.run(main())

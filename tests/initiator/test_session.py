@@ -12,6 +12,7 @@ from earmark.initiator.errors import (
     CommandRejectedError,
     ScsiStatusError,
 )
+from earmark.initiator.failure import FailureKind
 from earmark.initiator.session import Command, InitiatorSession, Timeouts
 from earmark.iscsi.framing import PduReader
 from earmark.iscsi.negotiation import SessionParams
@@ -112,7 +113,8 @@ def test_r2t_answered_with_data_out_within_limits() -> None:
     # An R2T beyond the burst limit or the command is a protocol violation.
     s.receive(R2T(itt=c.itt, ttt=78, buffer_offset=0, desired_data_transfer_length=65536,
                   exp_cmd_sn=11, max_cmd_sn=50), 0.0)
-    assert s.failure is not None and "MaxBurstLength" in s.failure
+    assert s.failure is not None and "MaxBurstLength" in s.failure.reason
+    assert s.failure.kind is FailureKind.PROTOCOL
 
 
 def test_immediate_and_unsolicited_data_within_first_burst() -> None:
@@ -205,7 +207,8 @@ def test_data_in_outside_the_buffer_fails_the_connection() -> None:
     s.submit(c, 0.0)
     s.receive(DataIn(itt=c.itt, buffer_offset=2048, data=bytes(4096), exp_cmd_sn=11,
                      max_cmd_sn=50), 0.0)
-    assert s.failure is not None and "outside" in s.failure
+    assert s.failure is not None and "outside" in s.failure.reason
+    assert s.failure.kind is FailureKind.PROTOCOL
     assert s.take_completed() == []
 
 
@@ -278,7 +281,8 @@ def test_keepalive_ping_and_its_timeout() -> None:
     s.handle_timer(11.0)
     sent(s)
     s.handle_timer(13.0)
-    assert s.failure is not None and "NOP-Out" in s.failure
+    assert s.failure is not None and "NOP-Out" in s.failure.reason
+    assert s.failure.kind is FailureKind.PING
 
 
 def test_a_timed_out_command_is_aborted_and_an_unanswered_abort_fails_the_connection() -> None:
@@ -301,8 +305,8 @@ def test_a_timed_out_command_is_aborted_and_an_unanswered_abort_fails_the_connec
     assert first.itt not in (c.itt for c in cmds) and s.failure is None
     assert s.get_timer() == 6.0  # the aborts' answers are due
     s.handle_timer(6.0)
-    assert s.failure is not None and "nor its ABORT TASK in 2 s" in s.failure
-    assert "got no answer" in s.failure  # what the runtime reads as a timeout
+    assert s.failure is not None and "nor its ABORT TASK in 2 s" in s.failure.reason
+    assert s.failure.kind is FailureKind.TIMEOUT  # what the runtime reads as a timeout
     left = s.abandon()
     assert left == cmds and s.outstanding == 0 and s.queued == 0
     assert [c.attempts for c in left] == [1, 1, 0]
@@ -357,7 +361,8 @@ def test_task_does_not_exist_waits_one_more_timeout_then_gives_the_connection_up
                      exp_cmd_sn=12, max_cmd_sn=40, data=bytes(4096)), 4.0)
     assert s.take_completed() == [late] and late.error is None
     s.handle_timer(7.1)
-    assert s.failure is not None and "does not know it" in s.failure
+    assert s.failure is not None and "does not know it" in s.failure.reason
+    assert s.failure.kind is FailureKind.TIMEOUT
 
 
 def test_a_refused_abort_fails_the_connection() -> None:
@@ -370,19 +375,22 @@ def test_a_refused_abort_fails_the_connection() -> None:
     assert isinstance(abort, TaskMgmtRequest)
     s.receive(TaskMgmtResponse(response=TmfResponse.FUNCTION_REJECTED, itt=abort.itt,
                                stat_sn=5, exp_cmd_sn=11, max_cmd_sn=40), 1.1)
-    assert s.failure is not None and "would not abort" in s.failure
+    assert s.failure is not None and "would not abort" in s.failure.reason
+    assert s.failure.kind is FailureKind.PROTOCOL
 
 
 def test_async_logout_request_fails_the_connection_for_reinstatement() -> None:
     s = make()
     s.receive(AsyncMessage(async_event=1, stat_sn=5, exp_cmd_sn=10, max_cmd_sn=40), 0.0)
-    assert s.failure is not None and "LOGOUT_REQUEST" in s.failure
+    assert s.failure is not None and "LOGOUT_REQUEST" in s.failure.reason
+    assert s.failure.kind is FailureKind.DROPPED
 
 
 def test_unknown_itt_is_a_protocol_failure_not_an_exception() -> None:
     s = make()
     s.receive(ScsiResponse(itt=4242, exp_cmd_sn=10, max_cmd_sn=40), 0.0)
-    assert s.failure is not None and "0x00001092" in s.failure
+    assert s.failure is not None and "0x00001092" in s.failure.reason
+    assert s.failure.kind is FailureKind.PROTOCOL
 
 
 @pytest.mark.parametrize("write", [False, True])
@@ -398,9 +406,9 @@ def test_claim_covers_every_pdu_a_command_causes(write: bool) -> None:
     params = SessionParams(target_mrdsl=8192, initiator_mrdsl=8192, max_burst_length=20480,
                            first_burst_length=12288, immediate_data=True, initial_r2t=False)
     dev = BlockDevice("iscsi://127.0.0.1:1/iqn.x:y/1")
-    dev.params = params
+    dev.admission.negotiated(params)
     n = 100 * 1024
-    _, task, wire = dev._claim(write, n)
+    _, task, wire = dev.admission.claim(write, n)
     s = InitiatorSession(params, cmd_sn=1, exp_cmd_sn=1, max_cmd_sn=9, exp_stat_sn=1, now=0)
     if write:
         c = Command(C.write_16(0, n // 512), write_data=memoryview(bytes(n)))

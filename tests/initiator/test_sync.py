@@ -112,7 +112,7 @@ def test_an_arena_too_small_is_an_error_in_words_not_a_hang(tgtd: Tgtd) -> None:
         # Everything but the connection's receive buffer: the device's kept command
         # reservations are given back for it.
         held = arena.reserve_now({0: arena.capacity - recv}, owner="other")
-        assert held is not None and dev._kept == {}
+        assert held is not None and dev.admission.idle == []
         with pytest.raises(InitiatorError, match="larger arena"):
             dev.read(0, 512)
         held.release()

@@ -365,10 +365,10 @@ def test_policies_and_the_page_cache_path(tgtd: Tgtd, policy: str) -> None:
             page = memoryview(bytearray(os.urandom(4096)))
             # A finished command's reservation may be kept for the next command (until
             # anyone has to wait): drop those to see the books.
-            dev._drop_idle()
+            dev.admission.drop_idle()
             before = arena.committed
             await dev.write(0, page)
-            dev._drop_idle()
+            dev.admission.drop_idle()
             assert arena.committed == before  # everything given back
             cost = dev.command_cost(True, 4096)
             res = await arena.reserve(cost, owner="cache")

@@ -85,10 +85,10 @@ def test_the_latest_login_of_a_nexus_reinstates_one_still_waiting(
     hanging write; A logs in again, which reinstates B's waiting login in turn (B is
     refused) and completes once the write is back, then sends it again. One session per
     nexus, and the fence holds along the chain."""
-    from earmark.runtime import initiator_common
+    from earmark.initiator import device
     from earmark.runtime.initiator_sync import SyncBlockDevice
 
-    monkeypatch.setattr(initiator_common, "new_isid", lambda: 0x80_1234_5678)
+    monkeypatch.setattr(device, "new_isid", lambda: 0x80_1234_5678)
     with EmbeddedTarget(FirstWriteSlow(MemoryBacking(1 << 20), delay=1.5)) as target:
         a = SyncBlockDevice(target.url, reconnect_timeout=20)
         errors: list[BaseException] = []

@@ -22,7 +22,8 @@ What it decides, and why here:
   TASK, as Linux's SCSI error handler does first) and, once the target confirms,
   handed back finished with :class:`CommandAbortedError` for the runtime to send
   again; only when the abort itself goes unanswered is the connection marked
-  failed (``failure``): under ERL 0 the recovery is then a new connection, where
+  failed (``failure``, a :class:`ConnectionFailed` of its kind): under ERL 0 the
+  recovery is then a new connection, where
   :meth:`abandon` hands back every unanswered command to be issued again.
 """
 
@@ -68,6 +69,7 @@ from .errors import (
     ScsiStatusError,
     TargetFailureError,
 )
+from .failure import ConnectionFailed, FailureKind
 
 __all__ = ["Command", "InitiatorSession", "Timeouts"]
 
@@ -225,7 +227,7 @@ class InitiatorSession:
         #: Commands finished (successfully or not) since the runtime last drained this.
         self.completed: list[Command] = []
         #: Why the connection must be dropped; None while it is healthy.
-        self.failure: str | None = None
+        self.failure: ConnectionFailed | None = None
         self.logout_response: LogoutResponse | None = None
 
     # ------------------------------------------------------------ inspection
@@ -435,8 +437,7 @@ class InitiatorSession:
             self._data_in(itt, offset, data, False, flags, status, stat_sn, exp_cmd_sn,
                           max_cmd_sn, residual)
         except ProtocolError as exc:
-            if self.failure is None:
-                self.failure = exc.reason
+            self._fail(FailureKind.PROTOCOL, exc.reason)
         if self._queue:
             self._pump(now)
 
@@ -473,8 +474,7 @@ class InitiatorSession:
             else:
                 raise ProtocolError(f"unexpected {pdu.OPCODE.name} in full feature phase")
         except ProtocolError as exc:
-            if self.failure is None:
-                self.failure = exc.reason
+            self._fail(FailureKind.PROTOCOL, exc.reason)
         if self._queue:
             self._pump(now)
 
@@ -626,7 +626,8 @@ class InitiatorSession:
         if pdu.async_event in (AsyncEvent.LOGOUT_REQUEST, AsyncEvent.CONNECTION_DROP,
                                AsyncEvent.SESSION_DROP):
             # ERL 0: whichever the target wants, the session goes and comes back.
-            self.failure = f"target sent asynchronous event {AsyncEvent(pdu.async_event).name}"
+            self._fail(FailureKind.DROPPED,
+                       f"target sent asynchronous event {AsyncEvent(pdu.async_event).name}")
 
     def _reject(self, pdu: Reject) -> None:
         self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
@@ -664,30 +665,32 @@ class InitiatorSession:
         for cmd in list(self._tasks.values()):
             if cmd.deadline > now:
                 break
-            if cmd.itt in self._unknown and self.failure is None:
-                self.failure = (
-                    f"command ITT 0x{cmd.itt:08x} (CDB opcode 0x{cmd.cdb[0]:02x}) got no "
-                    f"answer, and the target said it does not know it"
-                )
+            if cmd.itt in self._unknown:
+                self._fail(FailureKind.TIMEOUT,
+                           f"command ITT 0x{cmd.itt:08x} (CDB opcode 0x{cmd.cdb[0]:02x}) got no "
+                           f"answer, and the target said it does not know it")
             elif cmd.itt not in self._aborting and self.failure is None:
                 self._abort_task(cmd, now)
         for cmd, due in self._aborts.values():
-            if due <= now and self.failure is None:
-                self.failure = (
-                    f"command ITT 0x{cmd.itt:08x} (CDB opcode 0x{cmd.cdb[0]:02x}) got no "
-                    f"answer in {self.timeouts.command:g} s, nor its ABORT TASK in "
-                    f"{self.timeouts.abort:g} s"
-                )
+            if due <= now:
+                self._fail(FailureKind.TIMEOUT,
+                           f"command ITT 0x{cmd.itt:08x} (CDB opcode 0x{cmd.cdb[0]:02x}) got no "
+                           f"answer in {self.timeouts.command:g} s, nor its ABORT TASK in "
+                           f"{self.timeouts.abort:g} s")
         if self._ping_itt != RESERVED_TAG:
-            if now >= self._ping_deadline and self.failure is None:
-                self.failure = (
-                    f"target did not answer a NOP-Out ping in {self.timeouts.nop_timeout:g} s"
-                )
+            if now >= self._ping_deadline:
+                self._fail(FailureKind.PING, "target did not answer a NOP-Out ping in "
+                                             f"{self.timeouts.nop_timeout:g} s")
         elif now >= self._last_rx + self.timeouts.nop_interval:
             self._ping_itt = self._allocate_itt()
             self._ping_deadline = now + self.timeouts.nop_timeout
             self._send(NopOut(itt=self._ping_itt, ttt=RESERVED_TAG, cmd_sn=self.cmd_sn,
                               exp_stat_sn=self.exp_stat_sn, immediate=True))
+
+    def _fail(self, kind: FailureKind, reason: str) -> None:
+        """The first failure is the one reported: later ones follow from it."""
+        if self.failure is None:
+            self.failure = ConnectionFailed(kind, reason)
 
     def _abort_task(self, cmd: Command, now: float) -> None:
         """ABORT TASK for a command past its deadline (immediate: it takes no CmdSN)."""

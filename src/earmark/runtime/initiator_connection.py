@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
+from earmark.initiator.failure import FailureKind
 from earmark.iscsi.digest import DIGEST_LENGTH, data_digest, header_digest
 from earmark.iscsi.errors import DigestError, ProtocolError
 from earmark.iscsi.framing import serialize
@@ -115,18 +116,21 @@ class PduStream:
         #: PDUs that arrived while no session was attached (login, discovery).
         self.inbox: deque[Pdu] = deque()
         self.transport: Transport | None = None
+        #: Why the connection ended, in words and as the kind recovery decides on.
         self.failed: str | None = None
+        self.failed_kind: FailureKind | None = None
 
     def close(self, reason: str) -> None:
+        """We end the connection (its kind: LOCAL)."""
         if self.failed is None:
-            self.failed = reason
+            self.failed, self.failed_kind = reason, FailureKind.LOCAL
         if self.transport is not None:
             self.transport.close()
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, kind: FailureKind) -> None:
         """Drop the connection without waiting to flush (a dead or broken peer)."""
         if self.failed is None:
-            self.failed = reason
+            self.failed, self.failed_kind = reason, kind
         if self.transport is not None:
             self.transport.abort()
 
@@ -189,7 +193,7 @@ class PduStream:
                 self._end += nbytes
             self._parse()
         except ProtocolError as exc:
-            self.abort(f"protocol error from the target: {exc.reason}")
+            self.abort(f"protocol error from the target: {exc.reason}", FailureKind.PROTOCOL)
             return
         if self.sink is not None:
             self.sink.batch_done()
@@ -310,6 +314,7 @@ class InitiatorStream(PduStream, asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.failed is None:
             self.failed = f"connection lost: {exc}" if exc else "the target closed the connection"
+            self.failed_kind = FailureKind.CLOSED
         self._arrived.set()
         if not self.closed.done():
             self.closed.set_result(None)

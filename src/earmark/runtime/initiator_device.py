@@ -1,149 +1,86 @@
-"""The iSCSI block device on asyncio: admission, login, reconnect, the session's one timer.
+"""The iSCSI block device on asyncio: the adapter that runs the initiator's decisions on a loop.
 
-:class:`BlockDevice` is what ``earmark.open(url)`` returns. Every command goes
-through :meth:`BlockDevice.execute`, which is where the memory discipline bites:
+:class:`BlockDevice` is what ``earmark.open(url)`` returns. What a command must
+hold (``earmark.initiator.admission``), when it goes again and when the session
+is logged in again (``earmark.initiator.recovery``), the login and SendTargets
+exchanges (``earmark.initiator.login``, ``.discovery``) and the full feature
+phase (``earmark.initiator.session``) are decided there; this module awaits
+memory and answers, keeps the session's one timer, and carries bytes.
 
-* under ``reserve`` (the default) a command is admitted only once one claim
-  covers its task descriptor and Data-Out headers (TASK) and every receive
-  buffer it can cause, R2Ts, Data-In headers and a response with sense (WIRE);
-  the claim is computed from the negotiated limits (:meth:`command_cost`) and
-  held until the command's status arrives, then kept for the next command of
-  the same size, but only until anyone has to wait for memory
-  (:meth:`BlockDevice._pool`);
-* under the other policies the same charges are allocated as the command needs
-  them, each of which may wait while holding the previous one, which is how
-  those disciplines deadlock: the task descriptor and Data-Out headers at
-  submit (``earmark.memory.draw``), and each receive buffer (R2T, Data-In
-  header, response with sense) when its PDU arrives, half a round trip later,
-  as a real receive path allocates skbs. The reader allocates those marked
-  PF_MEMALLOC (``Arena.memalloc``: it may use the emergency pool); when even
-  that cannot be granted, it stops reading until it is (:meth:`_admit`), so
-  every command in flight then waits on the stalled receiver, and the wait
-  registry says so for the deadlock detector;
-* the page cache hands its own reservation down (``write_pages``/``read_page``
-  run under the reservation it made when the page became dirty), so the device
-  draws on that instead of reserving.
-
-Each connection holds its receive buffer (WIRE) for its whole life; it is where
-every PDU not placed in a caller's buffer is parsed, unsolicited ones (NOP-In,
-Async Message, Reject) included, so they never need memory on arrival.
-
-A command past its timeout is aborted (ABORT TASK) and, once the target confirms,
-sent again on the same session. A lost connection (reset, an abort the target
-does not answer, a target that breaks the protocol) is recovered at ERL 0: log
-in again with the same ISID and TSIH 0 (session reinstatement: the target drops
-the old session and its tasks) and issue every unanswered command again in CmdSN
-order. A write is acknowledged only by its
-GOOD status, so an acknowledged write is never sent again and an
-unacknowledged one is only ever repeated whole (WRITE is idempotent).
+Under the policies other than ``reserve`` the same charges are allocated as the
+command needs them, each of which may wait while holding the previous one, which
+is how those disciplines deadlock: the task descriptor and Data-Out headers at
+submit (``earmark.memory.draw``), and each receive buffer when its PDU arrives,
+as a real receive path allocates skbs. The reader allocates those marked
+PF_MEMALLOC (``Arena.memalloc``); when even that cannot be granted it stops
+reading until it is (:meth:`BlockDevice._admit`), so every command in flight
+then waits on the stalled receiver, and the wait registry says so. The page
+cache hands its own reservation down (``write_pages``/``read_page``), so the
+device draws on that instead of reserving. Each connection holds its receive
+buffer (WIRE) for its whole life; unsolicited PDUs are parsed there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, cast
+from typing import cast
 
 from earmark.host.policy import Policy
-from earmark.initiator.errors import (
-    CommandTimeoutError,
-    ConnectError,
-    InitiatorError,
-    LoginError,
-    SessionLostError,
-)
-from earmark.initiator.session import Command, InitiatorSession, Timeouts
-from earmark.initiator.url import IscsiUrl, parse_url
-from earmark.iscsi.discovery import DiscoveredTarget, TextRequester, send_targets_from_pairs
-from earmark.iscsi.errors import ProtocolError
-from earmark.iscsi.login import InitiatorLogin, LoginFailed
-from earmark.iscsi.negotiation import SessionParams
-from earmark.iscsi.opcodes import LogoutReason, Opcode
-from earmark.iscsi.pdu import (
-    LoginRequest,
-    LoginResponse,
-    LogoutRequest,
-    LogoutResponse,
-    Pdu,
-    TextRequest,
-    TextResponse,
-)
-from earmark.memory import Arena, HostLevel, Wait, WaitKind
-from earmark.memory.allocation import Buffer, Charge
-from earmark.memory.claim import Claim
-from earmark.memory.draw import draw_charge
-from earmark.memory.levels import (
-    RESPONSE_HEADER_BYTES,
-)
-from earmark.memory.reservation import Reservation, handed_down
-from earmark.runtime.initiator_common import (
+from earmark.initiator.admission import Admitted
+from earmark.initiator.device import (
     DEFAULT_INITIATOR_NAME,
     MAX_IO_BYTES,
-    SENSE_BYTES,
     WANTS,
     DeviceBase,
     check_extent,
     chunks,
-    command_bytes,
-    login_error,
     new_isid,
     unmap_command,
 )
+from earmark.initiator.discovery import SendTargetsSteps
+from earmark.initiator.errors import ConnectError, InitiatorError, SessionLostError
+from earmark.initiator.failure import ConnectionFailed, FailureKind
+from earmark.initiator.login import LoginSteps
+from earmark.initiator.session import Command, InitiatorSession, Timeouts
+from earmark.initiator.url import IscsiUrl, parse_url
+from earmark.iscsi.discovery import DiscoveredTarget
+from earmark.iscsi.login import InitiatorLogin
+from earmark.iscsi.pdu import LoginRequest, Pdu
+from earmark.memory import Arena, HostLevel, Wait, WaitKind
+from earmark.memory.allocation import Buffer, Charge
+from earmark.memory.draw import draw_charge
+from earmark.memory.reservation import Reservation, handed_down
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
 from earmark.scsi import cdb as C
 
-__all__ = ["DEFAULT_INITIATOR_NAME", "BlockDevice", "Policy", "discover"]
+__all__ = ["DEFAULT_INITIATOR_NAME", "WANTS", "BlockDevice", "Policy", "discover"]
 
-_RESPONSE_BYTES = RESPONSE_HEADER_BYTES + SENSE_BYTES
-_SCSI_RESPONSE = int(Opcode.SCSI_RESPONSE)
 _ANSWER = "the target's answer"
 _HELD_BACK = "the target's answer, which its stalled receiver cannot read"
-_IDLE_MAX = 256
-"""Idle command reservations a device keeps at most (a few hundred KiB at most)."""
-
-class _Issued(Command):
-    """A command as the device runs it: the session's fields, plus the future its
-    caller awaits, the memory it holds, and since when it waits (written out as a
-    :class:`Wait` only when the detector asks: :meth:`BlockDevice._waits_now`)."""
-
-    __slots__ = ("claim", "future", "held", "owner", "res", "rx_buffers", "since")
-
-    def __init__(self, cdb: bytes, lun: int, read_into: memoryview | None,
-                 write_data: memoryview | list[memoryview] | None, owner: str) -> None:
-        Command.__init__(self, cdb, lun, read_into, write_data)
-        self.owner = owner
-        self.future: asyncio.Future[None] | None = None
-        self.since = 0.0
-        #: What the command reserved under ``reserve``: ``res`` covers ``claim``.
-        self.claim: Claim | None = None
-        self.res: Reservation | None = None
-        #: Drawn at submit: task descriptor and Data-Out headers (and receive buffers
-        #: when those were reserved with the command).
-        self.held: list[Charge] | tuple[()] = ()
-        #: Receive buffers allocated as the target's PDUs arrived; None when they
-        #: were drawn at submit, or once the command has given its memory back.
-        self.rx_buffers: list[Charge] | None = None
-
-    def drop_rx_buffers(self) -> None:
-        """The connection that received them is gone: its buffers go with it."""
-        rx_buffers = self.rx_buffers
-        if rx_buffers:
-            for charge in rx_buffers:
-                charge.free()
-            rx_buffers.clear()
 
 
-async def _connect(
-    url: IscsiUrl, buffer: memoryview, on_lost: Any, timeout: float
-) -> InitiatorStream:
+class _Issued(Admitted):
+    """A command as the asyncio device runs it: the future its caller awaits and since
+    when it waits (written out as a :class:`Wait` only when the detector asks:
+    :meth:`BlockDevice._waits_now`), both set by ``execute`` before it is submitted."""
+
+    __slots__ = ("future", "since")
+
+    future: asyncio.Future[None]
+    since: float
+
+
+async def _connect(url: IscsiUrl, buffer: memoryview,
+                   on_lost: Callable[[InitiatorStream, str], None],
+                   timeout: float) -> InitiatorStream:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
             _, stream = await loop.create_connection(
-                lambda: InitiatorStream(buffer, on_lost), url.host, url.port
-            )
+                lambda: InitiatorStream(buffer, on_lost), url.host, url.port)
     except TimeoutError:
         raise ConnectError(f"cannot reach {url.portal}: timed out after {timeout:g} s") from None
     except OSError as exc:
@@ -151,25 +88,19 @@ async def _connect(
     return stream
 
 
-async def _login(
-    stream: InitiatorStream, login: InitiatorLogin, where: str, timeout: float
-) -> SessionParams:
-    """Run the login exchange; typed errors, and the stream closed on any failure."""
+async def _login(stream: InitiatorStream, steps: LoginSteps, timeout: float) -> None:
+    """Run the login steps; the stream is closed on any failure."""
     try:
-        req: LoginRequest | None = login.start()
+        req: LoginRequest | None = steps.start()
         while req is not None:
             stream.send(req)
-            resp = await stream.next_pdu(timeout)
-            if not isinstance(resp, LoginResponse):
-                raise ProtocolError(f"{resp.OPCODE.name} during login")
-            req = login.receive(resp)
-    except (LoginFailed, ProtocolError, TimeoutError, ConnectionError) as exc:
+            req = steps.receive(await stream.next_pdu(timeout))
+    except (TimeoutError, ConnectionError) as exc:
         stream.close("login failed")
-        raise login_error(exc, where) from None
-    except BaseException:  # cancelled (the device is closing): no socket left behind
-        stream.close("login abandoned")
+        raise steps.broken(exc) from None
+    except BaseException:  # refused, or cancelled (the device is closing): no socket left
+        stream.close("login failed")
         raise
-    return login.params
 
 
 class BlockDevice(DeviceBase):
@@ -219,18 +150,9 @@ class BlockDevice(DeviceBase):
         self._timer_at = float("inf")
         self._conn_res: Reservation | None = None
         self._recv: Buffer | None = None
-        # Each command's claim by transfer length, for reads and for writes.
-        self._read_claims: dict[int, tuple[Claim, int, int]] = {}
-        self._write_claims: dict[int, tuple[Claim, int, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged_out: asyncio.Future[None] | None = None
         self._waits_name = f"{self.name}/commands@{id(self):x}"
-        # Command reservations given back and not yet released, by claim: the next
-        # command of the same size takes one instead of asking the arena. Held by
-        # their own name, so that no task seems to hold them while it waits.
-        self._idle: dict[Claim, list[Reservation]] = {}
-        self._idle_count = 0
-        self._idle_owner = f"{self.name}/idle@{id(self):x}"
         # The stalled reader's allocation, and what it was granted before resuming.
         self._stall: asyncio.Task[None] | None = None
         self._granted: Charge | None = None
@@ -241,21 +163,16 @@ class BlockDevice(DeviceBase):
         await self.connect()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         await self.close()
 
     async def connect(self) -> None:
         """Reserve the connection's receive buffer, log in, read the capacity."""
         self._loop = asyncio.get_running_loop()
         recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
-        # The receive buffer is held for the connection's life: no progress frees it,
-        # and the deadlock detector must know that (a holder it thought live would
-        # hide every cycle).
+        # Held for the connection's life: no progress frees it, and the deadlock
+        # detector must know that (a holder it thought live would hide every cycle).
         holder = f"{self.name}/receive-buffer"
         if self.policy is Policy.RESERVE:
             self._conn_res = await self.arena.reserve({HostLevel.WIRE: recv_bytes},
@@ -265,48 +182,36 @@ class BlockDevice(DeviceBase):
             self._recv = await self.arena.allocate(HostLevel.WIRE, recv_bytes, owner=holder)
         self.arena.waits.set_passive(holder, freed_by=(), holds="its receive buffer")
         self.arena.waits.set_source(self._waits_name, self._waits_now)
-        self.arena.add_shrinker(self._drop_idle)
+        self.admission.start()
         try:
             if len(self._recv.segments) != 1:
                 raise InitiatorError("the arena is too fragmented for a connection's receive "
                                      "buffer: give the device a larger arena")
             await self._log_in()
             if self._geometry:
-                await self._read_capacity()
+                data = memoryview(bytearray(32))
+                await self.execute(C.read_capacity_16(32), read_into=data)
+                self._geometry_from(data)
         except BaseException:
             await self.close()
             raise
 
     async def _log_in(self) -> None:
-        url = self.url
         assert self._recv is not None
-        stream = await _connect(url, self._recv.view, self._lost, self.login_timeout)
-        login = InitiatorLogin(self.initiator_name, target_name=url.target, isid=self.isid,
-                               chap=url.chap, mutual=url.mutual, wants=self._wants)
-        params = await _login(stream, login, f"login to {url}", self.login_timeout)
+        stream = await _connect(self.url, self._recv.view, self._lost, self.login_timeout)
+        steps = self.login_steps()
+        await _login(stream, steps, self.login_timeout)
         if stream.failed is not None:  # lost right after the last login response
-            raise ConnectError(f"{url}: {stream.failed}")
-        self.params = params
+            raise ConnectError(f"{self.url}: {stream.failed}")
+        params = steps.login.params
+        self.admission.negotiated(params)
         stream.set_full_feature(params.initiator_mrdsl, params.header_digest, params.data_digest)
-        loop = asyncio.get_running_loop()
-        self._session = InitiatorSession(
-            params, cmd_sn=login.cmd_sn, exp_cmd_sn=login.exp_cmd_sn,
-            max_cmd_sn=login.max_cmd_sn, exp_stat_sn=login.exp_stat_sn, now=loop.time(),
-            timeouts=self.timeouts,
-        )
-        self._read_claims.clear()
-        self._write_claims.clear()
+        self._session = steps.session(asyncio.get_running_loop().time(), self.timeouts)
         self._stream = stream
         stream.sink = self
         if self.policy is not Policy.RESERVE:
             stream.admit = self._admit
         self._arm_timer()
-
-    async def _read_capacity(self) -> None:
-        data = bytearray(32)
-        await self.execute(C.read_capacity_16(32), read_into=memoryview(data))
-        cap = C.parse_read_capacity_16(memoryview(data))
-        self._blocks, self._block_size = cap.num_blocks, cap.block_size
 
     async def close(self) -> None:
         """Wait for commands in flight, log out, give the memory back. Idempotent."""
@@ -327,6 +232,7 @@ class BlockDevice(DeviceBase):
                     await asyncio.wait([self._logged_out, stream.closed],
                                        return_when=asyncio.FIRST_COMPLETED)
         self._closing = True
+        self.admission.stop()
         reconnecting = self._reconnecting
         if reconnecting is not None:
             reconnecting.cancel()
@@ -340,10 +246,7 @@ class BlockDevice(DeviceBase):
                     await stream.closed
         self._stop_receiver()
         self._fail_all(self._dead or SessionLostError(f"{self.url}: device closed"))
-        self._drop_idle()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer, self._timer_at = None, float("inf")
+        self._cancel_timer()
         self._session = self._stream = None
         if self._recv is not None:
             self._recv.free()
@@ -353,33 +256,8 @@ class BlockDevice(DeviceBase):
             self._conn_res = None
         self.arena.waits.clear_passive(f"{self.name}/receive-buffer")
         self.arena.waits.clear_source(self._waits_name)
-        with contextlib.suppress(ValueError):  # connect failed before registering it
-            self.arena.remove_shrinker(self._drop_idle)
-
-    # ------------------------------------------------------------ geometry, cost
-
-    def command_cost(self, write: bool, nbytes: int) -> Mapping[int, int]:
-        """Bytes per level (TASK, WIRE) one command moving ``nbytes`` draws."""
-        claim, _, _ = self._claim(write, nbytes)
-        return {HostLevel.TASK: claim.amounts[HostLevel.TASK],
-                HostLevel.WIRE: claim.amounts[HostLevel.WIRE]}
-
-    def _claim(self, write: bool, nbytes: int) -> tuple[Claim, int, int]:
-        """(claim, TASK bytes, WIRE bytes) of one command (:func:`command_bytes`)."""
-        claims = self._write_claims if write else self._read_claims
-        got = claims.get(nbytes)
-        if got is not None:
-            return got
-        task, wire = command_bytes(self.params, write, nbytes)
-        got = (self.arena.claim({HostLevel.TASK: task, HostLevel.WIRE: wire}), task, wire)
-        if len(claims) < 1024:
-            claims[nbytes] = got
-        return got
 
     # ------------------------------------------------------------ block I/O
-
-    def _check(self, offset: int, length: int) -> None:
-        check_extent(offset, length, self._block_size, self.size)
 
     async def read(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)
@@ -389,32 +267,28 @@ class BlockDevice(DeviceBase):
     async def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
         """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
         view = memoryview(buffer).cast("B")
-        n = len(view)
-        bs = self._block_size
+        n, bs = len(view), self._block_size
         if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
-            self._check(offset, n)  # raises, in words
+            check_extent(offset, n, bs, self.size)  # raises, in words
         if n <= MAX_IO_BYTES:
             await self.execute(C.read_16(offset // bs, n // bs), read_into=view)
             return
         await asyncio.gather(*(
             self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
-            for at, part in chunks(view)
-        ))
+            for at, part in chunks(view)))
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
         view = memoryview(data).cast("B")
-        n = len(view)
-        bs = self._block_size
+        n, bs = len(view), self._block_size
         if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
-            self._check(offset, n)  # raises, in words
+            check_extent(offset, n, bs, self.size)  # raises, in words
         if n <= MAX_IO_BYTES:
             await self.execute(C.write_16(offset // bs, n // bs), write_data=view)
             return
         await asyncio.gather(*(
             self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
-            for at, part in chunks(view)
-        ))
+            for at, part in chunks(view)))
 
     async def flush(self, *, owner: str | None = None) -> None:
         """SYNCHRONIZE CACHE of the whole LUN."""
@@ -422,7 +296,7 @@ class BlockDevice(DeviceBase):
 
     async def discard(self, offset: int, length: int) -> None:
         """UNMAP the range (the target may then read it back as zeros or as before)."""
-        self._check(offset, length)
+        check_extent(offset, length, self._block_size, self.size)
         cdb, params = unmap_command(offset, length, self._block_size)
         await self.execute(cdb, write_data=params)
 
@@ -465,18 +339,12 @@ class BlockDevice(DeviceBase):
             raise SessionLostError(f"{self.url}: the device is not connected (use async with)")
         who = owner or self.name
         cmd = _Issued(cdb, self._lun if lun is None else lun, read_into, write_data, who)
-        claim, task_bytes, wire_bytes = self._claim(write_data is not None, cmd.length)
+        admission = self.admission
+        claim, task_bytes, wire_bytes = admission.claim(write_data is not None, cmd.length)
         if reserve and self.policy is Policy.RESERVE:
-            # The command's own reservation: held, untouched, from admission to status,
-            # exactly the command's lifetime, so drawing on it would only add bookkeeping.
-            # One given back by a finished command of the same size is taken as is.
-            idle = self._idle.get(claim)
-            if idle:
-                res = idle.pop()
-                self._idle_count -= 1
-                res.handoff(who)
-            else:
-                res = await self.arena.reserve(claim, owner=who)
+            # Held, untouched, from admission to status (exactly the command's lifetime),
+            # so drawing on it would only add bookkeeping.
+            res = admission.take(claim, who) or await self.arena.reserve(claim, owner=who)
             cmd.claim, cmd.res = claim, res
         else:
             await self._draw(cmd, task_bytes, wire_bytes)
@@ -487,9 +355,9 @@ class BlockDevice(DeviceBase):
             await future
         finally:
             if future.done():
-                self._give_back(cmd)
+                cmd.give_back(self.admission)
             else:  # cancelled: the target may still answer into the command's buffers
-                future.add_done_callback(lambda _: self._give_back(cmd))
+                future.add_done_callback(lambda _: cmd.give_back(self.admission))
         if cmd.error is not None:
             raise cmd.error
         return cmd
@@ -500,8 +368,7 @@ class BlockDevice(DeviceBase):
         arena, who = self.arena, cmd.owner
         held = [await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who)]
         if self.policy is Policy.RESERVE or handed_down() is not None:
-            # Receive buffers reserved with the command: drawn with the rest, now.
-            try:
+            try:  # receive buffers reserved with the command: drawn with the rest, now
                 held.append(await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
             except BaseException:
                 held[0].free()
@@ -510,56 +377,8 @@ class BlockDevice(DeviceBase):
             cmd.rx_buffers = []  # allocated as the target's PDUs arrive (see _admit)
         cmd.held = held
 
-    def _give_back(self, cmd: _Issued) -> None:
-        res = cmd.res
-        if res is not None:
-            cmd.res = None
-            assert cmd.claim is not None
-            self._pool(cmd.claim, res)
-        held = cmd.held
-        if held:
-            cmd.held = ()
-            for charge in held:
-                charge.free()
-        if cmd.rx_buffers is not None:
-            cmd.drop_rx_buffers()
-            cmd.rx_buffers = None  # a late answer to a cancelled command is charged to nobody
-
-    # ------------------------------------------------------------ command reservations
-
-    def _pool(self, claim: Claim, res: Reservation) -> None:
-        """Keep a finished command's reservation for the next command of its size.
-
-        A caller that issues its next command as soon as one finishes (every queue
-        depth, the same task step) takes it back without asking the arena. It is
-        kept only while nobody waits for memory: the arena calls
-        :meth:`_drop_idle` before anyone waits, and nothing is pooled while anyone
-        does, so an idle reservation is never what a waiter waits for (no progress
-        of ours would release it).
-        """
-        if self._closing or self._idle_count >= _IDLE_MAX or self.arena.waiting:
-            res.release()
-            return
-        res.handoff(self._idle_owner)
-        idle = self._idle.get(claim)
-        if idle is None:
-            idle = self._idle[claim] = []
-        idle.append(res)
-        self._idle_count += 1
-
-    def _drop_idle(self) -> None:
-        """Release every idle reservation (someone is about to wait, or we close)."""
-        idle, self._idle = self._idle, {}
-        self._idle_count = 0
-        for pooled in idle.values():
-            for res in pooled:
-                res.release()
-
-    # ------------------------------------------------------------ issuing, completing
-
     def _unanswered(self) -> list[_Issued]:
-        session = self._session
-        waiting = self._pending
+        session, waiting = self._session, self._pending
         return waiting if session is None else [
             *cast("list[_Issued]", session.unanswered()), *waiting]
 
@@ -569,13 +388,12 @@ class BlockDevice(DeviceBase):
         if self._stall is None:
             return [Wait(c.owner, WaitKind.EXTERNAL, _ANSWER, since=c.since)
                     for c in self._unanswered()]
-        held_by = (self.receiver,)
-        return [Wait(c.owner, WaitKind.AGENT, _HELD_BACK, held_by, since=c.since)
+        return [Wait(c.owner, WaitKind.AGENT, _HELD_BACK, (self.receiver,), since=c.since)
                 for c in self._unanswered()]
 
     def _answered(self, cmd: _Issued) -> None:
         future = cmd.future
-        if future is not None and not future.done():
+        if not future.done():
             future.set_result(None)
 
     def _submit(self, cmd: _Issued, now: float) -> None:
@@ -630,34 +448,19 @@ class BlockDevice(DeviceBase):
         it cannot wait in a protocol callback: if the buffer is not there at once,
         it returns False, the stream stops reading, and :meth:`_receive_when_granted`
         waits under the receiver's name. Meanwhile every command in flight waits on
-        that receiver, not on the target, and is registered so: a reader that
-        waits for memory only its own commands can free is the receive deadlock.
+        that receiver, not on the target: a reader that waits for memory only its
+        own commands can free is the receive deadlock.
         """
         granted, self._granted = self._granted, None
         session = self._session
-        cmd = session.answering(bhs) if session is not None else None
-        received = cast(_Issued, cmd).rx_buffers if cmd is not None else None
-        if cmd is None or received is None:  # not a command's, or reserved with it
-            if granted is not None:
-                granted.free()
-            return True
-        owner = cast(_Issued, cmd).owner
-        if granted is None:
-            nbytes = _RESPONSE_BYTES if bhs[0] & 0x3F == _SCSI_RESPONSE else RESPONSE_HEADER_BYTES
-            with self.arena.memalloc():
-                granted = self.arena.allocate_charge_now(HostLevel.WIRE, nbytes, owner=owner)
-            if granted is None:
-                self._stall_reader(nbytes)
-                return False
-        else:
-            granted.handoff(owner)
-        received.append(granted)
+        cmd = cast("_Issued | None", session.answering(bhs) if session is not None else None)
+        nbytes = self.admission.on_arrival(cmd, bhs, granted)
+        if nbytes:
+            assert self._loop is not None and self._stream is not None
+            self._stall = self._loop.create_task(
+                self._receive_when_granted(self._stream, nbytes), name=self.receiver)
+            return False
         return True
-
-    def _stall_reader(self, nbytes: int) -> None:
-        assert self._loop is not None and self._stream is not None
-        self._stall = self._loop.create_task(
-            self._receive_when_granted(self._stream, nbytes), name=self.receiver)
 
     async def _receive_when_granted(self, stream: InitiatorStream, nbytes: int) -> None:
         with self.arena.memalloc():
@@ -686,7 +489,7 @@ class BlockDevice(DeviceBase):
         if session.completed:
             retry = None
             for cmd in cast("list[_Issued]", session.take_completed()):
-                if cmd.error is not None and self._send_again(cmd):
+                if cmd.error is not None and self.send_again(cmd):
                     cmd.drop_rx_buffers()  # the last run's, allocated as its PDUs came
                     retry = retry or []
                     retry.append(cmd)
@@ -701,8 +504,9 @@ class BlockDevice(DeviceBase):
                 and not logged_out.done():
             logged_out.set_result(None)
         stream.write(session.data_to_send())
-        if session.failure is not None:
-            stream.abort(session.failure)
+        failure = session.failure
+        if failure is not None:
+            stream.abort(failure.reason, failure.kind)
 
     # ------------------------------------------------------------ timer
 
@@ -723,6 +527,11 @@ class BlockDevice(DeviceBase):
         else:
             self._timer, self._timer_at = loop.call_at(when, self._on_timer), when
 
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, float("inf")
+
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")
         session, stream = self._session, self._stream
@@ -730,8 +539,9 @@ class BlockDevice(DeviceBase):
             return
         session.handle_timer(self._loop.time())
         stream.write(session.data_to_send())
-        if session.failure is not None:
-            stream.abort(session.failure)
+        failure = session.failure
+        if failure is not None:
+            stream.abort(failure.reason, failure.kind)
             return
         self._arm_timer()
 
@@ -740,12 +550,11 @@ class BlockDevice(DeviceBase):
     def _lost(self, stream: InitiatorStream, reason: str) -> None:
         if stream is not self._stream:
             return
+        failure = ConnectionFailed(stream.failed_kind or FailureKind.CLOSED, reason)
         session = self._session
         self._session = self._stream = None
         self._stop_receiver()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer, self._timer_at = None, float("inf")
+        self._cancel_timer()
         if session is None:
             return
         abandoned = cast("list[_Issued]", session.abandon())
@@ -753,50 +562,39 @@ class BlockDevice(DeviceBase):
             cmd.drop_rx_buffers()
         self._pending[:0] = abandoned
         if self._closing or self._logged_out is not None:
-            self._fail_all(SessionLostError(f"{self.url}: {reason}"))
+            self._fail_all(self.lost(failure))
             return
-        timed_out = "got no answer" in reason
         keep = []
         for cmd in self._pending:
-            if cmd.attempts >= self.max_attempts:
-                error_cls = CommandTimeoutError if timed_out else SessionLostError
-                self._complete(cmd, error_cls(
-                    f"{self.url}: command not done after {cmd.attempts} attempts: {reason}"))
-            else:
+            error = self.give_up(cmd, failure)
+            if error is None:
                 keep.append(cmd)
+            else:
+                self._complete(cmd, error)
         self._pending = keep
         if self._reconnecting is None:
-            self._reconnecting = asyncio.ensure_future(self._reconnect(reason))
+            self._reconnecting = asyncio.ensure_future(self._reconnect(failure))
 
-    async def _reconnect(self, reason: str) -> None:
+    async def _reconnect(self, failure: ConnectionFailed) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.reconnect_timeout
-        delay = 0.05
-        last: Exception | None = None
+        backoff = self.backoff(loop.time())
         try:
-            while loop.time() < deadline:
+            while backoff.may_try(loop.time()):
                 try:
                     await self._log_in()
                     break
                 except InitiatorError as exc:
-                    # While a target restarts it may listen before its targets exist
-                    # (NOT FOUND) or refuse for a moment: retry everything until the deadline.
-                    last = exc
-                await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
-                delay = min(delay * 2, 1.0)
+                    await asyncio.sleep(backoff.failed(exc, loop.time()))
             else:
-                self._dead = SessionLostError(
-                    f"{self.url}: connection lost ({reason}) and not re-established in "
-                    f"{self.reconnect_timeout:g} s: {last}")
+                self._dead = backoff.gave_up(str(self.url), failure)
                 self._fail_all(self._dead)
                 return
         finally:
             self._reconnecting = None
-        self.reconnects += 1
         session = self._session
         assert session is not None
         pending, self._pending = self._pending, []
-        self.reissued += sum(cmd.attempts > 0 for cmd in pending)
+        self.reconnected(pending)
         for cmd in pending:
             session.submit(cmd, loop.time())
         self._flush()
@@ -809,9 +607,6 @@ class BlockDevice(DeviceBase):
         pending, self._pending = self._pending, []
         for cmd in pending:
             self._complete(cmd, error)
-
-
-# ---------------------------------------------------------------- discovery
 
 
 async def discover(
@@ -830,29 +625,22 @@ async def discover(
     try:
         login = InitiatorLogin(initiator_name, target_name=None, isid=new_isid(),
                                chap=portal.chap, mutual=portal.mutual)
-        params = await _login(stream, login, where, timeout)
+        await _login(stream, LoginSteps(login, where), timeout)
+        params = login.params
         stream.set_full_feature(params.initiator_mrdsl, params.header_digest,
                                 params.data_digest)
-        cmd_sn, exp_stat_sn = login.cmd_sn, login.exp_stat_sn
-        text = TextRequester([("SendTargets", "All")], itt=1)
-        req: TextRequest | None = text.start(cmd_sn=cmd_sn, exp_stat_sn=exp_stat_sn)
+        steps = SendTargetsSteps(login, where)
+        req: Pdu | None = steps.start()
         try:
-            while req is not None:
-                stream.send(req)
-                resp = await stream.next_pdu(timeout)
-                if not isinstance(resp, TextResponse):
-                    raise ProtocolError(f"{resp.OPCODE.name} instead of a Text Response")
-                exp_stat_sn = (resp.stat_sn + 1) & 0xFFFFFFFF
-                req = text.receive(resp, cmd_sn=cmd_sn, exp_stat_sn=exp_stat_sn)
-            stream.send(LogoutRequest(reason=LogoutReason.CLOSE_SESSION, itt=2, cmd_sn=cmd_sn,
-                                      exp_stat_sn=exp_stat_sn, immediate=True))
-            with contextlib.suppress(TimeoutError, ConnectionError):
-                while not isinstance(await stream.next_pdu(timeout), LogoutResponse):
-                    pass
-        except (ProtocolError, TimeoutError, ConnectionError) as exc:
-            raise LoginError(f"{where}: SendTargets failed: "
-                             f"{getattr(exc, 'reason', None) or exc or 'timed out'}") from None
-        return send_targets_from_pairs(text.pairs)
+            while not steps.done:
+                if req is not None:
+                    stream.send(req)
+                req = steps.receive(await stream.next_pdu(timeout))
+        except (TimeoutError, ConnectionError) as exc:
+            error = steps.broken(exc)
+            if error is not None:
+                raise error from None
+        return steps.targets
     finally:
         stream.close("discovery done")
         with contextlib.suppress(TimeoutError):

@@ -8,9 +8,9 @@ project's 2-core test machine against tgtd, a minimal asyncio client reached
 So, like fio's ``psync`` engine beside ``libaio``, threaded code gets a device
 that sends a command and blocks in ``recv`` for its answer.
 
-It runs the same sans-I/O core as the asyncio engine (``InitiatorLogin``,
-``InitiatorSession``, the :class:`PduStream` parser) and the same rules
-(``initiator_common``); this module only moves bytes and keeps time.
+It runs the same sans-I/O core as the asyncio engine (``earmark.initiator``: the
+login steps, the session, admission and recovery, and the :class:`PduStream`
+parser); this module only moves bytes and keeps time.
 
 Memory, as under ``reserve``: the device has an arena of its own. The
 connection's receive buffer (WIRE) is held for its life, and a command is
@@ -39,32 +39,22 @@ import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
-from earmark.initiator.errors import (
-    CommandTimeoutError,
-    ConnectError,
-    InitiatorError,
-    SessionLostError,
-)
-from earmark.initiator.session import Command, InitiatorSession, Timeouts
-from earmark.initiator.url import IscsiUrl
-from earmark.iscsi.errors import ProtocolError
-from earmark.iscsi.login import InitiatorLogin, LoginFailed
-from earmark.iscsi.pdu import Buffer, LoginRequest, LoginResponse, Pdu
-from earmark.memory import Arena, HostLevel
-from earmark.memory.arena import format_bytes
-from earmark.memory.claim import Claim
-from earmark.memory.reservation import Reservation
-from earmark.runtime.initiator_common import (
+from earmark.initiator.device import (
     DEFAULT_INITIATOR_NAME,
     MAX_IO_BYTES,
     WANTS,
     DeviceBase,
     check_extent,
     chunks,
-    command_bytes,
-    login_error,
     unmap_command,
 )
+from earmark.initiator.errors import ConnectError, InitiatorError, SessionLostError
+from earmark.initiator.failure import ConnectionFailed, FailureKind
+from earmark.initiator.session import Command, InitiatorSession, Timeouts
+from earmark.initiator.url import IscsiUrl
+from earmark.iscsi.pdu import Buffer, LoginRequest, Pdu
+from earmark.memory import Arena, HostLevel
+from earmark.memory.arena import format_bytes
 from earmark.runtime.initiator_connection import PduStream, receive_buffer_bytes
 from earmark.scsi import cdb as C
 
@@ -76,24 +66,21 @@ _IOV_MAX = 1024
 _LOGOUT_WAIT = 5.0
 
 
-class _Lost(Exception):
-    """The connection is gone (reset, closed, timed out, or the target broke the protocol)."""
-
-
 def _read(stream: PduStream, sock: socket.socket) -> bool:
     """Receive what the socket has and parse it; False when a tick of SO_RCVTIMEO passed
-    with nothing. A closed, reset or protocol-breaking link raises _Lost."""
+    with nothing. A closed, reset or protocol-breaking link raises ConnectionFailed."""
     try:
         n = sock.recv_into(stream.get_buffer(-1))
     except BlockingIOError:
         return False
     except OSError as exc:
-        raise _Lost(f"connection lost: {exc.strerror or exc}") from None
+        raise ConnectionFailed(FailureKind.CLOSED,
+                               f"connection lost: {exc.strerror or exc}") from None
     if n == 0:
-        raise _Lost("the target closed the connection")
+        raise ConnectionFailed(FailureKind.CLOSED, "the target closed the connection")
     stream.buffer_updated(n)
     if stream.failed is not None:
-        raise _Lost(stream.failed)
+        raise ConnectionFailed(stream.failed_kind or FailureKind.CLOSED, stream.failed)
     return True
 
 
@@ -133,9 +120,11 @@ class _SocketTransport:
                         pending[at] = memoryview(pending[at])[sent:]
                         sent = 0
         except BlockingIOError:  # SO_SNDTIMEO ran out: the target reads nothing
-            raise _Lost("the target stopped reading what we send") from None
+            raise ConnectionFailed(FailureKind.STALLED,
+                                   "the target stopped reading what we send") from None
         except OSError as exc:
-            raise _Lost(f"connection lost: {exc.strerror or exc}") from None
+            raise ConnectionFailed(FailureKind.CLOSED,
+                                   f"connection lost: {exc.strerror or exc}") from None
 
     def is_closing(self) -> bool:
         return self.closing
@@ -185,10 +174,8 @@ class SyncBlockDevice(DeviceBase):
         self._session: InitiatorSession | None = None
         self._dead: InitiatorError | None = None
         self._closed = False
-        self._read_claims: dict[int, Claim] = {}
-        self._write_claims: dict[int, Claim] = {}
-        # A finished command's reservation, kept for the next command of its size.
-        self._kept: dict[Claim, Reservation] = {}
+        #: Why the last connection was lost.
+        self._failure: ConnectionFailed | None = None
         recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
         conn_res = self.arena.reserve_now({HostLevel.WIRE: recv_bytes},
                                           owner=f"{self.name}/receive-buffer")
@@ -197,21 +184,18 @@ class SyncBlockDevice(DeviceBase):
                                  f"{format_bytes(recv_bytes)} receive buffer: give it a larger one")
         self._conn_res = conn_res
         self._recv = conn_res.take(HostLevel.WIRE, recv_bytes)
-        self.arena.add_shrinker(self._drop_kept)
+        self.admission.start()
         try:
             if len(self._recv.segments) != 1:
                 raise InitiatorError("the arena is too fragmented for a connection's receive "
                                      "buffer: give the device a larger arena")
             self._log_in()
-            data = bytearray(32)
-            self.execute(C.read_capacity_16(32), read_into=memoryview(data))
-            cap = C.parse_read_capacity_16(memoryview(data))
-            self._blocks, self._block_size = cap.num_blocks, cap.block_size
+            data = memoryview(bytearray(32))
+            self.execute(C.read_capacity_16(32), read_into=data)
+            self._geometry_from(data)
         except BaseException:
             self.close()
             raise
-
-    # ------------------------------------------------------------ geometry
 
     # ------------------------------------------------------------ block I/O
 
@@ -267,75 +251,44 @@ class SyncBlockDevice(DeviceBase):
             if self._closed:
                 raise SessionLostError(f"{self.url}: the device is closed")
             cmd = Command(cdb, self.url.lun if lun is None else lun, read_into, write_data)
-            claim = self._claim(write_data is not None, cmd.length)
-            res = self._kept.pop(claim, None) or self._reserve(claim, cmd.length)
+            admission = self.admission
+            claim = admission.claim(write_data is not None, cmd.length)[0]
+            res = (admission.take(claim, self.name)
+                   or admission.reserve_now(claim, self.name, cmd.length))
             try:
                 self._run(cmd)
             finally:
-                if self.arena.waiting:
-                    res.release()
-                else:
-                    self._kept[claim] = res
+                admission.give_back(claim, res)
         if cmd.error is not None:
             raise cmd.error
         return cmd
-
-    # ------------------------------------------------------------ memory
-
-    def _claim(self, write: bool, nbytes: int) -> Claim:
-        claims = self._write_claims if write else self._read_claims
-        claim = claims.get(nbytes)
-        if claim is None:
-            task, wire = command_bytes(self.params, write, nbytes)
-            claim = self.arena.claim({HostLevel.TASK: task, HostLevel.WIRE: wire})
-            if len(claims) < 1024:
-                claims[nbytes] = claim
-        return claim
-
-    def _reserve(self, claim: Claim, nbytes: int) -> Reservation:
-        res = self.arena.reserve_now(claim, owner=self.name)
-        if res is None:
-            raise InitiatorError(
-                f"the device's arena cannot hold what one command of {nbytes} B needs "
-                f"({format_bytes(claim.total)} of descriptors and receive buffers) beside the "
-                f"{format_bytes(self.arena.committed)} it holds: give it a larger arena")
-        return res
-
-    def _drop_kept(self) -> None:
-        """Give back the kept reservations (someone is about to wait, or we close)."""
-        kept, self._kept = self._kept, {}
-        for res in kept.values():
-            res.release()
 
     # ------------------------------------------------------------ the wire
 
     def _run(self, cmd: Command) -> None:
         """Issue ``cmd`` and read until it is answered, reconnecting as often as allowed."""
-        reason = "an earlier command lost the connection"
         while True:
             session, stream = self._session, self._stream
             if session is None or stream is None:
-                self._reconnect(reason)
+                self._reconnect()
+                self.reconnected((cmd,))
                 continue
-            if cmd.attempts:
-                self.reissued += 1
             try:
                 session.submit(cmd, time.monotonic())
                 stream.write(session.data_to_send())
                 self._receive(session, cmd)
                 return
-            except _Lost as lost:
-                reason = str(lost)
+            except ConnectionFailed as lost:
+                self._failure = failure = lost
             self._drop()
-            if cmd.attempts >= self.max_attempts:
-                error = CommandTimeoutError if "got no answer" in reason else SessionLostError
-                cmd.error = error(
-                    f"{self.url}: command not done after {cmd.attempts} attempts: {reason}")
+            error = self.give_up(cmd, failure)
+            if error is not None:
+                cmd.error = error
                 return
 
     def _receive(self, session: InitiatorSession, cmd: Command) -> None:
         """Read and parse until ``cmd`` has its status (or error); the session's timers
-        run every tick; a dead link raises _Lost."""
+        run every tick; a dead link raises ConnectionFailed."""
         stream, sock = self._stream, self._sock
         assert stream is not None and sock is not None
         while cmd.status is None and cmd.error is None:
@@ -343,7 +296,7 @@ class SyncBlockDevice(DeviceBase):
                 session.handle_timer(time.monotonic())
                 stream.write(session.data_to_send())
             if session.failure is not None:
-                raise _Lost(session.failure)
+                raise session.failure
 
     # StreamSink: the parser hands PDUs here while a session is attached.
 
@@ -367,7 +320,7 @@ class SyncBlockDevice(DeviceBase):
             return
         if session.completed:
             for cmd in session.take_completed():
-                if cmd.error is not None and self._send_again(cmd):
+                if cmd.error is not None and self.send_again(cmd):
                     session.submit(cmd, time.monotonic())
         stream.write(session.data_to_send())
 
@@ -375,7 +328,6 @@ class SyncBlockDevice(DeviceBase):
 
     def _log_in(self) -> None:
         url = self.url
-        where = f"login to {url}"
         try:
             sock = socket.create_connection((url.host, url.port), timeout=self.login_timeout)
         except TimeoutError:
@@ -392,33 +344,23 @@ class SyncBlockDevice(DeviceBase):
                         struct.pack("ll", int(timeout), int(timeout % 1 * 1e6)))
         stream = PduStream(self._recv.view)
         stream.transport = _SocketTransport(sock)
-        login = InitiatorLogin(self.initiator_name, target_name=url.target, isid=self.isid,
-                               chap=url.chap, mutual=url.mutual, wants=self._wants)
+        steps = self.login_steps()
         deadline = time.monotonic() + self.login_timeout
         try:
-            req: LoginRequest | None = login.start()
+            req: LoginRequest | None = steps.start()
             while req is not None:
                 stream.send(req)
-                resp = self._next_pdu(stream, sock, deadline)
-                if not isinstance(resp, LoginResponse):
-                    raise ProtocolError(f"{resp.OPCODE.name} during login")
-                req = login.receive(resp)
-        except (LoginFailed, ProtocolError, TimeoutError, _Lost) as exc:
+                req = steps.receive(self._next_pdu(stream, sock, deadline))
+        except (TimeoutError, ConnectionFailed) as exc:
             sock.close()
-            raise login_error(exc, where) from None
+            raise steps.broken(exc) from None
         except BaseException:
             sock.close()
             raise
-        self.params = params = login.params
+        params = steps.login.params
+        self.admission.negotiated(params)
         stream.set_full_feature(params.initiator_mrdsl, params.header_digest, params.data_digest)
-        self._session = InitiatorSession(
-            params, cmd_sn=login.cmd_sn, exp_cmd_sn=login.exp_cmd_sn,
-            max_cmd_sn=login.max_cmd_sn, exp_stat_sn=login.exp_stat_sn, now=time.monotonic(),
-            timeouts=self.timeouts,
-        )
-        self._read_claims.clear()
-        self._write_claims.clear()
-        self._drop_kept()  # claims follow the negotiated limits, which may have changed
+        self._session = steps.session(time.monotonic(), self.timeouts)
         stream.sink = self
         self._stream, self._sock = stream, sock
 
@@ -430,25 +372,18 @@ class SyncBlockDevice(DeviceBase):
             _read(stream, sock)
         return stream.inbox.popleft()
 
-    def _reconnect(self, reason: str) -> None:
-        deadline = time.monotonic() + self.reconnect_timeout
-        delay = 0.05
-        last: Exception | None = None
-        while time.monotonic() < deadline:
+    def _reconnect(self) -> None:
+        """Log in again after ``_failure``, until the reconnect timeout gives up."""
+        failure = self._failure
+        assert failure is not None
+        backoff = self.backoff(time.monotonic())
+        while backoff.may_try(time.monotonic()):
             try:
                 self._log_in()
+                return
             except InitiatorError as exc:
-                # While a target restarts it may listen before its targets exist
-                # (NOT FOUND) or refuse for a moment: retry everything until the deadline.
-                last = exc
-                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                delay = min(delay * 2, 1.0)
-                continue
-            self.reconnects += 1
-            return
-        self._dead = SessionLostError(
-            f"{self.url}: connection lost ({reason}) and not re-established in "
-            f"{self.reconnect_timeout:g} s: {last}")
+                time.sleep(backoff.failed(exc, time.monotonic()))
+        self._dead = backoff.gave_up(str(self.url), failure)
         raise self._dead
 
     def _drop(self) -> None:
@@ -478,11 +413,10 @@ class SyncBlockDevice(DeviceBase):
                 try:
                     self._stream.write(session.data_to_send())
                     self._await_logout(session)
-                except _Lost:
+                except ConnectionFailed:
                     pass
             self._drop()
-            self._drop_kept()
-            self.arena.remove_shrinker(self._drop_kept)
+            self.admission.stop()
             self._recv.free()
             self._conn_res.release()
 
@@ -490,7 +424,7 @@ class SyncBlockDevice(DeviceBase):
         stream, sock = self._stream, self._sock
         assert stream is not None and sock is not None
         deadline = time.monotonic() + _LOGOUT_WAIT
-        with contextlib.suppress(_Lost):  # gone already: nothing more to wait for
+        with contextlib.suppress(ConnectionFailed):  # gone already: nothing more to wait for
             while session.logout_response is None and time.monotonic() < deadline:
                 _read(stream, sock)
 
