@@ -17,6 +17,7 @@ import pytest
 
 import earmark
 from earmark import cli
+from earmark.initiator.device import WANTS
 from earmark.initiator.errors import (
     AuthenticationFailedError,
     InitiatorError,
@@ -25,7 +26,6 @@ from earmark.initiator.errors import (
 from earmark.initiator.session import Timeouts
 from earmark.memory import Arena
 from earmark.runtime.embedded import EmbeddedTarget
-from earmark.runtime.initiator_common import WANTS
 from earmark.runtime.initiator_connection import receive_buffer_bytes
 from earmark.runtime.initiator_sync import SyncBlockDevice
 from earmark.scsi.sense import ScsiError, SenseKey

@@ -14,6 +14,7 @@ import pytest
 
 import earmark
 from earmark import cli
+from earmark.initiator.device import WANTS
 from earmark.initiator.errors import (
     AuthenticationFailedError,
     BadUrlError,
@@ -22,7 +23,6 @@ from earmark.initiator.errors import (
 )
 from earmark.initiator.session import InitiatorSession, Timeouts
 from earmark.memory import Arena
-from earmark.runtime.initiator_common import WANTS
 from earmark.runtime.initiator_connection import receive_buffer_bytes
 from earmark.runtime.initiator_device import BlockDevice, discover
 from earmark.scsi.sense import ScsiError, SenseKey

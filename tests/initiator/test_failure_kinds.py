@@ -119,7 +119,7 @@ class FakeTransport:
     def _deliver(self) -> None:
         out = self.target.out
         while out and not self.closing:
-            buf = self.proto.get_buffer(-1)
+            buf = memoryview(self.proto.get_buffer(-1))
             n = min(len(buf), len(out))
             buf[:n] = out[:n]
             del out[:n]
@@ -159,7 +159,7 @@ def test_the_asyncio_engine_reads_the_kind(silent: bool, error: type[SessionLost
             proto.connection_made(transport)
             return transport, proto
 
-        loop.create_connection = create_connection  # type: ignore[method-assign]
+        loop.create_connection = create_connection  # type: ignore[method-assign,assignment]
         async with BlockDevice(URL, timeouts=FAST, max_attempts=1,
                                reconnect_timeout=0.1) as dev:
             with pytest.raises(SessionLostError) as raised:
