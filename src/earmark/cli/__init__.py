@@ -1,14 +1,29 @@
-"""The `earmark` command: one entry point, a subcommand per job."""
+"""The `earmark` command: one entry point, one module per subcommand.
+
+Each subcommand module has ``add_parser(subparsers)`` and ``run(args) -> exit status``;
+a mistake a user can make ends in one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Protocol
 
 from earmark import __version__
-from earmark.cli import check as check_cli
-from earmark.cli import demo as demo_cli
-from earmark.cli import serve
-from earmark.runtime import initiator_cli
+from earmark.cli import bench, check, demo, ls, serve
+
+
+class Subcommand(Protocol):
+    def add_parser(self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+#: In the order ``earmark --help`` lists them.
+COMMANDS: dict[str, Subcommand] = {
+    "demo": demo, "serve": serve, "ls": ls, "bench": bench, "check": check,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,10 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"earmark {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo_cli.add_parser(commands)
-    serve.add_parser(commands)
-    initiator_cli.add_parsers(commands)
-    check_cli.add_parser(commands)
+    for module in COMMANDS.values():
+        module.add_parser(commands)
     return parser
 
 
@@ -34,13 +47,4 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command == "demo":
-        return demo_cli.run(args)
-    if args.command == "serve":
-        return serve.run(args)
-    if args.command in ("ls", "bench"):
-        return initiator_cli.run(args)
-    if args.command == "check":
-        return check_cli.run(args)
-    parser.error(f"unknown command {args.command!r}")
-
+    return COMMANDS[args.command].run(args)

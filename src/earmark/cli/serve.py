@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import importlib.util
 import logging
 import signal
 import sys
 from pathlib import Path
 
-from earmark.runtime.initiator_cli import event_loop_name
+from earmark.runtime import loops
 from earmark.runtime.server import TargetServer
 from earmark.target import build
 from earmark.target.backing import BackingError
@@ -50,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="admission: reserve (default) or none (allocate on demand)")
     p.add_argument("--chap", metavar="USER:SECRET",
                    help="require one-way CHAP with these credentials")
-    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+    p.add_argument("--loop", choices=loops.LOOPS, default="auto",
                    help="event loop: uvloop if installed (auto, the default), or force one")
     p.add_argument("-v", "--verbose", action="store_true", help="log every session")
 
@@ -60,16 +59,9 @@ def run(args: argparse.Namespace) -> int:
                         format="earmark: %(message)s", stream=sys.stderr)
     try:
         server = _build(args)
-        loop = event_loop_name(args.loop)
-        if loop == "uvloop":
-            if importlib.util.find_spec("uvloop") is None:
-                raise UsageError("--loop uvloop: uvloop is not installed (pip install uvloop)")
-            import uvloop
-
-            uvloop.run(_serve(server, args))
-        else:
-            asyncio.run(_serve(server, args))
-    except (UsageError, BackingError, ConfigError, SizeError, build.SetupError) as exc:
+        loops.run(_serve(server, args), args.loop)
+    except (UsageError, loops.LoopUnavailableError, BackingError, ConfigError, SizeError,
+            build.SetupError) as exc:
         print(f"earmark serve: {exc}", file=sys.stderr)
         return 2
     return 0
