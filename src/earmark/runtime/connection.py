@@ -325,13 +325,11 @@ class TargetConnection(asyncio.BufferedProtocol):
             try:
                 pdu = decode_pdu(bhs, rb[pos + BHS_LENGTH : pos + BHS_LENGTH + ahs_len], data)
             except ProtocolError as exc:
-                reason = (RejectReason.COMMAND_NOT_SUPPORTED if "opcode" in exc.reason
-                          else RejectReason.PROTOCOL_ERROR)
                 if self.session is None:
                     self._fatal(exc.reason)
                     return
                 log.info("%s: rejecting a PDU: %s", self.name, exc.reason)
-                self.session.reject(bhs, reason)
+                self.session.reject(bhs, exc.reject or RejectReason.PROTOCOL_ERROR)
                 continue
             if self.session is not None:
                 self.session.receive(pdu, self._clock(), placed=placed is not None)
