@@ -21,12 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import earmark
-from earmark.iscsi.framing import PduReader, serialize
+from earmark.iscsi.framing import serialize
 from earmark.iscsi.login import InitiatorLogin
 from earmark.iscsi.pdu import LoginResponse, Pdu, Reject, ScsiCommand
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.scsi import cdb as C
 from earmark.target.backing import MemoryBacking
+from wire_reader import WireReader
 
 pytestmark = pytest.mark.interop
 
@@ -78,12 +79,12 @@ def connect(target: EmbeddedTarget) -> socket.socket:
     return sock
 
 
-def exchange(sock: socket.socket, reader: PduReader, pdu: Pdu) -> list[Pdu]:
+def exchange(sock: socket.socket, reader: WireReader, pdu: Pdu) -> list[Pdu]:
     sock.sendall(b"".join(bytes(p) for p in serialize(pdu, False, False)))
     return read_some(sock, reader)
 
 
-def read_some(sock: socket.socket, reader: PduReader) -> list[Pdu]:
+def read_some(sock: socket.socket, reader: WireReader) -> list[Pdu]:
     """PDUs the target sent, or [] once it closed the connection (or went quiet)."""
     got: list[Pdu] = []
     try:
@@ -97,9 +98,9 @@ def read_some(sock: socket.socket, reader: PduReader) -> list[Pdu]:
     return got
 
 
-def logged_in(target: EmbeddedTarget) -> tuple[socket.socket, PduReader, InitiatorLogin]:
+def logged_in(target: EmbeddedTarget) -> tuple[socket.socket, WireReader, InitiatorLogin]:
     sock = connect(target)
-    reader = PduReader(1 << 20)
+    reader = WireReader(1 << 20)
     login = InitiatorLogin("iqn.2026-11.org.earmark:attacker", target_name=target.iqn,
                            isid=0x80_0000_0001, wants={"InitialR2T": "Yes",
                                                        "ImmediateData": "No"})
@@ -188,7 +189,7 @@ def test_oversize_segment_out_of_window_command_and_bad_digest(
 
     # A header digest that does not match, on a session that negotiated digests.
     sock = connect(target)
-    reader = PduReader(1 << 20)
+    reader = WireReader(1 << 20)
     login = InitiatorLogin("iqn.2026-11.org.earmark:digests", target_name=target.iqn,
                            isid=0x80_0000_0002, wants={"HeaderDigest": "CRC32C"})
     req = login.start()

@@ -50,6 +50,7 @@ from earmark.initiator.url import IscsiUrl
 from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.login import InitiatorLogin, LoginFailed
 from earmark.iscsi.pdu import Buffer, LoginRequest, LoginResponse, Pdu
+from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.memory import Arena, HostLevel
 from earmark.memory.arena import format_bytes
 from earmark.memory.claim import Claim
@@ -65,7 +66,7 @@ from earmark.runtime.initiator_common import (
     login_error,
     unmap_command,
 )
-from earmark.runtime.initiator_connection import PduStream, receive_buffer_bytes
+from earmark.runtime.initiator_connection import RECEIVE_PDUS, PduStream
 from earmark.scsi import cdb as C
 
 __all__ = ["SyncBlockDevice"]
@@ -189,7 +190,7 @@ class SyncBlockDevice(DeviceBase):
         self._write_claims: dict[int, Claim] = {}
         # A finished command's reservation, kept for the next command of its size.
         self._kept: dict[Claim, Reservation] = {}
-        recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
+        recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]), RECEIVE_PDUS)
         conn_res = self.arena.reserve_now({HostLevel.WIRE: recv_bytes},
                                           owner=f"{self.name}/receive-buffer")
         if conn_res is None:

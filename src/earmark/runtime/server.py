@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 from earmark.iscsi.discovery import Portal
 from earmark.iscsi.login import TargetEntry
+from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.memory import Arena, DeadlockReport, Watchdog, find_deadlock
 from earmark.memory.levels import TargetLevel
-from earmark.runtime.connection import TargetConnection, recv_buffer_bytes
+from earmark.runtime.connection import TargetConnection
 from earmark.target.lun import LogicalUnit
 from earmark.target.session import DEFAULT_CONFIG, Policy, SessionConfig
 
@@ -72,7 +73,7 @@ class TargetServer:
         self.address = address
         self.port = port
         self.max_slots = max_slots
-        self.recv_bytes = recv_buffer_bytes(RECV_SEGMENT)
+        self.recv_bytes = receive_buffer_bytes(RECV_SEGMENT, pdus=1)
         self.slot_claims: dict[int, int] = {
             TargetLevel.SLOT: SLOT_BYTES,
             TargetLevel.BUFFER: arena.cost(config.buffer_bytes),
