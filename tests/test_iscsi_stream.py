@@ -133,6 +133,21 @@ def test_one_byte_at_a_time_through_a_buffer_that_must_compact() -> None:
     assert owner.pdus() == pdus
 
 
+def test_room_is_made_before_it_runs_out() -> None:
+    # A PDU that cannot fit after where it starts: its header moves to the front at
+    # once (48 bytes), not the whole PDU once the buffer's end is reached.
+    owner = Owner(65536)  # a 128 KiB buffer
+    big = wire([P.NopOut(itt=1, data=bytes(65536))])
+    owner.receive(big + big[:48])
+    assert owner.framer.buffered == 48
+    assert len(owner.framer.get_buffer(-1)) == (1 << 17) - 48
+    # Little room left at the end: the unparsed bytes move to the front before a read.
+    owner = Owner(4096)  # an 8 KiB buffer
+    owner.receive(wire([P.NopOut(itt=2, data=bytes(4096))]) + big[:20])
+    assert [p.itt for p in owner.pdus()] == [2] and owner.framer.buffered == 20
+    assert len(owner.framer.get_buffer(-1)) == 8192 - 20
+
+
 def test_set_digests_after_login() -> None:
     owner = Owner(8192)
     owner.framer.set_full_feature(8192, False, False)
