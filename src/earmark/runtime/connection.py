@@ -217,12 +217,9 @@ class TargetConnection(asyncio.BufferedProtocol):
         (parsed once the login is there to take it)."""
         framer = Framer(buffer, self._received, self._pdu_error,
                         max_data_segment=LOGIN_MAX_SEGMENT)
-        n = self._early_n
-        if n:
-            framer.pause()
-            framer.get_buffer(n)[:n] = self._early[:n]
-            framer.received(n)
-            framer.resume()
+        framer.pause()
+        framer.feed(memoryview(self._early)[: self._early_n])
+        framer.resume()
         return framer
 
     def _parse(self) -> None:
@@ -459,8 +456,8 @@ class TargetConnection(asyncio.BufferedProtocol):
         if (framer is None or self.transport is None or self._closing or self._write_paused
                 or (session is not None and session.blocked is not None)):
             return
-        framer.resume()
-        if framer.buffered:
+        if framer.paused:  # what it stopped for is over: take what is buffered
+            framer.resume()
             self._guarded(self._parse)
         if session is not None and not framer.paused and not self._closing:
             self.transport.resume_reading()
