@@ -92,6 +92,26 @@ def test_stream_round_trip_in_arbitrary_chunks(
     assert owner.framer.buffered == 0
 
 
+@given(
+    st.lists(ANY_PDU, max_size=6), st.booleans(), st.integers(1, 3),
+    st.lists(st.integers(1, 200), min_size=1, max_size=20),
+)
+def test_placing_every_segment_still_arriving_gives_the_same_pdus(
+    pdus: list[Any], digests: bool, pieces: int, cuts: list[int]
+) -> None:
+    owner = Owner(1024, digests, digests)
+
+    def placement(bhs: memoryview) -> list[memoryview]:
+        dsl = P.bhs_lengths(bhs)[1]
+        return [memoryview(bytearray(dsl * (i + 1) // pieces - dsl * i // pieces))
+                for i in range(pieces)]
+
+    owner.framer.placement = placement
+    owner.receive(wire(pdus, digests, digests), cuts)
+    assert owner.pdus() == pdus and not owner.errors()
+    assert owner.framer.buffered == 0
+
+
 def _mixed(big: bytes) -> list[Any]:
     return [
         P.NopIn(itt=0xFFFFFFFF, ttt=3, stat_sn=1, exp_cmd_sn=2, max_cmd_sn=9, data=b"hi"),
