@@ -17,11 +17,12 @@ import pytest
 
 from earmark.initiator.errors import CommandTimeoutError, SessionLostError
 from earmark.initiator.session import Timeouts
-from earmark.iscsi.framing import PduReader, serialize
+from earmark.iscsi.framing import serialize
 from earmark.iscsi.login import TargetEntry, TargetLogin
 from earmark.iscsi.pdu import LoginRequest, ScsiCommand, data_in_bhs
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.runtime.initiator_sync import SyncBlockDevice
+from tests.wire_reader import WireReader
 
 IQN = "iqn.2024-01.org.earmark:fake"
 URL = f"iscsi://127.0.0.1:3260/{IQN}/0"
@@ -34,7 +35,7 @@ class FakeTarget:
 
     def __init__(self, silent: bool) -> None:
         self.silent = silent
-        self.reader = PduReader(1 << 20)
+        self.reader = WireReader(1 << 20)
         self.login = TargetLogin({IQN: TargetEntry(IQN)}, portal_group_tag=1)
         self.stat_sn = 0
         self.out = bytearray()

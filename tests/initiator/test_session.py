@@ -14,7 +14,6 @@ from earmark.initiator.errors import (
 )
 from earmark.initiator.failure import FailureKind
 from earmark.initiator.session import Command, InitiatorSession, Timeouts
-from earmark.iscsi.framing import PduReader
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import TmfFunction, TmfResponse
 from earmark.iscsi.pdu import (
@@ -36,6 +35,7 @@ from earmark.iscsi.pdu import (
 )
 from earmark.scsi import cdb as C
 from earmark.scsi.sense import ScsiError, SenseKey, lba_out_of_range
+from tests.wire_reader import WireReader
 
 
 def make(
@@ -48,7 +48,7 @@ def make(
 
 def sent(session: InitiatorSession) -> list[Pdu]:
     wire = b"".join(bytes(piece) for piece in session.data_to_send())
-    return PduReader(1 << 24).feed(wire)
+    return WireReader(1 << 24).feed(wire)
 
 
 def read_cmd(n: int = 4096) -> Command:
@@ -170,7 +170,7 @@ def test_write_from_pieces_is_the_wire_of_one_buffer_without_joining(digests: bo
             assert {id(p.obj) for p in pieces if isinstance(p, memoryview)} == {
                 id(page.obj) for page in pages}
     assert wires[0] == wires[1]
-    reader = PduReader(1 << 24, digests, digests)
+    reader = WireReader(1 << 24, digests, digests)
     outs = reader.feed(wires[1])
     assert b"".join(bytes(p.data) for p in outs) == payload  # type: ignore[union-attr]
 

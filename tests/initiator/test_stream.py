@@ -27,6 +27,7 @@ class Sink:
         self.dest = dest
         self.pdus: list[tuple[Pdu, bool, bytes]] = []
         self.batches = 0
+        self.small_data_in = 0
 
     def placement(self, bhs: memoryview) -> memoryview | None:
         offset = int.from_bytes(bhs[40:44], "big")
@@ -39,6 +40,7 @@ class Sink:
         self.pdus.append((pdu, placed, bytes(getattr(pdu, "data", b""))))
 
     def data_in_received(self, header: memoryview, at: int, data: memoryview) -> None:
+        self.small_data_in += 1
         self.pdu_received(decode_pdu(header[at : at + BHS_LENGTH], b"", data), False)
 
     def batch_done(self) -> None:
@@ -105,6 +107,9 @@ def test_any_chunking_gives_the_same_pdus(digests: bool, seed: int) -> None:
     assert bytes(sink.dest[100 : 100 + len(big)]) == big
     placed = [placed for _, placed, _ in sink.pdus]
     assert placed[2] is False and placed[0] is False  # small PDUs come through the buffer
+    # The small Data-In (and the large one, when it was all in before it was parsed)
+    # came as header and data, with no PDU object built.
+    assert sink.small_data_in == 2 - placed[1]
     assert sink.batches >= 1
 
 
@@ -162,3 +167,19 @@ def test_a_large_segment_still_arriving_is_received_in_place() -> None:
     assert targets == [len(big) - 100]
     ((_, placed, _),) = sink.pdus
     assert placed and bytes(sink.dest[8:]) == big
+
+
+def test_nothing_is_delivered_after_a_protocol_error() -> None:
+    pdus = [NopIn(itt=1, data=b"one"), NopIn(itt=2, data=b"two"), NopIn(itt=3)]
+    wire = bytearray(b"".join(bytes(p) for pdu in pdus for p in serialize(pdu, True, True)))
+    wire[52 + 4 + 4 + 52] ^= 0xFF  # the second one's data
+
+    async def main() -> tuple[InitiatorStream, Transport, Sink]:
+        sink = Sink(memoryview(bytearray(16)))
+        stream, transport = make(sink, True)
+        feed(stream, bytes(wire), random.Random(0))
+        return stream, transport, sink
+
+    stream, transport, sink = asyncio.run(main())
+    assert transport.aborted and stream.failed is not None and "digest" in stream.failed
+    assert [getattr(p, "itt", None) for p, _, _ in sink.pdus] == [1]

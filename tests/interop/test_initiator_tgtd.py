@@ -22,8 +22,9 @@ from earmark.initiator.errors import (
     TargetNotFoundError,
 )
 from earmark.initiator.session import InitiatorSession, Timeouts
+from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.memory import Arena
-from earmark.runtime.initiator_connection import receive_buffer_bytes
+from earmark.runtime.initiator_connection import RECEIVE_PDUS
 from earmark.runtime.initiator_device import BlockDevice, discover
 from earmark.scsi.sense import ScsiError, SenseKey
 from tests.targets import TgtdSpec, tgtd_with
@@ -157,7 +158,7 @@ def test_reserve_bounds_commands_in_flight(
         submit(self, cmd, now)  # type: ignore[arg-type]
         peak = max(peak, self.outstanding + self.queued)
 
-    recv = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
+    recv = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]), RECEIVE_PDUS)
 
     async def main() -> Arena:
         probe = BlockDevice(tgtd.url())

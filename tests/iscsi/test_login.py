@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from earmark.iscsi.chap import chap_response, decode_binary
 from earmark.iscsi.errors import AuthenticationError, ProtocolError
-from earmark.iscsi.framing import PduReader, serialize
+from earmark.iscsi.framing import serialize
 from earmark.iscsi.login import (
     LOGIN_MAX_SEGMENT,
     InitiatorLogin,
@@ -27,6 +27,7 @@ from earmark.iscsi.opcodes import LoginStatus
 from earmark.iscsi.pdu import LoginRequest, LoginResponse, decode_pdu
 from earmark.iscsi.text import decode_text, encode_text
 from tests.iscsi.test_negotiation import LIBISCSI_OPNEG
+from tests.wire_reader import WireReader
 
 T = TypeVar("T")
 INITIATOR = "iqn.2024-01.earmark:host"
@@ -57,7 +58,7 @@ def counter_random(start: int) -> Callable[[int], bytes]:
 def over_the_wire(pdu: T) -> T:
     """Encode and decode, so every exchange also exercises the PDU codec."""
     raw = b"".join(bytes(p) for p in serialize(pdu, False, False))  # type: ignore[arg-type]
-    (out,) = PduReader(LOGIN_MAX_SEGMENT).feed(raw)
+    (out,) = WireReader(LOGIN_MAX_SEGMENT).feed(raw)
     assert type(out) is type(pdu)
     return out
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from earmark.iscsi import pdu as P
 from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.lun import lun_from_u64
-from earmark.iscsi.opcodes import Opcode
+from earmark.iscsi.opcodes import Opcode, RejectReason
 
 U32 = st.integers(0, 0xFFFFFFFF)
 LUNS = st.one_of(
@@ -182,10 +182,13 @@ def test_unsupported_lun_formats_decode_negative_and_round_trip() -> None:
 
 def test_errors_name_the_problem() -> None:
     good = P.encode_header(P.NopOut(data=b"abcd"))
-    with pytest.raises(ProtocolError, match="unknown opcode 0x07"):
+    with pytest.raises(ProtocolError, match="unknown opcode 0x07") as unknown:
         P.decode_pdu(b"\x07" + good[1:], b"", b"abcd")
-    with pytest.raises(ProtocolError, match="announces 4 bytes, got 3"):
+    # What answers it is decided here, not by reading the message.
+    assert unknown.value.reject is RejectReason.COMMAND_NOT_SUPPORTED
+    with pytest.raises(ProtocolError, match="announces 4 bytes, got 3") as short:
         P.decode_pdu(good, b"", b"abc")
+    assert short.value.reject is RejectReason.PROTOCOL_ERROR
     with pytest.raises(ProtocolError, match="BHS is 47 bytes"):
         P.decode_pdu(good[:47], b"", b"abcd")
     tmf = bytearray(P.encode_header(P.TaskMgmtRequest(function=1)))

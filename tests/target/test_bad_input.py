@@ -21,12 +21,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import earmark
-from earmark.iscsi.framing import PduReader, serialize
+from earmark.iscsi import pdu as P
+from earmark.iscsi.framing import serialize
 from earmark.iscsi.login import InitiatorLogin
+from earmark.iscsi.opcodes import RejectReason
 from earmark.iscsi.pdu import LoginRequest, LoginResponse, Pdu, Reject, ScsiCommand
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.scsi import cdb as C
 from tests.targets import embedded_with
+from tests.wire_reader import WireReader
 
 # The shared embedded target (tests/conftest.py), small, in a tight arena.
 WITH_TARGET = embedded_with(4 << 20, memory=8 << 20)
@@ -73,12 +76,12 @@ def connect(target: EmbeddedTarget) -> socket.socket:
     return sock
 
 
-def exchange(sock: socket.socket, reader: PduReader, pdu: Pdu) -> list[Pdu]:
+def exchange(sock: socket.socket, reader: WireReader, pdu: Pdu) -> list[Pdu]:
     sock.sendall(b"".join(bytes(p) for p in serialize(pdu, False, False)))
     return read_some(sock, reader)
 
 
-def read_some(sock: socket.socket, reader: PduReader) -> list[Pdu]:
+def read_some(sock: socket.socket, reader: WireReader) -> list[Pdu]:
     """PDUs the target sent, or [] once it closed the connection (or went quiet)."""
     got: list[Pdu] = []
     try:
@@ -92,17 +95,19 @@ def read_some(sock: socket.socket, reader: PduReader) -> list[Pdu]:
     return got
 
 
-def logged_in(target: EmbeddedTarget) -> tuple[socket.socket, PduReader, InitiatorLogin]:
+def logged_in(target: EmbeddedTarget, **wants: str) -> tuple[socket.socket, WireReader,
+                                                             InitiatorLogin]:
     sock = connect(target)
-    reader = PduReader(1 << 20)
+    reader = WireReader(1 << 20)
     login = InitiatorLogin("iqn.2026-11.org.earmark:attacker", target_name=target.iqn,
                            isid=0x80_0000_0001, wants={"InitialR2T": "Yes",
-                                                       "ImmediateData": "No"})
+                                                       "ImmediateData": "No", **wants})
     req: LoginRequest | None = login.start()
     while req is not None:
         (resp,) = exchange(sock, reader, req)
         assert isinstance(resp, LoginResponse)
         req = login.receive(resp)
+    reader.set_digests(login.params.header_digest, login.params.data_digest)
     return sock, reader, login
 
 
@@ -187,7 +192,7 @@ def test_oversize_segment_out_of_window_command_and_bad_digest(
 
     # A header digest that does not match, on a session that negotiated digests.
     sock = connect(embedded_target)
-    reader = PduReader(1 << 20)
+    reader = WireReader(1 << 20)
     login = InitiatorLogin("iqn.2026-11.org.earmark:digests", target_name=embedded_target.iqn,
                            isid=0x80_0000_0002, wants={"HeaderDigest": "CRC32C"})
     req: LoginRequest | None = login.start()
@@ -205,6 +210,49 @@ def test_oversize_segment_out_of_window_command_and_bad_digest(
         reader.set_digests(True, False)
         read_some(sock, reader)
     assert any("digest" in r.getMessage() for r in caplog.records)
+    still_fine(embedded_target, good, caplog)
+
+
+@WITH_TARGET
+def test_each_bad_pdu_gets_the_reject_reason_that_answers_it(
+    embedded_target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    sock, reader, login = logged_in(embedded_target)
+    with sock:
+        # An opcode no initiator sends, then a NOP-Out with an AHS it cannot have: each
+        # is rejected with its own reason, and the session goes on.
+        unknown = bytearray(P.encode_header(P.NopOut(itt=5, immediate=True)))
+        unknown[0] = 0x1B
+        mangled = bytearray(P.encode_header(P.NopOut(itt=6, immediate=True)))
+        mangled[4] = 1  # TotalAHSLength: one word
+        sock.sendall(bytes(unknown) + bytes(mangled) + bytes(4))
+        replies = read_some(sock, reader)
+        if len(replies) < 2:
+            replies += read_some(sock, reader)
+        assert [(type(r).__name__, getattr(r, "reason", None)) for r in replies] == [
+            ("Reject", RejectReason.COMMAND_NOT_SUPPORTED),
+            ("Reject", RejectReason.PROTOCOL_ERROR)]
+        assert bytes(getattr(replies[0], "data", b"")) == bytes(unknown)
+        ok = ScsiCommand(itt=3, cdb=C.test_unit_ready(), cmd_sn=login.cmd_sn,
+                         exp_stat_sn=login.exp_stat_sn)
+        assert [getattr(r, "itt", None) for r in exchange(sock, reader, ok)] == [3]
+    still_fine(embedded_target, good, caplog)
+
+    # A data digest that does not match: DATA_DIGEST_ERROR, then the connection closes.
+    caplog.clear()
+    sock, reader, login = logged_in(embedded_target, DataDigest="CRC32C")
+    with sock:
+        assert login.params.data_digest
+        ping = bytearray(b"".join(bytes(p) for p in serialize(
+            P.NopOut(itt=7, immediate=True, cmd_sn=login.cmd_sn, data=b"ping"), False, True)))
+        ping[-1] ^= 0xFF
+        sock.sendall(bytes(ping))
+        replies = read_some(sock, reader)
+        assert [(type(r).__name__, getattr(r, "reason", None)) for r in replies] == [
+            ("Reject", RejectReason.DATA_DIGEST_ERROR)]
+        assert sock.recv(1) == b""  # closed (a timeout if it were not)
+    assert any("closing: data digest mismatch" in r.getMessage() for r in caplog.records)
     still_fine(embedded_target, good, caplog)
 
 

@@ -7,7 +7,6 @@ import pytest
 
 from earmark.iscsi.discovery import parse_send_targets
 from earmark.iscsi.errors import ProtocolError
-from earmark.iscsi.framing import PduReader
 from earmark.iscsi.login import LOGIN_MAX_SEGMENT, InitiatorLogin, TargetEntry
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import LoginStatus
@@ -20,6 +19,7 @@ from earmark.target.login_phase import LoginPhase, LoginStep, Refused
 from earmark.target.lun import LogicalUnit
 from earmark.target.portal import START, TargetPortal, TargetSpec, WaitFor
 from earmark.target.session import Policy, SessionConfig, TargetSession
+from tests.wire_reader import WireReader
 
 HOST = "iqn.2026-11.org.earmark:host"
 OTHER = "iqn.2026-11.org.earmark:other"
@@ -197,7 +197,7 @@ def test_a_tsih_held_by_a_live_session_is_skipped_until_it_ends() -> None:
 
 
 def responses(pieces: list[Buffer]) -> LoginResponse:
-    (resp,) = PduReader(LOGIN_MAX_SEGMENT).feed(b"".join(bytes(x) for x in pieces))
+    (resp,) = WireReader(LOGIN_MAX_SEGMENT).feed(b"".join(bytes(x) for x in pieces))
     assert isinstance(resp, LoginResponse)
     return resp
 

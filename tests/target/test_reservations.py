@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from earmark.iscsi.framing import PduReader
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import TmfFunction
 from earmark.iscsi.pdu import ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse
@@ -15,6 +14,7 @@ from earmark.scsi.sense import ScsiStatus
 from earmark.target.backing import MemoryBacking
 from earmark.target.lun import LogicalUnit
 from earmark.target.session import Policy, SessionConfig, TargetSession
+from tests.wire_reader import WireReader
 
 RESERVE = b"\x16" + bytes(5)
 TUR = bytes(6)
@@ -29,7 +29,7 @@ class Initiator:
             config=SessionConfig(policy=Policy.NONE, window=4, nop_interval=None),
             nexus=Nexus(name, 0x400001),
         )
-        self.reader = PduReader(1 << 20)
+        self.reader = WireReader(1 << 20)
         self.sn = 1
 
     def status(self, cdb: bytes) -> int:

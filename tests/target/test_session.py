@@ -7,7 +7,6 @@ import struct
 
 import pytest
 
-from earmark.iscsi.framing import PduReader
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import RejectReason, TmfFunction, TmfResponse
 from earmark.iscsi.pdu import (
@@ -40,6 +39,7 @@ from earmark.target.events import AllocRequest, CloseConnection, IoRequest
 from earmark.target.executor import run_io
 from earmark.target.lun import LogicalUnit
 from earmark.target.session import Policy, SessionConfig, TargetSession
+from tests.wire_reader import WireReader
 
 KIB = 1024
 BUF = 64 * KIB
@@ -68,7 +68,7 @@ class Rig:
             config=SessionConfig(policy=policy, buffer_bytes=BUF, window=4, nop_interval=5.0,
                                  nop_timeout=10.0),
         )
-        self.reader = PduReader(1 << 24)
+        self.reader = WireReader(1 << 24)
         self.cmd_sn = 1
         self.now = 0.0
         self.closed: list[str] = []

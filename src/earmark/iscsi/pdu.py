@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from .errors import ProtocolError
 from .lun import decode_lun, encode_lun, lun_from_u64, lun_to_u64
-from .opcodes import Opcode
+from .opcodes import Opcode, RejectReason
 
 __all__ = [
     "BHS_LENGTH",
@@ -802,7 +802,8 @@ def decode_pdu(bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
     opcode = b0 & 0x3F
     decoder = _DECODERS.get(opcode)
     if decoder is None:
-        raise ProtocolError(f"unknown opcode 0x{opcode:02x}")
+        raise ProtocolError(f"unknown opcode 0x{opcode:02x}",
+                            reject=RejectReason.COMMAND_NOT_SUPPORTED)
     lens: int = _LENS.unpack_from(bhs, 4)[0]
     ahs_length = (lens >> 24) << 2
     if ahs_length != len(ahs):

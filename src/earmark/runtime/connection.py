@@ -1,13 +1,13 @@
 """One target connection on asyncio: login, then the full-feature session, on one reader.
 
 A `BufferedProtocol` reads into the connection's receive buffer (a RECV reservation
-held for the connection's life) as many PDUs as the socket has, and parses them
-in a batch. A Data-Out's data segment is read straight into the command's
-reserved buffer: once the BHS is in, `session.placement` names the views, what
-already arrived is moved there and the rest of the segment is received into them
-directly. Replies go out with one `writelines` per batch; backing I/O runs on the
-server's thread pool. No task per PDU: the only tasks are the connection's
-admission (reserving more command slots) and, under `--policy none`, allocations.
+held for the connection's life) as many PDUs as the socket has, and the framer
+(`earmark.iscsi.stream`) parses them in a batch. A Data-Out's data segment is read
+straight into the command's reserved buffer: the framer asks `session.placement`
+for the views once the BHS is in and hands them to the transport. Replies go out
+with one `writelines` per batch; backing I/O runs on the server's thread pool. No
+task per PDU: the only tasks are the connection's admission (reserving more command
+slots) and, under `--policy none`, allocations.
 
 Ordering contract with the session: everything `data_to_send` returns is written
 (`writelines` copies what it cannot send at once) before the next event starts,
@@ -22,13 +22,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import cast
 
-from crc32c import crc32c
-
-from earmark.iscsi.digest import DIGEST_LENGTH, header_digest, padding
 from earmark.iscsi.errors import DigestError, ProtocolError
 from earmark.iscsi.login import LOGIN_MAX_SEGMENT
-from earmark.iscsi.opcodes import RejectReason
-from earmark.iscsi.pdu import BHS_LENGTH, Pdu, bhs_lengths, decode_pdu
+from earmark.iscsi.pdu import BHS_LENGTH, Pdu
+from earmark.iscsi.stream import Framer
 from earmark.memory import Buffer, Reservation
 from earmark.memory.levels import TargetLevel
 from earmark.scsi.plans import ReadPlan
@@ -45,19 +42,10 @@ log = logging.getLogger(__name__)
 #: Largest read done on the loop thread when cached (`_read_inline`); larger reads copy
 #: long enough that a pool thread, running beside the loop, is worth its round trip.
 INLINE_READ_BYTES = 64 * 1024
-#: Largest AHS a BHS can announce (TotalAHSLength is one byte of 4-byte words).
-_MAX_AHS = 255 * 4
 
 
 _UNSENT_HIGH = 1 << 20
 """Unsent bytes a connection's transport may hold before it stops reading commands."""
-
-
-def recv_buffer_bytes(mrdsl: int) -> int:
-    """The RECV reservation of one connection: the largest PDU we accept, rounded up
-    to a power of two so the arena hands it out as one run."""
-    need = BHS_LENGTH + _MAX_AHS + 2 * DIGEST_LENGTH + mrdsl + 3
-    return 1 << (need - 1).bit_length()
 
 
 class TargetConnection(asyncio.BufferedProtocol):
@@ -81,19 +69,12 @@ class TargetConnection(asyncio.BufferedProtocol):
         self._held: list[bytes | memoryview] | None = None
         self._reservation: Reservation | None = None
         self._recv: Buffer | None = None
-        self._rb = memoryview(bytearray(0))
-        self._pos = 0
-        self._end = 0
+        #: Parses what arrives in the receive buffer, once that is held.
+        self._framer: Framer | None = None
         #: Bytes read before the receive buffer is held (uvloop reads once even though
         #: connection_made paused): at most one header's worth, moved into it once it is.
         self._early = bytearray(BHS_LENGTH)
         self._early_n = 0
-        #: Data segment views being received into directly, and how the PDU ends.
-        self._into: list[memoryview] = []
-        self._placed: list[memoryview] | None = None
-        self._header_digest = False
-        self._data_digest = False
-        self._limit = LOGIN_MAX_SEGMENT
         self._first_slot: Reservation | None = None
         self._admission: asyncio.Task[None] | None = None
         self._allocs: set[asyncio.Task[None]] = set()
@@ -151,13 +132,10 @@ class TargetConnection(asyncio.BufferedProtocol):
             self._close()
             return
         self._recv = recv
-        self._rb = recv.view
-        if self._early_n:
-            self._rb[: self._early_n] = self._early[: self._early_n]
-            self._end = self._early_n
+        self._framer = self._new_framer(recv.view)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
-            if self._end:
+            if self._early_n:
                 self._guarded(self._parse)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -199,180 +177,105 @@ class TargetConnection(asyncio.BufferedProtocol):
         if reason:
             (log.warning if error else log.info)("%s: closing: %s", self.name, reason)
         self._closing = True
+        if self._framer is not None:
+            self._framer.stop()
         if self.transport is not None:
             self.transport.close()
 
     # -------------------------------------------------------------- receiving
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._into:
-            return self._into[0]
-        if self._recv is None:
+        framer = self._framer
+        if framer is None:
             return memoryview(self._early)[self._early_n :]
-        if self._end == len(self._rb):
-            self._compact()
-        return self._rb[self._end :]
+        return framer.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._into:
-            head = self._into[0]
-            if nbytes < len(head):
-                self._into[0] = head[nbytes:]
-                return
-            self._into.pop(0)
-            if self._into:
-                return
-        elif self._recv is None:
+        framer = self._framer
+        if framer is None:
             # Not in get_buffer: uvloop must not stop reading inside its alloc callback.
             self._early_n += nbytes
             if self.transport is not None:
                 self.transport.pause_reading()
             return
-        else:
-            self._end += nbytes
-        self._guarded(self._parse)
+        try:
+            if framer.received(nbytes):
+                self._pump()
+        except Exception as exc:
+            self._broken(exc)
+
+    def _new_framer(self, buffer: memoryview) -> Framer:
+        """The framer over the receive buffer just held, holding what arrived before it
+        (parsed once the login is there to take it)."""
+        framer = Framer(buffer, self._received, self._pdu_error,
+                        max_data_segment=LOGIN_MAX_SEGMENT)
+        framer.pause()
+        framer.feed(memoryview(self._early)[: self._early_n])
+        framer.resume()
+        return framer
+
+    def _parse(self) -> None:
+        """Parse what the receive buffer holds (nothing new arrived)."""
+        if self._framer is not None:
+            self._framer.received(0)
 
     def _guarded(self, step: Callable[[], None]) -> None:
-        """Run `step` and send what it produced; whatever goes wrong ends only this
-        connection, with a log line, never the server."""
+        """Run `step` and send what it produced."""
         try:
             step()
             self._pump()
-        except ProtocolError as exc:
+        except Exception as exc:
+            self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        """Whatever goes wrong ends only this connection, with a log line, never the server."""
+        if isinstance(exc, ProtocolError):
             self._fatal(exc.reason)
-        except Exception:
-            log.exception("%s: internal error; closing the connection", self.name)
+        else:
+            log.error("%s: internal error; closing the connection", self.name, exc_info=exc)
             self._close()
 
     def eof_received(self) -> bool | None:
         return False
 
-    def _compact(self) -> None:
-        rb, pos, end = self._rb, self._pos, self._end
-        if pos:
-            rb[: end - pos] = rb[pos:end]
-            self._pos, self._end = 0, end - pos
+    def _received(self, pdu: Pdu, placed: bool) -> None:
+        session = self.session
+        if session is None:
+            self._login_pdu(pdu)
+            return
+        session.receive(pdu, self._clock(), placed=placed)
+        if session.blocked is not None:  # its unsolicited data waits for a buffer
+            self._stop_reading()
 
-    def _parse(self) -> None:
-        rb = self._rb
-        hd = DIGEST_LENGTH if self._header_digest else 0
-        while not self._closing and self._blocked() is False:
-            pos, avail = self._pos, self._end - self._pos
-            if avail < BHS_LENGTH:
-                break
-            bhs = rb[pos : pos + BHS_LENGTH]
-            ahs_len, dsl = bhs_lengths(bhs)
-            if dsl > self._limit:
-                self._reject_and_close(bhs, f"data segment of {dsl} B exceeds "
-                                       f"MaxRecvDataSegmentLength {self._limit}")
-                return
-            head = BHS_LENGTH + ahs_len + hd
-            if avail < head:
-                self._make_room(head)
-                break
-            if hd and header_digest(rb[pos : pos + BHS_LENGTH + ahs_len]) != rb[pos + head - hd :
-                                                                                pos + head]:
-                raise DigestError("header digest mismatch", header=True)
-            dd = DIGEST_LENGTH if self._data_digest and dsl else 0
-            tail = (-dsl & 3) + dd
-            placed = self._placed
-            if placed is None and avail - head < dsl and self.session is not None:
-                views = self.session.placement(bhs)
-                if views is not None:
-                    have = min(avail - head, dsl)
-                    self._fill_from_rb(views, pos + head, have)
-                    # The segment's bytes in rb are moved out: what follows it will be
-                    # read in at pos + head, where the segment began.
-                    rest = _skip(views, have)
-                    self._end = pos + head + (avail - head - have)
-                    if avail - head - have:
-                        rb[pos + head : self._end] = rb[pos + head + have : pos + avail]
-                    self._placed = placed = views
-                    if rest:
-                        self._into = rest
-                        return
-            data_len = 0 if placed is not None else dsl
-            total = head + data_len + tail
-            if avail < total:
-                self._make_room(total)
-                break
-            data_at = pos + head
-            data: memoryview | bytes
-            if placed is not None:
-                data = placed[0] if len(placed) == 1 else b"".join(placed)
-            else:
-                data = rb[data_at : data_at + dsl]
-            if dd:
-                crc = crc32c(padding(dsl), _crc(placed) if placed is not None
-                             else crc32c(data))
-                wire = rb[data_at + data_len + tail - dd : data_at + data_len + tail]
-                if crc.to_bytes(4, "little") != wire:
-                    self._placed = None
-                    self._pos = pos + total
-                    self._reject_and_close(bhs, f"data digest mismatch on a {dsl}-byte segment",
-                                           RejectReason.DATA_DIGEST_ERROR)
-                    return
-            self._placed = None
-            self._pos = pos + total
-            try:
-                pdu = decode_pdu(bhs, rb[pos + BHS_LENGTH : pos + BHS_LENGTH + ahs_len], data)
-            except ProtocolError as exc:
-                reason = (RejectReason.COMMAND_NOT_SUPPORTED if "opcode" in exc.reason
-                          else RejectReason.PROTOCOL_ERROR)
-                if self.session is None:
-                    self._fatal(exc.reason)
-                    return
-                log.info("%s: rejecting a PDU: %s", self.name, exc.reason)
-                self.session.reject(bhs, reason)
-                continue
-            if self.session is not None:
-                self.session.receive(pdu, self._clock(), placed=placed is not None)
-            else:
-                self._login_pdu(pdu)
-        if self._pos == self._end:
-            self._pos = self._end = 0
+    def _pdu_error(self, header: memoryview, exc: ProtocolError) -> None:
+        """Reject what the session can quote; close unless the stream is still in sync
+        and the PDU only failed to decode (a data digest error closes too)."""
+        session = self.session
+        if session is not None and exc.reject is not None:
+            session.reject(header, exc.reject)
+        framer = self._framer
+        if session is None or isinstance(exc, DigestError) or (
+                framer is not None and framer.error is exc):
+            self._fatal(exc.reason)
+        else:
+            log.info("%s: rejecting a PDU: %s", self.name, exc.reason)
 
     def pause_writing(self) -> None:
         """The initiator reads slower than we answer: stop reading commands, so the bytes
         queued for it (outside the arena) stop growing with every command admitted."""
         self._write_paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._stop_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
         if not self._closing:
             self._resume()
 
-    def _blocked(self) -> bool:
-        if self._write_paused:
-            return True
-        session = self.session
-        if session is not None and session.blocked is not None:
-            if self.transport is not None:
-                self.transport.pause_reading()
-            return True
-        return False
-
-    def _make_room(self, total: int) -> None:
-        if self._pos + total > len(self._rb):
-            self._compact()
-
-    def _fill_from_rb(self, views: list[memoryview], at: int, n: int) -> None:
-        rb = self._rb
-        for view in views:
-            if n <= 0:
-                break
-            k = min(len(view), n)
-            view[:k] = rb[at : at + k]
-            at += k
-            n -= k
-
-    def _reject_and_close(self, bhs: memoryview, reason: str,
-                          code: RejectReason = RejectReason.PROTOCOL_ERROR) -> None:
-        if self.session is not None:
-            self.session.reject(bhs, code)
-        self._fatal(reason)
+    def _stop_reading(self) -> None:
+        if self._framer is not None:
+            self._framer.pause()
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def _fatal(self, reason: str) -> None:
         # The log line first: the peer may act on the Reject sent below before a line
@@ -406,7 +309,7 @@ class TargetConnection(asyncio.BufferedProtocol):
             return
         self._write(held)
         self._guarded(self._start_session)
-        if self._pos < self._end:
+        if self._framer is not None and self._framer.buffered:
             self._guarded(self._parse)
 
     def _start_session(self) -> None:
@@ -415,8 +318,10 @@ class TargetConnection(asyncio.BufferedProtocol):
         self.session = session = self._login.session(slots, name=self.name,
                                                      now=self._loop.time())
         params = session.params
-        self._header_digest, self._data_digest = params.header_digest, params.data_digest
-        self._limit = params.target_mrdsl
+        assert self._framer is not None
+        self._framer.set_full_feature(params.target_mrdsl, params.header_digest,
+                                      params.data_digest)
+        self._framer.placement = session.placement
         log.info("%s: %s", self.name, self._login.what)
         if self._portal.session_started(self.conn_id, session):
             self._kick_all()
@@ -506,12 +411,14 @@ class TargetConnection(asyncio.BufferedProtocol):
         return done
 
     def _resume(self) -> None:
-        if self._into or self.transport is None:
+        framer, session = self._framer, self.session
+        if (framer is None or self.transport is None or self._closing or self._write_paused
+                or (session is not None and session.blocked is not None)):
             return
-        if self._pos < self._end:
+        if framer.paused:  # what it stopped for is over: take what is buffered
+            framer.resume()
             self._guarded(self._parse)
-        if (self.session is not None and self.session.blocked is None and not self._closing
-                and not self._write_paused):
+        if session is not None and not framer.paused and not self._closing:
             self.transport.resume_reading()
 
     async def _allocate(self, req: AllocRequest) -> None:
@@ -592,24 +499,6 @@ class TargetConnection(asyncio.BufferedProtocol):
 
     def abort(self, reason: str) -> None:
         self._close(reason, error=True)
-
-
-def _skip(views: list[memoryview], n: int) -> list[memoryview]:
-    out: list[memoryview] = []
-    for view in views:
-        if n >= len(view):
-            n -= len(view)
-            continue
-        out.append(view[n:])
-        n = 0
-    return out
-
-
-def _crc(views: list[memoryview]) -> int:
-    crc = 0
-    for view in views:
-        crc = crc32c(view, crc)
-    return crc
 
 
 def _internal_error() -> bytes:

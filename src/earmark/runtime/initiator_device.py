@@ -49,11 +49,12 @@ from earmark.initiator.url import IscsiUrl, parse_url
 from earmark.iscsi.discovery import DiscoveredTarget
 from earmark.iscsi.login import InitiatorLogin
 from earmark.iscsi.pdu import LoginRequest, Pdu
+from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.memory import Arena, HostLevel, Wait, WaitKind
 from earmark.memory.allocation import Buffer, Charge
 from earmark.memory.draw import draw_charge
 from earmark.memory.reservation import Reservation, handed_down
-from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
+from earmark.runtime.initiator_connection import RECEIVE_PDUS, InitiatorStream
 from earmark.scsi import cdb as C
 
 __all__ = ["DEFAULT_INITIATOR_NAME", "WANTS", "BlockDevice", "Policy", "discover"]
@@ -170,7 +171,7 @@ class BlockDevice(DeviceBase):
     async def connect(self) -> None:
         """Reserve the connection's receive buffer, log in, read the capacity."""
         self._loop = asyncio.get_running_loop()
-        recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
+        recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]), RECEIVE_PDUS)
         # Held for the connection's life: no progress frees it, and the deadlock
         # detector must know that (a holder it thought live would hide every cycle).
         holder = f"{self.name}/receive-buffer"
@@ -620,7 +621,8 @@ async def discover(
     portal = url if isinstance(url, IscsiUrl) else parse_url(url, need_target=False,
                                                               environ=environ)
     where = f"discovery at {portal.portal}"
-    buffer = memoryview(bytearray(receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))))
+    buffer = memoryview(bytearray(
+        receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]), RECEIVE_PDUS)))
     stream = await _connect(portal, buffer, lambda s, r: None, timeout)
     try:
         login = InitiatorLogin(initiator_name, target_name=None, isid=new_isid(),

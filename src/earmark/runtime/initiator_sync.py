@@ -53,9 +53,10 @@ from earmark.initiator.failure import ConnectionFailed, FailureKind
 from earmark.initiator.session import Command, InitiatorSession, Timeouts
 from earmark.initiator.url import IscsiUrl
 from earmark.iscsi.pdu import Buffer, LoginRequest, Pdu
+from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.memory import Arena, HostLevel
 from earmark.memory.arena import format_bytes
-from earmark.runtime.initiator_connection import PduStream, receive_buffer_bytes
+from earmark.runtime.initiator_connection import RECEIVE_PDUS, PduStream
 from earmark.scsi import cdb as C
 
 __all__ = ["SyncBlockDevice"]
@@ -176,7 +177,7 @@ class SyncBlockDevice(DeviceBase):
         self._closed = False
         #: Why the last connection was lost.
         self._failure: ConnectionFailed | None = None
-        recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
+        recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]), RECEIVE_PDUS)
         conn_res = self.arena.reserve_now({HostLevel.WIRE: recv_bytes},
                                           owner=f"{self.name}/receive-buffer")
         if conn_res is None:

@@ -15,8 +15,9 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.memory import DeadlockReport, Watchdog, find_deadlock
-from earmark.runtime.connection import TargetConnection, recv_buffer_bytes
+from earmark.runtime.connection import TargetConnection
 from earmark.target.build import TargetSetup
 from earmark.target.portal import RECV_SEGMENT, TargetPortal
 
@@ -33,7 +34,7 @@ class TargetServer:
         on_deadlock: Callable[[DeadlockReport], None] | None = None,
     ) -> None:
         self.portal = TargetPortal(setup.targets, arena=setup.arena, config=setup.config,
-                                   recv_bytes=recv_buffer_bytes(RECV_SEGMENT))
+                                   recv_bytes=receive_buffer_bytes(RECV_SEGMENT, pdus=1))
         self.arena = setup.arena
         self.address = setup.address
         self.port = setup.port
