@@ -4,7 +4,7 @@ What the demo shows on one schedule, this lets :mod:`earmark.check.explore` show
 on every schedule of a small system: writers dirty pages in a bounded memory, a
 few writeback slots clean them, and cleaning a page needs memory of its own, a
 request, a task descriptor, and a receive buffer when the target's answer
-arrives, exactly the levels of DESIGN.md §2.
+arrives, exactly the levels of docs/architecture.md.
 
 Memory is counted in units (a page is ``PAGE`` units, each descriptor one), with
 the arena's rule for the emergency pool: ordinary allocations may commit up to

@@ -1,4 +1,4 @@
-"""The four memory disciplines the host can run, one code path chosen by name (DESIGN.md §4).
+"""The four memory disciplines the host can run, one code path chosen by name.
 
 Each is a model of a real mechanism, not a strawman; the page cache and the
 block layer consult the policy at the few places where real systems differ.

@@ -1,4 +1,4 @@
-"""Memory levels (DESIGN.md §2) and the nominal sizes charged for small descriptors.
+"""Memory levels (tabled in docs/architecture.md) and the sizes charged for descriptors.
 
 Levels are ordered from the application (0) down to the wire (4). A holder of
 level N never waits for level N or deeper: whatever deeper layers will need was
