@@ -63,7 +63,8 @@ def test_no_import_cycle_spans_two_folders() -> None:
     edges = graph()
 
     def reaches(start: str, goal: str) -> bool:
-        seen, todo = set(), [start]
+        seen: set[str] = set()
+        todo = [start]
         while todo:
             for nxt in edges[todo.pop()] - seen:
                 if nxt == goal:
