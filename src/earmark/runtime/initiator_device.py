@@ -34,21 +34,21 @@ from earmark.initiator.device import (
     DEFAULT_INITIATOR_NAME,
     MAX_IO_BYTES,
     WANTS,
-    DeviceBase,
     check_extent,
     chunks,
     new_isid,
     unmap_command,
 )
 from earmark.initiator.discovery import SendTargetsSteps
+from earmark.initiator.driver import Driver
 from earmark.initiator.errors import ConnectError, InitiatorError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed, FailureKind
-from earmark.initiator.login import LoginSteps
-from earmark.initiator.session import Command, InitiatorSession, Timeouts
+from earmark.initiator.login import Exchange, LoginSteps
+from earmark.initiator.session import Command, Timeouts
 from earmark.initiator.url import IscsiUrl, parse_url
 from earmark.iscsi.discovery import DiscoveredTarget
 from earmark.iscsi.login import InitiatorLogin
-from earmark.iscsi.pdu import LoginRequest, Pdu
+from earmark.iscsi.pdu import Pdu
 from earmark.memory import Arena, HostLevel, Wait, WaitKind
 from earmark.memory.allocation import Buffer, Charge
 from earmark.memory.draw import draw_charge
@@ -88,22 +88,25 @@ async def _connect(url: IscsiUrl, buffer: memoryview,
     return stream
 
 
-async def _login(stream: InitiatorStream, steps: LoginSteps, timeout: float) -> None:
-    """Run the login steps; the stream is closed on any failure."""
+async def _exchange(stream: InitiatorStream, steps: Exchange, timeout: float) -> None:
+    """Run login or SendTargets steps to their end; the stream is closed on a failure."""
     try:
-        req: LoginRequest | None = steps.start()
-        while req is not None:
-            stream.send(req)
+        req: Pdu | None = steps.start()
+        while not steps.done:
+            if req is not None:
+                stream.send(req)
             req = steps.receive(await stream.next_pdu(timeout))
     except (TimeoutError, ConnectionError) as exc:
-        stream.close("login failed")
-        raise steps.broken(exc) from None
+        error = steps.broken(exc)
+        if error is not None:
+            stream.close("exchange failed")
+            raise error from None
     except BaseException:  # refused, or cancelled (the device is closing): no socket left
-        stream.close("login failed")
+        stream.close("exchange failed")
         raise
 
 
-class BlockDevice(DeviceBase):
+class BlockDevice(Driver[InitiatorStream]):
     """A LUN of an iSCSI target as an async block device. Use ``async with``.
 
     Offsets and lengths must be multiples of :attr:`block_size`.
@@ -139,12 +142,7 @@ class BlockDevice(DeviceBase):
         self._lun = self.url.lun
         #: Who waits, in the deadlock detector's words, when the reader is stalled.
         self.receiver = f"{self.name}/receiver"
-        self._stream: InitiatorStream | None = None
-        self._session: InitiatorSession | None = None
-        self._pending: list[_Issued] = []
         self._reconnecting: asyncio.Task[None] | None = None
-        self._dead: InitiatorError | None = None
-        self._closing = False
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -169,7 +167,8 @@ class BlockDevice(DeviceBase):
 
     async def connect(self) -> None:
         """Reserve the connection's receive buffer, log in, read the capacity."""
-        self._loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        self.clock = loop.time
         recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
         # Held for the connection's life: no progress frees it, and the deadlock
         # detector must know that (a holder it thought live would hide every cycle).
@@ -200,14 +199,10 @@ class BlockDevice(DeviceBase):
         assert self._recv is not None
         stream = await _connect(self.url, self._recv.view, self._lost, self.login_timeout)
         steps = self.login_steps()
-        await _login(stream, steps, self.login_timeout)
+        await _exchange(stream, steps, self.login_timeout)
         if stream.failed is not None:  # lost right after the last login response
             raise ConnectError(f"{self.url}: {stream.failed}")
-        params = steps.login.params
-        self.admission.negotiated(params)
-        stream.set_full_feature(params.initiator_mrdsl, params.header_digest, params.data_digest)
-        self._session = steps.session(asyncio.get_running_loop().time(), self.timeouts)
-        self._stream = stream
+        self.attach(steps, stream)
         stream.sink = self
         if self.policy is not Policy.RESERVE:
             stream.admit = self._admit
@@ -215,39 +210,37 @@ class BlockDevice(DeviceBase):
 
     async def close(self) -> None:
         """Wait for commands in flight, log out, give the memory back. Idempotent."""
-        if self._closing:
+        if self.closing:
             return
-        loop = asyncio.get_running_loop()
-        session, stream = self._session, self._stream
-        if session is not None and stream is not None and stream.failed is None:
+        stream = self.stream
+        if stream is not None and stream.failed is None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.timeouts.command):
-                    while session.outstanding or session.queued or self._pending:
+                    while not self.idle:
                         await asyncio.sleep(0.01)
-            self._logged_out = loop.create_future()
-            session.logout()
-            self._flush()
+        self._logged_out = asyncio.get_running_loop().create_future()
+        stream = self.stream
+        if self.log_out() and not self.logged_out:
+            assert stream is not None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):
                     await asyncio.wait([self._logged_out, stream.closed],
                                        return_when=asyncio.FIRST_COMPLETED)
-        self._closing = True
         self.admission.stop()
         reconnecting = self._reconnecting
         if reconnecting is not None:
             reconnecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reconnecting
-            stream = self._stream  # a login that won the race with the cancellation
+        stream = self.stream  # or a login that won the race with the cancellation
         if stream is not None:
             stream.close("closed by the application")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):
                     await stream.closed
         self._stop_receiver()
-        self._fail_all(self._dead or SessionLostError(f"{self.url}: device closed"))
+        self.shut()
         self._cancel_timer()
-        self._session = self._stream = None
         if self._recv is not None:
             self._recv.free()
             self._recv = None
@@ -256,6 +249,11 @@ class BlockDevice(DeviceBase):
             self._conn_res = None
         self.arena.waits.clear_passive(f"{self.name}/receive-buffer")
         self.arena.waits.clear_source(self._waits_name)
+
+    def logged_out_now(self) -> None:
+        logged_out = self._logged_out
+        if logged_out is not None and not logged_out.done():
+            logged_out.set_result(None)
 
     # ------------------------------------------------------------ block I/O
 
@@ -266,28 +264,26 @@ class BlockDevice(DeviceBase):
 
     async def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
         """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
-        view = memoryview(buffer).cast("B")
-        n, bs = len(view), self._block_size
-        if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
-            check_extent(offset, n, bs, self.size)  # raises, in words
-        if n <= MAX_IO_BYTES:
-            await self.execute(C.read_16(offset // bs, n // bs), read_into=view)
-            return
-        await asyncio.gather(*(
-            self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
-            for at, part in chunks(view)))
+        await self._transfer(offset, memoryview(buffer).cast("B"), False)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
-        view = memoryview(data).cast("B")
+        await self._transfer(offset, memoryview(data).cast("B"), True)
+
+    async def _transfer(self, offset: int, view: memoryview, write: bool) -> None:
         n, bs = len(view), self._block_size
         if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
             check_extent(offset, n, bs, self.size)  # raises, in words
         if n <= MAX_IO_BYTES:
-            await self.execute(C.write_16(offset // bs, n // bs), write_data=view)
+            if write:
+                await self.execute(C.write_16(offset // bs, n // bs), write_data=view)
+            else:
+                await self.execute(C.read_16(offset // bs, n // bs), read_into=view)
             return
         await asyncio.gather(*(
             self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
+            if write else
+            self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
             for at, part in chunks(view)))
 
     async def flush(self, *, owner: str | None = None) -> None:
@@ -332,10 +328,10 @@ class BlockDevice(DeviceBase):
         runs a policy without one: the device only draws. ``write_data`` may be a
         list of buffers (a run of pages), sent as they are.
         """
-        if self._dead is not None:
-            raise self._dead
+        if self.dead is not None:
+            raise self.dead
         loop = self._loop
-        if loop is None or (self._session is None and self._reconnecting is None):
+        if loop is None or (self.session is None and self._reconnecting is None):
             raise SessionLostError(f"{self.url}: the device is not connected (use async with)")
         who = owner or self.name
         cmd = _Issued(cdb, self._lun if lun is None else lun, read_into, write_data, who)
@@ -377,29 +373,28 @@ class BlockDevice(DeviceBase):
             cmd.rx_buffers = []  # allocated as the target's PDUs arrive (see _admit)
         cmd.held = held
 
-    def _unanswered(self) -> list[_Issued]:
-        session, waiting = self._session, self._pending
-        return waiting if session is None else [
-            *cast("list[_Issued]", session.unanswered()), *waiting]
-
     def _waits_now(self) -> list[Wait]:
         """Every command's wait for the target, for the detector: for the reader
         instead while it is stalled, which must resume before any answer is read."""
+        unanswered = cast("list[_Issued]", self.unanswered())
         if self._stall is None:
-            return [Wait(c.owner, WaitKind.EXTERNAL, _ANSWER, since=c.since)
-                    for c in self._unanswered()]
+            return [Wait(c.owner, WaitKind.EXTERNAL, _ANSWER, since=c.since) for c in unanswered]
         return [Wait(c.owner, WaitKind.AGENT, _HELD_BACK, (self.receiver,), since=c.since)
-                for c in self._unanswered()]
+                for c in unanswered]
 
-    def _answered(self, cmd: _Issued) -> None:
-        future = cmd.future
-        if not future.done():
-            future.set_result(None)
+    def deliver(self, done: list[Command]) -> None:
+        for cmd in cast("list[_Issued]", done):
+            future = cmd.future
+            if not future.done():
+                future.set_result(None)
+
+    def dropped(self, cmd: Command) -> None:
+        cast("_Issued", cmd).drop_rx_buffers()  # the last run's, allocated as its PDUs came
 
     def _submit(self, cmd: _Issued, now: float) -> None:
-        session = self._session
+        session = self.session
         if session is None:
-            self._pending.append(cmd)
+            self.pending.append(cmd)
             return
         idle = session.submit(cmd, now)
         if self._timer_at > now + self.timeouts.command:
@@ -409,7 +404,7 @@ class BlockDevice(DeviceBase):
         if idle:
             # Nothing in flight, so no answer is coming to carry a batch: send now
             # rather than one loop iteration later (what queue depth 1 waits on).
-            stream = self._stream
+            stream = self.stream
             assert stream is not None
             stream.write(session.data_to_send())
         else:
@@ -420,25 +415,11 @@ class BlockDevice(DeviceBase):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        session, stream = self._session, self._stream
+        session, stream = self.session, self.stream
         if session is not None and stream is not None:
             stream.write(session.data_to_send())
 
-    # ------------------------------------------------------------ StreamSink
-
-    def placement(self, bhs: memoryview) -> memoryview | None:
-        session = self._session
-        return session.placement(bhs) if session is not None else None
-
-    def pdu_received(self, pdu: Pdu, placed: bool) -> None:
-        session = self._session
-        assert session is not None and self._loop is not None
-        session.receive(pdu, self._loop.time(), placed)
-
-    def data_in_received(self, header: memoryview, at: int, data: memoryview) -> None:
-        session = self._session
-        assert session is not None and self._loop is not None
-        session.data_in(header, at, data, self._loop.time())
+    # ------------------------------------------------------------ the stalled reader
 
     def _admit(self, bhs: memoryview) -> bool:
         """The receive buffer of one PDU from the target, allocated as it arrives
@@ -452,13 +433,13 @@ class BlockDevice(DeviceBase):
         own commands can free is the receive deadlock.
         """
         granted, self._granted = self._granted, None
-        session = self._session
+        session = self.session
         cmd = cast("_Issued | None", session.answering(bhs) if session is not None else None)
         nbytes = self.admission.on_arrival(cmd, bhs, granted)
         if nbytes:
-            assert self._loop is not None and self._stream is not None
+            assert self._loop is not None and self.stream is not None
             self._stall = self._loop.create_task(
-                self._receive_when_granted(self._stream, nbytes), name=self.receiver)
+                self._receive_when_granted(self.stream, nbytes), name=self.receiver)
             return False
         return True
 
@@ -467,7 +448,7 @@ class BlockDevice(DeviceBase):
             granted = await self.arena.allocate_charge(HostLevel.WIRE, nbytes,
                                                        owner=self.receiver)
         self._stall = None
-        if stream is not self._stream or stream.failed is not None:
+        if stream is not self.stream or stream.failed is not None:
             granted.free()
             return
         self._granted = granted  # for the PDU the stream stopped at: it parses that first
@@ -482,39 +463,13 @@ class BlockDevice(DeviceBase):
         if granted is not None:
             granted.free()
 
-    def batch_done(self) -> None:
-        session, stream = self._session, self._stream
-        if session is None or stream is None:
-            return
-        if session.completed:
-            retry = None
-            for cmd in cast("list[_Issued]", session.take_completed()):
-                if cmd.error is not None and self.send_again(cmd):
-                    cmd.drop_rx_buffers()  # the last run's, allocated as its PDUs came
-                    retry = retry or []
-                    retry.append(cmd)
-                    continue
-                self._answered(cmd)
-            if retry:
-                assert self._loop is not None
-                for cmd in retry:
-                    session.submit(cmd, self._loop.time())
-        logged_out = self._logged_out
-        if session.logout_response is not None and logged_out is not None \
-                and not logged_out.done():
-            logged_out.set_result(None)
-        stream.write(session.data_to_send())
-        failure = session.failure
-        if failure is not None:
-            stream.abort(failure.reason, failure.kind)
-
     # ------------------------------------------------------------ timer
 
     def _arm_timer(self, now: float | None = None) -> None:
         """One timer per connection, re-armed when it fires, or when a command is issued
         with a deadline before it (``now`` given): otherwise deadlines only move later
         while it waits, so firing early and asking the session again is enough."""
-        session, loop = self._session, self._loop
+        session, loop = self.session, self._loop
         if session is None or loop is None:
             return
         if self._timer is not None:
@@ -534,48 +489,21 @@ class BlockDevice(DeviceBase):
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")
-        session, stream = self._session, self._stream
-        if session is None or stream is None or self._loop is None:
-            return
-        session.handle_timer(self._loop.time())
-        stream.write(session.data_to_send())
-        failure = session.failure
-        if failure is not None:
-            stream.abort(failure.reason, failure.kind)
-            return
-        self._arm_timer()
+        if self._loop is not None and self.timer(self._loop.time()) is not None:
+            self._arm_timer()
 
     # ------------------------------------------------------------ recovery
 
     def _lost(self, stream: InitiatorStream, reason: str) -> None:
-        if stream is not self._stream:
+        if stream is not self.stream:
             return
-        failure = ConnectionFailed(stream.failed_kind or FailureKind.CLOSED, reason)
-        session = self._session
-        self._session = self._stream = None
         self._stop_receiver()
         self._cancel_timer()
-        if session is None:
-            return
-        abandoned = cast("list[_Issued]", session.abandon())
-        for cmd in abandoned:
-            cmd.drop_rx_buffers()
-        self._pending[:0] = abandoned
-        if self._closing or self._logged_out is not None:
-            self._fail_all(self.lost(failure))
-            return
-        keep = []
-        for cmd in self._pending:
-            error = self.give_up(cmd, failure)
-            if error is None:
-                keep.append(cmd)
-            else:
-                self._complete(cmd, error)
-        self._pending = keep
-        if self._reconnecting is None:
-            self._reconnecting = asyncio.ensure_future(self._reconnect(failure))
+        failure = ConnectionFailed(stream.failed_kind or FailureKind.CLOSED, reason)
+        if self.lost(failure) and self._reconnecting is None:
+            self._reconnecting = asyncio.ensure_future(self._reconnect())
 
-    async def _reconnect(self, failure: ConnectionFailed) -> None:
+    async def _reconnect(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = self.backoff(loop.time())
         try:
@@ -586,27 +514,11 @@ class BlockDevice(DeviceBase):
                 except InitiatorError as exc:
                     await asyncio.sleep(backoff.failed(exc, loop.time()))
             else:
-                self._dead = backoff.gave_up(str(self.url), failure)
-                self._fail_all(self._dead)
+                self.unreachable(backoff)
                 return
         finally:
             self._reconnecting = None
-        session = self._session
-        assert session is not None
-        pending, self._pending = self._pending, []
-        self.reconnected(pending)
-        for cmd in pending:
-            session.submit(cmd, loop.time())
-        self._flush()
-
-    def _complete(self, cmd: _Issued, error: Exception) -> None:
-        cmd.error = error
-        self._answered(cmd)
-
-    def _fail_all(self, error: InitiatorError) -> None:
-        pending, self._pending = self._pending, []
-        for cmd in pending:
-            self._complete(cmd, error)
+        self.resume()
 
 
 async def discover(
@@ -625,21 +537,12 @@ async def discover(
     try:
         login = InitiatorLogin(initiator_name, target_name=None, isid=new_isid(),
                                chap=portal.chap, mutual=portal.mutual)
-        await _login(stream, LoginSteps(login, where), timeout)
+        await _exchange(stream, LoginSteps(login, where), timeout)
         params = login.params
         stream.set_full_feature(params.initiator_mrdsl, params.header_digest,
                                 params.data_digest)
         steps = SendTargetsSteps(login, where)
-        req: Pdu | None = steps.start()
-        try:
-            while not steps.done:
-                if req is not None:
-                    stream.send(req)
-                req = steps.receive(await stream.next_pdu(timeout))
-        except (TimeoutError, ConnectionError) as exc:
-            error = steps.broken(exc)
-            if error is not None:
-                raise error from None
+        await _exchange(stream, steps, timeout)
         return steps.targets
     finally:
         stream.close("discovery done")
