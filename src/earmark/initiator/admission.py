@@ -26,15 +26,16 @@ from earmark.initiator.session import Command
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import Opcode
 from earmark.memory import Arena, HostLevel
-from earmark.memory.allocation import Charge
+from earmark.memory.allocation import Buffer, Charge
 from earmark.memory.arena import format_bytes
 from earmark.memory.claim import Claim
+from earmark.memory.draw import draw_charge
 from earmark.memory.levels import (
     DATA_OUT_HEADER_BYTES,
     RESPONSE_HEADER_BYTES,
     TASK_DESCRIPTOR_BYTES,
 )
-from earmark.memory.reservation import Reservation
+from earmark.memory.reservation import Reservation, handed_down
 
 __all__ = ["SENSE_BYTES", "Admission", "Admitted", "command_bytes", "receive_bytes"]
 
@@ -78,8 +79,8 @@ def receive_bytes(bhs: memoryview) -> int:
 class Admission:
     """One device's claims by transfer length and its pool of idle command reservations."""
 
-    __slots__ = ("_idle", "_idle_count", "_idle_owner", "_read_claims", "_shrinking",
-                 "_write_claims", "arena", "closing", "params")
+    __slots__ = ("_conn_res", "_holder", "_idle", "_idle_count", "_idle_owner", "_read_claims",
+                 "_recv", "_shrinking", "_write_claims", "arena", "closing", "params")
 
     def __init__(self, arena: Arena, name: str) -> None:
         self.arena = arena
@@ -93,6 +94,53 @@ class Admission:
         self._idle_count = 0
         self._idle_owner = f"{name}/idle@{id(self):x}"
         self._shrinking = False
+        self._holder = f"{name}/receive-buffer"
+        self._conn_res: Reservation | None = None
+        self._recv: Buffer | None = None
+
+    # ------------------------------------------------------------ the connection's
+
+    async def receive_buffer(self, nbytes: int, reserve: bool) -> memoryview:
+        """The connection's receive buffer, held for the device's life: reserved under
+        ``reserve``, else allocated (and so waited for) like any other buffer."""
+        if reserve:
+            res = self._conn_res = await self.arena.reserve({HostLevel.WIRE: nbytes},
+                                                            owner=self._holder)
+            self._recv = res.take(HostLevel.WIRE, nbytes)
+        else:
+            self._recv = await self.arena.allocate(HostLevel.WIRE, nbytes, owner=self._holder)
+        return self._held_receive_buffer()
+
+    def receive_buffer_now(self, nbytes: int) -> memoryview:
+        """The same, reserved at once, for an engine that has nothing to wait on."""
+        res = self.arena.reserve_now({HostLevel.WIRE: nbytes}, owner=self._holder)
+        if res is None:
+            raise InitiatorError(f"the device's arena has no room for a connection's "
+                                 f"{format_bytes(nbytes)} receive buffer: give it a larger one")
+        self._conn_res, self._recv = res, res.take(HostLevel.WIRE, nbytes)
+        return self._held_receive_buffer()
+
+    def _held_receive_buffer(self) -> memoryview:
+        # No progress frees it, and the deadlock detector must know that (a holder
+        # it thought live would hide every cycle).
+        self.arena.waits.set_passive(self._holder, freed_by=(), holds="its receive buffer")
+        assert self._recv is not None
+        if len(self._recv.segments) != 1:
+            raise InitiatorError("the arena is too fragmented for a connection's receive "
+                                 "buffer: give the device a larger arena")
+        return self._recv.view
+
+    def free_receive_buffer(self) -> None:
+        """The device is closed: its receive buffer goes back; idempotent."""
+        recv, self._recv = self._recv, None
+        if recv is not None:
+            recv.free()
+        res, self._conn_res = self._conn_res, None
+        if res is not None:
+            res.release()
+        self.arena.waits.clear_passive(self._holder)
+
+    # ------------------------------------------------------------ commands
 
     @property
     def idle(self) -> list[Reservation]:
@@ -169,6 +217,24 @@ class Admission:
             pooled = self._idle[claim] = []
         pooled.append(res)
         self._idle_count += 1
+
+    async def draw(self, cmd: Admitted, task_bytes: int, wire_bytes: int,
+                   reserved: bool) -> None:
+        """Memory for a command that does not reserve its own: drawn from the caller's
+        reservation (``reserved``: ``reserve`` policy, or one handed down), or
+        allocated (other policies), which may wait; receive buffers then come as
+        the target's PDUs arrive (:meth:`on_arrival`)."""
+        arena, who = self.arena, cmd.owner
+        held = [await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who)]
+        if reserved or handed_down() is not None:
+            try:  # receive buffers reserved with the command: drawn with the rest, now
+                held.append(await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
+            except BaseException:
+                held[0].free()
+                raise
+        else:
+            cmd.rx_buffers = []
+        cmd.held = held
 
     def on_arrival(self, cmd: Admitted | None, bhs: memoryview, granted: Charge | None) -> int:
         """Charge the receive buffer of the PDU with this BHS to the command it answers,

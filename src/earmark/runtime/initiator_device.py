@@ -50,9 +50,7 @@ from earmark.iscsi.discovery import DiscoveredTarget
 from earmark.iscsi.login import InitiatorLogin
 from earmark.iscsi.pdu import Pdu
 from earmark.memory import Arena, HostLevel, Wait, WaitKind
-from earmark.memory.allocation import Buffer, Charge
-from earmark.memory.draw import draw_charge
-from earmark.memory.reservation import Reservation, handed_down
+from earmark.memory.allocation import Charge
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
 from earmark.scsi import cdb as C
 
@@ -146,8 +144,7 @@ class BlockDevice(Driver[InitiatorStream]):
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._conn_res: Reservation | None = None
-        self._recv: Buffer | None = None
+        self._recv: memoryview | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged_out: asyncio.Future[None] | None = None
         self._waits_name = f"{self.name}/commands@{id(self):x}"
@@ -170,22 +167,11 @@ class BlockDevice(Driver[InitiatorStream]):
         loop = self._loop = asyncio.get_running_loop()
         self.clock = loop.time
         recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
-        # Held for the connection's life: no progress frees it, and the deadlock
-        # detector must know that (a holder it thought live would hide every cycle).
-        holder = f"{self.name}/receive-buffer"
-        if self.policy is Policy.RESERVE:
-            self._conn_res = await self.arena.reserve({HostLevel.WIRE: recv_bytes},
-                                                      owner=holder)
-            self._recv = self._conn_res.take(HostLevel.WIRE, recv_bytes)
-        else:
-            self._recv = await self.arena.allocate(HostLevel.WIRE, recv_bytes, owner=holder)
-        self.arena.waits.set_passive(holder, freed_by=(), holds="its receive buffer")
         self.arena.waits.set_source(self._waits_name, self._waits_now)
         self.admission.start()
         try:
-            if len(self._recv.segments) != 1:
-                raise InitiatorError("the arena is too fragmented for a connection's receive "
-                                     "buffer: give the device a larger arena")
+            self._recv = await self.admission.receive_buffer(recv_bytes,
+                                                             self.policy is Policy.RESERVE)
             await self._log_in()
             if self._geometry:
                 data = memoryview(bytearray(32))
@@ -197,7 +183,7 @@ class BlockDevice(Driver[InitiatorStream]):
 
     async def _log_in(self) -> None:
         assert self._recv is not None
-        stream = await _connect(self.url, self._recv.view, self._lost, self.login_timeout)
+        stream = await _connect(self.url, self._recv, self._lost, self.login_timeout)
         steps = self.login_steps()
         await _exchange(stream, steps, self.login_timeout)
         if stream.failed is not None:  # lost right after the last login response
@@ -241,13 +227,7 @@ class BlockDevice(Driver[InitiatorStream]):
         self._stop_receiver()
         self.shut()
         self._cancel_timer()
-        if self._recv is not None:
-            self._recv.free()
-            self._recv = None
-        if self._conn_res is not None:
-            self._conn_res.release()
-            self._conn_res = None
-        self.arena.waits.clear_passive(f"{self.name}/receive-buffer")
+        self.admission.free_receive_buffer()
         self.arena.waits.clear_source(self._waits_name)
 
     def logged_out_now(self) -> None:
@@ -343,7 +323,7 @@ class BlockDevice(Driver[InitiatorStream]):
             res = admission.take(claim, who) or await self.arena.reserve(claim, owner=who)
             cmd.claim, cmd.res = claim, res
         else:
-            await self._draw(cmd, task_bytes, wire_bytes)
+            await admission.draw(cmd, task_bytes, wire_bytes, self.policy is Policy.RESERVE)
         now = cmd.since = loop.time()
         future = cmd.future = loop.create_future()
         try:
@@ -357,21 +337,6 @@ class BlockDevice(Driver[InitiatorStream]):
         if cmd.error is not None:
             raise cmd.error
         return cmd
-
-    async def _draw(self, cmd: _Issued, task_bytes: int, wire_bytes: int) -> None:
-        """Memory for a command that does not reserve its own: drawn from the caller's
-        reservation, or allocated (policies other than ``reserve``), which may wait."""
-        arena, who = self.arena, cmd.owner
-        held = [await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who)]
-        if self.policy is Policy.RESERVE or handed_down() is not None:
-            try:  # receive buffers reserved with the command: drawn with the rest, now
-                held.append(await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
-            except BaseException:
-                held[0].free()
-                raise
-        else:
-            cmd.rx_buffers = []  # allocated as the target's PDUs arrive (see _admit)
-        cmd.held = held
 
     def _waits_now(self) -> list[Wait]:
         """Every command's wait for the target, for the detector: for the reader

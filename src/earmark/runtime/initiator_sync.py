@@ -39,8 +39,7 @@ from earmark.initiator.failure import ConnectionFailed, FailureKind
 from earmark.initiator.session import Command, Timeouts
 from earmark.initiator.url import IscsiUrl
 from earmark.iscsi.pdu import Buffer, Pdu
-from earmark.memory import Arena, HostLevel
-from earmark.memory.arena import format_bytes
+from earmark.memory import Arena
 from earmark.runtime.initiator_connection import PduStream, receive_buffer_bytes
 from earmark.scsi import cdb as C
 
@@ -162,18 +161,9 @@ class SyncBlockDevice(Driver[PduStream]):
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))
-        conn_res = self.arena.reserve_now({HostLevel.WIRE: recv_bytes},
-                                          owner=f"{self.name}/receive-buffer")
-        if conn_res is None:
-            raise InitiatorError(f"the device's arena has no room for a connection's "
-                                 f"{format_bytes(recv_bytes)} receive buffer: give it a larger one")
-        self._conn_res = conn_res
-        self._recv = conn_res.take(HostLevel.WIRE, recv_bytes)
         self.admission.start()
         try:
-            if len(self._recv.segments) != 1:
-                raise InitiatorError("the arena is too fragmented for a connection's receive "
-                                     "buffer: give the device a larger arena")
+            self._recv = self.admission.receive_buffer_now(recv_bytes)
             self._log_in()
             data = memoryview(bytearray(32))
             self.execute(C.read_capacity_16(32), read_into=data)
@@ -295,7 +285,7 @@ class SyncBlockDevice(Driver[PduStream]):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(_TICK))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.timeouts.command))
-        stream = PduStream(self._recv.view)
+        stream = PduStream(self._recv)
         stream.transport = _SocketTransport(sock)
         steps = self.login_steps()
         deadline = time.monotonic() + self.login_timeout
@@ -366,8 +356,7 @@ class SyncBlockDevice(Driver[PduStream]):
                 stream.close("closed by the application")
             self._sock = None
             self.shut()
-            self._recv.free()
-            self._conn_res.release()
+            self.admission.free_receive_buffer()
 
     def __enter__(self) -> SyncBlockDevice:
         return self
