@@ -25,7 +25,7 @@ from earmark.initiator.errors import InitiatorError
 from earmark.initiator.session import Command
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import Opcode
-from earmark.memory import Arena, HostLevel
+from earmark.memory import Arena, HostLevel, Wait, WaitKind
 from earmark.memory.allocation import Buffer, Charge
 from earmark.memory.arena import format_bytes
 from earmark.memory.claim import Claim
@@ -37,7 +37,8 @@ from earmark.memory.levels import (
 )
 from earmark.memory.reservation import Reservation, handed_down
 
-__all__ = ["SENSE_BYTES", "Admission", "Admitted", "command_bytes", "receive_bytes"]
+__all__ = ["SENSE_BYTES", "Admission", "Admitted", "command_bytes", "receive_bytes",
+           "waits_for_answers"]
 
 SENSE_BYTES = 256
 """SenseLength (2) + the largest fixed or descriptor sense (252), one granule-aligned run."""
@@ -47,6 +48,8 @@ _IDLE_MAX = 256
 """Idle command reservations a device keeps at most (a few hundred KiB at most)."""
 _CLAIMS_MAX = 1024
 """Transfer lengths whose claims are remembered, per direction."""
+_ANSWER = "the target's answer"
+_HELD_BACK = "the target's answer, which its stalled receiver cannot read"
 
 
 def command_bytes(params: SessionParams, write: bool, nbytes: int) -> tuple[int, int]:
@@ -270,7 +273,10 @@ class Admission:
 class Admitted(Command):
     """A command with the memory it holds while it runs, whichever way it got it."""
 
-    __slots__ = ("claim", "held", "owner", "res", "rx_buffers")
+    __slots__ = ("claim", "held", "owner", "res", "rx_buffers", "since")
+
+    #: Since when it waits, set as it is submitted.
+    since: float
 
     def __init__(self, cdb: bytes, lun: int, read_into: memoryview | None,
                  write_data: memoryview | list[memoryview] | None, owner: str) -> None:
@@ -310,3 +316,12 @@ class Admitted(Command):
         if self.rx_buffers is not None:
             self.drop_rx_buffers()
             self.rx_buffers = None  # a late answer to a cancelled command is charged to nobody
+
+
+def waits_for_answers(commands: list[Admitted], stalled: str | None) -> list[Wait]:
+    """Every command's wait for the target, in the deadlock detector's words: for the
+    ``stalled`` receiver instead, if any, which must resume before any answer is read."""
+    if stalled is None:
+        return [Wait(c.owner, WaitKind.EXTERNAL, _ANSWER, since=c.since) for c in commands]
+    return [Wait(c.owner, WaitKind.AGENT, _HELD_BACK, (stalled,), since=c.since)
+            for c in commands]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 
+from earmark.host.policy import Policy
 from earmark.initiator.admission import Admission
 from earmark.initiator.login import LoginSteps
 from earmark.initiator.recovery import Recovery
@@ -29,6 +30,7 @@ __all__ = [
     "check_extent",
     "chunks",
     "new_isid",
+    "policy_named",
     "unmap_command",
     "wants",
 ]
@@ -59,6 +61,15 @@ def new_isid() -> int:
     """A random-format ISID (T=10b, RFC 7143 §11.12.5): unique per device object, kept
     across reconnects so the target reinstates the session instead of adding one."""
     return (0x80 << 40) | secrets.randbits(40)
+
+
+def policy_named(policy: Policy | str) -> Policy:
+    """A :class:`Policy` or its name; an unknown one is a ValueError listing them."""
+    try:
+        return Policy(policy)
+    except ValueError:
+        raise ValueError(f"unknown policy {policy!r}; choose from "
+                         f"{', '.join(p.value for p in Policy)}") from None
 
 
 def check_extent(offset: int, length: int, block_size: int, size: int) -> None:

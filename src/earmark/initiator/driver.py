@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from earmark.initiator.device import DeviceBase
 from earmark.initiator.errors import InitiatorError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed, FailureKind
-from earmark.initiator.login import LoginSteps
+from earmark.initiator.login import Framing, LoginSteps
 from earmark.initiator.recovery import Backoff
 from earmark.initiator.session import Command, InitiatorSession
 from earmark.initiator.url import IscsiUrl
@@ -34,7 +34,7 @@ from earmark.iscsi.pdu import Buffer, Pdu
 __all__ = ["Driver", "Wire"]
 
 
-class Wire(Protocol):
+class Wire(Framing, Protocol):
     """What the driver needs of a connection (the engines' PduStream)."""
 
     @property
@@ -44,8 +44,6 @@ class Wire(Protocol):
 
     def abort(self, reason: str, kind: FailureKind) -> None: ...
 
-    def set_full_feature(self, max_dsl: int, header_digest_on: bool,
-                         data_digest_on: bool) -> None: ...
 
 
 S = TypeVar("S", bound=Wire)
@@ -85,9 +83,8 @@ class Driver(DeviceBase, Generic[S]):
 
     def attach(self, steps: LoginSteps, stream: S) -> None:
         """The login is done: its limits, the stream's full feature framing, the session."""
-        params = steps.login.params
-        self.admission.negotiated(params)
-        stream.set_full_feature(params.initiator_mrdsl, params.header_digest, params.data_digest)
+        self.admission.negotiated(steps.login.params)
+        steps.full_feature(stream)
         self.session = steps.session(self.clock(), self.timeouts)
         self.stream = stream
 

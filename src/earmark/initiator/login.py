@@ -25,7 +25,12 @@ from earmark.iscsi.login import InitiatorLogin, LoginFailed
 from earmark.iscsi.opcodes import LoginStatus
 from earmark.iscsi.pdu import LoginRequest, LoginResponse, Pdu
 
-__all__ = ["Exchange", "LoginSteps", "login_error"]
+__all__ = ["Exchange", "Framing", "LoginSteps", "login_error"]
+
+
+class Framing(Protocol):
+    def set_full_feature(self, max_dsl: int, header_digest_on: bool,
+                         data_digest_on: bool) -> None: ...
 
 
 class Exchange(Protocol):
@@ -91,6 +96,11 @@ class LoginSteps:
     def broken(self, exc: TimeoutError | ConnectionError | ConnectionFailed) -> InitiatorError:
         """No answer in time, or the connection ended, before the login was done."""
         return login_error(exc, self.where)
+
+    def full_feature(self, stream: Framing) -> None:
+        """The stream frames as the login negotiated from the next PDU on."""
+        params = self.login.params
+        stream.set_full_feature(params.initiator_mrdsl, params.header_digest, params.data_digest)
 
     def session(self, now: float, timeouts: Timeouts) -> InitiatorSession:
         """The full feature phase the login led to."""

@@ -1,23 +1,16 @@
-"""The iSCSI block device on asyncio: the adapter that runs the initiator's decisions on a loop.
+"""The iSCSI block device on asyncio: the adapter that runs the initiator's driver on a loop.
 
-:class:`BlockDevice` is what ``earmark.open(url)`` returns. What a command must
-hold (``earmark.initiator.admission``), when it goes again and when the session
-is logged in again (``earmark.initiator.recovery``), the login and SendTargets
-exchanges (``earmark.initiator.login``, ``.discovery``) and the full feature
-phase (``earmark.initiator.session``) are decided there; this module awaits
-memory and answers, keeps the session's one timer, and carries bytes.
+:class:`BlockDevice` is what ``earmark.open(url)`` returns. The session's life
+(``earmark.initiator.driver``), a command's memory (``.admission``), recovery
+and the login and SendTargets steps are decided in ``earmark.initiator``; this
+module awaits memory and answers, keeps the session's one timer, batches what
+it submits and carries bytes.
 
-Under the policies other than ``reserve`` the same charges are allocated as the
-command needs them, each of which may wait while holding the previous one, which
-is how those disciplines deadlock: the task descriptor and Data-Out headers at
-submit (``earmark.memory.draw``), and each receive buffer when its PDU arrives,
-as a real receive path allocates skbs. The reader allocates those marked
-PF_MEMALLOC (``Arena.memalloc``); when even that cannot be granted it stops
-reading until it is (:meth:`BlockDevice._admit`), so every command in flight
-then waits on the stalled receiver, and the wait registry says so. The page
-cache hands its own reservation down (``write_pages``/``read_page``), so the
-device draws on that instead of reserving. Each connection holds its receive
-buffer (WIRE) for its whole life; unsolicited PDUs are parsed there.
+Under the policies other than ``reserve`` each receive buffer is allocated as
+its PDU arrives, as a real receive path allocates skbs, PF_MEMALLOC
+(``Arena.memalloc``); when even that cannot be granted the reader stops until it
+is (:meth:`BlockDevice._admit`), and every command in flight then waits on the
+stalled receiver, as the wait registry says.
 """
 
 from __future__ import annotations
@@ -29,14 +22,14 @@ from types import TracebackType
 from typing import cast
 
 from earmark.host.policy import Policy
-from earmark.initiator.admission import Admitted
+from earmark.initiator.admission import Admitted, waits_for_answers
 from earmark.initiator.device import (
     DEFAULT_INITIATOR_NAME,
     MAX_IO_BYTES,
     WANTS,
     check_extent,
     chunks,
-    new_isid,
+    policy_named,
     unmap_command,
 )
 from earmark.initiator.discovery import SendTargetsSteps
@@ -47,33 +40,26 @@ from earmark.initiator.login import Exchange, LoginSteps
 from earmark.initiator.session import Command, Timeouts
 from earmark.initiator.url import IscsiUrl, parse_url
 from earmark.iscsi.discovery import DiscoveredTarget
-from earmark.iscsi.login import InitiatorLogin
 from earmark.iscsi.pdu import Pdu
-from earmark.memory import Arena, HostLevel, Wait, WaitKind
+from earmark.memory import Arena, HostLevel, Wait
 from earmark.memory.allocation import Charge
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
 from earmark.scsi import cdb as C
 
 __all__ = ["DEFAULT_INITIATOR_NAME", "WANTS", "BlockDevice", "Policy", "discover"]
 
-_ANSWER = "the target's answer"
-_HELD_BACK = "the target's answer, which its stalled receiver cannot read"
-
 
 class _Issued(Admitted):
-    """A command as the asyncio device runs it: the future its caller awaits and since
-    when it waits (written out as a :class:`Wait` only when the detector asks:
-    :meth:`BlockDevice._waits_now`), both set by ``execute`` before it is submitted."""
+    """A command as the asyncio device runs it: the future its caller awaits."""
 
-    __slots__ = ("future", "since")
+    __slots__ = ("future",)
 
     future: asyncio.Future[None]
-    since: float
 
 
-async def _connect(url: IscsiUrl, buffer: memoryview,
-                   on_lost: Callable[[InitiatorStream, str], None],
-                   timeout: float) -> InitiatorStream:
+async def _open(url: IscsiUrl, buffer: memoryview, on_lost: Callable[[InitiatorStream, str], None],
+                steps: LoginSteps, timeout: float) -> InitiatorStream:
+    """Connect and log in; the stream is closed on any failure."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
@@ -83,6 +69,8 @@ async def _connect(url: IscsiUrl, buffer: memoryview,
         raise ConnectError(f"cannot reach {url.portal}: timed out after {timeout:g} s") from None
     except OSError as exc:
         raise ConnectError(f"cannot reach {url.portal}: {exc.strerror or exc}") from None
+    await _exchange(stream, steps, timeout)
+    steps.full_feature(stream)
     return stream
 
 
@@ -131,11 +119,7 @@ class BlockDevice(Driver[InitiatorStream]):
         super().__init__(url, arena=arena, initiator_name=initiator_name, timeouts=timeouts,
                          login_timeout=login_timeout, reconnect_timeout=reconnect_timeout,
                          max_attempts=max_attempts, environ=environ, digests=digests)
-        try:
-            self.policy = Policy(policy)
-        except ValueError:
-            raise ValueError(f"unknown policy {policy!r}; choose from "
-                             f"{', '.join(p.value for p in Policy)}") from None
+        self.policy = policy_named(policy)
         self._geometry = geometry
         self._lun = self.url.lun
         #: Who waits, in the deadlock detector's words, when the reader is stalled.
@@ -183,9 +167,8 @@ class BlockDevice(Driver[InitiatorStream]):
 
     async def _log_in(self) -> None:
         assert self._recv is not None
-        stream = await _connect(self.url, self._recv, self._lost, self.login_timeout)
         steps = self.login_steps()
-        await _exchange(stream, steps, self.login_timeout)
+        stream = await _open(self.url, self._recv, self._lost, steps, self.login_timeout)
         if stream.failed is not None:  # lost right after the last login response
             raise ConnectError(f"{self.url}: {stream.failed}")
         self.attach(steps, stream)
@@ -339,13 +322,8 @@ class BlockDevice(Driver[InitiatorStream]):
         return cmd
 
     def _waits_now(self) -> list[Wait]:
-        """Every command's wait for the target, for the detector: for the reader
-        instead while it is stalled, which must resume before any answer is read."""
-        unanswered = cast("list[_Issued]", self.unanswered())
-        if self._stall is None:
-            return [Wait(c.owner, WaitKind.EXTERNAL, _ANSWER, since=c.since) for c in unanswered]
-        return [Wait(c.owner, WaitKind.AGENT, _HELD_BACK, (self.receiver,), since=c.since)
-                for c in unanswered]
+        return waits_for_answers(cast("list[Admitted]", self.unanswered()),
+                                 None if self._stall is None else self.receiver)
 
     def deliver(self, done: list[Command]) -> None:
         for cmd in cast("list[_Issued]", done):
@@ -496,19 +474,13 @@ async def discover(
     """SendTargets=All in a discovery session at the URL's portal."""
     portal = url if isinstance(url, IscsiUrl) else parse_url(url, need_target=False,
                                                               environ=environ)
-    where = f"discovery at {portal.portal}"
+    steps = SendTargetsSteps.login_steps(initiator_name, portal)
     buffer = memoryview(bytearray(receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))))
-    stream = await _connect(portal, buffer, lambda s, r: None, timeout)
+    stream = await _open(portal, buffer, lambda s, r: None, steps, timeout)
     try:
-        login = InitiatorLogin(initiator_name, target_name=None, isid=new_isid(),
-                               chap=portal.chap, mutual=portal.mutual)
-        await _exchange(stream, LoginSteps(login, where), timeout)
-        params = login.params
-        stream.set_full_feature(params.initiator_mrdsl, params.header_digest,
-                                params.data_digest)
-        steps = SendTargetsSteps(login, where)
-        await _exchange(stream, steps, timeout)
-        return steps.targets
+        text = SendTargetsSteps(steps.login, steps.where)
+        await _exchange(stream, text, timeout)
+        return text.targets
     finally:
         stream.close("discovery done")
         with contextlib.suppress(TimeoutError):
