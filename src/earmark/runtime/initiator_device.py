@@ -65,10 +65,8 @@ async def _open(url: IscsiUrl, buffer: memoryview, on_lost: Callable[[InitiatorS
         async with asyncio.timeout(timeout):
             _, stream = await loop.create_connection(
                 lambda: InitiatorStream(buffer, on_lost), url.host, url.port)
-    except TimeoutError:
-        raise ConnectError(f"cannot reach {url.portal}: timed out after {timeout:g} s") from None
-    except OSError as exc:
-        raise ConnectError(f"cannot reach {url.portal}: {exc.strerror or exc}") from None
+    except OSError as exc:  # TimeoutError too
+        raise ConnectError.of(url.portal, exc, timeout) from None
     await _exchange(stream, steps, timeout)
     steps.full_feature(stream)
     return stream

@@ -1,16 +1,14 @@
 """The blocking block device: one socket, one command at a time, no event loop.
 
 At queue depth 1 an event loop is pure overhead (an epoll wake-up, a loop turn
-and a future per command): measured against tgtd, a minimal asyncio client
-reached 0.81 of libiscsi's QD1 IOPS where a blocking socket loop reached 0.93
-to 0.98. So, like fio's ``psync`` beside ``libaio``, threaded code gets a
-device that sends a command and blocks in ``recv`` for its answer; threads take
-turns (a lock). It runs the asyncio engine's sans-I/O core (the driver, the
-login steps, admission, recovery, the :class:`PduStream` parser); this module
-only moves bytes and keeps time.
+and a future per command): against tgtd a minimal asyncio client reached 0.81
+of libiscsi's QD1 IOPS where a blocking socket loop reached 0.93 to 0.98. So,
+like fio's ``psync`` beside ``libaio``, threaded code gets a device that sends
+a command and blocks in ``recv`` for its answer (threads take turns: a lock),
+running the asyncio engine's sans-I/O core (``earmark.initiator``: the driver,
+admission, recovery, the login steps) and the :class:`PduStream` parser.
 
-Memory, as under ``reserve``, from the device's own arena: the receive buffer
-is held for the connection's life, a command's claim is reserved at once
+Memory, as under ``reserve``, from the device's own arena, reserved at once
 (``Admission.reserve_now``): a thread has nothing to wait on, so a claim that
 does not fit is an error in words, never a hang.
 """
@@ -123,8 +121,7 @@ class _SocketTransport:
             self.closing = True
             self.sock.close()
 
-    def abort(self) -> None:
-        self.close()
+    abort = close  # nothing is buffered to flush
 
     def pause_reading(self) -> None:  # the device reads only when it waits for an answer
         pass
@@ -276,11 +273,8 @@ class SyncBlockDevice(Driver[PduStream]):
         url = self.url
         try:
             sock = socket.create_connection((url.host, url.port), timeout=self.login_timeout)
-        except TimeoutError:
-            raise ConnectError(f"cannot reach {url.portal}: timed out after "
-                               f"{self.login_timeout:g} s") from None
-        except OSError as exc:
-            raise ConnectError(f"cannot reach {url.portal}: {exc.strerror or exc}") from None
+        except OSError as exc:  # TimeoutError too
+            raise ConnectError.of(url.portal, exc, self.login_timeout) from None
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(_TICK))
@@ -361,10 +355,6 @@ class SyncBlockDevice(Driver[PduStream]):
     def __enter__(self) -> SyncBlockDevice:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
