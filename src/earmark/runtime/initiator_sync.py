@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import struct
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from types import TracebackType
 
 from earmark.initiator.device import (
@@ -33,11 +32,12 @@ from earmark.initiator.device import (
 )
 from earmark.initiator.driver import Driver
 from earmark.initiator.errors import ConnectError, InitiatorError, SessionLostError
-from earmark.initiator.failure import ConnectionFailed, FailureKind
+from earmark.initiator.failure import ConnectionFailed
 from earmark.initiator.session import Command, Timeouts
 from earmark.initiator.url import IscsiUrl
-from earmark.iscsi.pdu import Buffer, Pdu
+from earmark.iscsi.pdu import Pdu
 from earmark.memory import Arena
+from earmark.runtime.blocking_socket import SocketTransport, read, timeval
 from earmark.runtime.initiator_connection import PduStream, receive_buffer_bytes
 from earmark.scsi import cdb as C
 
@@ -45,89 +45,7 @@ __all__ = ["SyncBlockDevice"]
 
 _TICK = 1.0
 """Longest a blocked recv waits before the session's timers are looked at."""
-_IOV_MAX = 1024
 _LOGOUT_WAIT = 5.0
-
-
-def _timeval(seconds: float) -> bytes:
-    return struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
-
-
-def _read(stream: PduStream, sock: socket.socket) -> bool:
-    """Receive what the socket has and parse it; False when a tick of SO_RCVTIMEO passed
-    with nothing. A closed, reset or protocol-breaking link raises ConnectionFailed."""
-    try:
-        n = sock.recv_into(stream.get_buffer(-1))
-    except BlockingIOError:
-        return False
-    except OSError as exc:
-        raise ConnectionFailed(FailureKind.CLOSED,
-                               f"connection lost: {exc.strerror or exc}") from None
-    if n == 0:
-        raise ConnectionFailed(FailureKind.CLOSED, "the target closed the connection")
-    stream.buffer_updated(n)
-    if stream.failed is not None:
-        raise ConnectionFailed(stream.failed_kind or FailureKind.CLOSED, stream.failed)
-    return True
-
-
-class _SocketTransport:
-    """The transport calls a :class:`PduStream` makes, on a blocking socket."""
-
-    __slots__ = ("closing", "sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.closing = False
-
-    def writelines(self, pieces: Sequence[Buffer]) -> None:
-        """Send every piece, in order, however many send calls that takes."""
-        sock = self.sock
-        try:
-            if len(pieces) == 1:  # a command without data: one header, one send
-                piece = pieces[0]
-                sent = sock.send(piece)
-                if sent == len(piece):
-                    return
-                pending: list[Buffer] = [memoryview(piece)[sent:]]
-            else:
-                pending = list(pieces)
-            at = 0
-            while at < len(pending):
-                if at + 1 == len(pending):
-                    sent = sock.send(pending[at])
-                else:
-                    sent = sock.sendmsg(pending[at : at + _IOV_MAX])
-                while sent:
-                    n = len(pending[at])
-                    if sent >= n:
-                        sent -= n
-                        at += 1
-                    else:
-                        pending[at] = memoryview(pending[at])[sent:]
-                        sent = 0
-        except BlockingIOError:  # SO_SNDTIMEO ran out: the target reads nothing
-            raise ConnectionFailed(FailureKind.STALLED,
-                                   "the target stopped reading what we send") from None
-        except OSError as exc:
-            raise ConnectionFailed(FailureKind.CLOSED,
-                                   f"connection lost: {exc.strerror or exc}") from None
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        if not self.closing:
-            self.closing = True
-            self.sock.close()
-
-    abort = close  # nothing is buffered to flush
-
-    def pause_reading(self) -> None:  # the device reads only when it waits for an answer
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class SyncBlockDevice(Driver[PduStream]):
@@ -262,7 +180,7 @@ class SyncBlockDevice(Driver[PduStream]):
         session, stream, sock = self.session, self.stream, self._sock
         assert session is not None and stream is not None and sock is not None
         while cmd.status is None and cmd.error is None:
-            if not _read(stream, sock):  # a tick of SO_RCVTIMEO: the session's timers
+            if not read(stream, sock):  # a tick of SO_RCVTIMEO: the session's timers
                 self.timer(time.monotonic())
             if session.failure is not None:
                 raise session.failure
@@ -277,10 +195,10 @@ class SyncBlockDevice(Driver[PduStream]):
             raise ConnectError.of(url.portal, exc, self.login_timeout) from None
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(_TICK))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.timeouts.command))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(_TICK))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(self.timeouts.command))
         stream = PduStream(self._recv)
-        stream.transport = _SocketTransport(sock)
+        stream.transport = SocketTransport(sock)
         steps = self.login_steps()
         deadline = time.monotonic() + self.login_timeout
         try:
@@ -304,7 +222,7 @@ class SyncBlockDevice(Driver[PduStream]):
         while not stream.inbox:
             if time.monotonic() >= deadline:
                 raise TimeoutError
-            _read(stream, sock)
+            read(stream, sock)
         return stream.inbox.popleft()
 
     def _reconnect(self) -> bool:
@@ -345,7 +263,7 @@ class SyncBlockDevice(Driver[PduStream]):
                 if self.log_out():
                     assert stream is not None and sock is not None
                     while not self.logged_out and time.monotonic() < deadline:
-                        _read(stream, sock)
+                        read(stream, sock)
             if stream is not None:
                 stream.close("closed by the application")
             self._sock = None
