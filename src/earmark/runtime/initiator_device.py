@@ -4,20 +4,15 @@
 (``earmark.initiator.driver``), a command's memory (``.admission``), recovery
 and the login and SendTargets steps are decided in ``earmark.initiator``; this
 module awaits memory and answers, keeps the session's one timer, batches what
-it submits and carries bytes.
-
-Under the policies other than ``reserve`` each receive buffer is allocated as
-its PDU arrives, as a real receive path allocates skbs, PF_MEMALLOC
-(``Arena.memalloc``); when even that cannot be granted the reader stops until it
-is (:meth:`BlockDevice._admit`), and every command in flight then waits on the
-stalled receiver, as the wait registry says.
+it submits and carries bytes. Under the policies without reservations its
+reader may stall for memory (``earmark.runtime.stalling_reader``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import cast
 
@@ -32,18 +27,15 @@ from earmark.initiator.device import (
     policy_named,
     unmap_command,
 )
-from earmark.initiator.discovery import SendTargetsSteps
 from earmark.initiator.driver import Driver
 from earmark.initiator.errors import ConnectError, InitiatorError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed, FailureKind
-from earmark.initiator.login import Exchange, LoginSteps
 from earmark.initiator.session import Command, Timeouts
-from earmark.initiator.url import IscsiUrl, parse_url
-from earmark.iscsi.discovery import DiscoveredTarget
-from earmark.iscsi.pdu import Pdu
-from earmark.memory import Arena, HostLevel, Wait
-from earmark.memory.allocation import Charge
+from earmark.initiator.url import IscsiUrl
+from earmark.memory import Arena, Wait
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
+from earmark.runtime.initiator_open import discover, open_stream
+from earmark.runtime.stalling_reader import StallingReader
 from earmark.scsi import cdb as C
 
 __all__ = ["DEFAULT_INITIATOR_NAME", "WANTS", "BlockDevice", "Policy", "discover"]
@@ -55,39 +47,6 @@ class _Issued(Admitted):
     __slots__ = ("future",)
 
     future: asyncio.Future[None]
-
-
-async def _open(url: IscsiUrl, buffer: memoryview, on_lost: Callable[[InitiatorStream, str], None],
-                steps: LoginSteps, timeout: float) -> InitiatorStream:
-    """Connect and log in; the stream is closed on any failure."""
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout):
-            _, stream = await loop.create_connection(
-                lambda: InitiatorStream(buffer, on_lost), url.host, url.port)
-    except OSError as exc:  # TimeoutError too
-        raise ConnectError.of(url.portal, exc, timeout) from None
-    await _exchange(stream, steps, timeout)
-    steps.full_feature(stream)
-    return stream
-
-
-async def _exchange(stream: InitiatorStream, steps: Exchange, timeout: float) -> None:
-    """Run login or SendTargets steps to their end; the stream is closed on a failure."""
-    try:
-        req: Pdu | None = steps.start()
-        while not steps.done:
-            if req is not None:
-                stream.send(req)
-            req = steps.receive(await stream.next_pdu(timeout))
-    except (TimeoutError, ConnectionError) as exc:
-        error = steps.broken(exc)
-        if error is not None:
-            stream.close("exchange failed")
-            raise error from None
-    except BaseException:  # refused, or cancelled (the device is closing): no socket left
-        stream.close("exchange failed")
-        raise
 
 
 class BlockDevice(Driver[InitiatorStream]):
@@ -122,6 +81,7 @@ class BlockDevice(Driver[InitiatorStream]):
         self._lun = self.url.lun
         #: Who waits, in the deadlock detector's words, when the reader is stalled.
         self.receiver = f"{self.name}/receiver"
+        self._reader = StallingReader(self, self.receiver)
         self._reconnecting: asyncio.Task[None] | None = None
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
@@ -130,9 +90,6 @@ class BlockDevice(Driver[InitiatorStream]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged_out: asyncio.Future[None] | None = None
         self._waits_name = f"{self.name}/commands@{id(self):x}"
-        # The stalled reader's allocation, and what it was granted before resuming.
-        self._stall: asyncio.Task[None] | None = None
-        self._granted: Charge | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -166,13 +123,13 @@ class BlockDevice(Driver[InitiatorStream]):
     async def _log_in(self) -> None:
         assert self._recv is not None
         steps = self.login_steps()
-        stream = await _open(self.url, self._recv, self._lost, steps, self.login_timeout)
+        stream = await open_stream(self.url, self._recv, self._lost, steps, self.login_timeout)
         if stream.failed is not None:  # lost right after the last login response
             raise ConnectError(f"{self.url}: {stream.failed}")
         self.attach(steps, stream)
         stream.sink = self
         if self.policy is not Policy.RESERVE:
-            stream.admit = self._admit
+            stream.admit = self._reader.admit
         self._arm_timer()
 
     async def close(self) -> None:
@@ -205,7 +162,7 @@ class BlockDevice(Driver[InitiatorStream]):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):
                     await stream.closed
-        self._stop_receiver()
+        self._reader.stop()
         self.shut()
         self._cancel_timer()
         self.admission.free_receive_buffer()
@@ -321,7 +278,7 @@ class BlockDevice(Driver[InitiatorStream]):
 
     def _waits_now(self) -> list[Wait]:
         return waits_for_answers(cast("list[Admitted]", self.unanswered()),
-                                 None if self._stall is None else self.receiver)
+                                 self.receiver if self._reader.stalled else None)
 
     def deliver(self, done: list[Command]) -> None:
         for cmd in cast("list[_Issued]", done):
@@ -360,50 +317,6 @@ class BlockDevice(Driver[InitiatorStream]):
         if session is not None and stream is not None:
             stream.write(session.data_to_send())
 
-    # ------------------------------------------------------------ the stalled reader
-
-    def _admit(self, bhs: memoryview) -> bool:
-        """The receive buffer of one PDU from the target, allocated as it arrives
-        (policies without reservations), charged to the command it answers.
-
-        The reader is a receive path (PF_MEMALLOC: the emergency pool counts) and
-        it cannot wait in a protocol callback: if the buffer is not there at once,
-        it returns False, the stream stops reading, and :meth:`_receive_when_granted`
-        waits under the receiver's name. Meanwhile every command in flight waits on
-        that receiver, not on the target: a reader that waits for memory only its
-        own commands can free is the receive deadlock.
-        """
-        granted, self._granted = self._granted, None
-        session = self.session
-        cmd = cast("_Issued | None", session.answering(bhs) if session is not None else None)
-        nbytes = self.admission.on_arrival(cmd, bhs, granted)
-        if nbytes:
-            assert self._loop is not None and self.stream is not None
-            self._stall = self._loop.create_task(
-                self._receive_when_granted(self.stream, nbytes), name=self.receiver)
-            return False
-        return True
-
-    async def _receive_when_granted(self, stream: InitiatorStream, nbytes: int) -> None:
-        with self.arena.memalloc():
-            granted = await self.arena.allocate_charge(HostLevel.WIRE, nbytes,
-                                                       owner=self.receiver)
-        self._stall = None
-        if stream is not self.stream or stream.failed is not None:
-            granted.free()
-            return
-        self._granted = granted  # for the PDU the stream stopped at: it parses that first
-        stream.resume()
-
-    def _stop_receiver(self) -> None:
-        """The connection is going: a stalled reader waits no more."""
-        stall, self._stall = self._stall, None
-        if stall is not None:
-            stall.cancel()
-        granted, self._granted = self._granted, None
-        if granted is not None:
-            granted.free()
-
     # ------------------------------------------------------------ timer
 
     def _arm_timer(self, now: float | None = None) -> None:
@@ -438,7 +351,7 @@ class BlockDevice(Driver[InitiatorStream]):
     def _lost(self, stream: InitiatorStream, reason: str) -> None:
         if stream is not self.stream:
             return
-        self._stop_receiver()
+        self._reader.stop()
         self._cancel_timer()
         failure = ConnectionFailed(stream.failed_kind or FailureKind.CLOSED, reason)
         if self.lost(failure) and self._reconnecting is None:
@@ -460,27 +373,3 @@ class BlockDevice(Driver[InitiatorStream]):
         finally:
             self._reconnecting = None
         self.resume()
-
-
-async def discover(
-    url: str | IscsiUrl,
-    *,
-    initiator_name: str = DEFAULT_INITIATOR_NAME,
-    timeout: float = 10.0,
-    environ: Mapping[str, str] | None = None,
-) -> list[DiscoveredTarget]:
-    """SendTargets=All in a discovery session at the URL's portal."""
-    portal = url if isinstance(url, IscsiUrl) else parse_url(url, need_target=False,
-                                                              environ=environ)
-    steps = SendTargetsSteps.login_steps(initiator_name, portal)
-    buffer = memoryview(bytearray(receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]))))
-    stream = await _open(portal, buffer, lambda s, r: None, steps, timeout)
-    try:
-        text = SendTargetsSteps(steps.login, steps.where)
-        await _exchange(stream, text, timeout)
-        return text.targets
-    finally:
-        stream.close("discovery done")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5.0):
-                await stream.closed
