@@ -31,10 +31,6 @@ class FakeWire:
     def abort(self, reason: str, kind: FailureKind) -> None:
         self.failed, self.kind = reason, kind
 
-    def set_full_feature(self, max_dsl: int, header_digest_on: bool,
-                         data_digest_on: bool) -> None:
-        pass
-
     def opcodes(self) -> list[int]:
         """The first PDU's opcode of each write."""
         return [chunk[0] & 0x3F for chunk in self.out]

@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from earmark.initiator.device import DeviceBase
 from earmark.initiator.errors import InitiatorError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed, FailureKind
-from earmark.initiator.login import Framing, LoginSteps
+from earmark.initiator.login import LoginSteps
 from earmark.initiator.recovery import Backoff
 from earmark.initiator.session import Command, InitiatorSession
 from earmark.initiator.url import IscsiUrl
@@ -34,7 +34,7 @@ from earmark.iscsi.pdu import Buffer, Pdu
 __all__ = ["Driver", "Wire"]
 
 
-class Wire(Framing, Protocol):
+class Wire(Protocol):
     """What the driver needs of a connection (the engines' PduStream)."""
 
     @property
@@ -81,12 +81,13 @@ class Driver(DeviceBase, Generic[S]):
 
     # ------------------------------------------------------------ a session
 
-    def attach(self, steps: LoginSteps, stream: S) -> None:
-        """The login is done: its limits, the stream's full feature framing, the session."""
+    def attach(self, steps: LoginSteps, stream: S) -> InitiatorSession:
+        """The login is done on ``stream`` (framed for the full feature phase already):
+        its limits for the commands' claims, and the session."""
         self.admission.negotiated(steps.login.params)
-        steps.full_feature(stream)
-        self.session = steps.session(self.clock(), self.timeouts)
+        session = self.session = steps.session(self.clock(), self.timeouts)
         self.stream = stream
+        return session
 
     def unanswered(self) -> list[Command]:
         """Every command waiting for the target: sent, queued, or for a session."""

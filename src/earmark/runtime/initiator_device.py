@@ -41,6 +41,16 @@ from earmark.scsi import cdb as C
 __all__ = ["DEFAULT_INITIATOR_NAME", "WANTS", "BlockDevice", "Policy", "discover"]
 
 
+_LOGOUT_WAIT = 5.0
+
+
+async def _first(timeout: float, *waits: asyncio.Future[None]) -> None:
+    """Until the first of ``waits`` is done, or ``timeout`` seconds passed."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+
+
 class _Issued(Admitted):
     """A command as the asyncio device runs it: the future its caller awaits."""
 
@@ -126,11 +136,11 @@ class BlockDevice(Driver[InitiatorStream]):
         stream = await open_stream(self.url, self._recv, self._lost, steps, self.login_timeout)
         if stream.failed is not None:  # lost right after the last login response
             raise ConnectError(f"{self.url}: {stream.failed}")
-        self.attach(steps, stream)
+        session = self.attach(steps, stream)
         stream.sink = self
         if self.policy is not Policy.RESERVE:
             stream.admit = self._reader.admit
-        self._arm_timer()
+        self._arm_timer(session.get_timer())
 
     async def close(self) -> None:
         """Wait for commands in flight, log out, give the memory back. Idempotent."""
@@ -142,14 +152,11 @@ class BlockDevice(Driver[InitiatorStream]):
                 async with asyncio.timeout(self.timeouts.command):
                     while not self.idle:
                         await asyncio.sleep(0.01)
-        self._logged_out = asyncio.get_running_loop().create_future()
+        logged_out = self._logged_out = asyncio.get_running_loop().create_future()
         stream = self.stream
         if self.log_out() and not self.logged_out:
             assert stream is not None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await asyncio.wait([self._logged_out, stream.closed],
-                                       return_when=asyncio.FIRST_COMPLETED)
+            await _first(_LOGOUT_WAIT, logged_out, stream.closed)
         self.admission.stop()
         reconnecting = self._reconnecting
         if reconnecting is not None:
@@ -159,12 +166,10 @@ class BlockDevice(Driver[InitiatorStream]):
         stream = self.stream  # or a login that won the race with the cancellation
         if stream is not None:
             stream.close("closed by the application")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await stream.closed
+            await _first(_LOGOUT_WAIT, stream.closed)
         self._reader.stop()
         self.shut()
-        self._cancel_timer()
+        self._arm_timer(None)
         self.admission.free_receive_buffer()
         self.arena.waits.clear_source(self._waits_name)
 
@@ -182,27 +187,29 @@ class BlockDevice(Driver[InitiatorStream]):
 
     async def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
         """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
-        await self._transfer(offset, memoryview(buffer).cast("B"), False)
-
-    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
-        await self._transfer(offset, memoryview(data).cast("B"), True)
-
-    async def _transfer(self, offset: int, view: memoryview, write: bool) -> None:
+        view = memoryview(buffer).cast("B")
         n, bs = len(view), self._block_size
         if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
             check_extent(offset, n, bs, self.size)  # raises, in words
         if n <= MAX_IO_BYTES:
-            if write:
-                await self.execute(C.write_16(offset // bs, n // bs), write_data=view)
-            else:
-                await self.execute(C.read_16(offset // bs, n // bs), read_into=view)
-            return
-        await asyncio.gather(*(
-            self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
-            if write else
-            self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
-            for at, part in chunks(view)))
+            await self.execute(C.read_16(offset // bs, n // bs), read_into=view)
+        else:
+            await asyncio.gather(*(
+                self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
+                for at, part in chunks(view)))
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
+        view = memoryview(data).cast("B")
+        n, bs = len(view), self._block_size
+        if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
+            check_extent(offset, n, bs, self.size)  # raises, in words
+        if n <= MAX_IO_BYTES:
+            await self.execute(C.write_16(offset // bs, n // bs), write_data=view)
+        else:
+            await asyncio.gather(*(
+                self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
+                for at, part in chunks(view)))
 
     async def flush(self, *, owner: str | None = None) -> None:
         """SYNCHRONIZE CACHE of the whole LUN."""
@@ -296,7 +303,7 @@ class BlockDevice(Driver[InitiatorStream]):
             return
         idle = session.submit(cmd, now)
         if self._timer_at > now + self.timeouts.command:
-            self._arm_timer(now)  # the keepalive timer is later than this command's deadline
+            self._arm_timer(session.get_timer())  # the keepalive is later than this deadline
         if self._flush_scheduled:
             return
         if idle:
@@ -319,32 +326,22 @@ class BlockDevice(Driver[InitiatorStream]):
 
     # ------------------------------------------------------------ timer
 
-    def _arm_timer(self, now: float | None = None) -> None:
-        """One timer per connection, re-armed when it fires, or when a command is issued
-        with a deadline before it (``now`` given): otherwise deadlines only move later
-        while it waits, so firing early and asking the session again is enough."""
-        session, loop = self.session, self._loop
-        if session is None or loop is None:
-            return
+    def _arm_timer(self, when: float | None) -> None:
+        """The connection's one timer, at the session's next deadline: re-armed when it
+        fires, or when a command is issued with a deadline before it; otherwise
+        deadlines only move later while it waits, so firing early is enough."""
         if self._timer is not None:
-            if now is None:
-                return
             self._timer.cancel()
-        when = session.get_timer()
-        if when is None:
+        loop = self._loop
+        if when is None or loop is None:
             self._timer, self._timer_at = None, float("inf")
         else:
             self._timer, self._timer_at = loop.call_at(when, self._on_timer), when
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer, self._timer_at = None, float("inf")
-
     def _on_timer(self) -> None:
-        self._timer, self._timer_at = None, float("inf")
-        if self._loop is not None and self.timer(self._loop.time()) is not None:
-            self._arm_timer()
+        self._timer = None
+        assert self._loop is not None
+        self._arm_timer(self.timer(self._loop.time()))
 
     # ------------------------------------------------------------ recovery
 
@@ -352,7 +349,7 @@ class BlockDevice(Driver[InitiatorStream]):
         if stream is not self.stream:
             return
         self._reader.stop()
-        self._cancel_timer()
+        self._arm_timer(None)
         failure = ConnectionFailed(stream.failed_kind or FailureKind.CLOSED, reason)
         if self.lost(failure) and self._reconnecting is None:
             self._reconnecting = asyncio.ensure_future(self._reconnect())

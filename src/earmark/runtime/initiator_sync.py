@@ -213,6 +213,7 @@ class SyncBlockDevice(Driver[PduStream]):
         except BaseException:
             sock.close()
             raise
+        steps.full_feature(stream)
         self.attach(steps, stream)
         stream.sink = self
         self._sock = sock
