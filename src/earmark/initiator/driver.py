@@ -12,9 +12,9 @@ moment to wake) and the close, as steps (:attr:`Driver.idle`,
 :meth:`Driver.log_out`, :attr:`Driver.logged_out`, :meth:`Driver.shut`), are
 decided here.
 
-Time comes in as ``clock``, the engine's own (its loop's time, or the
-monotonic clock), read when the parser hands a batch of PDUs in; the driver
-never waits or sleeps.
+Time comes in as ``now`` where the engine calls, and as ``clock``, the
+engine's own (its loop's time, or the monotonic clock), where the parser calls
+(each PDU is stamped as it arrives); the driver never waits or sleeps.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ class Wire(Protocol):
     def write(self, pieces: list[Buffer]) -> None: ...
 
     def abort(self, reason: str, kind: FailureKind) -> None: ...
-
 
 
 S = TypeVar("S", bound=Wire)
