@@ -28,13 +28,14 @@ from earmark.initiator.device import (
     unmap_command,
 )
 from earmark.initiator.driver import Driver
-from earmark.initiator.errors import ConnectError, InitiatorError, SessionLostError
+from earmark.initiator.errors import ConnectError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed, FailureKind
 from earmark.initiator.session import Command, Timeouts
 from earmark.initiator.url import IscsiUrl
 from earmark.memory import Arena, Wait
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
-from earmark.runtime.initiator_open import discover, open_stream
+from earmark.runtime.initiator_open import discover, log_in_again, open_stream
+from earmark.runtime.loop_timer import LoopTimer
 from earmark.runtime.stalling_reader import StallingReader
 from earmark.scsi import cdb as C
 
@@ -94,8 +95,7 @@ class BlockDevice(Driver[InitiatorStream]):
         self._reader = StallingReader(self, self.receiver)
         self._reconnecting: asyncio.Task[None] | None = None
         self._flush_scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
+        self._timer = LoopTimer(self.timer)
         self._recv: memoryview | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged_out: asyncio.Future[None] | None = None
@@ -140,7 +140,7 @@ class BlockDevice(Driver[InitiatorStream]):
         stream.sink = self
         if self.policy is not Policy.RESERVE:
             stream.admit = self._reader.admit
-        self._arm_timer(session.get_timer())
+        self._timer.arm(session.get_timer())
 
     async def close(self) -> None:
         """Wait for commands in flight, log out, give the memory back. Idempotent."""
@@ -169,7 +169,7 @@ class BlockDevice(Driver[InitiatorStream]):
             await _first(_LOGOUT_WAIT, stream.closed)
         self._reader.stop()
         self.shut()
-        self._arm_timer(None)
+        self._timer.arm(None)
         self.admission.free_receive_buffer()
         self.arena.waits.clear_source(self._waits_name)
 
@@ -302,8 +302,9 @@ class BlockDevice(Driver[InitiatorStream]):
             self.pending.append(cmd)
             return
         idle = session.submit(cmd, now)
-        if self._timer_at > now + self.timeouts.command:
-            self._arm_timer(session.get_timer())  # the keepalive is later than this deadline
+        timer = self._timer
+        if timer.at > now + self.timeouts.command:
+            timer.arm(session.get_timer())  # the keepalive is later than this deadline
         if self._flush_scheduled:
             return
         if idle:
@@ -324,49 +325,24 @@ class BlockDevice(Driver[InitiatorStream]):
         if session is not None and stream is not None:
             stream.write(session.data_to_send())
 
-    # ------------------------------------------------------------ timer
-
-    def _arm_timer(self, when: float | None) -> None:
-        """The connection's one timer, at the session's next deadline: re-armed when it
-        fires, or when a command is issued with a deadline before it; otherwise
-        deadlines only move later while it waits, so firing early is enough."""
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = self._loop
-        if when is None or loop is None:
-            self._timer, self._timer_at = None, float("inf")
-        else:
-            self._timer, self._timer_at = loop.call_at(when, self._on_timer), when
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        assert self._loop is not None
-        self._arm_timer(self.timer(self._loop.time()))
-
     # ------------------------------------------------------------ recovery
 
     def _lost(self, stream: InitiatorStream, reason: str) -> None:
         if stream is not self.stream:
             return
         self._reader.stop()
-        self._arm_timer(None)
+        self._timer.arm(None)
         failure = ConnectionFailed(stream.failed_kind or FailureKind.CLOSED, reason)
         if self.lost(failure) and self._reconnecting is None:
             self._reconnecting = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self) -> None:
-        loop = asyncio.get_running_loop()
-        backoff = self.backoff(loop.time())
+        backoff = self.backoff(self.clock())
         try:
-            while backoff.may_try(loop.time()):
-                try:
-                    await self._log_in()
-                    break
-                except InitiatorError as exc:
-                    await asyncio.sleep(backoff.failed(exc, loop.time()))
-            else:
-                self.unreachable(backoff)
-                return
+            again = await log_in_again(backoff, self._log_in)
         finally:
             self._reconnecting = None
-        self.resume()
+        if again:
+            self.resume()
+        else:
+            self.unreachable(backoff)

@@ -1,4 +1,5 @@
-"""Opening an initiator connection on asyncio, and the discovery session that needs no more.
+"""Opening an initiator connection on asyncio (again, after a loss, as the backoff allows),
+and the discovery session that needs no more.
 
 Both run steps decided in ``earmark.initiator`` (login, SendTargets: an
 :class:`~earmark.initiator.login.Exchange`): this module connects, sends what
@@ -9,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from earmark.initiator.device import DEFAULT_INITIATOR_NAME, WANTS
 from earmark.initiator.discovery import SendTargetsSteps
-from earmark.initiator.errors import ConnectError
+from earmark.initiator.errors import ConnectError, InitiatorError
 from earmark.initiator.login import Exchange, LoginSteps
+from earmark.initiator.recovery import Backoff
 from earmark.initiator.url import IscsiUrl, parse_url
 from earmark.iscsi.discovery import DiscoveredTarget
 from earmark.iscsi.pdu import Pdu
 from earmark.runtime.initiator_connection import InitiatorStream, receive_buffer_bytes
 
-__all__ = ["discover", "exchange", "open_stream"]
+__all__ = ["discover", "exchange", "log_in_again", "open_stream"]
 
 
 async def open_stream(url: IscsiUrl, buffer: memoryview,
@@ -37,6 +39,18 @@ async def open_stream(url: IscsiUrl, buffer: memoryview,
     await exchange(stream, steps, timeout)
     steps.full_feature(stream)
     return stream
+
+
+async def log_in_again(backoff: Backoff, log_in: Callable[[], Awaitable[None]]) -> bool:
+    """Try ``log_in`` as the backoff allows; False once it says to give up."""
+    loop = asyncio.get_running_loop()
+    while backoff.may_try(loop.time()):
+        try:
+            await log_in()
+            return True
+        except InitiatorError as exc:
+            await asyncio.sleep(backoff.failed(exc, loop.time()))
+    return False
 
 
 async def exchange(stream: InitiatorStream, steps: Exchange, timeout: float) -> None:
