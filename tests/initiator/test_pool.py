@@ -10,6 +10,7 @@ everything.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from earmark.memory import Arena, HostLevel, WaitKind
 from earmark.memory.claim import Claim
@@ -34,7 +35,7 @@ def test_every_command_in_flight_holds_a_reservation_of_its_own(
                 nonlocal worst
                 res = cmd.res
                 assert res is not None and not res.released
-                others = [c.res for c in dev._unanswered()]
+                others = [cast("_Issued", c).res for c in dev.unanswered()]
                 assert all(res is not other for other in others)
                 assert res not in dev.admission.idle
                 worst = max(worst, len(others) + 1)

@@ -71,7 +71,7 @@ def test_a_stalled_receive_allocation_pauses_the_reader_and_is_named(
                 if arena.waiting:
                     break
                 await asyncio.sleep(0.01)
-            stream = dev._stream
+            stream = dev.stream
             transport = stream.transport if stream is not None else None
             assert isinstance(transport, asyncio.Transport)
             assert not transport.is_reading()  # the reader stopped

@@ -63,7 +63,7 @@ def test_a_command_out_of_attempts_ends_with_the_error_its_failures_kind_names(
     assert isinstance(error, CommandTimeoutError) == (kind is FailureKind.TIMEOUT)
     assert str(error) == ("iscsi://t/iqn.x/1: command not done after 2 attempts: "
                           "command got no answer")
-    closing = rec.lost(failure)
+    closing = rec.lost_error(failure)
     assert type(closing) is SessionLostError and "got no answer" in str(closing)
 
 

@@ -17,17 +17,15 @@ import pytest
 
 import earmark
 from earmark import cli
-from earmark.initiator.device import WANTS
+from earmark.initiator.device import RECEIVE_BUFFER_BYTES
 from earmark.initiator.errors import (
     AuthenticationFailedError,
     InitiatorError,
     TargetNotFoundError,
 )
 from earmark.initiator.session import Timeouts
-from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.memory import Arena
 from earmark.runtime.embedded import EmbeddedTarget
-from earmark.runtime.initiator_connection import RECEIVE_PDUS
 from earmark.runtime.initiator_sync import SyncBlockDevice
 from earmark.scsi.sense import ScsiError, SenseKey
 from tests.targets import TgtdSpec, embedded_with
@@ -103,7 +101,7 @@ def test_chap_right_and_wrong() -> None:
 
 
 def test_an_arena_too_small_is_an_error_in_words_not_a_hang(tgtd: Tgtd) -> None:
-    recv = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]), RECEIVE_PDUS)
+    recv = RECEIVE_BUFFER_BYTES
     with pytest.raises(InitiatorError, match="larger"):
         SyncBlockDevice(tgtd.url(), arena=Arena(recv // 2))
     arena = Arena(recv + 4096)  # the receive buffer and about one small command

@@ -14,7 +14,7 @@ import pytest
 
 import earmark
 from earmark import cli
-from earmark.initiator.device import WANTS
+from earmark.initiator.device import RECEIVE_BUFFER_BYTES
 from earmark.initiator.errors import (
     AuthenticationFailedError,
     BadUrlError,
@@ -22,9 +22,7 @@ from earmark.initiator.errors import (
     TargetNotFoundError,
 )
 from earmark.initiator.session import InitiatorSession, Timeouts
-from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.memory import Arena
-from earmark.runtime.initiator_connection import RECEIVE_PDUS
 from earmark.runtime.initiator_device import BlockDevice, discover
 from earmark.scsi.sense import ScsiError, SenseKey
 from tests.targets import TgtdSpec, tgtd_with
@@ -158,7 +156,7 @@ def test_reserve_bounds_commands_in_flight(
         submit(self, cmd, now)  # type: ignore[arg-type]
         peak = max(peak, self.outstanding + self.queued)
 
-    recv = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]), RECEIVE_PDUS)
+    recv = RECEIVE_BUFFER_BYTES
 
     async def main() -> Arena:
         probe = BlockDevice(tgtd.url())

@@ -26,7 +26,7 @@ COMMANDS = 120
 def test_unsent_answers_stay_bounded_when_the_initiator_stops_reading() -> None:
     with EmbeddedTarget(MemoryBacking(4 << 20)) as target:
         dev = SyncBlockDevice(target.url)  # logs in; then we drive the socket by hand
-        session, sock = dev._session, dev._sock
+        session, sock = dev.session, dev._sock
         assert session is not None and sock is not None
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         first = session.cmd_sn

@@ -25,18 +25,20 @@ from earmark.initiator.errors import InitiatorError
 from earmark.initiator.session import Command
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import Opcode
-from earmark.memory import Arena, HostLevel
-from earmark.memory.allocation import Charge
+from earmark.memory import Arena, HostLevel, Wait, WaitKind
+from earmark.memory.allocation import Buffer, Charge
 from earmark.memory.arena import format_bytes
 from earmark.memory.claim import Claim
+from earmark.memory.draw import draw_charge
 from earmark.memory.levels import (
     DATA_OUT_HEADER_BYTES,
     RESPONSE_HEADER_BYTES,
     TASK_DESCRIPTOR_BYTES,
 )
-from earmark.memory.reservation import Reservation
+from earmark.memory.reservation import Reservation, handed_down
 
-__all__ = ["SENSE_BYTES", "Admission", "Admitted", "command_bytes", "receive_bytes"]
+__all__ = ["SENSE_BYTES", "Admission", "Admitted", "command_bytes", "receive_bytes",
+           "waits_for_answers"]
 
 SENSE_BYTES = 256
 """SenseLength (2) + the largest fixed or descriptor sense (252), one granule-aligned run."""
@@ -46,6 +48,8 @@ _IDLE_MAX = 256
 """Idle command reservations a device keeps at most (a few hundred KiB at most)."""
 _CLAIMS_MAX = 1024
 """Transfer lengths whose claims are remembered, per direction."""
+_ANSWER = "the target's answer"
+_HELD_BACK = "the target's answer, which its stalled receiver cannot read"
 
 
 def command_bytes(params: SessionParams, write: bool, nbytes: int) -> tuple[int, int]:
@@ -78,8 +82,8 @@ def receive_bytes(bhs: memoryview) -> int:
 class Admission:
     """One device's claims by transfer length and its pool of idle command reservations."""
 
-    __slots__ = ("_idle", "_idle_count", "_idle_owner", "_read_claims", "_shrinking",
-                 "_write_claims", "arena", "closing", "params")
+    __slots__ = ("_conn_res", "_holder", "_idle", "_idle_count", "_idle_owner", "_read_claims",
+                 "_recv", "_shrinking", "_write_claims", "arena", "closing", "params")
 
     def __init__(self, arena: Arena, name: str) -> None:
         self.arena = arena
@@ -93,6 +97,53 @@ class Admission:
         self._idle_count = 0
         self._idle_owner = f"{name}/idle@{id(self):x}"
         self._shrinking = False
+        self._holder = f"{name}/receive-buffer"
+        self._conn_res: Reservation | None = None
+        self._recv: Buffer | None = None
+
+    # ------------------------------------------------------------ the connection's
+
+    async def receive_buffer(self, nbytes: int, reserve: bool) -> memoryview:
+        """The connection's receive buffer, held for the device's life: reserved under
+        ``reserve``, else allocated (and so waited for) like any other buffer."""
+        if reserve:
+            res = self._conn_res = await self.arena.reserve({HostLevel.WIRE: nbytes},
+                                                            owner=self._holder)
+            self._recv = res.take(HostLevel.WIRE, nbytes)
+        else:
+            self._recv = await self.arena.allocate(HostLevel.WIRE, nbytes, owner=self._holder)
+        return self._held_receive_buffer()
+
+    def receive_buffer_now(self, nbytes: int) -> memoryview:
+        """The same, reserved at once, for an engine that has nothing to wait on."""
+        res = self.arena.reserve_now({HostLevel.WIRE: nbytes}, owner=self._holder)
+        if res is None:
+            raise InitiatorError(f"the device's arena has no room for a connection's "
+                                 f"{format_bytes(nbytes)} receive buffer: give it a larger one")
+        self._conn_res, self._recv = res, res.take(HostLevel.WIRE, nbytes)
+        return self._held_receive_buffer()
+
+    def _held_receive_buffer(self) -> memoryview:
+        # No progress frees it, and the deadlock detector must know that (a holder
+        # it thought live would hide every cycle).
+        self.arena.waits.set_passive(self._holder, freed_by=(), holds="its receive buffer")
+        assert self._recv is not None
+        if len(self._recv.segments) != 1:
+            raise InitiatorError("the arena is too fragmented for a connection's receive "
+                                 "buffer: give the device a larger arena")
+        return self._recv.view
+
+    def free_receive_buffer(self) -> None:
+        """The device is closed: its receive buffer goes back; idempotent."""
+        recv, self._recv = self._recv, None
+        if recv is not None:
+            recv.free()
+        res, self._conn_res = self._conn_res, None
+        if res is not None:
+            res.release()
+        self.arena.waits.clear_passive(self._holder)
+
+    # ------------------------------------------------------------ commands
 
     @property
     def idle(self) -> list[Reservation]:
@@ -170,6 +221,24 @@ class Admission:
         pooled.append(res)
         self._idle_count += 1
 
+    async def draw(self, cmd: Admitted, task_bytes: int, wire_bytes: int,
+                   reserved: bool) -> None:
+        """Memory for a command that does not reserve its own: drawn from the caller's
+        reservation (``reserved``: ``reserve`` policy, or one handed down), or
+        allocated (other policies), which may wait; receive buffers then come as
+        the target's PDUs arrive (:meth:`on_arrival`)."""
+        arena, who = self.arena, cmd.owner
+        held = [await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who)]
+        if reserved or handed_down() is not None:
+            try:  # receive buffers reserved with the command: drawn with the rest, now
+                held.append(await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
+            except BaseException:
+                held[0].free()
+                raise
+        else:
+            cmd.rx_buffers = []
+        cmd.held = held
+
     def on_arrival(self, cmd: Admitted | None, bhs: memoryview, granted: Charge | None) -> int:
         """Charge the receive buffer of the PDU with this BHS to the command it answers,
         if its buffers are allocated on arrival: ``granted`` if the reader waited for it,
@@ -204,7 +273,10 @@ class Admission:
 class Admitted(Command):
     """A command with the memory it holds while it runs, whichever way it got it."""
 
-    __slots__ = ("claim", "held", "owner", "res", "rx_buffers")
+    __slots__ = ("claim", "held", "owner", "res", "rx_buffers", "since")
+
+    #: Since when it waits, set as it is submitted.
+    since: float
 
     def __init__(self, cdb: bytes, lun: int, read_into: memoryview | None,
                  write_data: memoryview | list[memoryview] | None, owner: str) -> None:
@@ -244,3 +316,12 @@ class Admitted(Command):
         if self.rx_buffers is not None:
             self.drop_rx_buffers()
             self.rx_buffers = None  # a late answer to a cancelled command is charged to nobody
+
+
+def waits_for_answers(commands: list[Admitted], stalled: str | None) -> list[Wait]:
+    """Every command's wait for the target, in the deadlock detector's words: for the
+    ``stalled`` receiver instead, if any, which must resume before any answer is read."""
+    if stalled is None:
+        return [Wait(c.owner, WaitKind.EXTERNAL, _ANSWER, since=c.since) for c in commands]
+    return [Wait(c.owner, WaitKind.AGENT, _HELD_BACK, (stalled,), since=c.since)
+            for c in commands]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 
+from earmark.host.policy import Policy
 from earmark.initiator.admission import Admission
 from earmark.initiator.login import LoginSteps
 from earmark.initiator.recovery import Recovery
@@ -17,6 +18,7 @@ from earmark.initiator.session import Timeouts
 from earmark.initiator.url import IscsiUrl, parse_url
 from earmark.iscsi.login import InitiatorLogin
 from earmark.iscsi.negotiation import SessionParams
+from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.memory.arena import Arena
 from earmark.scsi import cdb as C
 
@@ -24,11 +26,13 @@ __all__ = [
     "DEFAULT_ARENA_BYTES",
     "DEFAULT_INITIATOR_NAME",
     "MAX_IO_BYTES",
+    "RECEIVE_BUFFER_BYTES",
     "WANTS",
     "DeviceBase",
     "check_extent",
     "chunks",
     "new_isid",
+    "policy_named",
     "unmap_command",
     "wants",
 ]
@@ -48,6 +52,10 @@ WANTS: Mapping[str, str] = {
 """What libiscsi asks for too: large segments so a 1 MiB read is a handful of PDUs,
 and immediate plus unsolicited data so a small write is one round trip."""
 
+RECEIVE_BUFFER_BYTES = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]), pdus=2)
+"""A connection's receive buffer: room for two of the largest PDUs we accept, so a whole
+one still fits behind a partial one without compacting on every read."""
+
 
 def wants(digests: bool) -> dict[str, str]:
     """The keys to offer at login; ``digests`` asks for CRC32C (the target may refuse)."""
@@ -59,6 +67,15 @@ def new_isid() -> int:
     """A random-format ISID (T=10b, RFC 7143 §11.12.5): unique per device object, kept
     across reconnects so the target reinstates the session instead of adding one."""
     return (0x80 << 40) | secrets.randbits(40)
+
+
+def policy_named(policy: Policy | str) -> Policy:
+    """A :class:`Policy` or its name; an unknown one is a ValueError listing them."""
+    try:
+        return Policy(policy)
+    except ValueError:
+        raise ValueError(f"unknown policy {policy!r}; choose from "
+                         f"{', '.join(p.value for p in Policy)}") from None
 
 
 def check_extent(offset: int, length: int, block_size: int, size: int) -> None:

@@ -9,8 +9,11 @@ a courtesy: a target that closes instead of answering it has answered already.
 
 from __future__ import annotations
 
+from earmark.initiator.device import new_isid
 from earmark.initiator.errors import LoginError
 from earmark.initiator.failure import ConnectionFailed
+from earmark.initiator.login import LoginSteps
+from earmark.initiator.url import IscsiUrl
 from earmark.iscsi.discovery import DiscoveredTarget, TextRequester, send_targets_from_pairs
 from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.login import InitiatorLogin
@@ -27,6 +30,13 @@ class SendTargetsSteps:
     """The Text exchange and the logout of one discovery session."""
 
     __slots__ = ("_cmd_sn", "_exp_stat_sn", "_text", "done", "logging_out", "where")
+
+    @staticmethod
+    def login_steps(initiator_name: str, portal: IscsiUrl) -> LoginSteps:
+        """The discovery session's login (no target name), its ISID a new one."""
+        login = InitiatorLogin(initiator_name, target_name=None, isid=new_isid(),
+                               chap=portal.chap, mutual=portal.mutual)
+        return LoginSteps(login, f"discovery at {portal.portal}")
 
     def __init__(self, login: InitiatorLogin, where: str) -> None:
         self.where = where

@@ -20,6 +20,13 @@ class BadUrlError(InitiatorError, ValueError):
 class ConnectError(InitiatorError):
     """The portal could not be reached (refused, unreachable, timed out)."""
 
+    @classmethod
+    def of(cls, portal: str, exc: OSError, timeout: float) -> ConnectError:
+        """Why connecting to ``portal`` failed, in words (a TimeoutError: ``timeout`` ran out)."""
+        if isinstance(exc, TimeoutError):
+            return cls(f"cannot reach {portal}: timed out after {timeout:g} s")
+        return cls(f"cannot reach {portal}: {exc.strerror or exc}")
+
 
 class LoginError(InitiatorError):
     """The target refused the login or broke it; ``status`` is its login status if it sent one."""

@@ -1,13 +1,16 @@
 """The login loop both engines run, as steps: feed a PDU in, get the next request out.
 
 An engine sends what :meth:`LoginSteps.start` gives, then feeds every PDU the
-target answers into :meth:`LoginSteps.receive` until it gives None (logged in:
-:meth:`LoginSteps.session` is the full feature phase) or raises the typed error
-a user can act on. The connection ending or the time running out mid-login is
-the engine's to see; :meth:`LoginSteps.broken` says what that means.
+target answers into :meth:`LoginSteps.receive`, sending what it returns, until
+``done`` (logged in: :meth:`LoginSteps.session` is the full feature phase) or
+it raises the typed error a user can act on. The connection ending or the time
+running out mid-exchange is the engine's to see; ``broken`` says what that
+means. SendTargets (``earmark.initiator.discovery``) is an :class:`Exchange` too.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from earmark.initiator.errors import (
     AuthenticationFailedError,
@@ -22,7 +25,27 @@ from earmark.iscsi.login import InitiatorLogin, LoginFailed
 from earmark.iscsi.opcodes import LoginStatus
 from earmark.iscsi.pdu import LoginRequest, LoginResponse, Pdu
 
-__all__ = ["LoginSteps", "login_error"]
+__all__ = ["Exchange", "Framing", "LoginSteps", "login_error"]
+
+
+class Framing(Protocol):
+    def set_full_feature(self, max_dsl: int, header_digest_on: bool,
+                         data_digest_on: bool) -> None: ...
+
+
+class Exchange(Protocol):
+    """Request and answer steps an engine runs to their end: login, SendTargets."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def start(self) -> Pdu: ...
+
+    def receive(self, pdu: Pdu) -> Pdu | None: ...
+
+    def broken(self, exc: TimeoutError | ConnectionError | ConnectionFailed
+               ) -> InitiatorError | None:
+        """The error of an exchange cut short (None: it had its answer)."""
 
 
 def login_error(exc: Exception, where: str) -> InitiatorError:
@@ -47,11 +70,13 @@ def login_error(exc: Exception, where: str) -> InitiatorError:
 class LoginSteps:
     """One login exchange (:class:`InitiatorLogin`) with its failures typed."""
 
-    __slots__ = ("login", "where")
+    __slots__ = ("done", "login", "where")
 
     def __init__(self, login: InitiatorLogin, where: str) -> None:
         self.login = login
         self.where = where
+        #: Logged in: the exchange is over.
+        self.done = False
 
     def start(self) -> LoginRequest:
         return self.login.start()
@@ -62,13 +87,20 @@ class LoginSteps:
         try:
             if not isinstance(pdu, LoginResponse):
                 raise ProtocolError(f"{pdu.OPCODE.name} during login")
-            return self.login.receive(pdu)
+            req = self.login.receive(pdu)
         except (LoginFailed, ProtocolError) as exc:
             raise login_error(exc, self.where) from None
+        self.done = req is None
+        return req
 
     def broken(self, exc: TimeoutError | ConnectionError | ConnectionFailed) -> InitiatorError:
         """No answer in time, or the connection ended, before the login was done."""
         return login_error(exc, self.where)
+
+    def full_feature(self, stream: Framing) -> None:
+        """The stream frames as the login negotiated from the next PDU on."""
+        params = self.login.params
+        stream.set_full_feature(params.initiator_mrdsl, params.header_digest, params.data_digest)
 
     def session(self, now: float, timeouts: Timeouts) -> InitiatorSession:
         """The full feature phase the login led to."""

@@ -114,7 +114,7 @@ class Recovery:
         return cls(f"{self.where}: command not done after {cmd.attempts} attempts: "
                    f"{failure.reason}")
 
-    def lost(self, failure: ConnectionFailed) -> SessionLostError:
+    def lost_error(self, failure: ConnectionFailed) -> SessionLostError:
         """The error of commands whose connection failed while the device closes."""
         return SessionLostError(f"{self.where}: {failure.reason}")
 

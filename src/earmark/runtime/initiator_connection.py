@@ -39,16 +39,12 @@ from earmark.iscsi.login import LOGIN_MAX_SEGMENT
 from earmark.iscsi.pdu import Buffer, Pdu
 from earmark.iscsi.stream import Framer, detached
 
-__all__ = ["PLACE_MIN", "RECEIVE_PDUS", "InitiatorStream", "PduStream", "StreamSink"]
+__all__ = ["PLACE_MIN", "InitiatorStream", "PduStream", "StreamSink"]
 
 PLACE_MIN = 16384
 """Data-In segments at least this big that are still arriving are received
 straight into the caller's buffer; smaller ones are copied from the receive
 buffer, which costs less than the extra reads placement would take."""
-
-RECEIVE_PDUS = 2
-"""Largest PDUs the receive buffer holds whole (``receive_buffer_bytes`` says why two)."""
-
 
 class StreamSink(Protocol):
     """Who the stream hands PDUs to in full feature phase (the device)."""

@@ -1,110 +1,67 @@
-"""The iSCSI block device on asyncio: the adapter that runs the initiator's decisions on a loop.
+"""The iSCSI block device on asyncio: the adapter that runs the initiator's driver on a loop.
 
-:class:`BlockDevice` is what ``earmark.open(url)`` returns. What a command must
-hold (``earmark.initiator.admission``), when it goes again and when the session
-is logged in again (``earmark.initiator.recovery``), the login and SendTargets
-exchanges (``earmark.initiator.login``, ``.discovery``) and the full feature
-phase (``earmark.initiator.session``) are decided there; this module awaits
-memory and answers, keeps the session's one timer, and carries bytes.
-
-Under the policies other than ``reserve`` the same charges are allocated as the
-command needs them, each of which may wait while holding the previous one, which
-is how those disciplines deadlock: the task descriptor and Data-Out headers at
-submit (``earmark.memory.draw``), and each receive buffer when its PDU arrives,
-as a real receive path allocates skbs. The reader allocates those marked
-PF_MEMALLOC (``Arena.memalloc``); when even that cannot be granted it stops
-reading until it is (:meth:`BlockDevice._admit`), so every command in flight
-then waits on the stalled receiver, and the wait registry says so. The page
-cache hands its own reservation down (``write_pages``/``read_page``), so the
-device draws on that instead of reserving. Each connection holds its receive
-buffer (WIRE) for its whole life; unsolicited PDUs are parsed there.
+:class:`BlockDevice` is what ``earmark.open(url)`` returns. The session's life
+(``earmark.initiator.driver``), a command's memory (``.admission``), recovery
+and the login and SendTargets steps are decided in ``earmark.initiator``; this
+module awaits memory and answers, keeps the session's one timer, batches what
+it submits and carries bytes. Under the policies without reservations its
+reader may stall for memory (``earmark.runtime.stalling_reader``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import cast
 
 from earmark.host.policy import Policy
-from earmark.initiator.admission import Admitted
+from earmark.initiator.admission import Admitted, waits_for_answers
 from earmark.initiator.device import (
     DEFAULT_INITIATOR_NAME,
     MAX_IO_BYTES,
+    RECEIVE_BUFFER_BYTES,
     WANTS,
-    DeviceBase,
     check_extent,
     chunks,
-    new_isid,
+    policy_named,
     unmap_command,
 )
-from earmark.initiator.discovery import SendTargetsSteps
-from earmark.initiator.errors import ConnectError, InitiatorError, SessionLostError
+from earmark.initiator.driver import Driver
+from earmark.initiator.errors import ConnectError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed, FailureKind
-from earmark.initiator.login import LoginSteps
-from earmark.initiator.session import Command, InitiatorSession, Timeouts
-from earmark.initiator.url import IscsiUrl, parse_url
-from earmark.iscsi.discovery import DiscoveredTarget
-from earmark.iscsi.login import InitiatorLogin
-from earmark.iscsi.pdu import LoginRequest, Pdu
-from earmark.iscsi.stream import receive_buffer_bytes
-from earmark.memory import Arena, HostLevel, Wait, WaitKind
-from earmark.memory.allocation import Buffer, Charge
-from earmark.memory.draw import draw_charge
-from earmark.memory.reservation import Reservation, handed_down
-from earmark.runtime.initiator_connection import RECEIVE_PDUS, InitiatorStream
+from earmark.initiator.session import Command, Timeouts
+from earmark.initiator.url import IscsiUrl
+from earmark.memory import Arena, Wait
+from earmark.runtime.initiator_connection import InitiatorStream
+from earmark.runtime.initiator_open import discover, log_in_again, open_stream
+from earmark.runtime.loop_timer import LoopTimer
+from earmark.runtime.stalling_reader import StallingReader
 from earmark.scsi import cdb as C
 
 __all__ = ["DEFAULT_INITIATOR_NAME", "WANTS", "BlockDevice", "Policy", "discover"]
 
-_ANSWER = "the target's answer"
-_HELD_BACK = "the target's answer, which its stalled receiver cannot read"
+
+_LOGOUT_WAIT = 5.0
+
+
+async def _first(timeout: float, *waits: asyncio.Future[None]) -> None:
+    """Until the first of ``waits`` is done, or ``timeout`` seconds passed."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
 
 
 class _Issued(Admitted):
-    """A command as the asyncio device runs it: the future its caller awaits and since
-    when it waits (written out as a :class:`Wait` only when the detector asks:
-    :meth:`BlockDevice._waits_now`), both set by ``execute`` before it is submitted."""
+    """A command as the asyncio device runs it: the future its caller awaits."""
 
-    __slots__ = ("future", "since")
+    __slots__ = ("future",)
 
     future: asyncio.Future[None]
-    since: float
 
 
-async def _connect(url: IscsiUrl, buffer: memoryview,
-                   on_lost: Callable[[InitiatorStream, str], None],
-                   timeout: float) -> InitiatorStream:
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout):
-            _, stream = await loop.create_connection(
-                lambda: InitiatorStream(buffer, on_lost), url.host, url.port)
-    except TimeoutError:
-        raise ConnectError(f"cannot reach {url.portal}: timed out after {timeout:g} s") from None
-    except OSError as exc:
-        raise ConnectError(f"cannot reach {url.portal}: {exc.strerror or exc}") from None
-    return stream
-
-
-async def _login(stream: InitiatorStream, steps: LoginSteps, timeout: float) -> None:
-    """Run the login steps; the stream is closed on any failure."""
-    try:
-        req: LoginRequest | None = steps.start()
-        while req is not None:
-            stream.send(req)
-            req = steps.receive(await stream.next_pdu(timeout))
-    except (TimeoutError, ConnectionError) as exc:
-        stream.close("login failed")
-        raise steps.broken(exc) from None
-    except BaseException:  # refused, or cancelled (the device is closing): no socket left
-        stream.close("login failed")
-        raise
-
-
-class BlockDevice(DeviceBase):
+class BlockDevice(Driver[InitiatorStream]):
     """A LUN of an iSCSI target as an async block device. Use ``async with``.
 
     Offsets and lengths must be multiples of :attr:`block_size`.
@@ -131,32 +88,19 @@ class BlockDevice(DeviceBase):
         super().__init__(url, arena=arena, initiator_name=initiator_name, timeouts=timeouts,
                          login_timeout=login_timeout, reconnect_timeout=reconnect_timeout,
                          max_attempts=max_attempts, environ=environ, digests=digests)
-        try:
-            self.policy = Policy(policy)
-        except ValueError:
-            raise ValueError(f"unknown policy {policy!r}; choose from "
-                             f"{', '.join(p.value for p in Policy)}") from None
+        self.policy = policy_named(policy)
         self._geometry = geometry
         self._lun = self.url.lun
         #: Who waits, in the deadlock detector's words, when the reader is stalled.
         self.receiver = f"{self.name}/receiver"
-        self._stream: InitiatorStream | None = None
-        self._session: InitiatorSession | None = None
-        self._pending: list[_Issued] = []
+        self._reader = StallingReader(self, self.receiver)
         self._reconnecting: asyncio.Task[None] | None = None
-        self._dead: InitiatorError | None = None
-        self._closing = False
         self._flush_scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
-        self._conn_res: Reservation | None = None
-        self._recv: Buffer | None = None
+        self._timer = LoopTimer(self.timer)
+        self._recv: memoryview | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._logged_out: asyncio.Future[None] | None = None
         self._waits_name = f"{self.name}/commands@{id(self):x}"
-        # The stalled reader's allocation, and what it was granted before resuming.
-        self._stall: asyncio.Task[None] | None = None
-        self._granted: Charge | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -170,24 +114,14 @@ class BlockDevice(DeviceBase):
 
     async def connect(self) -> None:
         """Reserve the connection's receive buffer, log in, read the capacity."""
-        self._loop = asyncio.get_running_loop()
-        recv_bytes = receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]), RECEIVE_PDUS)
-        # Held for the connection's life: no progress frees it, and the deadlock
-        # detector must know that (a holder it thought live would hide every cycle).
-        holder = f"{self.name}/receive-buffer"
-        if self.policy is Policy.RESERVE:
-            self._conn_res = await self.arena.reserve({HostLevel.WIRE: recv_bytes},
-                                                      owner=holder)
-            self._recv = self._conn_res.take(HostLevel.WIRE, recv_bytes)
-        else:
-            self._recv = await self.arena.allocate(HostLevel.WIRE, recv_bytes, owner=holder)
-        self.arena.waits.set_passive(holder, freed_by=(), holds="its receive buffer")
+        loop = self._loop = asyncio.get_running_loop()
+        self.clock = loop.time
+        recv_bytes = RECEIVE_BUFFER_BYTES
         self.arena.waits.set_source(self._waits_name, self._waits_now)
         self.admission.start()
         try:
-            if len(self._recv.segments) != 1:
-                raise InitiatorError("the arena is too fragmented for a connection's receive "
-                                     "buffer: give the device a larger arena")
+            self._recv = await self.admission.receive_buffer(recv_bytes,
+                                                             self.policy is Policy.RESERVE)
             await self._log_in()
             if self._geometry:
                 data = memoryview(bytearray(32))
@@ -199,64 +133,51 @@ class BlockDevice(DeviceBase):
 
     async def _log_in(self) -> None:
         assert self._recv is not None
-        stream = await _connect(self.url, self._recv.view, self._lost, self.login_timeout)
         steps = self.login_steps()
-        await _login(stream, steps, self.login_timeout)
+        stream = await open_stream(self.url, self._recv, self._lost, steps, self.login_timeout)
         if stream.failed is not None:  # lost right after the last login response
             raise ConnectError(f"{self.url}: {stream.failed}")
-        params = steps.login.params
-        self.admission.negotiated(params)
-        stream.set_full_feature(params.initiator_mrdsl, params.header_digest, params.data_digest)
-        self._session = steps.session(asyncio.get_running_loop().time(), self.timeouts)
-        self._stream = stream
+        session = self.attach(steps, stream)
         stream.sink = self
         if self.policy is not Policy.RESERVE:
-            stream.admit = self._admit
-        self._arm_timer()
+            stream.admit = self._reader.admit
+        self._timer.arm(session.get_timer())
 
     async def close(self) -> None:
         """Wait for commands in flight, log out, give the memory back. Idempotent."""
-        if self._closing:
+        if self.closing:
             return
-        loop = asyncio.get_running_loop()
-        session, stream = self._session, self._stream
-        if session is not None and stream is not None and stream.failed is None:
+        stream = self.stream
+        if stream is not None and stream.failed is None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.timeouts.command):
-                    while session.outstanding or session.queued or self._pending:
+                    while not self.idle:
                         await asyncio.sleep(0.01)
-            self._logged_out = loop.create_future()
-            session.logout()
-            self._flush()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await asyncio.wait([self._logged_out, stream.closed],
-                                       return_when=asyncio.FIRST_COMPLETED)
-        self._closing = True
+        logged_out = self._logged_out = asyncio.get_running_loop().create_future()
+        stream = self.stream
+        if self.log_out() and not self.logged_out:
+            assert stream is not None
+            await _first(_LOGOUT_WAIT, logged_out, stream.closed)
         self.admission.stop()
         reconnecting = self._reconnecting
         if reconnecting is not None:
             reconnecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reconnecting
-            stream = self._stream  # a login that won the race with the cancellation
+        stream = self.stream  # or a login that won the race with the cancellation
         if stream is not None:
             stream.close("closed by the application")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5.0):
-                    await stream.closed
-        self._stop_receiver()
-        self._fail_all(self._dead or SessionLostError(f"{self.url}: device closed"))
-        self._cancel_timer()
-        self._session = self._stream = None
-        if self._recv is not None:
-            self._recv.free()
-            self._recv = None
-        if self._conn_res is not None:
-            self._conn_res.release()
-            self._conn_res = None
-        self.arena.waits.clear_passive(f"{self.name}/receive-buffer")
+            await _first(_LOGOUT_WAIT, stream.closed)
+        self._reader.stop()
+        self.shut()
+        self._timer.arm(None)
+        self.admission.free_receive_buffer()
         self.arena.waits.clear_source(self._waits_name)
+
+    def logged_out_now(self) -> None:
+        logged_out = self._logged_out
+        if logged_out is not None and not logged_out.done():
+            logged_out.set_result(None)
 
     # ------------------------------------------------------------ block I/O
 
@@ -273,10 +194,10 @@ class BlockDevice(DeviceBase):
             check_extent(offset, n, bs, self.size)  # raises, in words
         if n <= MAX_IO_BYTES:
             await self.execute(C.read_16(offset // bs, n // bs), read_into=view)
-            return
-        await asyncio.gather(*(
-            self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
-            for at, part in chunks(view)))
+        else:
+            await asyncio.gather(*(
+                self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
+                for at, part in chunks(view)))
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
@@ -286,10 +207,10 @@ class BlockDevice(DeviceBase):
             check_extent(offset, n, bs, self.size)  # raises, in words
         if n <= MAX_IO_BYTES:
             await self.execute(C.write_16(offset // bs, n // bs), write_data=view)
-            return
-        await asyncio.gather(*(
-            self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
-            for at, part in chunks(view)))
+        else:
+            await asyncio.gather(*(
+                self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
+                for at, part in chunks(view)))
 
     async def flush(self, *, owner: str | None = None) -> None:
         """SYNCHRONIZE CACHE of the whole LUN."""
@@ -333,10 +254,10 @@ class BlockDevice(DeviceBase):
         runs a policy without one: the device only draws. ``write_data`` may be a
         list of buffers (a run of pages), sent as they are.
         """
-        if self._dead is not None:
-            raise self._dead
+        if self.dead is not None:
+            raise self.dead
         loop = self._loop
-        if loop is None or (self._session is None and self._reconnecting is None):
+        if loop is None or (self.session is None and self._reconnecting is None):
             raise SessionLostError(f"{self.url}: the device is not connected (use async with)")
         who = owner or self.name
         cmd = _Issued(cdb, self._lun if lun is None else lun, read_into, write_data, who)
@@ -348,7 +269,7 @@ class BlockDevice(DeviceBase):
             res = admission.take(claim, who) or await self.arena.reserve(claim, owner=who)
             cmd.claim, cmd.res = claim, res
         else:
-            await self._draw(cmd, task_bytes, wire_bytes)
+            await admission.draw(cmd, task_bytes, wire_bytes, self.policy is Policy.RESERVE)
         now = cmd.since = loop.time()
         future = cmd.future = loop.create_future()
         try:
@@ -363,54 +284,34 @@ class BlockDevice(DeviceBase):
             raise cmd.error
         return cmd
 
-    async def _draw(self, cmd: _Issued, task_bytes: int, wire_bytes: int) -> None:
-        """Memory for a command that does not reserve its own: drawn from the caller's
-        reservation, or allocated (policies other than ``reserve``), which may wait."""
-        arena, who = self.arena, cmd.owner
-        held = [await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who)]
-        if self.policy is Policy.RESERVE or handed_down() is not None:
-            try:  # receive buffers reserved with the command: drawn with the rest, now
-                held.append(await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
-            except BaseException:
-                held[0].free()
-                raise
-        else:
-            cmd.rx_buffers = []  # allocated as the target's PDUs arrive (see _admit)
-        cmd.held = held
-
-    def _unanswered(self) -> list[_Issued]:
-        session, waiting = self._session, self._pending
-        return waiting if session is None else [
-            *cast("list[_Issued]", session.unanswered()), *waiting]
-
     def _waits_now(self) -> list[Wait]:
-        """Every command's wait for the target, for the detector: for the reader
-        instead while it is stalled, which must resume before any answer is read."""
-        if self._stall is None:
-            return [Wait(c.owner, WaitKind.EXTERNAL, _ANSWER, since=c.since)
-                    for c in self._unanswered()]
-        return [Wait(c.owner, WaitKind.AGENT, _HELD_BACK, (self.receiver,), since=c.since)
-                for c in self._unanswered()]
+        return waits_for_answers(cast("list[Admitted]", self.unanswered()),
+                                 self.receiver if self._reader.stalled else None)
 
-    def _answered(self, cmd: _Issued) -> None:
-        future = cmd.future
-        if not future.done():
-            future.set_result(None)
+    def deliver(self, done: list[Command]) -> None:
+        for cmd in cast("list[_Issued]", done):
+            future = cmd.future
+            if not future.done():
+                future.set_result(None)
+
+    def dropped(self, cmd: Command) -> None:
+        cast("_Issued", cmd).drop_rx_buffers()  # the last run's, allocated as its PDUs came
 
     def _submit(self, cmd: _Issued, now: float) -> None:
-        session = self._session
+        session = self.session
         if session is None:
-            self._pending.append(cmd)
+            self.pending.append(cmd)
             return
         idle = session.submit(cmd, now)
-        if self._timer_at > now + self.timeouts.command:
-            self._arm_timer(now)  # the keepalive timer is later than this command's deadline
+        timer = self._timer
+        if timer.at > now + self.timeouts.command:
+            timer.arm(session.get_timer())  # the keepalive is later than this deadline
         if self._flush_scheduled:
             return
         if idle:
             # Nothing in flight, so no answer is coming to carry a batch: send now
             # rather than one loop iteration later (what queue depth 1 waits on).
-            stream = self._stream
+            stream = self.stream
             assert stream is not None
             stream.write(session.data_to_send())
         else:
@@ -421,230 +322,28 @@ class BlockDevice(DeviceBase):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        session, stream = self._session, self._stream
+        session, stream = self.session, self.stream
         if session is not None and stream is not None:
             stream.write(session.data_to_send())
-
-    # ------------------------------------------------------------ StreamSink
-
-    def placement(self, bhs: memoryview) -> memoryview | None:
-        session = self._session
-        return session.placement(bhs) if session is not None else None
-
-    def pdu_received(self, pdu: Pdu, placed: bool) -> None:
-        session = self._session
-        assert session is not None and self._loop is not None
-        session.receive(pdu, self._loop.time(), placed)
-
-    def data_in_received(self, header: memoryview, at: int, data: memoryview) -> None:
-        session = self._session
-        assert session is not None and self._loop is not None
-        session.data_in(header, at, data, self._loop.time())
-
-    def _admit(self, bhs: memoryview) -> bool:
-        """The receive buffer of one PDU from the target, allocated as it arrives
-        (policies without reservations), charged to the command it answers.
-
-        The reader is a receive path (PF_MEMALLOC: the emergency pool counts) and
-        it cannot wait in a protocol callback: if the buffer is not there at once,
-        it returns False, the stream stops reading, and :meth:`_receive_when_granted`
-        waits under the receiver's name. Meanwhile every command in flight waits on
-        that receiver, not on the target: a reader that waits for memory only its
-        own commands can free is the receive deadlock.
-        """
-        granted, self._granted = self._granted, None
-        session = self._session
-        cmd = cast("_Issued | None", session.answering(bhs) if session is not None else None)
-        nbytes = self.admission.on_arrival(cmd, bhs, granted)
-        if nbytes:
-            assert self._loop is not None and self._stream is not None
-            self._stall = self._loop.create_task(
-                self._receive_when_granted(self._stream, nbytes), name=self.receiver)
-            return False
-        return True
-
-    async def _receive_when_granted(self, stream: InitiatorStream, nbytes: int) -> None:
-        with self.arena.memalloc():
-            granted = await self.arena.allocate_charge(HostLevel.WIRE, nbytes,
-                                                       owner=self.receiver)
-        self._stall = None
-        if stream is not self._stream or stream.failed is not None:
-            granted.free()
-            return
-        self._granted = granted  # for the PDU the stream stopped at: it parses that first
-        stream.resume()
-
-    def _stop_receiver(self) -> None:
-        """The connection is going: a stalled reader waits no more."""
-        stall, self._stall = self._stall, None
-        if stall is not None:
-            stall.cancel()
-        granted, self._granted = self._granted, None
-        if granted is not None:
-            granted.free()
-
-    def batch_done(self) -> None:
-        session, stream = self._session, self._stream
-        if session is None or stream is None:
-            return
-        if session.completed:
-            retry = None
-            for cmd in cast("list[_Issued]", session.take_completed()):
-                if cmd.error is not None and self.send_again(cmd):
-                    cmd.drop_rx_buffers()  # the last run's, allocated as its PDUs came
-                    retry = retry or []
-                    retry.append(cmd)
-                    continue
-                self._answered(cmd)
-            if retry:
-                assert self._loop is not None
-                for cmd in retry:
-                    session.submit(cmd, self._loop.time())
-        logged_out = self._logged_out
-        if session.logout_response is not None and logged_out is not None \
-                and not logged_out.done():
-            logged_out.set_result(None)
-        stream.write(session.data_to_send())
-        failure = session.failure
-        if failure is not None:
-            stream.abort(failure.reason, failure.kind)
-
-    # ------------------------------------------------------------ timer
-
-    def _arm_timer(self, now: float | None = None) -> None:
-        """One timer per connection, re-armed when it fires, or when a command is issued
-        with a deadline before it (``now`` given): otherwise deadlines only move later
-        while it waits, so firing early and asking the session again is enough."""
-        session, loop = self._session, self._loop
-        if session is None or loop is None:
-            return
-        if self._timer is not None:
-            if now is None:
-                return
-            self._timer.cancel()
-        when = session.get_timer()
-        if when is None:
-            self._timer, self._timer_at = None, float("inf")
-        else:
-            self._timer, self._timer_at = loop.call_at(when, self._on_timer), when
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer, self._timer_at = None, float("inf")
-
-    def _on_timer(self) -> None:
-        self._timer, self._timer_at = None, float("inf")
-        session, stream = self._session, self._stream
-        if session is None or stream is None or self._loop is None:
-            return
-        session.handle_timer(self._loop.time())
-        stream.write(session.data_to_send())
-        failure = session.failure
-        if failure is not None:
-            stream.abort(failure.reason, failure.kind)
-            return
-        self._arm_timer()
 
     # ------------------------------------------------------------ recovery
 
     def _lost(self, stream: InitiatorStream, reason: str) -> None:
-        if stream is not self._stream:
+        if stream is not self.stream:
             return
+        self._reader.stop()
+        self._timer.arm(None)
         failure = ConnectionFailed(stream.failed_kind or FailureKind.CLOSED, reason)
-        session = self._session
-        self._session = self._stream = None
-        self._stop_receiver()
-        self._cancel_timer()
-        if session is None:
-            return
-        abandoned = cast("list[_Issued]", session.abandon())
-        for cmd in abandoned:
-            cmd.drop_rx_buffers()
-        self._pending[:0] = abandoned
-        if self._closing or self._logged_out is not None:
-            self._fail_all(self.lost(failure))
-            return
-        keep = []
-        for cmd in self._pending:
-            error = self.give_up(cmd, failure)
-            if error is None:
-                keep.append(cmd)
-            else:
-                self._complete(cmd, error)
-        self._pending = keep
-        if self._reconnecting is None:
-            self._reconnecting = asyncio.ensure_future(self._reconnect(failure))
+        if self.lost(failure) and self._reconnecting is None:
+            self._reconnecting = asyncio.ensure_future(self._reconnect())
 
-    async def _reconnect(self, failure: ConnectionFailed) -> None:
-        loop = asyncio.get_running_loop()
-        backoff = self.backoff(loop.time())
+    async def _reconnect(self) -> None:
+        backoff = self.backoff(self.clock())
         try:
-            while backoff.may_try(loop.time()):
-                try:
-                    await self._log_in()
-                    break
-                except InitiatorError as exc:
-                    await asyncio.sleep(backoff.failed(exc, loop.time()))
-            else:
-                self._dead = backoff.gave_up(str(self.url), failure)
-                self._fail_all(self._dead)
-                return
+            again = await log_in_again(backoff, self._log_in)
         finally:
             self._reconnecting = None
-        session = self._session
-        assert session is not None
-        pending, self._pending = self._pending, []
-        self.reconnected(pending)
-        for cmd in pending:
-            session.submit(cmd, loop.time())
-        self._flush()
-
-    def _complete(self, cmd: _Issued, error: Exception) -> None:
-        cmd.error = error
-        self._answered(cmd)
-
-    def _fail_all(self, error: InitiatorError) -> None:
-        pending, self._pending = self._pending, []
-        for cmd in pending:
-            self._complete(cmd, error)
-
-
-async def discover(
-    url: str | IscsiUrl,
-    *,
-    initiator_name: str = DEFAULT_INITIATOR_NAME,
-    timeout: float = 10.0,
-    environ: Mapping[str, str] | None = None,
-) -> list[DiscoveredTarget]:
-    """SendTargets=All in a discovery session at the URL's portal."""
-    portal = url if isinstance(url, IscsiUrl) else parse_url(url, need_target=False,
-                                                              environ=environ)
-    where = f"discovery at {portal.portal}"
-    buffer = memoryview(bytearray(
-        receive_buffer_bytes(int(WANTS["MaxRecvDataSegmentLength"]), RECEIVE_PDUS)))
-    stream = await _connect(portal, buffer, lambda s, r: None, timeout)
-    try:
-        login = InitiatorLogin(initiator_name, target_name=None, isid=new_isid(),
-                               chap=portal.chap, mutual=portal.mutual)
-        await _login(stream, LoginSteps(login, where), timeout)
-        params = login.params
-        stream.set_full_feature(params.initiator_mrdsl, params.header_digest,
-                                params.data_digest)
-        steps = SendTargetsSteps(login, where)
-        req: Pdu | None = steps.start()
-        try:
-            while not steps.done:
-                if req is not None:
-                    stream.send(req)
-                req = steps.receive(await stream.next_pdu(timeout))
-        except (TimeoutError, ConnectionError) as exc:
-            error = steps.broken(exc)
-            if error is not None:
-                raise error from None
-        return steps.targets
-    finally:
-        stream.close("discovery done")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5.0):
-                await stream.closed
+        if again:
+            self.resume()
+        else:
+            self.unreachable(backoff)
