@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from earmark.initiator.stream import PLACE_MIN
 from earmark.iscsi.framing import serialize
 from earmark.iscsi.pdu import (
     BHS_LENGTH,
@@ -19,7 +20,7 @@ from earmark.iscsi.pdu import (
     decode_pdu,
     encode_header,
 )
-from earmark.runtime.initiator_connection import PLACE_MIN, InitiatorStream
+from earmark.runtime.initiator_connection import InitiatorStream
 
 
 class Sink:

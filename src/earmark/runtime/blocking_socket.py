@@ -13,8 +13,8 @@ import struct
 from collections.abc import Sequence
 
 from earmark.initiator.failure import ConnectionFailed, FailureKind
+from earmark.initiator.stream import PduStream
 from earmark.iscsi.pdu import Buffer
-from earmark.runtime.initiator_connection import PduStream
 
 __all__ = ["SocketTransport", "read", "timeval"]
 

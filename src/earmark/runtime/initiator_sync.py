@@ -34,11 +34,11 @@ from earmark.initiator.driver import Driver
 from earmark.initiator.errors import ConnectError, InitiatorError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed
 from earmark.initiator.session import Command, Timeouts
+from earmark.initiator.stream import PduStream
 from earmark.initiator.url import IscsiUrl
 from earmark.iscsi.pdu import Pdu
 from earmark.memory import Arena
 from earmark.runtime.blocking_socket import SocketTransport, read, timeval
-from earmark.runtime.initiator_connection import PduStream
 from earmark.scsi import cdb as C
 
 __all__ = ["SyncBlockDevice"]
