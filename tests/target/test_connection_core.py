@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from earmark.iscsi.errors import DigestError, ProtocolError
 from earmark.iscsi.opcodes import RejectReason
-from earmark.iscsi.pdu import Reject
+from earmark.iscsi.pdu import R2T, RESERVED_TAG, DataOut, Reject
+from earmark.memory import Buffer
+from earmark.memory.levels import TargetLevel
 from earmark.scsi import cdb as cdbs
 from earmark.scsi.sense import SenseKey, parse_sense
 from earmark.target import connection_core as core
+from earmark.target.events import AllocRequest
 from earmark.target.session import Policy
-from tests.target.test_session import BS, Rig
+from tests.target.test_session import BS, KIB, Rig
 
 HEADER = memoryview(bytes(48))
 
@@ -58,3 +63,33 @@ def test_the_reader_waits_for_unsolicited_data_buffers_a_command_for_the_rest() 
     blocking, burst = rig.allocs
     assert core.alloc_waiter("conn-3", blocking) == "conn-3/reader"
     assert core.alloc_waiter("conn-3", burst) == f"conn-3/{burst.task.owner}"
+
+
+def test_the_reader_frees_the_commands_buffers_only_while_a_command_awaits_its_data() -> None:
+    """`--policy none`: a reader with nothing left to deliver is no way out of a deadlock."""
+    rig = Rig(policy=Policy.NONE)  # FirstBurstLength 16 KiB, MaxBurstLength 32 KiB
+    payload = bytes(range(256)) * (48 * KIB // 256)
+    rig.command(cdbs.write_10(0, len(payload) // BS), edtl=len(payload), write=True,
+                data=payload[: 8 * KIB], final=False)
+    # The unsolicited data is still to come (the reader waits for its buffer).
+    assert core.commands_freers("c", rig.session) == ("c/reader",)
+
+    async def grant(req: AllocRequest) -> Buffer:
+        return await rig.arena.allocate(TargetLevel.BUFFER, req.nbytes, owner="c/cmds")
+
+    for req in list(rig.allocs):
+        rig.session.allocated(req, asyncio.run(grant(req)))
+    (r2t,) = [p for p in rig.pump() if isinstance(p, R2T)]
+    rig.send(DataOut(itt=1, ttt=RESERVED_TAG, data_sn=0, buffer_offset=8 * KIB, final=True,
+                     data=payload[8 * KIB : 16 * KIB]))
+    assert core.commands_freers("c", rig.session) == ("c/reader",)  # the R2T's data
+    for i, pos in enumerate(range(16 * KIB, 48 * KIB, 8 * KIB)):
+        rig.send(DataOut(itt=1, ttt=r2t.ttt, data_sn=i, buffer_offset=pos,
+                         final=pos + 8 * KIB == 48 * KIB, data=payload[pos : pos + 8 * KIB]),
+                 run=False)
+    # All its data is in: the command moves by itself (its write runs).
+    assert core.commands_freers("c", rig.session) == ("c/itt-00000001",)
+    (io,) = rig.pending
+    rig.session.io_done(io, b"")
+    assert core.commands_freers("c", rig.session) == ()
+    assert core.commands_freers("c", None) == ()

@@ -111,7 +111,7 @@ class TargetConnection(asyncio.BufferedProtocol):
             return
         res.handoff(self.name)
         self._reservation = res
-        core.declare_holders(portal.arena.waits, self.name)
+        core.declare_holders(portal.arena.waits, self.name, lambda: self.session)
         self._first_slot, recv = core.carve(portal, res, self.name)
         if recv is None:
             log.error("%s: refused: the arena is too fragmented for a receive buffer", self.name)

@@ -9,6 +9,8 @@ allocation. Each is asked at most once per event, never per PDU on the fast path
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from earmark.iscsi.errors import DigestError, ProtocolError
 from earmark.memory import Buffer, Reservation
 from earmark.memory.levels import TargetLevel
@@ -38,18 +40,36 @@ def carve(portal: TargetPortal, res: Reservation,
     return first, recv
 
 
-def declare_holders(waits: WaitRegistry, name: str) -> None:
+def declare_holders(waits: WaitRegistry, name: str,
+                    session: Callable[[], TargetSession | None]) -> None:
     """Tell the deadlock detector who frees what the connection holds: its receive
-    buffer is held for its life; its commands' buffers (`--policy none`) are freed
-    when the commands complete, which takes their Data-Out: only the connection's
-    reader can deliver it."""
+    buffer is held for its life; its commands' buffers (`--policy none`), see
+    `commands_freers`."""
     waits.set_passive(name, (name,), "its receive buffer")
-    waits.set_passive(f"{name}/cmds", (f"{name}/reader",))
+    waits.set_passive(f"{name}/cmds", lambda: commands_freers(name, session()))
 
 
 def clear_holders(waits: WaitRegistry, name: str) -> None:
     waits.clear_passive(name)
     waits.clear_passive(f"{name}/cmds")
+
+
+def commands_freers(name: str, session: TargetSession | None) -> tuple[str, ...]:
+    """Who frees the commands' buffers: they go when the commands complete.
+
+    A command waiting for Data-Out it asked for completes only through the reader,
+    which delivers it (and which may itself wait for memory); any other command
+    moves by itself: it waits for memory under its own name (`alloc_waiter`), or
+    its backing I/O runs. Naming the reader while no command expects data would
+    count a reader that has nothing left to deliver as a way out.
+    """
+    if session is None:
+        return ()
+    tasks = session.tasks.values()
+    moving = tuple(f"{name}/{task.owner}" for task in tasks if not task.awaits_wire())
+    if len(moving) < len(tasks):
+        return (f"{name}/reader", *moving)
+    return moving
 
 
 def alloc_waiter(name: str, req: AllocRequest) -> str:
