@@ -9,13 +9,14 @@ import pytest
 from earmark.iscsi.errors import DigestError, ProtocolError
 from earmark.iscsi.opcodes import RejectReason
 from earmark.iscsi.pdu import R2T, RESERVED_TAG, DataOut, Reject
-from earmark.memory import Buffer
+from earmark.memory import Arena, Buffer
 from earmark.memory.levels import TargetLevel
 from earmark.scsi import cdb as cdbs
 from earmark.scsi.sense import SenseKey, parse_sense
 from earmark.target import connection_core as core
 from earmark.target.events import AllocRequest
-from earmark.target.session import Policy
+from earmark.target.portal import TargetPortal
+from earmark.target.session import Policy, SessionConfig
 from tests.target.test_session import BS, KIB, Rig
 
 HEADER = memoryview(bytes(48))
@@ -93,3 +94,32 @@ def test_the_reader_frees_the_commands_buffers_only_while_a_command_awaits_its_d
     rig.session.io_done(io, b"")
     assert core.commands_freers("c", rig.session) == ()
     assert core.commands_freers("c", None) == ()
+
+
+@pytest.mark.parametrize("policy", [Policy.RESERVE, Policy.NONE])
+def test_a_connection_holds_its_claim_for_its_life_and_gives_all_of_it_back(
+        policy: Policy) -> None:
+    arena = Arena(4 << 20, levels=TargetLevel)
+    portal = TargetPortal([], arena=arena, config=SessionConfig(policy=policy),
+                          recv_bytes=64 * KIB)
+    memory = core.ConnectionMemory(portal, "conn-1", lambda: None)
+    res = asyncio.run(arena.reserve(portal.connection_claim, owner="conn-1/admit"))
+    recv = memory.claimed(res)
+    assert recv is not None and len(recv.segments) == 1 and recv.nbytes == 64 * KIB
+    assert set(arena.waits.passive()) == {"conn-1", "conn-1/cmds"}
+    slots = memory.session_slots()
+    assert len(slots) == (1 if policy is Policy.RESERVE else 0)
+    assert memory.session_slots() == []  # the first slot goes to one session only
+    memory.release(slots)
+    assert arena.committed == 0 and arena.waits.passive() == {}
+
+
+def test_reading_stops_while_writes_are_paused_or_unsolicited_data_waits_for_a_buffer() -> None:
+    assert core.may_read(None, write_paused=False)  # logging in
+    assert not core.may_read(None, write_paused=True)
+    rig = Rig(policy=Policy.NONE)
+    assert core.may_read(rig.session, write_paused=False)
+    rig.command(cdbs.write_10(0, 128), edtl=128 * BS, write=True, data=b"a" * 8192,
+                final=False)
+    assert rig.session.blocked is not None
+    assert not core.may_read(rig.session, write_paused=False)

@@ -26,7 +26,7 @@ from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.login import LOGIN_MAX_SEGMENT
 from earmark.iscsi.pdu import BHS_LENGTH, Pdu
 from earmark.iscsi.stream import Framer
-from earmark.memory import Buffer, Reservation
+from earmark.memory import Reservation
 from earmark.memory.levels import TargetLevel
 from earmark.target import connection_core as core
 from earmark.target.events import AllocRequest, CloseConnection, IoRequest
@@ -60,15 +60,13 @@ class TargetConnection(asyncio.BufferedProtocol):
         self._login = LoginPhase(portal, conn_id)
         #: The final login response, held while the sessions it reinstates drain.
         self._held: list[bytes | memoryview] | None = None
-        self._reservation: Reservation | None = None
-        self._recv: Buffer | None = None
+        self._memory = core.ConnectionMemory(portal, self.name, lambda: self.session)
         #: Parses what arrives in the receive buffer, once that is held.
         self._framer: Framer | None = None
         #: Bytes read before the receive buffer is held (uvloop reads once even though
         #: connection_made paused): at most one header's worth, moved into it once it is.
         self._early = bytearray(BHS_LENGTH)
         self._early_n = 0
-        self._first_slot: Reservation | None = None
         self._admission: asyncio.Task[None] | None = None
         self._allocs: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -109,15 +107,11 @@ class TargetConnection(asyncio.BufferedProtocol):
         if self._closing:
             res.release()
             return
-        res.handoff(self.name)
-        self._reservation = res
-        core.declare_holders(portal.arena.waits, self.name, lambda: self.session)
-        self._first_slot, recv = core.carve(portal, res, self.name)
+        recv = self._memory.claimed(res)
         if recv is None:
             log.error("%s: refused: the arena is too fragmented for a receive buffer", self.name)
             self._close()
             return
-        self._recv = recv
         self._framer = self._new_framer(recv.view)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
@@ -138,18 +132,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         if self.session is not None:
             slots = self.session.close()
             self._ended, self.session = self.session, None
-        if self._first_slot is not None:
-            slots.append(self._first_slot)
-            self._first_slot = None
-        for slot in slots:
-            slot.release()
-        if self._recv is not None:
-            self._recv.put_back()
-            self._recv = None
-        if self._reservation is not None:
-            self._reservation.release()
-            self._reservation = None
-        core.clear_holders(self._portal.arena.waits, self.name)
+        self._memory.release(slots)
         self._peers.pop(self.conn_id, None)
         if self._portal.connection_closed(self.conn_id):
             self._kick_all()
@@ -292,15 +275,9 @@ class TargetConnection(asyncio.BufferedProtocol):
             self._guarded(self._parse)
 
     def _start_session(self) -> None:
-        slots = [self._first_slot] if self._first_slot is not None else []
-        self._first_slot = None
+        slots = self._memory.session_slots()
         self.session = session = self._login.session(slots, name=self.name,
-                                                     now=self._loop.time())
-        params = session.params
-        assert self._framer is not None
-        self._framer.set_full_feature(params.target_mrdsl, params.header_digest,
-                                      params.data_digest)
-        self._framer.placement = session.placement
+                                                     now=self._loop.time(), framer=self._framer)
         log.info("%s: %s", self.name, self._login.what)
         if self._portal.session_started(self.conn_id, session):
             self._kick_all()
@@ -361,15 +338,14 @@ class TargetConnection(asyncio.BufferedProtocol):
             else:
                 sense = fut.result()
             self._guarded(lambda: session.io_done(io, sense))
-            if not self._closing and session.blocked is None and self.transport is not None:
-                self._resume()
+            self._resume()
 
         return done
 
     def _resume(self) -> None:
         framer, session = self._framer, self.session
-        if (framer is None or self.transport is None or self._closing or self._write_paused
-                or (session is not None and session.blocked is not None)):
+        if framer is None or self.transport is None or self._closing or not core.may_read(
+                session, self._write_paused):
             return
         if framer.paused:  # what it stopped for is over: take what is buffered
             framer.resume()

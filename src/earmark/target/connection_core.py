@@ -2,7 +2,7 @@
 
 The asyncio adapter (`earmark.runtime.connection`) only moves bytes, time and
 memory grants; these are the rules it asks: how a connection's first claim is
-carved, who the deadlock detector is told frees what it holds, what a bad PDU
+held, who the deadlock detector is told frees what it holds, what a bad PDU
 ends, what a failed backing I/O reports, and who waits for a `--policy none`
 allocation. Each is asked at most once per event, never per PDU on the fast path.
 """
@@ -14,7 +14,6 @@ from collections.abc import Callable
 from earmark.iscsi.errors import DigestError, ProtocolError
 from earmark.memory import Buffer, Reservation
 from earmark.memory.levels import TargetLevel
-from earmark.memory.waits import WaitRegistry
 from earmark.scsi.sense import ScsiError, SenseKey
 from earmark.target.events import AllocRequest
 from earmark.target.portal import TargetPortal
@@ -25,33 +24,65 @@ from earmark.target.session import TargetSession
 FAILED_IO_SENSE = ScsiError(SenseKey.HARDWARE_ERROR, 0x44, 0x00).sense()
 
 
-def carve(portal: TargetPortal, res: Reservation,
-          name: str) -> tuple[Reservation | None, Buffer | None]:
-    """Split the connection's claim: its first command slot (`reserve`) and its receive
-    buffer, which the framer needs as one run. No buffer when the arena is too
-    fragmented for that: the connection is refused (its slot goes when it does)."""
-    first = None
-    if portal.first_slot is not None:
-        first = res.split(portal.first_slot, owner=f"{name}/slots")
-    recv = res.take(TargetLevel.RECV, portal.recv_bytes)
-    if len(recv.segments) != 1:
-        recv.put_back()
-        return first, None
-    return first, recv
+class ConnectionMemory:
+    """What a connection holds for its life: its claim (reserved before it reads a
+    byte), the receive buffer drawn from it, and until its session starts, the first
+    command slot (`reserve`) that session brings."""
 
+    __slots__ = ("_name", "_portal", "_recv", "_reservation", "_session", "first_slot")
 
-def declare_holders(waits: WaitRegistry, name: str,
-                    session: Callable[[], TargetSession | None]) -> None:
-    """Tell the deadlock detector who frees what the connection holds: its receive
-    buffer is held for its life; its commands' buffers (`--policy none`), see
-    `commands_freers`."""
-    waits.set_passive(name, (name,), "its receive buffer")
-    waits.set_passive(f"{name}/cmds", lambda: commands_freers(name, session()))
+    def __init__(self, portal: TargetPortal, name: str,
+                 session: Callable[[], TargetSession | None]) -> None:
+        self._portal = portal
+        self._name = name
+        self._session = session
+        self._reservation: Reservation | None = None
+        self._recv: Buffer | None = None
+        self.first_slot: Reservation | None = None
 
+    def claimed(self, res: Reservation) -> Buffer | None:
+        """Hold the granted claim, tell the deadlock detector who frees what it holds,
+        and split it: the receive buffer, which the framer needs as one run, and the
+        first slot. No buffer when the arena is too fragmented for it: the connection
+        is refused (what it holds goes with `release`)."""
+        name, portal = self._name, self._portal
+        res.handoff(name)
+        self._reservation = res
+        waits = portal.arena.waits
+        waits.set_passive(name, (name,), "its receive buffer")
+        session = self._session
+        waits.set_passive(f"{name}/cmds", lambda: commands_freers(name, session()))
+        if portal.first_slot is not None:
+            self.first_slot = res.split(portal.first_slot, owner=f"{name}/slots")
+        recv = res.take(TargetLevel.RECV, portal.recv_bytes)
+        if len(recv.segments) != 1:
+            recv.put_back()
+            return None
+        self._recv = recv
+        return recv
 
-def clear_holders(waits: WaitRegistry, name: str) -> None:
-    waits.clear_passive(name)
-    waits.clear_passive(f"{name}/cmds")
+    def session_slots(self) -> list[Reservation]:
+        """The slots the session starting now begins with."""
+        slots = [self.first_slot] if self.first_slot is not None else []
+        self.first_slot = None
+        return slots
+
+    def release(self, slots: list[Reservation]) -> None:
+        """The connection is gone: give back its session's `slots` and all it held."""
+        if self.first_slot is not None:
+            slots.append(self.first_slot)
+            self.first_slot = None
+        for slot in slots:
+            slot.release()
+        if self._recv is not None:
+            self._recv.put_back()
+            self._recv = None
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
+        waits = self._portal.arena.waits
+        waits.clear_passive(self._name)
+        waits.clear_passive(f"{self._name}/cmds")
 
 
 def commands_freers(name: str, session: TargetSession | None) -> tuple[str, ...]:
@@ -70,6 +101,13 @@ def commands_freers(name: str, session: TargetSession | None) -> tuple[str, ...]
     if len(moving) < len(tasks):
         return (f"{name}/reader", *moving)
     return moving
+
+
+def may_read(session: TargetSession | None, write_paused: bool) -> bool:
+    """Read on unless the initiator reads slower than we answer (the bytes queued for
+    it, outside the arena, would grow with every command read) or the session's
+    unsolicited data waits for its buffer (`--policy none`)."""
+    return not write_paused and (session is None or session.blocked is None)
 
 
 def alloc_waiter(name: str, req: AllocRequest) -> str:
