@@ -1,10 +1,10 @@
 """What one target connection decides outside its session, sans-I/O.
 
 The asyncio adapter (`earmark.runtime.connection`) only moves bytes, time and
-memory grants; these are the rules it asks: how a connection's first claim is
-held, who the deadlock detector is told frees what it holds, what a bad PDU
-ends, what a failed backing I/O reports, and who waits for a `--policy none`
-allocation. Each is asked at most once per event, never per PDU on the fast path.
+memory grants; these are the rules it asks: what a connection holds for its life
+and who the deadlock detector is told frees it, when reading may go on, what a
+bad PDU ends, what a failed backing I/O reports, and who waits for a `--policy
+none` allocation. Each is asked at most once per event, never per PDU.
 """
 
 from __future__ import annotations
