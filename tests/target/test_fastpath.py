@@ -24,6 +24,7 @@ import pytest
 import earmark
 from earmark.runtime import connection
 from earmark.runtime.embedded import EmbeddedTarget
+from earmark.target import executor
 from earmark.target.backing import BackingError, FileBacking, MemoryBacking
 from earmark.target.events import IoRequest
 from earmark.target.executor import run_io
@@ -121,7 +122,7 @@ def test_reads_on_the_loop_and_on_the_pool_return_the_same_bytes(
     monkeypatch.setattr(connection, "run_io", counting)
     assert _read_all(target.url, READS) == want
     # Only what is over the inline limit went to a thread (cached small reads did not).
-    assert all(n > connection.INLINE_READ_BYTES for n in pooled)
+    assert all(n > executor.INLINE_READ_BYTES for n in pooled)
     # Nothing cached (or no RWF_NOWAIT): every read goes to the pool, same bytes.
     pooled.clear()
     monkeypatch.setattr(backing, "read_cached", lambda offset, views: False)

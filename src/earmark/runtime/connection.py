@@ -22,27 +22,20 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import cast
 
-from earmark.iscsi.errors import DigestError, ProtocolError
+from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.login import LOGIN_MAX_SEGMENT
 from earmark.iscsi.pdu import BHS_LENGTH, Pdu
 from earmark.iscsi.stream import Framer
-from earmark.memory import Buffer, Reservation
+from earmark.memory import Reservation
 from earmark.memory.levels import TargetLevel
-from earmark.scsi.plans import ReadPlan
-from earmark.scsi.sense import ScsiError, SenseKey
-from earmark.target.backing import BackingError
+from earmark.target import connection_core as core
 from earmark.target.events import AllocRequest, CloseConnection, IoRequest
-from earmark.target.executor import run_io
+from earmark.target.executor import read_cached, run_io
 from earmark.target.login_phase import LoginPhase, Refused
 from earmark.target.portal import TargetPortal, WaitFor
 from earmark.target.session import TargetSession
 
 log = logging.getLogger(__name__)
-
-#: Largest read done on the loop thread when cached (`_read_inline`); larger reads copy
-#: long enough that a pool thread, running beside the loop, is worth its round trip.
-INLINE_READ_BYTES = 64 * 1024
-
 
 _UNSENT_HIGH = 1 << 20
 """Unsent bytes a connection's transport may hold before it stops reading commands."""
@@ -67,15 +60,13 @@ class TargetConnection(asyncio.BufferedProtocol):
         self._login = LoginPhase(portal, conn_id)
         #: The final login response, held while the sessions it reinstates drain.
         self._held: list[bytes | memoryview] | None = None
-        self._reservation: Reservation | None = None
-        self._recv: Buffer | None = None
+        self._memory = core.ConnectionMemory(portal, self.name, lambda: self.session)
         #: Parses what arrives in the receive buffer, once that is held.
         self._framer: Framer | None = None
         #: Bytes read before the receive buffer is held (uvloop reads once even though
         #: connection_made paused): at most one header's worth, moved into it once it is.
         self._early = bytearray(BHS_LENGTH)
         self._early_n = 0
-        self._first_slot: Reservation | None = None
         self._admission: asyncio.Task[None] | None = None
         self._allocs: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -116,22 +107,11 @@ class TargetConnection(asyncio.BufferedProtocol):
         if self._closing:
             res.release()
             return
-        res.handoff(self.name)
-        self._reservation = res
-        waits = portal.arena.waits
-        waits.set_passive(self.name, (self.name,), "its receive buffer")
-        # Command buffers (`--policy none`) are freed when the commands complete, which
-        # takes their Data-Out: only this connection's reader can deliver it.
-        waits.set_passive(f"{self.name}/cmds", (f"{self.name}/reader",))
-        if portal.first_slot is not None:
-            self._first_slot = res.split(portal.first_slot, owner=f"{self.name}/slots")
-        recv = res.take(TargetLevel.RECV, portal.recv_bytes)
-        if len(recv.segments) != 1:
-            recv.put_back()
+        recv = self._memory.claimed(res)
+        if recv is None:
             log.error("%s: refused: the arena is too fragmented for a receive buffer", self.name)
             self._close()
             return
-        self._recv = recv
         self._framer = self._new_framer(recv.view)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
@@ -152,20 +132,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         if self.session is not None:
             slots = self.session.close()
             self._ended, self.session = self.session, None
-        if self._first_slot is not None:
-            slots.append(self._first_slot)
-            self._first_slot = None
-        for slot in slots:
-            slot.release()
-        if self._recv is not None:
-            self._recv.put_back()
-            self._recv = None
-        if self._reservation is not None:
-            self._reservation.release()
-            self._reservation = None
-        waits = self._portal.arena.waits
-        waits.clear_passive(self.name)
-        waits.clear_passive(f"{self.name}/cmds")
+        self._memory.release(slots)
         self._peers.pop(self.conn_id, None)
         if self._portal.connection_closed(self.conn_id):
             self._kick_all()
@@ -248,14 +215,9 @@ class TargetConnection(asyncio.BufferedProtocol):
             self._stop_reading()
 
     def _pdu_error(self, header: memoryview, exc: ProtocolError) -> None:
-        """Reject what the session can quote; close unless the stream is still in sync
-        and the PDU only failed to decode (a data digest error closes too)."""
-        session = self.session
-        if session is not None and exc.reject is not None:
-            session.reject(header, exc.reject)
         framer = self._framer
-        if session is None or isinstance(exc, DigestError) or (
-                framer is not None and framer.error is exc):
+        if core.bad_pdu_closes(self.session, header, exc,
+                               out_of_sync=framer is not None and framer.error is exc):
             self._fatal(exc.reason)
         else:
             log.info("%s: rejecting a PDU: %s", self.name, exc.reason)
@@ -313,15 +275,9 @@ class TargetConnection(asyncio.BufferedProtocol):
             self._guarded(self._parse)
 
     def _start_session(self) -> None:
-        slots = [self._first_slot] if self._first_slot is not None else []
-        self._first_slot = None
+        slots = self._memory.session_slots()
         self.session = session = self._login.session(slots, name=self.name,
-                                                     now=self._loop.time())
-        params = session.params
-        assert self._framer is not None
-        self._framer.set_full_feature(params.target_mrdsl, params.header_digest,
-                                      params.data_digest)
-        self._framer.placement = session.placement
+                                                     now=self._loop.time(), framer=self._framer)
         log.info("%s: %s", self.name, self._login.what)
         if self._portal.session_started(self.conn_id, session):
             self._kick_all()
@@ -341,7 +297,9 @@ class TargetConnection(asyncio.BufferedProtocol):
         loop = self._loop
         while (event := session.next_event()) is not None:
             if isinstance(event, IoRequest):
-                if not self._read_inline(session, event):
+                if read_cached(event):
+                    session.io_done(event, b"")
+                else:
                     self._io_running += 1
                     fut = loop.run_in_executor(self._pool, run_io, event)
                     fut.add_done_callback(self._io_callback(event))
@@ -361,31 +319,6 @@ class TargetConnection(asyncio.BufferedProtocol):
         else:
             self.idle.set()
 
-    def _read_inline(self, session: TargetSession, io: IoRequest) -> bool:
-        """Do a small read here on the loop when its data is in the page cache.
-
-        A thread round trip (submit, wake a worker, wake the loop through its self-pipe)
-        costs tens of microseconds; a cached 4 KiB preadv costs about two, and its
-        Data-In then leaves in the same `writelines` as the rest of the batch. Only a
-        command's single window qualifies: its buffer was carved when the command
-        arrived, so no Data-In still queued from this pump can point into it. Whatever
-        is not cached, or fails, goes to the pool, whose `run_io` reports errors.
-        """
-        plan = io.plan
-        if type(plan) is not ReadPlan or io.offset or not io.last:
-            return False
-        # One window that is the whole read: its views hold the transfer, `xfer` bytes.
-        if io.task.xfer > INLINE_READ_BYTES:
-            return False
-        unit = io.unit
-        try:
-            if not unit.backing.read_cached(plan.lba * unit.disk.block_size, io.views):
-                return False
-        except (BackingError, OSError):
-            return False
-        session.io_done(io, b"")
-        return True
-
     def _io_callback(self, io: IoRequest) -> Callable[[asyncio.Future[bytes]], None]:
         def done(fut: asyncio.Future[bytes]) -> None:
             self._io_running -= 1
@@ -398,22 +331,21 @@ class TargetConnection(asyncio.BufferedProtocol):
                     self._drained()
                 return
             if fut.cancelled():
-                sense = _internal_error()
+                sense = core.FAILED_IO_SENSE
             elif fut.exception() is not None:
                 log.error("%s: backing I/O failed: %r", self.name, fut.exception())
-                sense = _internal_error()
+                sense = core.FAILED_IO_SENSE
             else:
                 sense = fut.result()
             self._guarded(lambda: session.io_done(io, sense))
-            if not self._closing and session.blocked is None and self.transport is not None:
-                self._resume()
+            self._resume()
 
         return done
 
     def _resume(self) -> None:
         framer, session = self._framer, self.session
-        if (framer is None or self.transport is None or self._closing or self._write_paused
-                or (session is not None and session.blocked is not None)):
+        if framer is None or self.transport is None or self._closing or not core.may_read(
+                session, self._write_paused):
             return
         if framer.paused:  # what it stopped for is over: take what is buffered
             framer.resume()
@@ -422,14 +354,10 @@ class TargetConnection(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     async def _allocate(self, req: AllocRequest) -> None:
-        """`--policy none`: plain allocation on demand, which may wait for memory.
-
-        Who waits matters to the deadlock detector: for unsolicited data it is the
-        connection's reader (paused until the buffer comes), otherwise the command.
-        Once granted, the buffer is held by the connection's commands as a group.
-        """
-        waiter = f"{self.name}/reader" if req.blocking else f"{self.name}/{req.task.owner}"
-        buf = await self._portal.arena.allocate(TargetLevel.BUFFER, req.nbytes, owner=waiter)
+        """`--policy none`: plain allocation on demand, which may wait for memory; once
+        granted, the buffer is held by the connection's commands as a group."""
+        buf = await self._portal.arena.allocate(TargetLevel.BUFFER, req.nbytes,
+                                                owner=core.alloc_waiter(self.name, req))
         buf.handoff(f"{self.name}/cmds")
         session = self.session
         if session is None or self._closing:
@@ -458,14 +386,13 @@ class TargetConnection(asyncio.BufferedProtocol):
         session = self.session
         if session is None:
             return
-        when = session.timer()
-        if self._timer is not None:
-            # The deadline moves on with every PDU received; a timer armed for an earlier
-            # moment is kept (firing early is harmless: the session checks the time and
-            # `_on_timer` re-arms), so a busy connection does not make a TimerHandle per PDU.
-            if when is not None and self._timer.when() <= when:
-                return
-            self._timer.cancel()
+        timer = self._timer
+        armed = timer.when() if timer is not None else None
+        when = session.timer_for(armed)
+        if when == armed:
+            return
+        if timer is not None:
+            timer.cancel()
             self._timer = None
         if when is not None:
             self._timer = self._loop.call_at(when, self._on_timer)
@@ -500,6 +427,3 @@ class TargetConnection(asyncio.BufferedProtocol):
     def abort(self, reason: str) -> None:
         self._close(reason, error=True)
 
-
-def _internal_error() -> bytes:
-    return ScsiError(SenseKey.HARDWARE_ERROR, 0x44, 0x00).sense()

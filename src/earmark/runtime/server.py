@@ -1,10 +1,9 @@
 """The target's listener on asyncio: connections, the thread pool, the deadlock watch.
 
-Everything protocol-shaped happens in the sans-I/O session and portal; this module
-owns the sockets, the thread pool for backing I/O, and the deadlock watch: when
-memory waiters exist and nothing has been granted or returned for a while, the
-detector is asked; a deadlock (only `--policy none` can produce one) is logged in
-words and the connections are dropped, so initiators see an error instead of a hang.
+Everything protocol-shaped happens in the sans-I/O session and portal, and when to
+ask the deadlock detector in `earmark.target.watch`; this module owns the sockets,
+the thread pool for backing I/O, and the watch's clock: it logs a deadlock the
+watch names in words and drops the connections.
 """
 
 from __future__ import annotations
@@ -16,10 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from earmark.iscsi.stream import receive_buffer_bytes
-from earmark.memory import DeadlockReport, Watchdog, find_deadlock
+from earmark.memory import DeadlockReport
 from earmark.runtime.connection import TargetConnection
 from earmark.target.build import TargetSetup
 from earmark.target.portal import RECV_SEGMENT, TargetPortal
+from earmark.target.watch import DeadlockWatch
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,16 @@ class TargetServer:
         self.address = setup.address
         self.port = setup.port
         self.pool = ThreadPoolExecutor(io_threads, thread_name_prefix="earmark-io")
-        self.deadlock: DeadlockReport | None = None
         self._on_deadlock = on_deadlock
-        self._watchdog = Watchdog(watchdog_s)
+        self._deadlocks = DeadlockWatch(self.arena, watchdog_s)
         self._connections: dict[int, TargetConnection] = {}
         self._server: asyncio.Server | None = None
         self._watch: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def deadlock(self) -> DeadlockReport | None:
+        return self._deadlocks.report
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -72,15 +75,12 @@ class TargetServer:
     # ------------------------------------------------------- deadlock watch
 
     async def _watch_memory(self) -> None:
+        watch = self._deadlocks
         while True:
-            await asyncio.sleep(min(0.5, self._watchdog.timeout / 2))
-            if not self._watchdog.stalled(self.loop.time(), self.arena.progress,
-                                          self.arena.waiting):
-                continue
-            report = find_deadlock(self.arena)
+            await asyncio.sleep(watch.interval)
+            report = watch.check(self.loop.time())
             if report is None:
                 continue
-            self.deadlock = report
             log.error("%s", report)
             for line in report.stuck:
                 log.error("  %s", line)

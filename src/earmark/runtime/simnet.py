@@ -6,25 +6,21 @@ calls (``create_connection``, ``create_server``); on a
 the same runtime code (BufferedProtocols, pause/resume of reading, batching
 writers) runs unchanged on a network that is only timers.
 
-A link has a one-way latency and a bandwidth: bytes written leave when the link
-is free, in order, and arrive ``latency`` later. A receiver that pauses reading
-(the target admitting nothing more, an initiator whose receive path waits for
-memory) leaves later bytes queued until it resumes, as a full socket buffer
-would; there is no window, so a sender is never blocked (its bytes are held
-outside every arena, as the kernel's would be).
+The links' model (latency, bandwidth, what waits for a paused reader, who
+listens) is :mod:`earmark.sim.links`; this module only schedules its answers on
+the loop and hands bytes to the protocols. A sender is never blocked: its bytes
+are held outside every arena, as the kernel's would be.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["SimNetwork", "SimServer", "SimTransport"]
+from earmark.sim.links import Address, Inbox, Link, Listeners
 
-Address = tuple[str, int]
+__all__ = ["SimNetwork", "SimServer", "SimTransport"]
 
 
 class SimTransport(asyncio.Transport):
@@ -38,12 +34,10 @@ class SimTransport(asyncio.Transport):
         self._protocol = protocol
         self._extra = {"sockname": local, "peername": remote}
         self.peer: SimTransport | None = None
-        self._link_free = 0.0  # when our outgoing link has sent everything queued
+        self._link = Link(network.latency, network.bandwidth)  # our outgoing direction
         self._closing = False
         self._gone = False  # connection_lost delivered
-        self._paused = False
-        self._inbox: deque[bytes] = deque()
-        self._draining = False
+        self._inbox = Inbox()
 
     # ------------------------------------------------------------ asyncio.Transport
 
@@ -69,10 +63,7 @@ class SimTransport(asyncio.Transport):
         peer = self.peer
         if not data or peer is None:
             return
-        net = self._network
-        leaves = max(self._loop.time(), self._link_free) + len(data) / net.bandwidth
-        self._link_free = leaves
-        self._loop.call_at(leaves + net.latency, peer._arrive, data)
+        self._loop.call_at(self._link.send(self._loop.time(), len(data)), peer._arrive, data)
 
     def can_write_eof(self) -> bool:
         return False
@@ -84,17 +75,14 @@ class SimTransport(asyncio.Transport):
         pass
 
     def is_reading(self) -> bool:
-        return not self._paused
+        return not self._inbox.paused
 
     def pause_reading(self) -> None:
-        self._paused = True
+        self._inbox.paused = True
 
     def resume_reading(self) -> None:
-        if self._paused:
-            self._paused = False
-            if self._inbox and not self._draining:
-                self._draining = True
-                self._loop.call_soon(self._drain)
+        if self._inbox.resume():
+            self._loop.call_soon(self._drain)
 
     def close(self) -> None:
         """Closed after what was written arrives: the peer then sees the end of the stream."""
@@ -103,18 +91,17 @@ class SimTransport(asyncio.Transport):
         self._closing = True
         peer = self.peer
         if peer is not None:
-            when = max(self._loop.time(), self._link_free) + self._network.latency
-            self._loop.call_at(when, peer._remote_closed)
+            self._loop.call_at(self._link.end(self._loop.time()), peer._remote_closed)
         self._loop.call_soon(self._lost, None)
 
     def abort(self) -> None:
         """Reset: nothing more is delivered either way."""
         self._closing = True
-        self._inbox.clear()
+        self._inbox.reset()
         peer = self.peer
         if peer is not None and not peer._gone:
             peer._closing = True
-            peer._inbox.clear()
+            peer._inbox.reset()
             self._loop.call_soon(peer._lost, ConnectionResetError("connection reset by peer"))
         self._loop.call_soon(self._lost, None)
 
@@ -123,23 +110,23 @@ class SimTransport(asyncio.Transport):
     def _arrive(self, data: bytes) -> None:
         if self._gone or self._closing:
             return
-        self._inbox.append(data)
-        if not self._paused and not self._draining:
+        if self._inbox.arrive(data):
             self._drain()
 
     def _drain(self) -> None:
         """Hand queued bytes to the protocol until it has them all or pauses reading."""
-        self._draining = False
         protocol = self._protocol
         inbox = self._inbox
-        while inbox and not self._paused and not self._gone:
-            data = inbox.popleft()
+        for data in inbox.chunks():
+            if self._gone:
+                inbox.unread(data)
+                return
             if isinstance(protocol, asyncio.BufferedProtocol):
                 view = memoryview(data)
                 at = 0
                 while at < len(view):
-                    if self._paused or self._gone:
-                        inbox.appendleft(bytes(view[at:]))
+                    if inbox.paused or self._gone:
+                        inbox.unread(bytes(view[at:]))
                         return
                     buf = memoryview(protocol.get_buffer(len(view) - at)).cast("B")
                     n = min(len(buf), len(view) - at)
@@ -155,7 +142,7 @@ class SimTransport(asyncio.Transport):
             return
         if self._inbox:  # deliver what came before the end of the stream first
             self._loop.call_soon(self._remote_closed)
-            if not self._paused and not self._draining:
+            if not self._inbox.paused and not self._inbox.draining:
                 self._drain()
             return
         protocol = self._protocol
@@ -210,37 +197,26 @@ class SimNetwork:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, latency: float = 50e-6,
                  bandwidth: float = 1.25e9) -> None:
         """``latency`` one way, in seconds; ``bandwidth`` in bytes per second."""
-        if latency < 0 or bandwidth <= 0:
-            raise ValueError("a simulated link needs latency >= 0 and bandwidth > 0")
+        self._shape = Link(latency, bandwidth)  # checks them; every connection's links copy it
         self.loop = loop
         self.latency = latency
         self.bandwidth = bandwidth
-        self._listeners: dict[Address, SimServer] = {}
-        self._ports = itertools.count(49152)
+        self._listeners: Listeners[Callable[[], asyncio.BaseProtocol]] = Listeners()
 
     def listen(self, host: str, port: int,
                factory: Callable[[], asyncio.BaseProtocol]) -> SimServer:
-        if not port:
-            port = next(self._ports)
-        address = (host, port)
-        if address in self._listeners:
-            raise OSError(98, f"address {host}:{port} already in use on the simulated network")
-        server = self._listeners[address] = SimServer(self, address, factory)
-        return server
+        return SimServer(self, self._listeners.listen(host, port, factory), factory)
 
     def unlisten(self, address: Address) -> None:
-        self._listeners.pop(address, None)
+        self._listeners.unlisten(address)
 
     async def connect(self, factory: Callable[[], asyncio.BaseProtocol], host: str,
                       port: int) -> tuple[SimTransport, asyncio.BaseProtocol]:
-        await asyncio.sleep(2 * self.latency)  # SYN, SYN-ACK
-        listener = self._listeners.get((host, port))
-        if listener is None:
-            raise ConnectionRefusedError(111, f"nothing listens on {host}:{port} "
-                                              "(simulated network)")
-        local = (host, next(self._ports))
+        await asyncio.sleep(self._shape.handshake())
+        server_factory = self._listeners.connect(host, port)
+        local = (host, self._listeners.port())
         client = factory()
-        server = listener.factory()
+        server = server_factory()
         ours = SimTransport(self, client, local, (host, port))
         theirs = SimTransport(self, server, (host, port), local)
         ours.peer, theirs.peer = theirs, ours

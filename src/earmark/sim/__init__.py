@@ -1,1 +1,1 @@
-"""Workloads and the stacks they run on: the demo's writers, over TCP or the simulator."""
+"""Workloads, the stacks they run on (TCP or the simulator), the simulated network's model."""

@@ -11,6 +11,7 @@ from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.framing import serialize
 from earmark.iscsi.login import TargetLogin
 from earmark.iscsi.pdu import Buffer, LoginRequest, Pdu
+from earmark.iscsi.stream import Framer
 from earmark.memory import Reservation
 from earmark.scsi.reservations import Nexus
 from earmark.target.portal import PORTAL_GROUP_TAG, START, Start, TargetPortal, WaitFor
@@ -78,16 +79,24 @@ class LoginPhase:
         return (f"{self._login.session_type} session for {self.initiator} with "
                 f"{target.iqn if target is not None else 'discovery'}")
 
-    def session(self, slots: list[Reservation], *, name: str, now: float) -> TargetSession:
-        """The full-feature session of the finished login, holding `slots`."""
+    def session(self, slots: list[Reservation], *, name: str, now: float,
+                framer: Framer | None = None) -> TargetSession:
+        """The full-feature session of the finished login, holding `slots`; the
+        connection's `framer` takes the limits and digests negotiated for it, and asks
+        the session where Data-Out lands."""
         login = self._login
         params = login.params
         iqn = login.target.iqn if login.target is not None else None
         portal = self._portal
-        return TargetSession(
+        session = TargetSession(
             params, portal.units_of(iqn) if iqn is not None else {}, exp_cmd_sn=self._cmd_sn,
             stat_sn=self._stat_sn, slots=slots, config=portal.config, name=name, now=now,
             text=TextResponder(portal.text_answer(self.initiator, iqn),
                                max_segment=params.initiator_mrdsl),
             nexus=Nexus(self.initiator, login.isid),
         )
+        if framer is not None:
+            framer.set_full_feature(params.target_mrdsl, params.header_digest,
+                                    params.data_digest)
+            framer.placement = session.placement
+        return session

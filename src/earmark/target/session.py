@@ -238,11 +238,23 @@ class TargetSession:
 
     def timer(self) -> float | None:
         """When `handle_timer` wants to run next (None: nothing pending)."""
+        return self.timer_for(None)
+
+    def timer_for(self, armed: float | None) -> float | None:
+        """The deadline the runtime's one timer should have, given the one it has armed.
+
+        The deadline moves on with every PDU received; a timer armed for an earlier
+        moment is kept (firing early is harmless: `handle_timer` checks the time and
+        the runtime asks again), so a busy connection does not make a timer per PDU.
+        The answer is `armed` itself when that timer will do.
+        """
         if self._ping is not None:
-            return self._ping[1] + self.config.nop_timeout
-        if self.config.nop_interval is None:
+            when = self._ping[1] + self.config.nop_timeout
+        elif self.config.nop_interval is None:
             return None
-        return self._last_rx + self.config.nop_interval
+        else:
+            when = self._last_rx + self.config.nop_interval
+        return armed if armed is not None and armed <= when else when
 
     def handle_timer(self, now: float) -> None:
         if self._ping is not None:

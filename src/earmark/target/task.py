@@ -95,6 +95,13 @@ class Task:
         #: Immediate data waiting for its buffer (`--policy none`).
         self.stash: memoryview | None = None
 
+    def awaits_wire(self) -> bool:
+        """Is Data-Out the initiator was asked for (an R2T on the wire, or unsolicited
+        data not all in) still to come? Data for an aborted command is moot."""
+        if self.aborted:
+            return False
+        return self.unsolicited is not None or any(seq.sent for seq in self.r2ts.values())
+
     @property
     def owner(self) -> str:
         return f"itt-{self.itt:08x}"
