@@ -6,7 +6,7 @@ from __future__ import annotations
 import mmap
 
 from earmark.iscsi.errors import ProtocolError
-from earmark.iscsi.pdu import Buffer, Pdu
+from earmark.iscsi.pdu import Pdu, WireBytes
 from earmark.iscsi.stream import Framer, detached, receive_buffer_bytes
 
 
@@ -26,7 +26,7 @@ class WireReader:
     def set_digests(self, header_digest: bool, data_digest: bool) -> None:
         self._framer.set_full_feature(self._max, header_digest, data_digest)
 
-    def feed(self, data: Buffer) -> list[Pdu]:
+    def feed(self, data: WireBytes) -> list[Pdu]:
         self._framer.feed(data)
         if self._errors:
             raise self._errors[0]

@@ -8,7 +8,7 @@ from earmark.initiator.failure import ConnectionFailed, FailureKind
 from earmark.initiator.session import Command, InitiatorSession, Timeouts
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import Opcode
-from earmark.iscsi.pdu import Buffer, LogoutResponse, ScsiResponse, sense_segment
+from earmark.iscsi.pdu import LogoutResponse, ScsiResponse, WireBytes, sense_segment
 from earmark.memory import Arena
 from earmark.scsi import cdb as C
 from earmark.scsi.sense import ScsiError, SenseKey
@@ -24,7 +24,7 @@ class FakeWire:
         self.kind: FailureKind | None = None
         self.out: list[bytes] = []
 
-    def write(self, pieces: list[Buffer]) -> None:
+    def write(self, pieces: list[WireBytes]) -> None:
         if pieces:
             self.out.append(b"".join(bytes(p) for p in pieces))
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from earmark.iscsi import pdu as P
 from earmark.iscsi.errors import ProtocolError
-from earmark.iscsi.lun import lun_from_u64
+from earmark.iscsi.lun_field import lun_from_u64
 from earmark.iscsi.opcodes import Opcode, RejectReason
 
 U32 = st.integers(0, 0xFFFFFFFF)

@@ -13,7 +13,7 @@ from earmark.scsi.sense import parse_sense
 from earmark.target.backing import MemoryBacking
 from earmark.target.events import IoRequest
 from earmark.target.executor import run_io
-from earmark.target.lun import LogicalUnit
+from earmark.target.unit import LogicalUnit
 
 ATOMIC = Disk(num_blocks=1024, serial="W1", max_atomic_blocks=64)
 PLAIN = Disk(num_blocks=1024, serial="W2")

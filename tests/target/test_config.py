@@ -15,7 +15,7 @@ from earmark.initiator.errors import InitiatorError
 from earmark.target import build
 from earmark.target.backing import MemoryBacking
 from earmark.target.config import ConfigError, from_options, load
-from earmark.target.session import Policy
+from earmark.target.session import AdmissionPolicy
 from tools import peers
 
 GOOD = """
@@ -124,7 +124,7 @@ def test_the_embedded_target_serves_the_disk_earmark_serve_does(tmp_path: Path) 
         for unit in spec.units.values():
             unit.backing.close()
     embedded = build.one_lun(MemoryBacking(4 << 20), iqn="iqn.2026-11.org.earmark:e",
-                             memory=16 << 20, policy=Policy.RESERVE, chap=None,
+                             memory=16 << 20, policy=AdmissionPolicy.RESERVE, chap=None,
                              block_size=512, serial=served.serial).targets[0].units[0].disk
     assert embedded == served
     assert (served.max_atomic_blocks, served.max_write_same_blocks) == (512, 16384)

@@ -16,7 +16,7 @@ from earmark.scsi.sense import SenseKey, parse_sense
 from earmark.target import connection_core as core
 from earmark.target.events import AllocRequest
 from earmark.target.portal import TargetPortal
-from earmark.target.session import Policy, SessionConfig
+from earmark.target.session import AdmissionPolicy, SessionConfig
 from tests.target.test_session import BS, KIB, Rig
 
 HEADER = memoryview(bytes(48))
@@ -58,7 +58,7 @@ def test_an_armed_timer_is_kept_while_it_fires_no_later_than_the_deadline() -> N
 
 
 def test_the_reader_waits_for_unsolicited_data_buffers_a_command_for_the_rest() -> None:
-    rig = Rig(policy=Policy.NONE)
+    rig = Rig(policy=AdmissionPolicy.NONE)
     rig.command(cdbs.write_10(0, 128), edtl=128 * BS, write=True, data=b"a" * 8192,
                 final=False)
     blocking, burst = rig.allocs
@@ -68,7 +68,7 @@ def test_the_reader_waits_for_unsolicited_data_buffers_a_command_for_the_rest() 
 
 def test_the_reader_frees_the_commands_buffers_only_while_a_command_awaits_its_data() -> None:
     """`--policy none`: a reader with nothing left to deliver is no way out of a deadlock."""
-    rig = Rig(policy=Policy.NONE)  # FirstBurstLength 16 KiB, MaxBurstLength 32 KiB
+    rig = Rig(policy=AdmissionPolicy.NONE)  # FirstBurstLength 16 KiB, MaxBurstLength 32 KiB
     payload = bytes(range(256)) * (48 * KIB // 256)
     rig.command(cdbs.write_10(0, len(payload) // BS), edtl=len(payload), write=True,
                 data=payload[: 8 * KIB], final=False)
@@ -96,9 +96,9 @@ def test_the_reader_frees_the_commands_buffers_only_while_a_command_awaits_its_d
     assert core.commands_freers("c", None) == ()
 
 
-@pytest.mark.parametrize("policy", [Policy.RESERVE, Policy.NONE])
+@pytest.mark.parametrize("policy", [AdmissionPolicy.RESERVE, AdmissionPolicy.NONE])
 def test_a_connection_holds_its_claim_for_its_life_and_gives_all_of_it_back(
-        policy: Policy) -> None:
+        policy: AdmissionPolicy) -> None:
     arena = Arena(4 << 20, levels=TargetLevel)
     portal = TargetPortal([], arena=arena, config=SessionConfig(policy=policy),
                           recv_bytes=64 * KIB)
@@ -108,7 +108,7 @@ def test_a_connection_holds_its_claim_for_its_life_and_gives_all_of_it_back(
     assert recv is not None and len(recv.segments) == 1 and recv.nbytes == 64 * KIB
     assert set(arena.waits.passive()) == {"conn-1", "conn-1/cmds"}
     slots = memory.session_slots()
-    assert len(slots) == (1 if policy is Policy.RESERVE else 0)
+    assert len(slots) == (1 if policy is AdmissionPolicy.RESERVE else 0)
     assert memory.session_slots() == []  # the first slot goes to one session only
     memory.release(slots)
     assert arena.committed == 0 and arena.waits.passive() == {}
@@ -117,7 +117,7 @@ def test_a_connection_holds_its_claim_for_its_life_and_gives_all_of_it_back(
 def test_reading_stops_while_writes_are_paused_or_unsolicited_data_waits_for_a_buffer() -> None:
     assert core.may_read(None, write_paused=False)  # logging in
     assert not core.may_read(None, write_paused=True)
-    rig = Rig(policy=Policy.NONE)
+    rig = Rig(policy=AdmissionPolicy.NONE)
     assert core.may_read(rig.session, write_paused=False)
     rig.command(cdbs.write_10(0, 128), edtl=128 * BS, write=True, data=b"a" * 8192,
                 final=False)

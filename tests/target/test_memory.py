@@ -20,7 +20,7 @@ import earmark
 from earmark.initiator.errors import InitiatorError
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.target.backing import FileBacking
-from earmark.target.session import Policy
+from earmark.target.session import AdmissionPolicy
 
 pytestmark = pytest.mark.tcp
 
@@ -54,7 +54,7 @@ def lun(tmp_path: Path) -> FileBacking:
 
 def test_reserve_admits_only_what_it_holds_and_every_write_lands(tmp_path: Path) -> None:
     backing = lun(tmp_path)
-    with EmbeddedTarget(backing, memory=MEMORY, policy=Policy.RESERVE) as target:
+    with EmbeddedTarget(backing, memory=MEMORY, policy=AdmissionPolicy.RESERVE) as target:
 
         async def main() -> None:
             await asyncio.wait_for(
@@ -76,7 +76,8 @@ def test_reserve_admits_only_what_it_holds_and_every_write_lands(tmp_path: Path)
 
 def test_none_ends_in_a_named_deadlock_not_a_hang(tmp_path: Path) -> None:
     backing = lun(tmp_path)
-    with EmbeddedTarget(backing, memory=MEMORY, policy=Policy.NONE, watchdog_s=1.0) as target:
+    with EmbeddedTarget(backing, memory=MEMORY, policy=AdmissionPolicy.NONE,
+                        watchdog_s=1.0) as target:
 
         async def main() -> list[BaseException | None]:
             return await asyncio.wait_for(

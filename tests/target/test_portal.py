@@ -10,15 +10,15 @@ from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.login import LOGIN_MAX_SEGMENT, InitiatorLogin, TargetEntry
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import LoginStatus
-from earmark.iscsi.pdu import Buffer, LoginRequest, LoginResponse, NopOut
+from earmark.iscsi.pdu import LoginRequest, LoginResponse, NopOut, WireBytes
 from earmark.memory import Arena
 from earmark.memory.levels import TargetLevel
 from earmark.scsi.disk import Disk
 from earmark.target.backing import MemoryBacking
 from earmark.target.login_phase import LoginPhase, LoginStep, Refused
-from earmark.target.lun import LogicalUnit
 from earmark.target.portal import START, TargetPortal, TargetSpec, WaitFor
-from earmark.target.session import Policy, SessionConfig, TargetSession
+from earmark.target.session import AdmissionPolicy, SessionConfig, TargetSession
+from earmark.target.unit import LogicalUnit
 from tests.wire_reader import WireReader
 
 HOST = "iqn.2026-11.org.earmark:host"
@@ -33,7 +33,7 @@ def unit() -> LogicalUnit:
     return LogicalUnit(0, Disk(2048, "PORTAL"), MemoryBacking(1 << 20))
 
 
-def portal(memory: int = 64 << 20, policy: Policy = Policy.RESERVE,
+def portal(memory: int = 64 << 20, policy: AdmissionPolicy = AdmissionPolicy.RESERVE,
            max_slots: int = 64) -> TargetPortal:
     return TargetPortal(
         [TargetSpec(TargetEntry(DISK), {0: unit()}),
@@ -154,7 +154,7 @@ def test_shares_are_capped_and_grow_back_when_a_session_ends() -> None:
 
 
 def test_without_reserve_there_are_no_shares_and_no_first_slot() -> None:
-    p = portal(policy=Policy.NONE)
+    p = portal(policy=AdmissionPolicy.NONE)
     s = session(p)
     before = s.slot_target
     assert not p.session_started(p.connection_opened(), s)
@@ -196,7 +196,7 @@ def test_a_tsih_held_by_a_live_session_is_skipped_until_it_ends() -> None:
 # ------------------------------------------------------------ login phase, ACL
 
 
-def responses(pieces: list[Buffer]) -> LoginResponse:
+def responses(pieces: list[WireBytes]) -> LoginResponse:
     (resp,) = WireReader(LOGIN_MAX_SEGMENT).feed(b"".join(bytes(x) for x in pieces))
     assert isinstance(resp, LoginResponse)
     return resp
@@ -234,7 +234,7 @@ def test_a_login_starts_a_session_on_its_target_with_the_login_window() -> None:
 def test_every_login_response_takes_one_statsn() -> None:
     entry = TargetEntry(DISK, chap=("alice", "alice-secret-12"))
     p = TargetPortal([TargetSpec(entry, {0: unit()})], arena=Arena(16 << 20, levels=TargetLevel),
-                     config=SessionConfig(policy=Policy.NONE), recv_bytes=RECV)
+                     config=SessionConfig(policy=AdmissionPolicy.NONE), recv_bytes=RECV)
     phase, step, ini = log_in(p, DISK, chap=("alice", "alice-secret-12"))
     assert step is START and ini.exp_stat_sn == 4  # CHAP: four exchanges
     assert ini.max_cmd_sn == 77 + p.config.window - 1

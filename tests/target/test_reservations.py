@@ -12,8 +12,8 @@ from earmark.scsi.disk import Disk
 from earmark.scsi.reservations import Nexus
 from earmark.scsi.sense import ScsiStatus
 from earmark.target.backing import MemoryBacking
-from earmark.target.lun import LogicalUnit
-from earmark.target.session import Policy, SessionConfig, TargetSession
+from earmark.target.session import AdmissionPolicy, SessionConfig, TargetSession
+from earmark.target.unit import LogicalUnit
 from tests.wire_reader import WireReader
 
 RESERVE = b"\x16" + bytes(5)
@@ -26,7 +26,7 @@ class Initiator:
     def __init__(self, unit: LogicalUnit, name: str) -> None:
         self.session = TargetSession(
             SessionParams(), {0: unit}, exp_cmd_sn=1, stat_sn=1, slots=[],
-            config=SessionConfig(policy=Policy.NONE, window=4, nop_interval=None),
+            config=SessionConfig(policy=AdmissionPolicy.NONE, window=4, nop_interval=None),
             nexus=Nexus(name, 0x400001),
         )
         self.reader = WireReader(1 << 20)

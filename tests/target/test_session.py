@@ -37,8 +37,8 @@ from earmark.scsi.sense import parse_sense
 from earmark.target.backing import MemoryBacking
 from earmark.target.events import AllocRequest, CloseConnection, IoRequest
 from earmark.target.executor import run_io
-from earmark.target.lun import LogicalUnit
-from earmark.target.session import Policy, SessionConfig, TargetSession
+from earmark.target.session import AdmissionPolicy, SessionConfig, TargetSession
+from earmark.target.unit import LogicalUnit
 from tests.wire_reader import WireReader
 
 KIB = 1024
@@ -50,7 +50,7 @@ SLOT: dict[int, int] = {TargetLevel.SLOT: 256, TargetLevel.BUFFER: BUF}
 class Rig:
     """A session plus the runtime's part, done synchronously."""
 
-    def __init__(self, *, slots: int = 4, policy: Policy = Policy.RESERVE,
+    def __init__(self, *, slots: int = 4, policy: AdmissionPolicy = AdmissionPolicy.RESERVE,
                  **params: object) -> None:
         self.arena = Arena(4 << 20, levels=TargetLevel)
         self.backing = MemoryBacking(4 << 20)
@@ -62,7 +62,8 @@ class Rig:
         }
         base.update(params)
         self.params = SessionParams(**base)  # type: ignore[arg-type]
-        self.slots = [self.reserve() for _ in range(slots)] if policy is Policy.RESERVE else []
+        reserve = policy is AdmissionPolicy.RESERVE
+        self.slots = [self.reserve() for _ in range(slots)] if reserve else []
         self.session = TargetSession(
             self.params, {0: self.unit}, exp_cmd_sn=1, stat_sn=100, slots=self.slots,
             config=SessionConfig(policy=policy, buffer_bytes=BUF, window=4, nop_interval=5.0,
@@ -354,7 +355,7 @@ def test_unknown_lun_answers_logical_unit_not_supported() -> None:
 
 
 def test_policy_none_allocates_per_burst_and_blocks_the_reader_for_unsolicited_data() -> None:
-    rig = Rig(policy=Policy.NONE)
+    rig = Rig(policy=AdmissionPolicy.NONE)
     out = rig.command(cdbs.write_10(0, 128), edtl=128 * BS, write=True, data=b"a" * 8192,
                       final=False)
     assert out == []  # nothing may go out before the buffers exist
@@ -380,8 +381,8 @@ def _copy_list(n: int, src: int, dst: int, disk: Disk) -> bytes:
     return struct.pack(">BBHIII", 7, 0, len(cscd), 0, len(seg), 0) + cscd + seg
 
 
-@pytest.mark.parametrize("policy", [Policy.RESERVE, Policy.NONE])
-def test_extended_copy_moves_overlapping_blocks_through_one_buffer(policy: Policy) -> None:
+@pytest.mark.parametrize("policy", [AdmissionPolicy.RESERVE, AdmissionPolicy.NONE])
+def test_extended_copy_moves_overlapping_blocks_through_one_buffer(policy: AdmissionPolicy) -> None:
     rig = Rig(policy=policy)
     original = bytes(range(256)) * (400 * BS // 256)
     rig.backing._data[: len(original)] = original
@@ -409,5 +410,5 @@ def test_extended_copy_moves_overlapping_blocks_through_one_buffer(policy: Polic
     status = status_of(rig.command(rcr, edtl=1024, read=True))
     assert isinstance(status, DataIn)
     assert struct.unpack(">IBHBI", status.data) == (8, 0, 1, 0, n * BS)
-    if policy is Policy.NONE:
+    if policy is AdmissionPolicy.NONE:
         assert rig.arena.committed == 0  # both buffers went back with the command

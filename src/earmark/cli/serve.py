@@ -21,7 +21,7 @@ from earmark.runtime.server import TargetServer
 from earmark.target import build
 from earmark.target.backing import BackingError
 from earmark.target.config import ConfigError, from_options
-from earmark.target.session import Policy
+from earmark.target.session import AdmissionPolicy
 from earmark.units import SizeError
 
 log = logging.getLogger("earmark.serve")
@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--address", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 3260)")
     p.add_argument("--memory", help="the target's arena (default 64MiB)")
-    p.add_argument("--policy", choices=[p.value for p in Policy],
+    p.add_argument("--policy", choices=[p.value for p in AdmissionPolicy],
                    help="admission: reserve (default) or none (allocate on demand)")
     p.add_argument("--chap", metavar="USER:SECRET",
                    help="require one-way CHAP with these credentials")

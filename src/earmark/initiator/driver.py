@@ -29,7 +29,7 @@ from earmark.initiator.login import LoginSteps
 from earmark.initiator.recovery import Backoff
 from earmark.initiator.session import Command, InitiatorSession
 from earmark.initiator.url import IscsiUrl
-from earmark.iscsi.pdu import Buffer, Pdu
+from earmark.iscsi.pdu import Pdu, WireBytes
 
 __all__ = ["Driver", "Wire"]
 
@@ -40,7 +40,7 @@ class Wire(Protocol):
     @property
     def failed(self) -> str | None: ...
 
-    def write(self, pieces: list[Buffer]) -> None: ...
+    def write(self, pieces: list[WireBytes]) -> None: ...
 
     def abort(self, reason: str, kind: FailureKind) -> None: ...
 

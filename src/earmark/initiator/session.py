@@ -42,7 +42,6 @@ from earmark.iscsi.pdu import (
     R2T,
     RESERVED_TAG,
     AsyncMessage,
-    Buffer,
     DataIn,
     DataOut,
     LogoutRequest,
@@ -55,6 +54,7 @@ from earmark.iscsi.pdu import (
     ScsiResponse,
     TaskMgmtRequest,
     TaskMgmtResponse,
+    WireBytes,
     bhs_lengths,
     parse_sense_segment,
     scsi_command_bhs,
@@ -213,7 +213,7 @@ class InitiatorSession:
         self._unsolicited_limit = 0 if params.initial_r2t else params.first_burst_length
         self._tasks: dict[int, Command] = {}
         self._queue: deque[Command] = deque()
-        self._out: list[Buffer] = []
+        self._out: list[WireBytes] = []
         self._next_itt = 1
         self._last_rx = now
         self._ping_itt = RESERVED_TAG
@@ -252,7 +252,7 @@ class InitiatorSession:
         self.completed = []
         return done
 
-    def data_to_send(self) -> list[Buffer]:
+    def data_to_send(self) -> list[WireBytes]:
         """Everything to write since the last call, in order, for ``writelines``
         (an empty list, not to be kept, when there is nothing: asked after every batch)."""
         out = self._out
@@ -422,7 +422,7 @@ class InitiatorSession:
             return None
         return self._tasks.get(_U32.unpack_from(bhs, 16)[0])
 
-    def data_in(self, header: Buffer, at: int, data: Buffer, now: float) -> None:
+    def data_in(self, header: WireBytes, at: int, data: WireBytes, now: float) -> None:
         """Take one Data-In whose BHS is ``header[at : at + 48]`` and whose data segment
         (not placed) is ``data``: what :meth:`receive` does with a :class:`DataIn`.
 
@@ -500,7 +500,7 @@ class InitiatorSession:
         return cmd
 
     def _data_in(
-        self, itt: int, offset: int, data: Buffer, placed: bool, flags: int, status: int,
+        self, itt: int, offset: int, data: WireBytes, placed: bool, flags: int, status: int,
         stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int, residual: int,
     ) -> None:
         """One Data-In by its fields (``flags``: the BHS flags byte; S and U are read)."""

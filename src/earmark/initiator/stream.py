@@ -35,7 +35,7 @@ from earmark.initiator.failure import FailureKind
 from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.framing import serialize
 from earmark.iscsi.login import LOGIN_MAX_SEGMENT
-from earmark.iscsi.pdu import Buffer, Pdu
+from earmark.iscsi.pdu import Pdu, WireBytes
 from earmark.iscsi.stream import Framer, detached
 
 __all__ = ["PLACE_MIN", "PduStream", "StreamSink", "Transport"]
@@ -62,7 +62,7 @@ class StreamSink(Protocol):
 class Transport(Protocol):
     """What a stream asks of its transport (asyncio's, or a blocking socket's)."""
 
-    def writelines(self, pieces: Sequence[Buffer]) -> None: ...
+    def writelines(self, pieces: Sequence[WireBytes]) -> None: ...
 
     def is_closing(self) -> bool: ...
 
@@ -120,7 +120,7 @@ class PduStream(Framer):
 
     # -------------------------------------------------------------- sending
 
-    def write(self, pieces: list[Buffer]) -> None:
+    def write(self, pieces: list[WireBytes]) -> None:
         transport = self.transport
         if transport is not None and pieces and not transport.is_closing():
             transport.writelines(pieces)

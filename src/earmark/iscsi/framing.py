@@ -8,17 +8,17 @@ from __future__ import annotations
 from crc32c import crc32c
 
 from .digest import header_digest, padding
-from .pdu import MAX_DATA_SEGMENT_LENGTH, Buffer, Pdu, encode_header
+from .pdu import MAX_DATA_SEGMENT_LENGTH, Pdu, WireBytes, encode_header
 
 
-def serialize(pdu: Pdu, header_digest_on: bool, data_digest_on: bool) -> list[Buffer]:
+def serialize(pdu: Pdu, header_digest_on: bool, data_digest_on: bool) -> list[WireBytes]:
     """Wire pieces of ``pdu`` for ``writelines``; the data segment is not copied."""
     return frame(encode_header(pdu), getattr(pdu, "data", b""), header_digest_on,
                  data_digest_on)
 
 
-def frame(header: bytes, data: Buffer, header_digest_on: bool,
-          data_digest_on: bool) -> list[Buffer]:
+def frame(header: bytes, data: WireBytes, header_digest_on: bool,
+          data_digest_on: bool) -> list[WireBytes]:
     """Wire pieces of a PDU given its packed header (BHS + AHS) and data segment: for
     a hot path that packs the header directly instead of building a PDU object."""
     if header_digest_on:
@@ -36,7 +36,7 @@ def frame(header: bytes, data: Buffer, header_digest_on: bool,
 
 def serialize_gather(
     pdu: Pdu, pieces: list[memoryview], header_digest_on: bool, data_digest_on: bool
-) -> list[Buffer]:
+) -> list[WireBytes]:
     """Wire pieces of ``pdu`` whose data segment is ``pieces`` one after another.
 
     A write from a run of page-cache pages has its data in several buffers; they
@@ -50,7 +50,7 @@ def serialize_gather(
     header = header[:5] + n.to_bytes(3, "big") + header[8:]
     if header_digest_on:
         header += header_digest(header)
-    out: list[Buffer] = [header, *pieces]
+    out: list[WireBytes] = [header, *pieces]
     pad = padding(n)
     if data_digest_on:
         crc = 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .errors import ProtocolError
-from .lun import decode_lun, encode_lun, lun_from_u64, lun_to_u64
+from .lun_field import decode_lun, encode_lun, lun_from_u64, lun_to_u64
 from .opcodes import Opcode, RejectReason
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "R2T",
     "RESERVED_TAG",
     "AsyncMessage",
-    "Buffer",
     "DataIn",
     "DataOut",
     "LoginRequest",
@@ -42,6 +41,7 @@ __all__ = [
     "TaskMgmtResponse",
     "TextRequest",
     "TextResponse",
+    "WireBytes",
     "bhs_lengths",
     "data_in_bhs",
     "decode_lun",
@@ -58,7 +58,7 @@ MAX_DATA_SEGMENT_LENGTH = (1 << 24) - 1
 RESERVED_TAG = 0xFFFFFFFF
 """ITT/TTT value meaning "none" (RFC 7143 §11.2.1.8)."""
 
-Buffer = bytes | memoryview
+WireBytes = bytes | memoryview
 
 _F = 0x80
 _IMMEDIATE = 0x40
@@ -92,7 +92,7 @@ _ASYNC = struct.Struct(">BBHIQI4xIIIBBHHH4x")
 _REJECT = struct.Struct(">BBBxI8xI4xIIII8x")
 
 
-def _lens(ahs_length: int, data: Buffer) -> int:
+def _lens(ahs_length: int, data: WireBytes) -> int:
     n = len(data)
     if n > MAX_DATA_SEGMENT_LENGTH:
         raise ValueError(f"data segment of {n} bytes exceeds the 24-bit DataSegmentLength")
@@ -115,7 +115,7 @@ class NopOut:
     exp_stat_sn: int = 0
     lun: int = 0
     immediate: bool = False
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         return _NOP_OUT.pack(
@@ -141,7 +141,7 @@ class ScsiCommand:
     attr: int = 1
     bidi_read_length: int | None = None
     immediate: bool = False
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         flags = (
@@ -214,7 +214,7 @@ class LoginRequest:
     version_max: int = 0
     version_min: int = 0
     immediate: bool = True
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         flags = (
@@ -239,7 +239,7 @@ class TextRequest:
     continue_: bool = False
     lun: int = 0
     immediate: bool = False
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         flags = (_F if self.final else 0) | (0x40 if self.continue_ else 0)
@@ -259,7 +259,7 @@ class DataOut:
     buffer_offset: int = 0
     final: bool = False
     lun: int = 0
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         return _DATA_OUT.pack(
@@ -315,7 +315,7 @@ class NopIn:
     exp_cmd_sn: int = 0
     max_cmd_sn: int = 0
     lun: int = 0
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         return _NOP_IN.pack(
@@ -343,7 +343,7 @@ class ScsiResponse:
     residual_underflow: bool = False
     bidi_read_residual_overflow: bool = False
     bidi_read_residual_underflow: bool = False
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         flags = (
@@ -392,7 +392,7 @@ class LoginResponse:
     nsg: int = 0
     version_max: int = 0
     version_active: int = 0
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         flags = (
@@ -417,7 +417,7 @@ class TextResponse:
     final: bool = True
     continue_: bool = False
     lun: int = 0
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         flags = (_F if self.final else 0) | (0x40 if self.continue_ else 0)
@@ -447,7 +447,7 @@ class DataIn:
     residual_underflow: bool = False
     status_present: bool = False
     lun: int = 0
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         flags = (
@@ -534,7 +534,7 @@ class AsyncMessage:
     parameter2: int = 0
     parameter3: int = 0
     lun: int = 0
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         return _ASYNC.pack(
@@ -554,7 +554,7 @@ class Reject:
     exp_cmd_sn: int = 0
     max_cmd_sn: int = 0
     data_sn: int = 0
-    data: Buffer = b""
+    data: WireBytes = b""
 
     def _header(self) -> bytes:
         return _REJECT.pack(
@@ -575,7 +575,7 @@ def encode_header(pdu: Pdu) -> bytes:
     return pdu._header()
 
 
-def bhs_lengths(bhs: Buffer) -> tuple[int, int]:
+def bhs_lengths(bhs: WireBytes) -> tuple[int, int]:
     """(AHS bytes, DataSegmentLength) announced by a BHS, before reading the rest.
 
     Lets a runtime read exactly the AHS and the data segment into buffers it
@@ -589,15 +589,15 @@ def bhs_lengths(bhs: Buffer) -> tuple[int, int]:
 
 # ------------------------------------------------------------------ decoding
 
-_Decoder = Callable[[int, Buffer, Buffer, Buffer], Pdu]
+_Decoder = Callable[[int, WireBytes, WireBytes, WireBytes], Pdu]
 
 
-def _nop_out(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _nop_out(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, _, _, _, lun, itt, ttt, cmd_sn, exp_stat_sn = _NOP_OUT.unpack(bhs)
     return NopOut(itt, ttt, cmd_sn, exp_stat_sn, lun_from_u64(lun), bool(b0 & _IMMEDIATE), data)
 
 
-def _scsi_command(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _scsi_command(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, flags, _, _, lun, itt, edtl, cmd_sn, exp_stat_sn, cdb = _SCSI_COMMAND.unpack(bhs)
     bidi: int | None = None
     if ahs:
@@ -608,7 +608,7 @@ def _scsi_command(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
     )
 
 
-def _parse_command_ahs(cdb: bytes, ahs: Buffer) -> tuple[bytes, int | None]:
+def _parse_command_ahs(cdb: bytes, ahs: WireBytes) -> tuple[bytes, int | None]:
     ext: bytes | None = None
     bidi: int | None = None
     pos = 0
@@ -646,7 +646,7 @@ def _parse_command_ahs(cdb: bytes, ahs: Buffer) -> tuple[bytes, int | None]:
     return (cdb + ext if ext is not None else cdb), bidi
 
 
-def _tmf_request(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _tmf_request(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, b1, _, _, lun, itt, rtt, cmd_sn, exp_stat_sn, ref_cmd_sn, exp_data_sn = (
         _TMF_REQUEST.unpack(bhs)
     )
@@ -656,7 +656,7 @@ def _tmf_request(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
     )
 
 
-def _login_request(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _login_request(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, f, vmax, vmin, _, hi, lo, tsih, itt, cid, cmd_sn, exp_stat_sn = _LOGIN_REQUEST.unpack(bhs)
     return LoginRequest(
         hi << 32 | lo, tsih, itt, cid, cmd_sn, exp_stat_sn, bool(f & _F), bool(f & 0x40),
@@ -664,7 +664,7 @@ def _login_request(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
     )
 
 
-def _text_request(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _text_request(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, f, _, _, lun, itt, ttt, cmd_sn, exp_stat_sn = _TEXT_REQUEST.unpack(bhs)
     return TextRequest(
         itt, ttt, cmd_sn, exp_stat_sn, bool(f & _F), bool(f & 0x40), lun_from_u64(lun),
@@ -672,27 +672,27 @@ def _text_request(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
     )
 
 
-def _data_out(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _data_out(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, f, _, _, lun, itt, ttt, exp_stat_sn, data_sn, offset = _DATA_OUT.unpack(bhs)
     return DataOut(itt, ttt, exp_stat_sn, data_sn, offset, bool(f & _F), lun_from_u64(lun), data)
 
 
-def _logout_request(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _logout_request(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, b1, _, _, itt, cid, cmd_sn, exp_stat_sn = _LOGOUT_REQUEST.unpack(bhs)
     return LogoutRequest(b1 & 0x7F, itt, cid, cmd_sn, exp_stat_sn, bool(b0 & _IMMEDIATE))
 
 
-def _snack(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _snack(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, b1, _, _, lun, itt, ttt, exp_stat_sn, beg_run, run_length = _SNACK.unpack(bhs)
     return SnackRequest(b1 & 0x0F, itt, ttt, exp_stat_sn, beg_run, run_length, lun_from_u64(lun))
 
 
-def _nop_in(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _nop_in(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, _, _, _, lun, itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn = _NOP_IN.unpack(bhs)
     return NopIn(itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn, lun_from_u64(lun), data)
 
 
-def _scsi_response(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _scsi_response(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     (_, f, response, status, _, itt, snack_tag, stat_sn, exp_cmd_sn, max_cmd_sn,
      exp_data_sn, bidi_residual, residual) = _SCSI_RESPONSE.unpack(bhs)
     return ScsiResponse(
@@ -702,12 +702,12 @@ def _scsi_response(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
     )
 
 
-def _tmf_response(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _tmf_response(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, _, response, _, itt, stat_sn, exp_cmd_sn, max_cmd_sn = _TMF_RESPONSE.unpack(bhs)
     return TaskMgmtResponse(response, itt, stat_sn, exp_cmd_sn, max_cmd_sn)
 
 
-def _login_response(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _login_response(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     (_, f, vmax, vact, _, hi, lo, tsih, itt, stat_sn, exp_cmd_sn, max_cmd_sn, sclass,
      sdetail) = _LOGIN_RESPONSE.unpack(bhs)
     return LoginResponse(
@@ -716,7 +716,7 @@ def _login_response(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
     )
 
 
-def _text_response(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _text_response(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, f, _, _, lun, itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn = _TEXT_RESPONSE.unpack(bhs)
     return TextResponse(
         itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn, bool(f & _F), bool(f & 0x40),
@@ -724,7 +724,7 @@ def _text_response(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
     )
 
 
-def _data_in(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _data_in(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     (_, f, status, _, lun, itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn, data_sn, offset,
      residual) = _DATA_IN.unpack(bhs)
     return DataIn(
@@ -734,14 +734,14 @@ def _data_in(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
     )
 
 
-def _logout_response(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _logout_response(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, _, response, _, itt, stat_sn, exp_cmd_sn, max_cmd_sn, t2w, t2r = (
         _LOGOUT_RESPONSE.unpack(bhs)
     )
     return LogoutResponse(response, itt, stat_sn, exp_cmd_sn, max_cmd_sn, t2w, t2r)
 
 
-def _r2t(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _r2t(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     (_, _, _, _, lun, itt, ttt, stat_sn, exp_cmd_sn, max_cmd_sn, r2t_sn, offset,
      desired) = _R2T.unpack(bhs)
     return R2T(
@@ -749,7 +749,7 @@ def _r2t(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
     )
 
 
-def _async(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _async(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     (_, _, _, _, lun, _, stat_sn, exp_cmd_sn, max_cmd_sn, event, vcode, p1, p2,
      p3) = _ASYNC.unpack(bhs)
     return AsyncMessage(
@@ -757,7 +757,7 @@ def _async(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
     )
 
 
-def _reject(b0: int, bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def _reject(b0: int, bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     _, _, reason, _, _, stat_sn, exp_cmd_sn, max_cmd_sn, data_sn = _REJECT.unpack(bhs)
     return Reject(reason, stat_sn, exp_cmd_sn, max_cmd_sn, data_sn, data)
 
@@ -790,7 +790,7 @@ _NO_DATA = frozenset({
 })
 
 
-def decode_pdu(bhs: Buffer, ahs: Buffer, data: Buffer) -> Pdu:
+def decode_pdu(bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     """Build a PDU from its BHS, AHS and (unpadded) data segment.
 
     ``data`` is kept by reference, so a runtime that read it into a reserved
@@ -826,7 +826,7 @@ def sense_segment(sense: bytes) -> bytes:
     return _U16.pack(len(sense)) + sense
 
 
-def parse_sense_segment(data: Buffer) -> bytes:
+def parse_sense_segment(data: WireBytes) -> bytes:
     """Sense data from a SCSI Response data segment; empty if none was sent."""
     if not data:
         return b""

@@ -35,7 +35,7 @@ from crc32c import crc32c
 from .digest import DIGEST_LENGTH, padding
 from .errors import DigestError, ProtocolError
 from .opcodes import Opcode
-from .pdu import BHS_LENGTH, Buffer, Pdu, decode_pdu
+from .pdu import BHS_LENGTH, Pdu, WireBytes, decode_pdu
 
 __all__ = [
     "Admit",
@@ -211,7 +211,7 @@ class Framer:
             return buf[end - start :]
         return buf[end:]
 
-    def feed(self, data: Buffer) -> None:
+    def feed(self, data: WireBytes) -> None:
         """Take bytes read elsewhere as if they had been received in place, parsing as
         they come. On a stopped framer they are dropped."""
         view = memoryview(data).cast("B")
@@ -321,7 +321,7 @@ class Framer:
                     if on_data_in is not None and not ahs and buf[at] & 0x3F == _DATA_IN:
                         on_data_in(buf, at, data)
                         continue
-                    pdu_data: Buffer = data
+                    pdu_data: WireBytes = data
                 else:
                     # The segment went to the owner's views; its padding and data
                     # digest were received after the header, where it would have been.

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from earmark.initiator.failure import ConnectionFailed, FailureKind
 from earmark.initiator.stream import PduStream
-from earmark.iscsi.pdu import Buffer
+from earmark.iscsi.pdu import WireBytes
 
 __all__ = ["SocketTransport", "read", "timeval"]
 
@@ -53,7 +53,7 @@ class SocketTransport:
         self.sock = sock
         self.closing = False
 
-    def writelines(self, pieces: Sequence[Buffer]) -> None:
+    def writelines(self, pieces: Sequence[WireBytes]) -> None:
         """Send every piece, in order, however many send calls that takes."""
         sock = self.sock
         try:
@@ -62,7 +62,7 @@ class SocketTransport:
                 sent = sock.send(piece)
                 if sent == len(piece):
                     return
-                pending: list[Buffer] = [memoryview(piece)[sent:]]
+                pending: list[WireBytes] = [memoryview(piece)[sent:]]
             else:
                 pending = list(pieces)
             at = 0

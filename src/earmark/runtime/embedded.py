@@ -17,7 +17,7 @@ from earmark.memory import DeadlockReport
 from earmark.runtime.server import TargetServer
 from earmark.target import build
 from earmark.target.backing import Backing
-from earmark.target.session import Policy
+from earmark.target.session import AdmissionPolicy
 
 DEFAULT_IQN = "iqn.2026-11.org.earmark:embedded"
 
@@ -26,7 +26,7 @@ def one_lun_server(
     backing: Backing,
     *,
     memory: int = 64 << 20,
-    policy: Policy = Policy.RESERVE,
+    policy: AdmissionPolicy = AdmissionPolicy.RESERVE,
     iqn: str = DEFAULT_IQN,
     chap: tuple[str, str] | None = None,
     block_size: int = 512,
@@ -44,7 +44,7 @@ class EmbeddedTarget:
         backing: Backing,
         *,
         memory: int = 64 << 20,
-        policy: Policy = Policy.RESERVE,
+        policy: AdmissionPolicy = AdmissionPolicy.RESERVE,
         iqn: str = DEFAULT_IQN,
         chap: tuple[str, str] | None = None,
         block_size: int = 512,

@@ -17,9 +17,9 @@ from earmark.memory.levels import TargetLevel
 from earmark.scsi.disk import Disk
 from earmark.target.backing import Backing, FileBacking
 from earmark.target.config import LunConfig, ServeConfig
-from earmark.target.lun import LogicalUnit
 from earmark.target.portal import TargetSpec
-from earmark.target.session import Policy, SessionConfig
+from earmark.target.session import AdmissionPolicy, SessionConfig
+from earmark.target.unit import LogicalUnit
 
 BLOCK_SIZE = 512
 #: Largest transfer of one command; the target reserves its buffers before admitting it.
@@ -45,7 +45,7 @@ class TargetSetup:
 
 def from_config(cfg: ServeConfig) -> TargetSetup:
     """`earmark serve`'s targets: LUN files created first where a size is given."""
-    config = SessionConfig(policy=Policy(cfg.policy))
+    config = SessionConfig(policy=AdmissionPolicy(cfg.policy))
     specs = []
     for target in cfg.targets:
         units = {lun.lun: _file_unit(lun, config) for lun in target.luns}
@@ -60,7 +60,7 @@ def one_lun(
     *,
     iqn: str,
     memory: int,
-    policy: Policy,
+    policy: AdmissionPolicy,
     chap: tuple[str, str] | None,
     block_size: int,
     serial: str,

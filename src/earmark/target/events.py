@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from earmark.scsi.plans import Plan
-from earmark.target.lun import LogicalUnit
+from earmark.target.unit import LogicalUnit
 
 if TYPE_CHECKING:
     from earmark.target.task import Task

@@ -10,7 +10,7 @@ from earmark.iscsi.discovery import TextResponder
 from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.framing import serialize
 from earmark.iscsi.login import TargetLogin
-from earmark.iscsi.pdu import Buffer, LoginRequest, Pdu
+from earmark.iscsi.pdu import LoginRequest, Pdu, WireBytes
 from earmark.iscsi.stream import Framer
 from earmark.memory import Reservation
 from earmark.scsi.reservations import Nexus
@@ -46,7 +46,7 @@ class LoginPhase:
     def _allocate_tsih(self) -> int:
         return self._portal.allocate_tsih(self._conn_id)
 
-    def receive(self, pdu: Pdu) -> tuple[list[Buffer], LoginStep]:
+    def receive(self, pdu: Pdu) -> tuple[list[WireBytes], LoginStep]:
         """The response's wire pieces, and what to do once they are sent."""
         if not isinstance(pdu, LoginRequest):
             raise ProtocolError(f"{type(pdu).__name__} before login completed")

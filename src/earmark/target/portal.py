@@ -28,8 +28,8 @@ from earmark.iscsi.login import TargetEntry
 from earmark.iscsi.text import TextPairs
 from earmark.memory import Arena
 from earmark.memory.levels import TargetLevel
-from earmark.target.lun import LogicalUnit
-from earmark.target.session import Policy, SessionConfig, TargetSession
+from earmark.target.session import AdmissionPolicy, SessionConfig, TargetSession
+from earmark.target.unit import LogicalUnit
 
 #: Nominal size charged for a command slot: the task descriptor and its response header.
 SLOT_BYTES = 256
@@ -89,7 +89,7 @@ class TargetPortal:
             TargetLevel.SLOT: SLOT_BYTES,
             TargetLevel.BUFFER: arena.cost(config.buffer_bytes),
         }
-        reserve = config.policy is Policy.RESERVE
+        reserve = config.policy is AdmissionPolicy.RESERVE
         #: The slot a connection brings to its session (`reserve`): a session can always
         #: take one command, and the login's window is that one command.
         self.first_slot: Mapping[int, int] | None = self.slot_claim if reserve else None
@@ -207,7 +207,7 @@ class TargetPortal:
         return max(1, min(self.max_slots, room // per_slot // sessions))
 
     def _share(self) -> bool:
-        if self.config.policy is not Policy.RESERVE or not self._sessions:
+        if self.config.policy is not AdmissionPolicy.RESERVE or not self._sessions:
             return False
         share = self.fair_share()
         for session in self._sessions.values():

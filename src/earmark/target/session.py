@@ -69,9 +69,9 @@ from earmark.scsi.plans import (
 from earmark.scsi.reservations import Nexus
 from earmark.scsi.sense import ScsiError, ScsiStatus, SenseKey, protocol_crc_error
 from earmark.target.events import AllocRequest, CloseConnection, Event, IoRequest
-from earmark.target.lun import LogicalUnit
 from earmark.target.segments import cut, fill
 from earmark.target.task import Sequence, Task
+from earmark.target.unit import LogicalUnit
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,11 @@ _MOD = 1 << 32
 _FINAL_STATUS = 0x81
 
 
-class Policy(Enum):
+class AdmissionPolicy(Enum):
+    """How the target admits commands (the host's memory disciplines are
+    :class:`earmark.host.policy.Policy`): ``reserve`` advertises credit only for
+    slots it holds; ``none`` accepts the whole window and allocates on demand."""
+
     RESERVE = "reserve"
     NONE = "none"
 
@@ -93,7 +97,7 @@ class Policy(Enum):
 class SessionConfig:
     """What a session may use: `buffer_bytes` per slot, `window` commands under `none`."""
 
-    policy: Policy = Policy.RESERVE
+    policy: AdmissionPolicy = AdmissionPolicy.RESERVE
     buffer_bytes: int = 256 * 1024
     window: int = 32
     #: Ping an idle initiator with NOP-In after this many seconds; None: never.
@@ -163,7 +167,7 @@ class TargetSession:
         self.nexus = nexus or Nexus(name, 0)
         self.tasks: dict[int, Task] = {}
         self._free: list[Reservation | None]
-        if config.policy is Policy.RESERVE:
+        if config.policy is AdmissionPolicy.RESERVE:
             self._free = list(slots)
         else:
             self._free = [None] * config.window
@@ -173,7 +177,7 @@ class TargetSession:
         #: books (split and coalesce) than the rest of a cached 4 KiB read.
         self._slot_buf: dict[Reservation, Buffer] = {
             s: s.take(_BUFFER, config.buffer_bytes) for s in slots
-        } if config.policy is Policy.RESERVE else {}
+        } if config.policy is AdmissionPolicy.RESERVE else {}
         #: How many slots the session should hold; the runtime adjusts it to a fair share.
         self.slot_target = self._held
         self.exp_cmd_sn = exp_cmd_sn
@@ -206,7 +210,7 @@ class TargetSession:
 
     def slot_demand(self) -> int:
         """Slots the session would take now if the runtime reserved them."""
-        if self.config.policy is not Policy.RESERVE:
+        if self.config.policy is not AdmissionPolicy.RESERVE:
             return 0
         return max(0, self.slot_target - self._held)
 
@@ -527,7 +531,7 @@ class TargetSession:
 
     def _first_window(self, task: Task) -> None:
         """Set up the buffer for the transfer's first window (start reading into it)."""
-        if self.config.policy is Policy.NONE:
+        if self.config.policy is AdmissionPolicy.NONE:
             task.start, task.end = 0, task.xfer
             if not task.xfer:
                 self._start_io(task)
@@ -595,7 +599,7 @@ class TargetSession:
         """EXTENDED COPY moves its blocks through one buffer reused chunk by chunk: the
         slot's whole buffer under reserve (the parameter list in it is parsed already),
         one buffer-sized allocation under none, as a target that allocates does."""
-        if self.config.policy is Policy.NONE:
+        if self.config.policy is AdmissionPolicy.NONE:
             self._alloc(task, task.xfer, self.config.buffer_bytes, blocking=False)
             return
         assert task.slot is not None
@@ -679,7 +683,7 @@ class TargetSession:
             length = min(burst, task.end - offset)
             task.next_r2t = offset + length
             ttt = self._ttt()
-            if self.config.policy is Policy.NONE:
+            if self.config.policy is AdmissionPolicy.NONE:
                 task.r2ts[ttt] = Sequence(offset, offset + length, sent=False)
                 self._alloc(task, offset, length, blocking=False)
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from earmark.memory import Buffer, Reservation
 from earmark.scsi.plans import Plan
-from earmark.target.lun import LogicalUnit
+from earmark.target.unit import LogicalUnit
 
 
 class Sequence:
