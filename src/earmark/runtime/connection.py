@@ -10,15 +10,15 @@ task per PDU: the only tasks are the connection's admission (reserving more comm
 slots) and, under `--policy none`, allocations.
 
 Ordering contract with the session: everything `data_to_send` returns is written
-(`writelines` copies what it cannot send at once) before the next event starts,
-because Data-In may point into a buffer the next event reuses.
+before the next event starts, and what the transport cannot send at once it keeps as a
+copy (`loops.sender`), because Data-In may point into a buffer the next event reuses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import cast
 
@@ -28,6 +28,7 @@ from earmark.iscsi.pdu import BHS_LENGTH, Pdu
 from earmark.iscsi.stream import Framer
 from earmark.memory import Reservation
 from earmark.memory.levels import TargetLevel
+from earmark.runtime import loops
 from earmark.target import connection_core as core
 from earmark.target.events import AllocRequest, CloseConnection, IoRequest
 from earmark.target.executor import read_cached, run_io
@@ -54,6 +55,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         self._pool = pool
         self.name = f"conn-{conn_id}"
         self.transport: asyncio.Transport | None = None
+        self._send: Callable[[Sequence[bytes | memoryview]], None] = lambda pieces: None
         #: The loop's clock, looked up once: every PDU received is timed with it.
         self._clock: Callable[[], float] = loop.time
         self.session: TargetSession | None = None
@@ -93,6 +95,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         # plus what the commands already admitted still send (pause_writing).
         transport.set_write_buffer_limits(high=_UNSENT_HIGH, low=_UNSENT_HIGH // 4)
         transport.pause_reading()
+        self._send = loops.sender(transport)
         self._setup = asyncio.ensure_future(self._reserve_connection())
 
     async def _reserve_connection(self) -> None:
@@ -286,7 +289,7 @@ class TargetConnection(asyncio.BufferedProtocol):
 
     def _write(self, pieces: list[bytes | memoryview]) -> None:
         if pieces and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(pieces)
+            self._send(pieces)
 
     def _pump(self) -> None:
         """Send what the session queued, then start what it asked for."""

@@ -26,6 +26,9 @@ __all__ = ["SimNetwork", "SimServer", "SimTransport"]
 class SimTransport(asyncio.Transport):
     """One end of a simulated connection."""
 
+    #: writelines copies (one join per call): the runtime may reuse its buffers at once.
+    COPIES_ON_WRITELINES = True
+
     def __init__(self, network: SimNetwork, protocol: asyncio.BaseProtocol,
                  local: Address, remote: Address) -> None:
         super().__init__()
