@@ -9,8 +9,8 @@ What it decides, and why here:
 
 * the command window: a command goes out only while CmdSN <= MaxCmdSN; the
   rest wait in arrival order, because the target advertises exactly the credit
-  it has reserved for (DESIGN.md §1 point 5) and overrunning it is a protocol
-  error;
+  it has reserved for (the target admits only what it holds) and overrunning it
+  is a protocol error;
 * immediate and unsolicited data within FirstBurstLength, then one Data-Out
   sequence per R2T within MaxBurstLength, every PDU within the target's
   MaxRecvDataSegmentLength;

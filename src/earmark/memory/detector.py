@@ -1,4 +1,4 @@
-"""The deadlock detector (DESIGN.md §5): names the cycle instead of letting the system hang.
+"""The deadlock detector: names the cycle instead of letting the system hang.
 
 It reasons about liveness, not about one wait: an agent can progress if it is
 not waiting, if it waits for something outside the process (the peer), if it
