@@ -7,8 +7,8 @@ runtime, the simulator and the tests all drive the same object.
 
 Admission by reservation (the target half of docs/architecture.md's one idea): every
 command slot the session advertises through MaxCmdSN is a reservation it already
-holds (SLOT plus one burst-sized BUFFER). A command arriving in the window therefore finds its memory
-waiting: its unsolicited data lands in the slot's buffer, R2Ts are sent only for
+holds (SLOT plus one burst-sized BUFFER). A command arriving in the window
+therefore finds its memory waiting: its unsolicited data lands in the slot's buffer, R2Ts are sent only for
 that buffer, Data-In is read into it chunk by chunk. The window grows only when
 the runtime hands the session another granted reservation (`add_slot`), and a
 finished command's slot is kept for the next one unless the session holds more
