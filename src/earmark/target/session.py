@@ -6,13 +6,13 @@ come out (`data_to_send`, `next_event`), and their outcomes come back (`io_done`
 runtime, the simulator and the tests all drive the same object.
 
 Admission by reservation (the target half of docs/architecture.md's one idea): every
-command slot the session advertises through MaxCmdSN is a reservation it already
-holds (SLOT plus one burst-sized BUFFER). A command arriving in the window
-therefore finds its memory waiting: its unsolicited data lands in the slot's buffer, R2Ts are sent only for
-that buffer, Data-In is read into it chunk by chunk. The window grows only when
-the runtime hands the session another granted reservation (`add_slot`), and a
-finished command's slot is kept for the next one unless the session holds more
-than its share (`slot_target`), in which case it goes back to the arena.
+command slot the session advertises through MaxCmdSN is a reservation it already holds
+(SLOT plus one burst-sized BUFFER). A command arriving in the window therefore finds
+its memory waiting: its unsolicited data lands in the slot's buffer, R2Ts are sent
+only for that buffer, Data-In is read into it chunk by chunk. The window grows only
+when the runtime hands the session another granted reservation (`add_slot`), and a
+finished command's slot is kept for the next one unless the session holds more than
+its share (`slot_target`), in which case it goes back to the arena.
 
 Under `--policy none` the window is fixed and buffers are allocated on demand,
 burst by burst, held until the command completes: the reassembly deadlock.
