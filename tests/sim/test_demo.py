@@ -11,8 +11,10 @@ import pytest
 from rich.console import Console
 
 from earmark.host.policy import Policy
-from earmark.sim.demo import DemoConfig, live
-from earmark.sim.stacks import TcpStack
+from earmark.memory.levels import PAGE_BYTES
+from earmark.runtime.virtualtime import run_virtual
+from earmark.sim.demo import DemoConfig, Row, live, render, run_matrix
+from earmark.sim.stacks import SimStack, TcpStack
 
 
 @pytest.mark.tcp
@@ -57,3 +59,32 @@ def test_cli_bad_arguments_are_one_line() -> None:
     assert done.returncode == 2
     assert "--writers '0' must be positive counts" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+class CorruptingStack(SimStack):
+    """The simulator's stack, with one written page flipped on the target's disk behind the
+    initiator's back before the demo reads it back: the one thing `verified` must catch."""
+
+    async def verify(self, expected: dict[int, int]) -> bool:
+        unit = next(iter(self.server.portal.targets.values())).units[0]
+        index = min(expected)
+        page = bytearray(PAGE_BYTES)
+        unit.backing.readinto(index * PAGE_BYTES, [memoryview(page)])
+        page[0] ^= 0xFF
+        unit.backing.write(index * PAGE_BYTES, [memoryview(page)])
+        return await super().verify(expected)
+
+
+def test_a_page_changed_behind_the_demos_back_shows_as_corrupt() -> None:
+    config = DemoConfig(writers=[4], policies=[Policy.RESERVE], total_pages=256, seed=5)
+
+    async def main() -> list[Row]:
+        async with CorruptingStack(config.lun_bytes) as stack:
+            return await run_matrix(stack, config)
+
+    (row,) = run_virtual(main)
+    assert row.result.outcome == "completed" and row.result.expected
+    assert row.verified is False and row.as_json()["verified"] is False
+    console = Console(record=True, width=120)
+    render([row], console)
+    assert "CORRUPT" in console.export_text()
