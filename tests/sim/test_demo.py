@@ -88,3 +88,29 @@ def test_a_page_changed_behind_the_demos_back_shows_as_corrupt() -> None:
     console = Console(record=True, width=120)
     render([row], console)
     assert "CORRUPT" in console.export_text()
+
+
+def test_mempool_and_throttle_meet_their_fates_with_the_demos_own_tuning() -> None:
+    # The demo's defaults (`earmark demo --sim`): a 4 MiB host arena, a 2 % emergency pool,
+    # Linux's dirty limits checked every 32 pages. These fates move, on purpose, with the
+    # policies: an emergency pool big enough for 256 writebacks must show up here.
+    config = DemoConfig(writers=[1, 64, 256], policies=[Policy.MEMPOOL, Policy.THROTTLE],
+                        total_pages=4096)
+
+    async def main() -> list[Row]:
+        async with SimStack(config.lun_bytes) as stack:
+            return await run_matrix(stack, config)
+
+    rows = run_virtual(main)
+    fates = {(r.result.policy, r.result.writers): r.result.outcome for r in rows}
+    assert fates == {
+        ("mempool", 1): "completed", ("mempool", 64): "completed",
+        ("mempool", 256): "deadlocked",
+        ("throttle", 1): "completed", ("throttle", 64): "deadlocked",
+        ("throttle", 256): "deadlocked",
+    }
+    for row in rows:
+        if row.result.outcome == "completed":
+            assert row.verified is True
+        else:
+            assert row.result.cycle is not None and "freed only by" in row.result.cycle
