@@ -208,8 +208,12 @@ def test_oversize_segment_out_of_window_command_and_bad_digest(
         wire[48] ^= 0xFF  # corrupt the header digest
         sock.sendall(bytes(wire))
         reader.set_digests(True, False)
-        read_some(sock, reader)
-    assert any("digest" in r.getMessage() for r in caplog.records)
+        # The header cannot be trusted, so neither can where the next PDU starts: no
+        # answer to the command (not even a Reject), and the connection is dropped.
+        assert read_some(sock, reader) == []
+        assert sock.recv(1) == b""  # closed (a timeout if it were not)
+    closes = [r.getMessage() for r in caplog.records if "closing" in r.getMessage()]
+    assert any(m.endswith("closing: header digest mismatch") for m in closes), closes
     still_fine(embedded_target, good, caplog)
 
 
