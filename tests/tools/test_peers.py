@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -329,9 +328,8 @@ def test_conformance_timeout_stops_the_tool_and_reports_crash() -> None:
     with socket.socket() as silent:  # accepts the TCP connection, never answers the login
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        start = time.monotonic()
+        # Without the timeout this would hang until pytest's own (120 s) ends the test.
         r = iscsi_test_cu(f"iscsi://127.0.0.1:{silent.getsockname()[1]}/{IQN}/1", timeout=1)
-    assert time.monotonic() - start < 10
     assert r.crashed and r.crash_reason is not None and "timed out" in r.crash_reason
 
 
