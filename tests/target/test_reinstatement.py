@@ -27,19 +27,25 @@ class FirstWriteSlow(SlowBacking):
         super().__init__(inner, delay)
         self._first = True
         self._lock = threading.Lock()
+        #: Set when the slow write is in the backing's hands, and once it has returned.
+        self.started = threading.Event()
+        self.returned = threading.Event()
 
     def write(self, offset: int, buffers: list[memoryview]) -> None:
         with self._lock:
             slow, self._first = self._first, False
         if slow:
+            self.started.set()
             super().write(offset, buffers)
+            self.returned.set()
         else:
             self.inner.write(offset, buffers)
 
 
-def a_then_b(target: EmbeddedTarget, abort: float) -> tuple[bytes, BlockDevice]:
+def a_then_b(target: EmbeddedTarget, backing: FirstWriteSlow,
+             abort: float) -> tuple[bytes, BlockDevice]:
     """Write A (it hangs in the backing past the 0.3 s command timeout), then B to the
-    same block; read the block back long after the first A's I/O returned."""
+    same block; read the block back once the first A's I/O has returned."""
 
     async def main() -> tuple[bytes, BlockDevice]:
         dev = BlockDevice(target.url, reconnect_timeout=10,
@@ -48,7 +54,7 @@ def a_then_b(target: EmbeddedTarget, abort: float) -> tuple[bytes, BlockDevice]:
         async with dev:
             await dev.write(0, b"A" * 4096)
             await dev.write(0, b"B" * 4096)
-            await asyncio.sleep(1.2)
+            assert await asyncio.to_thread(backing.returned.wait, 10)
             return await dev.read(0, 4096), dev
 
     return asyncio.run(main())
@@ -58,8 +64,9 @@ def test_a_timed_out_write_cannot_land_after_newer_writes() -> None:
     """The abort goes unanswered in time (the target answers only once the write is
     back), so the device logs in again (same ISID) and sends A again, then B. Without
     the fence the first A reached the disk after B: an acknowledged write lost."""
-    with EmbeddedTarget(FirstWriteSlow(MemoryBacking(1 << 20), delay=1.0)) as target:
-        back, dev = a_then_b(target, abort=0.2)
+    backing = FirstWriteSlow(MemoryBacking(1 << 20), delay=1.0)
+    with EmbeddedTarget(backing) as target:
+        back, dev = a_then_b(target, backing, abort=0.2)
         assert dev.reconnects >= 1 and dev.reissued >= 1  # the reinstatement path
         assert back == b"B" * 4096
         deadline = time.monotonic() + 5
@@ -72,8 +79,9 @@ def test_an_aborted_write_is_over_before_its_abort_is_answered() -> None:
     """With time for the abort: ABORT TASK is answered only once the write is back from
     the backing, then the device sends it again on the same session; B, written after,
     is what the block holds."""
-    with EmbeddedTarget(FirstWriteSlow(MemoryBacking(1 << 20), delay=1.0)) as target:
-        back, dev = a_then_b(target, abort=5)
+    backing = FirstWriteSlow(MemoryBacking(1 << 20), delay=1.0)
+    with EmbeddedTarget(backing) as target:
+        back, dev = a_then_b(target, backing, abort=5)
         assert dev.aborts >= 1 and dev.reissued >= 1 and dev.reconnects == 0
         assert back == b"B" * 4096
 
@@ -89,7 +97,8 @@ def test_the_latest_login_of_a_nexus_reinstates_one_still_waiting(
     from earmark.runtime.initiator_sync import SyncBlockDevice
 
     monkeypatch.setattr(device, "new_isid", lambda: 0x80_1234_5678)
-    with EmbeddedTarget(FirstWriteSlow(MemoryBacking(1 << 20), delay=1.5)) as target:
+    backing = FirstWriteSlow(MemoryBacking(1 << 20), delay=1.5)
+    with EmbeddedTarget(backing) as target:
         a = SyncBlockDevice(target.url, reconnect_timeout=20)
         errors: list[BaseException] = []
 
@@ -101,7 +110,7 @@ def test_the_latest_login_of_a_nexus_reinstates_one_still_waiting(
 
         writer = threading.Thread(target=write)
         writer.start()
-        time.sleep(0.3)  # A's write is in the backing's hands
+        assert backing.started.wait(10)  # A's write is in the backing's hands
         with pytest.raises(LoginError, match="closed the connection during login"):
             SyncBlockDevice(target.url, login_timeout=10)
         writer.join(20)
