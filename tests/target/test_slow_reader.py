@@ -39,14 +39,20 @@ def test_unsent_answers_stay_bounded_when_the_initiator_stops_reading() -> None:
             for piece in serialize(pdu, False, False):
                 sock.sendall(piece)
             time.sleep(0.003)
-        time.sleep(0.5)
 
-        async def probe() -> list[tuple[int, int]]:
-            return [(c.transport.get_write_buffer_size(),
-                     c.session.exp_cmd_sn - first if c.session is not None else -1)
-                    for c in target.server._connections.values() if c.transport is not None]
+        async def probe() -> tuple[int, int]:
+            """Once the target has stopped reading for want of a reader on our side (its
+            transport paused it): what it holds unsent, and how many commands it read."""
+            async with asyncio.timeout(30):
+                while True:
+                    (conn,) = target.server._connections.values()
+                    if conn._write_paused:
+                        assert conn.transport is not None and conn.session is not None
+                        return (conn.transport.get_write_buffer_size(),
+                                conn.session.exp_cmd_sn - first)
+                    await asyncio.sleep(0.01)
 
-        (unsent, read), = asyncio.run_coroutine_threadsafe(probe(), target.loop).result(10)
+        unsent, read = asyncio.run_coroutine_threadsafe(probe(), target.loop).result(40)
         sock.close()
     # Before this, every command was read and answered into the transport: about
     # COMMANDS x 256 KiB (75 MB for 300 commands, past the target's 64 MiB arena).
