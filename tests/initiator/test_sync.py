@@ -166,7 +166,10 @@ def test_target_killed_and_restarted_mid_workload(tmp_path: Path) -> None:
             thread = threading.Thread(target=writer)
             thread.start()
             for _ in range(2):
-                time.sleep(0.5)
+                mark, deadline = done[0], time.monotonic() + 30
+                while done[0] < mark + 50:  # writes under way before the kill
+                    assert time.monotonic() < deadline, "no writes before the kill"
+                    time.sleep(0.01)
                 old = running[-1]
                 assert old.pid is not None
                 os.kill(old.pid, signal.SIGKILL)

@@ -300,7 +300,9 @@ def kill_restart_workload(tmp_path: Path, *, kills: int, writers: int, settle: i
             tasks = [asyncio.ensure_future(writer(k)) for k in range(writers)]
             before = 0
             for n in range(kills):
-                await asyncio.sleep(0.5)
+                mark = done
+                while done < mark + settle:  # writes under way before the kill
+                    await asyncio.sleep(0.01)
                 before = before or done
                 await asyncio.to_thread(kill_and_restart)
                 mark = done
@@ -340,7 +342,8 @@ def test_stalled_target_times_out_and_the_command_completes_after_reconnect(
             os.kill(pid, signal.SIGSTOP)
             try:
                 write = asyncio.ensure_future(dev.write(1 << 20, data))
-                await asyncio.sleep(2.5)  # timeout, then failed logins against a stopped target
+                while dev.failure is None:  # the write timed out, the abort too: dropped
+                    await asyncio.sleep(0.01)
                 assert not write.done()
             finally:
                 os.kill(pid, signal.SIGCONT)
