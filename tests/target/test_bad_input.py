@@ -152,6 +152,7 @@ def test_garbage_before_login_closes_only_that_connection(
     embedded_target: EmbeddedTarget, good: GoodSession, caplog: pytest.LogCaptureFixture,
     garbage: bytes,
 ) -> None:
+    caplog.clear()  # this example's records only
     caplog.set_level(logging.INFO)
     with connect(embedded_target) as sock:
         sock.sendall(garbage)
