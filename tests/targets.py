@@ -8,6 +8,8 @@ fixture, so every test still gets its peer from the same place (and, through it,
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -61,3 +63,15 @@ def embedded_with(lun_bytes: int = EmbeddedSpec.lun_bytes, *, memory: int = Embe
     spec = EmbeddedSpec(lun_bytes, memory, iqn, chap)
     return pytest.mark.parametrize("embedded_target", [pytest.param(spec, id=spec.id)],
                                    indirect=True)
+
+
+def shuffled_spans(rng: random.Random, total: int, sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """``total`` bytes cut into (offset, length) spans of sizes drawn from ``sizes`` (the
+    last one cut short), in random order: a whole-LUN write-and-read-back workload."""
+    spans, at = [], 0
+    while at < total:
+        n = min(rng.choice(sizes), total - at)
+        spans.append((at, n))
+        at += n
+    rng.shuffle(spans)
+    return spans

@@ -16,6 +16,7 @@ import pytest
 import earmark
 from earmark.initiator.errors import AuthenticationFailedError
 from earmark.runtime.initiator_device import discover
+from tests.targets import shuffled_spans
 from tools.peers import free_port, port_accepts
 
 pytestmark = pytest.mark.tcp
@@ -60,12 +61,7 @@ def test_discovery_pattern_and_chap_against_earmark_serve(served: tuple[int, Pat
         async with earmark.open(url) as dev:
             assert dev.size == LUN_BYTES
             model = bytearray(os.urandom(LUN_BYTES))
-            spans, at = [], 0
-            while at < LUN_BYTES:
-                n = min(rng.choice([4096, 65536, 512 * 301, 1 << 20]), LUN_BYTES - at)
-                spans.append((at, n))
-                at += n
-            rng.shuffle(spans)
+            spans = shuffled_spans(rng, LUN_BYTES, [4096, 65536, 512 * 301, 1 << 20])
             for i in range(0, len(spans), 8):
                 await asyncio.gather(*(dev.write(o, memoryview(model)[o : o + n])
                                        for o, n in spans[i : i + 8]))

@@ -28,7 +28,7 @@ from earmark.memory import Arena
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.runtime.initiator_sync import SyncBlockDevice
 from earmark.scsi.sense import ScsiError, SenseKey
-from tests.targets import TgtdSpec, embedded_with
+from tests.targets import TgtdSpec, embedded_with, shuffled_spans
 from tools.peers import Tgtd, free_port
 
 LUN_BYTES = TgtdSpec.lun_bytes  # the shared tgtd's LUN; the embedded target's too
@@ -42,13 +42,8 @@ def random_pattern_round_trip(url: str) -> None:
     with earmark.open_sync(url) as dev:
         assert dev.size == LUN_BYTES
         model = bytearray(os.urandom(LUN_BYTES))
-        pieces, at = [], 0
-        while at < LUN_BYTES:
-            n = min(rng.choice([512, 4096, 12288, 65536, 300 * 512, 1 << 20, 3 << 20]),
-                    LUN_BYTES - at)
-            pieces.append((at, n))
-            at += n
-        rng.shuffle(pieces)
+        pieces = shuffled_spans(rng, LUN_BYTES,
+                                [512, 4096, 12288, 65536, 300 * 512, 1 << 20, 3 << 20])
         for o, n in pieces:
             dev.write(o, memoryview(model)[o : o + n])
         dev.flush()

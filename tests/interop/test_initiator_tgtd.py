@@ -25,7 +25,7 @@ from earmark.initiator.session import InitiatorSession, Timeouts
 from earmark.memory import Arena
 from earmark.runtime.initiator_device import BlockDevice, discover
 from earmark.scsi.sense import ScsiError, SenseKey
-from tests.targets import TgtdSpec, tgtd_with
+from tests.targets import TgtdSpec, shuffled_spans, tgtd_with
 from tools.peers import Tgtd, free_port
 
 pytestmark = pytest.mark.peers
@@ -58,13 +58,8 @@ def test_random_pattern_across_the_whole_lun(tgtd: Tgtd) -> None:
             assert (dev.size, dev.block_size) == (LUN_BYTES, 512)
             model = bytearray(os.urandom(LUN_BYTES))
             # Write it all in random-sized pieces, several in flight at once.
-            pieces, at = [], 0
-            while at < LUN_BYTES:
-                n = min(rng.choice([512, 4096, 12288, 65536, 300 * 512, 1 << 20, 3 << 20]),
-                        LUN_BYTES - at)
-                pieces.append((at, n))
-                at += n
-            rng.shuffle(pieces)
+            pieces = shuffled_spans(rng, LUN_BYTES,
+                                    [512, 4096, 12288, 65536, 300 * 512, 1 << 20, 3 << 20])
             for i in range(0, len(pieces), 8):
                 await asyncio.gather(*(dev.write(o, memoryview(model)[o : o + n])
                                        for o, n in pieces[i : i + 8]))
