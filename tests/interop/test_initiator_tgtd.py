@@ -296,8 +296,9 @@ def kill_restart_workload(tmp_path: Path, *, kills: int, writers: int, settle: i
             before = 0
             for n in range(kills):
                 mark = done
-                while done < mark + settle:  # writes under way before the kill
-                    await asyncio.sleep(0.01)
+                async with asyncio.timeout(30):  # writes under way before the kill
+                    while done < mark + settle:
+                        await asyncio.sleep(0.01)
                 before = before or done
                 await asyncio.to_thread(kill_and_restart)
                 mark = done
@@ -337,8 +338,9 @@ def test_stalled_target_times_out_and_the_command_completes_after_reconnect(
             os.kill(pid, signal.SIGSTOP)
             try:
                 write = asyncio.ensure_future(dev.write(1 << 20, data))
-                while dev.failure is None:  # the write timed out, the abort too: dropped
-                    await asyncio.sleep(0.01)
+                async with asyncio.timeout(30):  # the write timed out, the abort too: dropped
+                    while dev.failure is None:
+                        await asyncio.sleep(0.01)
                 assert not write.done()
             finally:
                 os.kill(pid, signal.SIGCONT)
