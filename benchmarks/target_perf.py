@@ -16,21 +16,14 @@ With --json the last line is one JSON object: {case: {earmark_iops, tgtd_iops, r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import re
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import repo_root  # noqa: F401  (before tools: puts the repository root on sys.path)
-from tools.peers import Tgtd, free_port, iscsi_perf
+from tools.peers import Tgtd, iscsi_perf
+from tools.serve import EarmarkServe
 
 LUN_BYTES = 256 << 20
 BLOCK = 512  # both targets' block size
@@ -41,7 +34,6 @@ CASES = {
     "seqread_1m_qd8": (1 << 20, 8, False),
 }
 GOALS = {"randread_4k_qd32": 0.5, "randread_4k_qd1": 0.7, "seqread_1m_qd8": 0.8}
-_URL = re.compile(r"^(iscsi://\S+)$", re.M)
 
 
 def make_lun(path: Path) -> None:
@@ -51,46 +43,6 @@ def make_lun(path: Path) -> None:
         for i in range(LUN_BYTES >> 20):
             # A different first block per MiB: no two MiB alike, still cheap to make.
             f.write(i.to_bytes(8, "little") + chunk[8:])
-
-
-@contextlib.contextmanager
-def earmark_serve(path: Path, loop: str) -> Iterator[str]:
-    """`earmark serve` as a user runs it; yields its URL; SIGTERM must end it with 0."""
-    port = free_port()
-    argv = [sys.executable, "-m", "earmark.cli", "serve", str(path), "--port", str(port),
-            "--loop", loop]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"earmark serve exited with {proc.returncode}: "
-                                 f"{proc.stderr.read().strip() if proc.stderr else ''}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit("earmark serve did not listen within 15 s")
-            time.sleep(0.05)
-        assert proc.stdout is not None
-        printed = ""
-        while (m := _URL.search(printed)) is None:
-            line = proc.stdout.readline()
-            if not line:
-                raise SystemExit(f"earmark serve printed no iscsi:// URL: {printed!r}")
-            printed += line
-        yield m.group(1)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise SystemExit("earmark serve did not stop within 30 s of SIGTERM") from None
-        if code != 0:
-            err = proc.stderr.read().strip() if proc.stderr else ""
-            raise SystemExit(f"earmark serve exited with {code} after SIGTERM: {err}")
 
 
 def main() -> None:
@@ -106,8 +58,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="earmark-perf-") as tmp:
         lun = Path(tmp) / "lun.img"
         make_lun(lun)
-        with Tgtd(lun) as tgtd, earmark_serve(lun, args.loop) as ours_url:
-            theirs_url = tgtd.url()
+        with Tgtd(lun) as tgtd, EarmarkServe(lun, "--loop", args.loop) as ours:
+            ours_url, theirs_url = ours.url, tgtd.url()
             for name, (nbytes, qd, random) in CASES.items():
                 best = {"earmark": 0, "tgtd": 0}
                 for _ in range(args.repeat):
