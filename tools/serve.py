@@ -85,8 +85,12 @@ class EarmarkServe:
                     raise
         url, arena = _URL.search(printed), _ARENA.search(printed)
         assert url is not None
+        if arena is None:
+            self._end_hard()
+            raise PeerError("earmark serve did not report its arena (memory N B) before its "
+                            "URL", argv=self._argv(), stdout=printed.decode(errors="replace"))
         self.url = url.group(1).decode()
-        self.arena_bytes = int(arena.group(1)) if arena else 0
+        self.arena_bytes = int(arena.group(1))
         return self
 
     def kill(self) -> None:
