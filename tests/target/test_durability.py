@@ -4,13 +4,16 @@ reordering would break it.
 The SIGKILL test crashes a real `earmark serve` in the middle of a write workload and
 restarts it on the same file: everything acknowledged before the last completed
 SYNCHRONIZE CACHE must read back, and every block must hold something that was
-written to it (or what it held first), never garbage. SIGKILL loses what the process
-had not yet handed to the kernel, so this catches a target that acknowledges a write
-before writing it (by how far it ran ahead: a small lag can hide in the kernel). It
-cannot tell the page cache from the disk, so the FUA and WCE=0 tests watch the order
-instead: the backing's sync must have returned before the command's status leaves, and
-a plain write's `write` before its. They see it by holding that call inside the backing
-and asking the target something else meanwhile: its answer comes, the status must not.
+written to it (or what it held first), never garbage. SIGKILL loses only what the
+process had not yet handed to the kernel: this catches a target that acknowledges a
+write it does not write, or writes only after the SYNCHRONIZE CACHE meant to cover it
+completed, or whose buffer is reused before it is written. A write that trails its
+acknowledgement by less than a SYNCHRONIZE CACHE's round trip reaches the kernel before
+the kill, and SIGKILL cannot tell the page cache from the disk, so the order tests below
+watch the order itself: a FUA (or WCE=0) write's sync must have returned before its
+status leaves, and a plain write's `write` before its. They see it by holding that call
+inside the backing and asking the target something else meanwhile: its answer comes,
+the status must not.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from earmark.initiator.errors import InitiatorError
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.scsi import cdb as C
 from earmark.scsi.mode import CACHING
-from earmark.target.backing import MemoryBacking
+from earmark.target.backing import Backing, MemoryBacking
 from tools.serve import EarmarkServe
 
 BLOCK = 512
@@ -179,12 +182,17 @@ class Hold:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.entered: asyncio.Future[None] = loop.create_future()
+        #: Called on an event loop's thread, where holding would stall the whole target.
+        self.on_a_loop = False
         self._loop = loop
         self._released = threading.Event()
 
     def arrive(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.on_a_loop = asyncio.get_running_loop() is not None
         self._loop.call_soon_threadsafe(self.entered.set_result, None)
-        self._released.wait(30)
+        if not self.on_a_loop:
+            self._released.wait(30)
 
     def release(self) -> None:
         self._released.set()
@@ -258,6 +266,9 @@ async def status_waits_for(dev: BlockDevice, backing: RecordingBacking,
         assert hold.entered.done(), (
             f"status {'came' if command.done() else 'did not come'} without a call of "
             f"backing.{method}: calls {backing.calls}")
+        assert not hold.on_a_loop, (
+            f"backing.{method} ran on the target's event loop: this test holds it to see "
+            "the order, which it can only do on an I/O thread")
         for _ in range(PROBES):
             await dev.execute(C.test_unit_ready())
         assert not command.done(), f"status sent while backing.{method} had not returned"
@@ -268,8 +279,9 @@ async def status_waits_for(dev: BlockDevice, backing: RecordingBacking,
 def recording(embedded_targets: Callable[..., EmbeddedTarget],
               request: pytest.FixtureRequest) -> tuple[EmbeddedTarget, RecordingBacking]:
     backing = RecordingBacking(1 << 20)
+    whole: Backing = backing  # for mypy: every method the target may call is recorded here
     write_cache: bool = getattr(request, "param", True)
-    return embedded_targets(backing, write_cache=write_cache), backing
+    return embedded_targets(whole, write_cache=write_cache), backing
 
 
 def wce(url: str) -> bool:
