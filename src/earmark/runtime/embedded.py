@@ -31,10 +31,12 @@ def one_lun_server(
     chap: tuple[str, str] | None = None,
     block_size: int = 512,
     watchdog_s: float = 2.0,
+    write_cache: bool = True,
 ) -> TargetServer:
-    """A target server with one target and LUN 0 on ``backing``, on a free port (not started)."""
+    """A target server with one target and LUN 0 on ``backing``, on a free port (not started);
+    ``write_cache`` False serves it with WCE=0 (every write synced before its status)."""
     setup = build.one_lun(backing, iqn=iqn, memory=memory, policy=policy, chap=chap,
-                          block_size=block_size, serial="EMBEDDED")
+                          block_size=block_size, serial="EMBEDDED", write_cache=write_cache)
     return TargetServer(setup, watchdog_s=watchdog_s)
 
 
@@ -49,10 +51,12 @@ class EmbeddedTarget:
         chap: tuple[str, str] | None = None,
         block_size: int = 512,
         watchdog_s: float = 2.0,
+        write_cache: bool = True,
     ) -> None:
         self.iqn = iqn
         self.server = one_lun_server(backing, memory=memory, policy=policy, iqn=iqn, chap=chap,
-                                     block_size=block_size, watchdog_s=watchdog_s)
+                                     block_size=block_size, watchdog_s=watchdog_s,
+                                     write_cache=write_cache)
         self.arena = self.server.arena
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="earmark-target",
