@@ -77,6 +77,8 @@ def sender(transport: asyncio.WriteTransport) -> Callable[[Sequence[bytes | memo
             sent = 0
         except OSError:  # the transport meets the error itself, and reports it
             return copied(pieces)
+        if sent == sum(map(len, pieces)):
+            return None
         for i, piece in enumerate(pieces):
             if sent < len(piece):
                 return copied([piece[sent:], *pieces[i + 1:]])
