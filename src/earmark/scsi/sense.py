@@ -314,6 +314,13 @@ def write_error(lba: int | None = None) -> ScsiError:
     return ScsiError(SenseKey.MEDIUM_ERROR, 0x0C, 0x00, information=lba)
 
 
+def space_allocation_failed(lba: int | None = None) -> ScsiError:
+    """DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT (SBC-4 4.7.3.6): a thin LUN
+    whose backing ran out of space. Initiators that know thin provisioning stop writing
+    and tell the user, rather than retry a "medium error" or fail the disk."""
+    return ScsiError(SenseKey.DATA_PROTECT, 0x27, 0x07, information=lba)
+
+
 def protocol_crc_error() -> ScsiError:
     """ABORTED COMMAND: the transport lost part of the command's data (a digest error)."""
     return ScsiError(SenseKey.ABORTED_COMMAND, 0x47, 0x05)

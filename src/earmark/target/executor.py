@@ -10,6 +10,7 @@ bounded by one window, and those commands are rare.
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from earmark.scsi.plans import (
@@ -25,13 +26,22 @@ from earmark.scsi.plans import (
     WriteSamePlan,
     first_mismatch,
 )
-from earmark.scsi.sense import ScsiError, miscompare, unrecovered_read_error, write_error
+from earmark.scsi.sense import (
+    ScsiError,
+    miscompare,
+    space_allocation_failed,
+    unrecovered_read_error,
+    write_error,
+)
 from earmark.scsi.xcopy import copy_aborted
 from earmark.target.backing import Backing, BackingError
 from earmark.target.events import IoRequest
 from earmark.target.segments import cut, total
 
 log = logging.getLogger(__name__)
+
+#: A backing store out of space (or of quota): a thin LUN that cannot allocate.
+_NO_SPACE = frozenset((errno.ENOSPC, errno.EDQUOT))
 
 #: Blocks written per pwritev by WRITE SAME (one iovec per block).
 _SAME_BATCH = 256
@@ -52,6 +62,9 @@ def run_io(io: IoRequest) -> bytes:
                 backing.write(plan.lba * bs + io.offset, io.views)
             if plan.fua and io.last:
                 backing.sync()
+            if io.unit.out_of_space:
+                io.unit.out_of_space = False
+                log.warning("LUN %d: writes succeed again", io.unit.number)
         elif isinstance(plan, VerifyPlan):
             _verify(backing, plan, bs, io)
         elif isinstance(plan, WriteSamePlan):
@@ -72,8 +85,15 @@ def run_io(io: IoRequest) -> bytes:
     except ScsiError as exc:
         return exc.sense()
     except (BackingError, OSError) as exc:
-        log.error("LUN %d: %s at LBA %s", io.unit.number, exc, getattr(plan, "lba", "-"))
         lba = getattr(plan, "lba", None)
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            if not io.unit.out_of_space:  # once per episode: a busy initiator retries a lot
+                io.unit.out_of_space = True
+                log.warning("LUN %d: the backing store is full (%s) at LBA %s: writes that "
+                            "need space fail with SPACE ALLOCATION FAILED until it is freed",
+                            io.unit.number, exc.strerror, lba)
+            return space_allocation_failed(lba).sense()
+        log.error("LUN %d: %s at LBA %s", io.unit.number, exc, "-" if lba is None else lba)
         reading = isinstance(plan, ReadPlan | VerifyPlan)
         return (unrecovered_read_error(lba) if reading else write_error(lba)).sense()
     return b""

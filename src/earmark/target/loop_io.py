@@ -7,7 +7,8 @@ leaves with the rest of the batch. So small commands run on the loop when they c
 wait for a disk:
 
 - a read whose blocks are all in the page cache (preadv2 with RWF_NOWAIT);
-- a plain buffered write (no FUA, write cache on, not atomic): the kernel copies it into
+- a plain buffered write (no FUA, write cache on, not atomic, and not while the unit's
+  backing is out of space: the threads report that, and see it end): the kernel copies it into
   the page cache and returns. Where it can refuse a write that would wait
   (pwritev2 RWF_NOWAIT), it does; where it cannot (ext4 on most kernels), a write may
   still sleep in dirty-page throttling. `LoopWrites` watches for that: once slow writes
@@ -102,7 +103,7 @@ def run_on_loop(io: IoRequest, now: float) -> bool:
         if isinstance(plan, ReadPlan):
             return unit.backing.read_cached(plan.lba * unit.disk.block_size, io.views)
         if (isinstance(plan, WritePlan) and not plan.fua and not plan.atomic
-                and unit.loop_writes.open(now)):
+                and not unit.out_of_space and unit.loop_writes.open(now)):
             return unit.backing.write_now(plan.lba * unit.disk.block_size, io.views)
     except (BackingError, OSError):
         pass

@@ -18,7 +18,9 @@ class LogicalUnit:
     ORWRITE) against each other, since they run on a thread pool. `reservations`
     is shared by every session on the unit: fencing is between initiators, and so is
     `copies`, the EXTENDED COPY lists each nexus started through this unit.
-    `loop_writes` is shared too: dirty-page throttling is the backing device's."""
+    `loop_writes` is shared too: dirty-page throttling is the backing device's. So is
+    `out_of_space`: its backing said ENOSPC and no write has succeeded since (the
+    target logs the start and the end of that, not every failed write)."""
 
     number: int
     disk: Disk
@@ -27,6 +29,7 @@ class LogicalUnit:
     reservations: Reservations = field(default_factory=Reservations)
     copies: CopyManager = field(default_factory=CopyManager)
     loop_writes: LoopWrites = field(init=False)
+    out_of_space: bool = False
 
     def __post_init__(self) -> None:
         self.loop_writes = LoopWrites(self.number)
