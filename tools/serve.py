@@ -30,7 +30,7 @@ from tools.peers import PeerError, free_port
 __all__ = ["EarmarkServe"]
 
 _URL = re.compile(rb"^(iscsi://\S+)$", re.M)
-_ARENA = re.compile(rb"\(policy \w+, memory (\d+) B\)")
+_ARENA = re.compile(rb"\(policy \w+, memory (\d+) B[,)]")
 _IN_USE = "in use"  # `earmark serve`'s words when the port was taken after free_port()
 
 

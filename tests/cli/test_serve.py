@@ -3,6 +3,7 @@ prints, a clean stop on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+import earmark
+from earmark.scsi.sense import ScsiError, SenseKey
 from tools import peers
+from tools.serve import EarmarkServe
 
 EARMARK = [sys.executable, "-m", "earmark.cli"]
 
@@ -71,3 +75,27 @@ def test_serve_prints_the_url_serves_and_stops_cleanly_on_sigterm(tmp_path: Path
             proc.wait()
     assert os.path.getsize(tmp_path / "disk.img") == 4 << 20
 
+
+
+@pytest.mark.tcp
+def test_serve_readonly_answers_writes_with_write_protected_and_serves_reads(
+        tmp_path: Path) -> None:
+    lun = tmp_path / "ro.img"
+    data = os.urandom(1 << 20)
+    lun.write_bytes(data)
+
+    async def go(url: str) -> None:
+        async with earmark.open(url) as dev:
+            assert await dev.read(4096, 4096) == data[4096:8192]
+            with pytest.raises(ScsiError) as raised:
+                await dev.write(0, bytes(4096))
+            err = raised.value
+            assert (err.key, err.asc, err.ascq) == (SenseKey.DATA_PROTECT, 0x27, 0x00)
+            sense = bytearray(255)
+            await dev.execute(bytes((0x1A, 0x08, 0x3F, 0, 255, 0)),  # MODE SENSE(6)
+                              read_into=memoryview(sense))
+            assert sense[2] & 0x80, "the mode header's WP bit is not set"
+
+    with EarmarkServe(lun, "--readonly") as served:
+        asyncio.run(go(served.url))
+    assert lun.read_bytes() == data

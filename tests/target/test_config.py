@@ -76,12 +76,33 @@ def test_a_good_config_reads_whole(tmp_path: Path) -> None:
     (GOOD.replace('memory = "32MiB"', 'policy = "yolo"'), "policy 'yolo' is unknown"),
     ("[server\n", "is not valid TOML"),
     (GOOD.replace('iqn = "iqn.2026-11.org.earmark:two"', 'iqn = "two"'), "is not an iSCSI name"),
+    (GOOD.replace('size = "2MiB"', 'size = "2MiB"\nreadonly = "yes"'),
+     "readonly 'yes' must be true or false"),
 ])
 def test_mistakes_are_one_line_with_the_fix(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, text))
     assert message in str(info.value)
     assert str(info.value).startswith(f"config {tmp_path / 'earmark.toml'}")
+
+
+def test_readonly_is_per_lun_in_the_file_and_for_every_lun_on_the_command_line(
+        tmp_path: Path) -> None:
+    text = GOOD.replace('size = "2MiB"', 'size = "2MiB"\nreadonly = true')
+    cfg = load(write(tmp_path, text))
+    assert [[lun.readonly for lun in t.luns] for t in cfg.targets] == [[False, True], [False]]
+    cfg = from_options(None, write(tmp_path, GOOD), readonly=True)
+    assert [[lun.readonly for lun in t.luns] for t in cfg.targets] == [[True, True], [True]]
+    (target,) = from_options(tmp_path / "d.img", None, readonly=True).targets
+    assert [lun.readonly for lun in target.luns] == [True]
+
+
+def test_a_bad_chap_flag_does_not_echo_what_may_be_the_secret(tmp_path: Path) -> None:
+    for value in ("s3cret-without-user", ":s3cret-without-user", "user-without-secret:"):
+        with pytest.raises(ConfigError) as info:
+            from_options(tmp_path / "d.img", None, chap=value)
+        assert value.strip(":") not in str(info.value)
+        assert "USER:SECRET" in str(info.value)
 
 
 def test_the_command_line_is_one_target_with_one_lun(tmp_path: Path) -> None:

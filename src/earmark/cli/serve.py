@@ -49,6 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="admission: reserve (default) or none (allocate on demand)")
     p.add_argument("--chap", metavar="USER:SECRET",
                    help="require one-way CHAP with these credentials")
+    p.add_argument("--readonly", action="store_true",
+                   help="serve the LUN(s) read-only: writes answer DATA PROTECT")
     p.add_argument("--loop", choices=loops.LOOPS, default="auto",
                    help="event loop: uvloop if installed (auto, the default), or force one")
     p.add_argument("-v", "--verbose", action="store_true", help="log every session")
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> TargetServer:
     cfg = from_options(args.file, args.config, size=args.size, address=args.address,
-                       port=args.port, memory=args.memory, policy=args.policy, chap=args.chap)
+                       port=args.port, memory=args.memory, policy=args.policy, chap=args.chap,
+                       readonly=args.readonly)
     server = TargetServer(build.from_config(cfg))
     portal = server.portal
     need = portal.recv_bytes + sum(portal.slot_claim.values())
@@ -102,8 +105,9 @@ async def _serve(server: TargetServer, args: argparse.Namespace) -> None:
             cred = f"{spec.entry.chap[0]}%{spec.entry.chap[1]}@"
         for number, unit in sorted(spec.units.items()):
             path = getattr(unit.backing, "path", "memory")
+            mode = ", read-only" if unit.disk.read_only else ""
             print(f"serving {path} as {iqn} LUN {number} (policy {policy}, "
-                  f"memory {server.arena.capacity} B)")
+                  f"memory {server.arena.capacity} B{mode})")
             print(f"iscsi://{cred}{server.address}:{server.port}/{iqn}/{number}", flush=True)
     await stop.wait()
     await server.stop()

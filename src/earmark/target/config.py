@@ -17,6 +17,7 @@
     lun = 0                      # default: position in the list
     file = "disk1.img"           # relative to the config file
     size = "1G"                  # optional: create the file with this size if missing
+    readonly = true              # optional: writes answer DATA PROTECT / WRITE PROTECTED
 
 The file is checked whole before anything starts: a mistake is one line that
 names the file, the place and the fix (an unknown key says which keys exist).
@@ -46,6 +47,7 @@ class LunConfig:
     lun: int
     file: Path
     size: int | None
+    readonly: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ IQN_PREFIX = "iqn.2026-11.org.earmark:"
 
 _SERVER_KEYS = {"address", "port", "memory", "policy"}
 _TARGET_KEYS = {"iqn", "alias", "chap", "mutual", "initiators", "lun"}
-_LUN_KEYS = {"lun", "file", "size"}
+_LUN_KEYS = {"lun", "file", "size", "readonly"}
 _CRED_KEYS = {"user", "secret"}
 POLICIES = ("reserve", "none")
 
@@ -131,9 +133,11 @@ def from_options(
     memory: str | None = None,
     policy: str | None = None,
     chap: str | None = None,
+    readonly: bool = False,
 ) -> ServeConfig:
     """`earmark serve`'s command line as a config: FILE is one target with one LUN;
-    --config reads the file, and the flags given override its [server] table."""
+    --config reads the file, and the flags given override its [server] table (and
+    --readonly makes every LUN of it read-only)."""
     if (file is None) == (config is None):
         raise ConfigError("give either FILE (one LUN) or --config FILE.toml, not both or neither")
     if config is not None:
@@ -146,15 +150,20 @@ def from_options(
             cfg = replace(cfg, memory=parse_size(memory, "--memory"))
         if policy is not None:
             cfg = replace(cfg, policy=policy)
+        if readonly:
+            cfg = replace(cfg, targets=tuple(
+                replace(t, luns=tuple(replace(lun, readonly=True) for lun in t.luns))
+                for t in cfg.targets))
     else:
         assert file is not None
         credentials = None
         if chap is not None:
             user, sep, secret = chap.partition(":")
-            if not sep or not user or not secret:
-                raise ConfigError(f"--chap {chap!r} must be USER:SECRET")
+            if not sep or not user or not secret:  # never echo it: it may hold the secret
+                raise ConfigError("--chap must be USER:SECRET, both non-empty")
             credentials = (user, secret)
-        lun = LunConfig(0, file, parse_size(size, "--size") if size is not None else None)
+        lun = LunConfig(0, file, parse_size(size, "--size") if size is not None else None,
+                        readonly)
         target = TargetConfig(target_iqn(file), "", credentials, None, None, (lun,))
         cfg = ServeConfig(address or DEFAULT_ADDRESS, DEFAULT_PORT if port is None else port,
                           parse_size(memory or DEFAULT_MEMORY, "--memory"),
@@ -211,7 +220,10 @@ def _lun(raw: object, index: int, where: _Where, target: str) -> LunConfig:
     if not file.is_absolute():
         file = where.path.parent / file
     size = _size(table["size"], where, f"{place} size") if "size" in table else None
-    return LunConfig(number, file, size)
+    readonly = table.get("readonly", False)
+    if not isinstance(readonly, bool):
+        raise where.error(f"{place} readonly {readonly!r} must be true or false")
+    return LunConfig(number, file, size, readonly)
 
 
 class _Where:
