@@ -19,7 +19,8 @@ seems to hold them while it waits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from earmark.initiator.errors import InitiatorError
 from earmark.initiator.session import Command
@@ -83,10 +84,13 @@ class Admission:
     """One device's claims by transfer length and its pool of idle command reservations."""
 
     __slots__ = ("_conn_res", "_holder", "_idle", "_idle_count", "_idle_owner", "_read_claims",
-                 "_recv", "_shrinking", "_write_claims", "arena", "closing", "params")
+                 "_recv", "_shrinking", "_write_claims", "arena", "closing", "params", "reserves")
 
-    def __init__(self, arena: Arena, name: str) -> None:
+    def __init__(self, arena: Arena, name: str, *, reserves: bool = True) -> None:
+        """``reserves``: the policy is ``reserve`` (commands and the receive buffer are
+        reserved); False: the policies that allocate on demand."""
         self.arena = arena
+        self.reserves = reserves
         #: The limits claims are computed from (the last login's).
         self.params = SessionParams()
         #: Nothing is pooled any more: the device is closing.
@@ -103,10 +107,10 @@ class Admission:
 
     # ------------------------------------------------------------ the connection's
 
-    async def receive_buffer(self, nbytes: int, reserve: bool) -> memoryview:
+    async def receive_buffer(self, nbytes: int) -> memoryview:
         """The connection's receive buffer, held for the device's life: reserved under
         ``reserve``, else allocated (and so waited for) like any other buffer."""
-        if reserve:
+        if self.reserves:
             res = self._conn_res = await self.arena.reserve({HostLevel.WIRE: nbytes},
                                                             owner=self._holder)
             self._recv = res.take(HostLevel.WIRE, nbytes)
@@ -186,6 +190,27 @@ class Admission:
         """Bytes per level (TASK, WIRE) one command moving ``nbytes`` draws."""
         _, task, wire = self.claim(write, nbytes)
         return {HostLevel.TASK: task, HostLevel.WIRE: wire}
+
+    def admit(self, cmd: Admitted, reserve: bool) -> Coroutine[Any, Any, None] | None:
+        """Give ``cmd`` its memory until its status: None when it holds it now, else what
+        to await for it (the one place a command waits for memory, holding nothing).
+
+        Under ``reserve`` its own claim, an idle reservation of its size if one is kept
+        (held, untouched, from admission to status, exactly the command's lifetime, so
+        drawing on it would only add bookkeeping); ``reserve`` False means the caller
+        reserved already (it is current): it draws, as under the other policies."""
+        claim, task_bytes, wire_bytes = self.claim(cmd.write_data is not None, cmd.length)
+        if reserve and self.reserves:
+            cmd.claim = claim
+            res = self.take(claim, cmd.owner)
+            if res is None:
+                return self._reserve(cmd, claim)
+            cmd.res = res
+            return None
+        return self.draw(cmd, task_bytes, wire_bytes, self.reserves)
+
+    async def _reserve(self, cmd: Admitted, claim: Claim) -> None:
+        cmd.res = await self.arena.reserve(claim, owner=cmd.owner)
 
     def take(self, claim: Claim, owner: str) -> Reservation | None:
         """An idle reservation of exactly ``claim``, now ``owner``'s; None if none is kept."""

@@ -20,9 +20,10 @@ engine's own (its loop's time, or the monotonic clock), where the parser calls
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, Unpack
 
-from earmark.initiator.device import DeviceBase
+from earmark.host.policy import Policy
+from earmark.initiator.device import DeviceBase, DeviceOptions
 from earmark.initiator.errors import InitiatorError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed, FailureKind
 from earmark.initiator.login import LoginSteps
@@ -54,8 +55,9 @@ class Driver(DeviceBase, Generic[S]):
     #: The engine's clock, set before the first login.
     clock: Callable[[], float]
 
-    def __init__(self, url: str | IscsiUrl, **options: Any) -> None:
-        super().__init__(url, **options)
+    def __init__(self, url: str | IscsiUrl, *, policy: Policy = Policy.RESERVE,
+                 **options: Unpack[DeviceOptions]) -> None:
+        super().__init__(url, policy=policy, **options)
         self.session: InitiatorSession | None = None
         self.stream: S | None = None
         #: Commands with no session to go on: they go out on the next one.

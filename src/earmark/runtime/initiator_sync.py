@@ -19,25 +19,17 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Mapping
 from types import TracebackType
+from typing import Unpack
 
-from earmark.initiator.device import (
-    DEFAULT_INITIATOR_NAME,
-    MAX_IO_BYTES,
-    RECEIVE_BUFFER_BYTES,
-    check_extent,
-    chunks,
-    unmap_command,
-)
+from earmark.initiator.device import MAX_IO_BYTES, RECEIVE_BUFFER_BYTES, DeviceOptions
 from earmark.initiator.driver import Driver
 from earmark.initiator.errors import ConnectError, InitiatorError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed
-from earmark.initiator.session import Command, Timeouts
+from earmark.initiator.session import Command
 from earmark.initiator.stream import PduStream
 from earmark.initiator.url import IscsiUrl
 from earmark.iscsi.pdu import Pdu
-from earmark.memory import Arena
 from earmark.runtime.blocking_socket import SocketTransport, read, timeval
 from earmark.scsi import cdb as C
 
@@ -54,24 +46,11 @@ class SyncBlockDevice(Driver[PduStream]):
     Offsets and lengths must be multiples of :attr:`block_size`.
     """
 
-    def __init__(
-        self,
-        url: str | IscsiUrl,
-        *,
-        arena: Arena | None = None,
-        initiator_name: str = DEFAULT_INITIATOR_NAME,
-        timeouts: Timeouts | None = None,
-        login_timeout: float = 10.0,
-        reconnect_timeout: float = 60.0,
-        max_attempts: int = 4,
-        environ: Mapping[str, str] | None = None,
-        digests: bool = False,
-    ) -> None:
-        """Connects, logs in and reads the capacity; ``arena`` must be used by this
-        device's callers only (an arena is single-threaded)."""
-        super().__init__(url, arena=arena, initiator_name=initiator_name, timeouts=timeouts,
-                         login_timeout=login_timeout, reconnect_timeout=reconnect_timeout,
-                         max_attempts=max_attempts, environ=environ, digests=digests)
+    def __init__(self, url: str | IscsiUrl, **options: Unpack[DeviceOptions]) -> None:
+        """Connects, logs in and reads the capacity; the options are
+        :class:`~earmark.initiator.device.DeviceBase`'s, and an ``arena`` given must be
+        used by this device's callers only (an arena is single-threaded)."""
+        super().__init__(url, **options)
         self.clock = time.monotonic
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -96,22 +75,13 @@ class SyncBlockDevice(Driver[PduStream]):
 
     def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
         """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
-        self._transfer(offset, memoryview(buffer).cast("B"), False)
+        for cdb, part in self.plan(offset, memoryview(buffer).cast("B"), False):
+            self.execute(cdb, read_into=part)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
-        self._transfer(offset, memoryview(data).cast("B"), True)
-
-    def _transfer(self, offset: int, view: memoryview, write: bool) -> None:
-        n = len(view)
-        bs = self._block_size
-        if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
-            check_extent(offset, n, bs, self._blocks * bs)  # raises, in words
-        for at, part in ((0, view),) if n <= MAX_IO_BYTES else chunks(view):
-            if write:
-                self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
-            else:
-                self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
+        for cdb, part in self.plan(offset, memoryview(data).cast("B"), True):
+            self.execute(cdb, write_data=part)
 
     def flush(self) -> None:
         """SYNCHRONIZE CACHE of the whole LUN."""
@@ -119,9 +89,7 @@ class SyncBlockDevice(Driver[PduStream]):
 
     def discard(self, offset: int, length: int) -> None:
         """UNMAP the range (the target may then read it back as zeros or as before)."""
-        bs = self._block_size
-        check_extent(offset, length, bs, self._blocks * bs)
-        cdb, params = unmap_command(offset, length, bs)
+        cdb, params = self.unmap(offset, length)
         self.execute(cdb, write_data=params)
 
     def execute(
