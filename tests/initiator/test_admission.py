@@ -180,3 +180,16 @@ def test_without_reservations_a_command_draws_and_its_answers_come_on_arrival() 
         assert adm.arena.committed == 0
 
     asyncio.run(main())
+
+
+def test_a_blocking_command_holds_a_kept_reservation_or_one_reserved_at_once() -> None:
+    adm = admission()
+    claim, res = adm.hold_now(True, 4096, "a")
+    assert claim is adm.claim(True, 4096)[0] and res.owner == "a" and adm.idle == []
+    adm.give_back(claim, res)
+    again, kept = adm.hold_now(True, 4096, "b")
+    assert again is claim and kept is res and kept.owner == "b"
+    adm.give_back(claim, kept)
+    tight = admission(4096)
+    with pytest.raises(InitiatorError, match="larger arena"):
+        tight.hold_now(True, 1 << 20, "c")

@@ -222,6 +222,12 @@ class Admission:
         res.owner = owner  # Reservation.handoff, written out: this runs for every command
         return res
 
+    def hold_now(self, write: bool, nbytes: int, owner: str) -> tuple[Claim, Reservation]:
+        """The claim of one command and a reservation of it, at once (for an engine that
+        has nothing to wait on): a kept one, else a new one (:meth:`reserve_now`)."""
+        claim = self.claim(write, nbytes)[0]
+        return claim, self.take(claim, owner) or self.reserve_now(claim, owner, nbytes)
+
     def reserve_now(self, claim: Claim, owner: str, nbytes: int) -> Reservation:
         """``claim`` from the arena at once (after :meth:`take` found none); an error in
         words if it does not fit (for an engine that has nothing to wait on)."""

@@ -32,7 +32,10 @@ from earmark.initiator.session import Command, InitiatorSession
 from earmark.initiator.url import IscsiUrl
 from earmark.iscsi.pdu import Pdu, WireBytes
 
-__all__ = ["Driver", "Wire"]
+__all__ = ["LOGOUT_WAIT", "Driver", "Wire"]
+
+LOGOUT_WAIT = 5.0
+"""How long a close waits for the logout response (then it closes the connection anyway)."""
 
 
 class Wire(Protocol):
@@ -232,8 +235,10 @@ class Driver(DeviceBase, Generic[S]):
         return session is None or session.logout_response is not None
 
     def shut(self) -> None:
-        """The close ends, the connection closed: commands still waiting fail."""
+        """The close ends, the connection closed: commands still waiting fail, the memory
+        goes back."""
         self.closing = True
         self.session = self.stream = None
         self.fail_pending(self.dead or SessionLostError(f"{self.where}: device closed"))
         self.admission.stop()
+        self.admission.free_receive_buffer()

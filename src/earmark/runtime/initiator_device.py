@@ -26,7 +26,7 @@ from earmark.initiator.device import (
     Plan,
     policy_named,
 )
-from earmark.initiator.driver import Driver
+from earmark.initiator.driver import LOGOUT_WAIT, Driver
 from earmark.initiator.errors import ConnectError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed, FailureKind
 from earmark.initiator.session import Command
@@ -39,9 +39,6 @@ from earmark.runtime.stalling_reader import StallingReader
 from earmark.scsi import cdb as C
 
 __all__ = ["DEFAULT_INITIATOR_NAME", "WANTS", "BlockDevice", "Policy", "discover"]
-
-
-_LOGOUT_WAIT = 5.0
 
 
 async def _first(timeout: float, *waits: asyncio.Future[None]) -> None:
@@ -137,7 +134,7 @@ class BlockDevice(Driver[InitiatorStream]):
         stream = self.stream
         if self.log_out() and not self.logged_out:
             assert stream is not None
-            await _first(_LOGOUT_WAIT, logged_out, stream.closed)
+            await _first(LOGOUT_WAIT, logged_out, stream.closed)
         self.admission.stop()
         reconnecting = self._reconnecting
         if reconnecting is not None:
@@ -147,11 +144,10 @@ class BlockDevice(Driver[InitiatorStream]):
         stream = self.stream  # or a login that won the race with the cancellation
         if stream is not None:
             stream.close("closed by the application")
-            await _first(_LOGOUT_WAIT, stream.closed)
+            await _first(LOGOUT_WAIT, stream.closed)
         self._reader.stop()
         self.shut()
         self._timer.arm(None)
-        self.admission.free_receive_buffer()
         self.arena.waits.clear_source(self._waits_name)
 
     def logged_out_now(self) -> None:

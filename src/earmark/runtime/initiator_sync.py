@@ -22,8 +22,9 @@ import time
 from types import TracebackType
 from typing import Unpack
 
+from earmark.host.policy import Policy
 from earmark.initiator.device import MAX_IO_BYTES, RECEIVE_BUFFER_BYTES, DeviceOptions
-from earmark.initiator.driver import Driver
+from earmark.initiator.driver import LOGOUT_WAIT, Driver
 from earmark.initiator.errors import ConnectError, InitiatorError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed
 from earmark.initiator.session import Command
@@ -37,7 +38,6 @@ __all__ = ["SyncBlockDevice"]
 
 _TICK = 1.0
 """Longest a blocked recv waits before the session's timers are looked at."""
-_LOGOUT_WAIT = 5.0
 
 
 class SyncBlockDevice(Driver[PduStream]):
@@ -50,7 +50,7 @@ class SyncBlockDevice(Driver[PduStream]):
         """Connects, logs in and reads the capacity; the options are
         :class:`~earmark.initiator.device.DeviceBase`'s, and an ``arena`` given must be
         used by this device's callers only (an arena is single-threaded)."""
-        super().__init__(url, **options)
+        super().__init__(url, policy=Policy.RESERVE, **options)  # a policy given: TypeError
         self.clock = time.monotonic
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -110,9 +110,7 @@ class SyncBlockDevice(Driver[PduStream]):
                 raise SessionLostError(f"{self.url}: the device is closed")
             cmd = Command(cdb, self.url.lun if lun is None else lun, read_into, write_data)
             admission = self.admission
-            claim = admission.claim(write_data is not None, cmd.length)[0]
-            res = (admission.take(claim, self.name)
-                   or admission.reserve_now(claim, self.name, cmd.length))
+            claim, res = admission.hold_now(write_data is not None, cmd.length, self.name)
             try:
                 self._run(cmd)
             finally:
@@ -227,7 +225,7 @@ class SyncBlockDevice(Driver[PduStream]):
             if self.closing:
                 return
             stream, sock = self.stream, self._sock
-            deadline = time.monotonic() + _LOGOUT_WAIT
+            deadline = time.monotonic() + LOGOUT_WAIT
             with contextlib.suppress(ConnectionFailed):  # gone already: nothing to wait for
                 if self.log_out():
                     assert stream is not None and sock is not None
@@ -237,7 +235,6 @@ class SyncBlockDevice(Driver[PduStream]):
                 stream.close("closed by the application")
             self._sock = None
             self.shut()
-            self.admission.free_receive_buffer()
 
     def __enter__(self) -> SyncBlockDevice:
         return self

@@ -10,6 +10,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from earmark.iscsi.login import TargetEntry
 from earmark.memory import Arena
@@ -22,6 +23,8 @@ from earmark.target.session import AdmissionPolicy, SessionConfig
 from earmark.target.unit import LogicalUnit
 
 BLOCK_SIZE = 512
+#: The one target of an embedded target (tests, benchmarks, the demo).
+EMBEDDED_IQN = "iqn.2026-11.org.earmark:embedded"
 #: Largest transfer of one command; the target reserves its buffers before admitting it.
 MAX_TRANSFER = 8 << 20
 #: The arena's unit; a capacity is rounded down to it.
@@ -55,15 +58,25 @@ def from_config(cfg: ServeConfig) -> TargetSetup:
     return TargetSetup(tuple(specs), target_arena(cfg.memory), config, cfg.address, cfg.port)
 
 
+class OneLun(TypedDict, total=False):
+    """What an embedded target may choose of :func:`one_lun`'s (the defaults are there)."""
+
+    iqn: str
+    memory: int
+    policy: AdmissionPolicy
+    chap: tuple[str, str] | None
+    block_size: int
+
+
 def one_lun(
     backing: Backing,
     *,
-    iqn: str,
-    memory: int,
-    policy: AdmissionPolicy,
-    chap: tuple[str, str] | None,
-    block_size: int,
-    serial: str,
+    iqn: str = EMBEDDED_IQN,
+    memory: int = 64 << 20,
+    policy: AdmissionPolicy = AdmissionPolicy.RESERVE,
+    chap: tuple[str, str] | None = None,
+    block_size: int = BLOCK_SIZE,
+    serial: str = "EMBEDDED",
 ) -> TargetSetup:
     """One target, LUN 0 on `backing`, on a free loopback port."""
     config = SessionConfig(policy=policy)
