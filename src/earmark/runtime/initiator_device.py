@@ -32,8 +32,12 @@ from earmark.initiator.failure import ConnectionFailed, FailureKind
 from earmark.initiator.session import Command
 from earmark.initiator.url import IscsiUrl
 from earmark.memory import Wait
-from earmark.runtime.initiator_connection import InitiatorStream
-from earmark.runtime.initiator_open import discover, log_in_again, open_stream
+from earmark.runtime.initiator_connection import (
+    InitiatorStream,
+    discover,
+    log_in_again,
+    open_stream,
+)
 from earmark.runtime.loop_timer import LoopTimer
 from earmark.runtime.stalling_reader import StallingReader
 from earmark.scsi import cdb as C
