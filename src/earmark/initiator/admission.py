@@ -223,8 +223,9 @@ class Admission:
         return res
 
     def hold_now(self, write: bool, nbytes: int, owner: str) -> tuple[Claim, Reservation]:
-        """The claim of one command and a reservation of it, at once (for an engine that
-        has nothing to wait on): a kept one, else a new one (:meth:`reserve_now`)."""
+        """The claim of one command and a reservation of it, at once: a kept one, else a new
+        one (:meth:`reserve_now`). For an engine with nothing to wait on (a thread's), so a
+        claim that does not fit is an error in words, never a hang."""
         claim = self.claim(write, nbytes)[0]
         return claim, self.take(claim, owner) or self.reserve_now(claim, owner, nbytes)
 

@@ -8,9 +8,8 @@ a command and blocks in ``recv`` for its answer (threads take turns: a lock),
 running the asyncio engine's sans-I/O core (``earmark.initiator``: the driver,
 admission, recovery, the login steps) and the :class:`PduStream` parser.
 
-Memory, as under ``reserve``, from the device's own arena, reserved at once
-(``Admission.reserve_now``): a thread has nothing to wait on, so a claim that
-does not fit is an error in words, never a hang.
+Memory, as under ``reserve``, from the device's own arena, at once
+(``Admission.hold_now``).
 """
 
 from __future__ import annotations
