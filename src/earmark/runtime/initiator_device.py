@@ -1,10 +1,10 @@
 """The iSCSI block device on asyncio: the adapter that runs the initiator's driver on a loop.
 
 :class:`BlockDevice` is what ``earmark.open(url)`` returns. The session's life
-(``earmark.initiator.driver``), a command's memory (``.admission``), recovery
-and the login and SendTargets steps are decided in ``earmark.initiator``; this
-module awaits memory and answers, keeps the session's one timer, batches what
-it submits and carries bytes. Under the policies without reservations its
+(``earmark.initiator.driver``), a command's memory (``.admission``), each block
+call's commands (``.device``), recovery and the login and SendTargets steps are
+decided in ``earmark.initiator``; this module awaits memory and answers, keeps
+the session's one timer, batches what it submits and carries bytes. Under the policies without reservations its
 reader may stall for memory (``earmark.runtime.stalling_reader``).
 """
 
