@@ -199,7 +199,10 @@ class Admission:
         (held, untouched, from admission to status, exactly the command's lifetime, so
         drawing on it would only add bookkeeping); ``reserve`` False means the caller
         reserved already (it is current): it draws, as under the other policies."""
-        claim, task_bytes, wire_bytes = self.claim(cmd.write_data is not None, cmd.length)
+        write, nbytes = cmd.write_data is not None, cmd.length
+        # The remembered claim looked up here, not through claim(): this runs per command.
+        got = (self._write_claims if write else self._read_claims).get(nbytes)
+        claim, task_bytes, wire_bytes = got or self.claim(write, nbytes)
         if reserve and self.reserves:
             cmd.claim = claim
             res = self.take(claim, cmd.owner)
@@ -226,7 +229,8 @@ class Admission:
         """The claim of one command and a reservation of it, at once: a kept one, else a new
         one (:meth:`reserve_now`). For an engine with nothing to wait on (a thread's), so a
         claim that does not fit is an error in words, never a hang."""
-        claim = self.claim(write, nbytes)[0]
+        got = (self._write_claims if write else self._read_claims).get(nbytes)  # as in admit
+        claim = (got or self.claim(write, nbytes))[0]
         return claim, self.take(claim, owner) or self.reserve_now(claim, owner, nbytes)
 
     def reserve_now(self, claim: Claim, owner: str, nbytes: int) -> Reservation:

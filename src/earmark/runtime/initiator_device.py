@@ -4,15 +4,15 @@
 (``earmark.initiator.driver``), a command's memory (``.admission``), each block
 call's commands (``.device``), recovery and the login and SendTargets steps are
 decided in ``earmark.initiator``; this module awaits memory and answers, keeps
-the session's one timer, batches what it submits and carries bytes. Under the policies without reservations its
-reader may stall for memory (``earmark.runtime.stalling_reader``).
+the session's one timer, batches what it submits and carries bytes. Under the
+policies without reservations its reader may stall for memory
+(``earmark.runtime.stalling_reader``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
 from types import TracebackType
 from typing import Unpack, cast
 
@@ -23,7 +23,6 @@ from earmark.initiator.device import (
     RECEIVE_BUFFER_BYTES,
     WANTS,
     DeviceOptions,
-    Plan,
     policy_named,
 )
 from earmark.initiator.driver import LOGOUT_WAIT, Driver
@@ -168,21 +167,19 @@ class BlockDevice(Driver[InitiatorStream]):
 
     async def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
         """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
-        await self._carry_out(self.plan(offset, memoryview(buffer).cast("B"), False), False)
+        plan = self.plan(offset, memoryview(buffer).cast("B"), False)
+        if len(plan) == 1:
+            await self.execute(plan[0][0], read_into=plan[0][1])
+        else:
+            await asyncio.gather(*(self.execute(cdb, read_into=part) for cdb, part in plan))
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
-        await self._carry_out(self.plan(offset, memoryview(data).cast("B"), True), True)
-
-    def _carry_out(self, plan: Plan, write: bool) -> Awaitable[object]:
-        """The plan's commands, issued together (no coroutine of its own: one command
-        is awaited as it is)."""
+        plan = self.plan(offset, memoryview(data).cast("B"), True)
         if len(plan) == 1:
-            cdb, part = plan[0]
-            return (self.execute(cdb, write_data=part) if write
-                    else self.execute(cdb, read_into=part))
-        return asyncio.gather(*(self.execute(cdb, write_data=part) if write
-                                else self.execute(cdb, read_into=part) for cdb, part in plan))
+            await self.execute(plan[0][0], write_data=plan[0][1])
+        else:
+            await asyncio.gather(*(self.execute(cdb, write_data=part) for cdb, part in plan))
 
     async def flush(self, *, owner: str | None = None) -> None:
         """SYNCHRONIZE CACHE of the whole LUN."""
