@@ -29,6 +29,13 @@ def test_a_call_of_one_command_is_that_command_on_the_whole_buffer() -> None:
     assert cdb == C.write_16(0, 8) and part.obj is buf.obj and len(part) == 4096
 
 
+def test_a_call_of_one_command_needs_no_plan_and_a_larger_one_says_so() -> None:
+    dev = device()
+    assert dev.command(8 * BLOCK, memoryview(bytearray(4096)), True) == C.write_16(8, 8)
+    assert dev.command(0, memoryview(bytearray(MAX_IO_BYTES)), False) == C.read_16(0, 2048)
+    assert dev.command(0, memoryview(bytearray(MAX_IO_BYTES + BLOCK)), False) is None
+
+
 def test_a_larger_call_is_commands_of_max_io_bytes_over_slices_of_the_buffer() -> None:
     dev = device()
     buf = memoryview(bytearray(2 * MAX_IO_BYTES + 4096))
@@ -51,6 +58,8 @@ def test_a_range_that_is_not_whole_blocks_inside_the_device_is_refused_in_words(
     dev = device()
     with pytest.raises(ValueError, match=words):
         dev.plan(offset, memoryview(bytearray(length)), False)
+    with pytest.raises(ValueError, match=words):
+        dev.command(offset, memoryview(bytearray(length)), True)
     with pytest.raises(ValueError, match=words):
         dev.unmap(offset, length)
 

@@ -187,15 +187,25 @@ class DeviceBase(Recovery):
         cap = C.parse_read_capacity_16(capacity)
         self._blocks, self._block_size = cap.num_blocks, cap.block_size
 
-    def plan(self, offset: int, view: memoryview, write: bool) -> Plan:
-        """The commands that read into or write ``view`` at ``offset``, none moving more
-        than MAX_IO_BYTES; raises, in words, unless it is whole blocks inside the device."""
+    def command(self, offset: int, view: memoryview, write: bool) -> bytes | None:
+        """The CDB of the one command that reads into or writes ``view`` at ``offset``, None
+        when that takes more than one (:meth:`plan`); raises, in words, unless it is whole
+        blocks inside the device. What every block call asks first: no plan is built for
+        the common call of one command."""
         n, bs = len(view), self._block_size
         if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
             check_extent(offset, n, bs, self._blocks * bs)  # raises
-        op = C.write_16 if write else C.read_16
-        if n <= MAX_IO_BYTES:
-            return [(op(offset // bs, n // bs), view)]
+        if n > MAX_IO_BYTES:
+            return None
+        return (C.write_16 if write else C.read_16)(offset // bs, n // bs)
+
+    def plan(self, offset: int, view: memoryview, write: bool) -> Plan:
+        """Every command of a block call, none moving more than MAX_IO_BYTES; raises as
+        :meth:`command`."""
+        cdb = self.command(offset, view, write)
+        if cdb is not None:
+            return [(cdb, view)]
+        bs, op = self._block_size, C.write_16 if write else C.read_16
         return [(op((offset + at) // bs, len(part) // bs), part) for at, part in chunks(view)]
 
     def page_command(self, offset: int, nbytes: int, write: bool) -> bytes:

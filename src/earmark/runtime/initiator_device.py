@@ -167,19 +167,23 @@ class BlockDevice(Driver[InitiatorStream]):
 
     async def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
         """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
-        plan = self.plan(offset, memoryview(buffer).cast("B"), False)
-        if len(plan) == 1:
-            await self.execute(plan[0][0], read_into=plan[0][1])
+        view = memoryview(buffer).cast("B")
+        cdb = self.command(offset, view, False)
+        if cdb is not None:
+            await self.execute(cdb, read_into=view)
         else:
-            await asyncio.gather(*(self.execute(cdb, read_into=part) for cdb, part in plan))
+            await asyncio.gather(*(self.execute(one, read_into=part)
+                                   for one, part in self.plan(offset, view, False)))
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
-        plan = self.plan(offset, memoryview(data).cast("B"), True)
-        if len(plan) == 1:
-            await self.execute(plan[0][0], write_data=plan[0][1])
+        view = memoryview(data).cast("B")
+        cdb = self.command(offset, view, True)
+        if cdb is not None:
+            await self.execute(cdb, write_data=view)
         else:
-            await asyncio.gather(*(self.execute(cdb, write_data=part) for cdb, part in plan))
+            await asyncio.gather(*(self.execute(one, write_data=part)
+                                   for one, part in self.plan(offset, view, True)))
 
     async def flush(self, *, owner: str | None = None) -> None:
         """SYNCHRONIZE CACHE of the whole LUN."""

@@ -74,13 +74,17 @@ class SyncBlockDevice(Driver[PduStream]):
 
     def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
         """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
-        for cdb, part in self.plan(offset, memoryview(buffer).cast("B"), False):
-            self.execute(cdb, read_into=part)
+        view = memoryview(buffer).cast("B")
+        cdb = self.command(offset, view, False)
+        for one, part in ((cdb, view),) if cdb is not None else self.plan(offset, view, False):
+            self.execute(one, read_into=part)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
-        for cdb, part in self.plan(offset, memoryview(data).cast("B"), True):
-            self.execute(cdb, write_data=part)
+        view = memoryview(data).cast("B")
+        cdb = self.command(offset, view, True)
+        for one, part in ((cdb, view),) if cdb is not None else self.plan(offset, view, True):
+            self.execute(one, write_data=part)
 
     def flush(self) -> None:
         """SYNCHRONIZE CACHE of the whole LUN."""
