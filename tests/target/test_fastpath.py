@@ -1,9 +1,11 @@
-"""The target's fast paths: cached reads on the loop thread, and their fallbacks.
+"""The target's fast paths: cached reads and plain writes on the loop thread, and their
+fallbacks.
 
 A small read whose blocks are in the page cache is done on the event loop with
-preadv2(RWF_NOWAIT); anything else (not cached, a kernel without the flag, an
-error, a larger read) must still go through the thread pool and come back with
-the right data. `earmark serve --loop uvloop` runs the same code on uvloop.
+preadv2(RWF_NOWAIT), a small plain write with a buffered pwritev; anything else (not
+cached, a kernel without the flag, an error, a larger transfer, FUA) must still go
+through the thread pool and come back with the right data. `earmark serve --loop
+uvloop` runs the same code on uvloop.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import errno
 import importlib.util
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -24,7 +27,7 @@ import pytest
 import earmark
 from earmark.runtime import connection
 from earmark.runtime.embedded import EmbeddedTarget
-from earmark.target import executor
+from earmark.target import loop_io
 from earmark.target.backing import BackingError, FileBacking, MemoryBacking
 from earmark.target.events import IoRequest
 from earmark.target.executor import run_io
@@ -122,7 +125,7 @@ def test_reads_on_the_loop_and_on_the_pool_return_the_same_bytes(
     monkeypatch.setattr(connection, "run_io", counting)
     assert _read_all(target.url, READS) == want
     # Only what is over the inline limit went to a thread (cached small reads did not).
-    assert all(n > executor.INLINE_READ_BYTES for n in pooled)
+    assert all(n > loop_io.INLINE_BYTES for n in pooled)
     # Nothing cached (or no RWF_NOWAIT): every read goes to the pool, same bytes.
     pooled.clear()
     monkeypatch.setattr(backing, "read_cached", lambda offset, views: False)
@@ -140,6 +143,64 @@ def test_a_failing_cached_read_falls_back_to_the_pool(
 
     monkeypatch.setattr(backing, "read_cached", broken)
     assert _read_all(target.url, [(4096, 4096)]) == [lun.read_bytes()[4096:8192]]
+
+
+WRITES = [(0, 4096), (12288, 512), (1 << 20, 65536), (2 << 20, 256 << 10)]  # last: pooled
+
+
+def _write_all(url: str, writes: list[tuple[int, bytes]], *, fua: bool = False) -> None:
+    async def go() -> None:
+        dev = earmark.open(url)
+        await dev.connect()
+
+        async def one(offset: int, data: bytes) -> None:
+            if not fua:
+                return await dev.write(offset, data)
+            # WRITE(10) with FUA (byte 1, bit 3).
+            cdb = struct.pack(">BBIBHB", 0x2A, 0x08, offset // 512, 0, len(data) // 512, 0)
+            await dev.execute(cdb, write_data=memoryview(data))
+
+        try:
+            await asyncio.gather(*(one(o, data) for o, data in writes))
+        finally:
+            await dev.close()
+
+    asyncio.run(go())
+
+
+def test_writes_on_the_loop_and_on_the_pool_land_the_same(
+    lun: Path, served: tuple[EmbeddedTarget, FileBacking], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target, backing = served
+    pooled: list[int] = []
+    real_run_io = run_io
+
+    def counting(io: IoRequest) -> bytes:
+        pooled.append(sum(len(v) for v in io.views))
+        return real_run_io(io)
+
+    monkeypatch.setattr(connection, "run_io", counting)
+    writes = [(o, os.urandom(n)) for o, n in WRITES]
+    _write_all(target.url, writes)
+    # Small plain writes were done on the loop: only the large one went to a thread.
+    assert pooled and all(n > loop_io.INLINE_BYTES for n in pooled)
+    assert _read_all(target.url, [(o, len(d)) for o, d in writes]) == [d for _, d in writes]
+    # FUA must sync, which never happens on the loop: every write goes to a thread.
+    pooled.clear()
+    again = [(o, os.urandom(len(d))) for o, d in writes]
+    _write_all(target.url, again, fua=True)
+    assert len(pooled) >= len(WRITES)
+    # A backing that refuses (or fails) on the loop: the threads write it, same bytes.
+    pooled.clear()
+
+    def broken(offset: int, views: list[memoryview]) -> bool:
+        raise OSError(errno.EIO, "flaky")
+
+    monkeypatch.setattr(backing, "write_now", broken)
+    third = [(o, os.urandom(len(d))) for o, d in writes]
+    _write_all(target.url, third)
+    assert len(pooled) >= len(WRITES)
+    assert _read_all(target.url, [(o, len(d)) for o, d in third]) == [d for _, d in third]
 
 
 @pytest.mark.peers

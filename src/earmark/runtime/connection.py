@@ -5,7 +5,8 @@ held for the connection's life) as many PDUs as the socket has, and the framer
 (`earmark.iscsi.stream`) parses them in a batch. A Data-Out's data segment is read
 straight into the command's reserved buffer: the framer asks `session.placement`
 for the views once the BHS is in and hands them to the transport. Replies go out
-with one `writelines` per batch; backing I/O runs on the server's thread pool. No
+with one `writelines` per batch; backing I/O runs on the server's thread pool, but for
+the small reads and writes the loop does itself (`earmark.target.loop_io`). No
 task per PDU: the only tasks are the connection's admission (reserving more command
 slots) and, under `--policy none`, allocations.
 
@@ -31,8 +32,9 @@ from earmark.memory.levels import TargetLevel
 from earmark.runtime import loops
 from earmark.target import connection_core as core
 from earmark.target.events import AllocRequest, CloseConnection, IoRequest
-from earmark.target.executor import read_cached, run_io
+from earmark.target.executor import run_io
 from earmark.target.login_phase import LoginPhase, Refused
+from earmark.target.loop_io import run_on_loop
 from earmark.target.portal import TargetPortal, WaitFor
 from earmark.target.session import TargetSession
 
@@ -53,6 +55,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         self._peers = peers
         self._loop = loop
         self._pool = pool
+        self._stopwatch = loops.stopwatch(loop)
         self.name = f"conn-{conn_id}"
         self.transport: asyncio.Transport | None = None
         self._send: Callable[[Sequence[bytes | memoryview]], None] = lambda pieces: None
@@ -296,7 +299,9 @@ class TargetConnection(asyncio.BufferedProtocol):
         loop = self._loop
         while (event := session.next_event()) is not None:
             if isinstance(event, IoRequest):
-                if read_cached(event):
+                start = self._stopwatch()
+                if run_on_loop(event, start):
+                    event.unit.loop_writes.took(self._stopwatch() - start, start)
                     session.io_done(event, b"")
                 else:
                     self._io_running += 1

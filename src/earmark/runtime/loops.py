@@ -1,9 +1,11 @@
-"""How to hand an asyncio transport bytes whose buffers we refill at once: the one thing
-the runtime must know about which event loop feeds it."""
+"""What the runtime must know of the event loop it runs on: how its transports keep the
+bytes they are handed (we refill the buffers at once), and which clock times the work
+the loop does itself. Which loop runs is the command line's (``earmark.cli.loops``)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 
 
@@ -24,3 +26,14 @@ def sender(transport: asyncio.WriteTransport) -> Callable[[Sequence[bytes | memo
             transport, "COPIES_ON_WRITELINES", False):
         return transport.writelines
     return lambda pieces: transport.write(b"".join(pieces))
+
+
+def stopwatch(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """The clock that times work ``loop`` does itself (a write the target runs on the loop).
+
+    Not ``loop.time()``: uvloop's is read once per iteration, so a call timed with it takes
+    no time. A loop that keeps its own time says so with a ``stopwatch`` method: the
+    simulator's virtual clock, on which a call takes no time, so its runs stay the same run.
+    """
+    own: Callable[[], float] | None = getattr(loop, "stopwatch", None)
+    return own if own is not None else time.perf_counter

@@ -56,6 +56,9 @@ class SlowBacking:
         time.sleep(self.delay)
         self.inner.write(offset, buffers)
 
+    def write_now(self, offset: int, buffers: list[memoryview]) -> bool:
+        return False  # it is the slow disk: every write waits, on a thread
+
     def sync(self) -> None:
         self.inner.sync()
 

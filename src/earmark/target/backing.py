@@ -24,7 +24,8 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 _ZERO_CHUNK = 1 << 20
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 _NO_PUNCH = frozenset((errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV))
-#: preadv2 flag: fail with EAGAIN rather than wait for the disk (Linux 4.14+); 0 if absent.
+#: preadv2/pwritev2 flag: fail with EAGAIN rather than wait for the disk (reads: Linux
+#: 4.14+; buffered writes: newer kernels and some filesystems only); 0 if absent.
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 
 
@@ -48,6 +49,11 @@ class Backing(Protocol):
 
     def write(self, offset: int, buffers: list[memoryview]) -> None:
         """Write every buffer, in order, from `offset` on."""
+
+    def write_now(self, offset: int, buffers: list[memoryview]) -> bool:
+        """Write like `write`, on the event loop, unless that would wait for a disk: False
+        means do `write` on a thread (part of it may already be written; writing it again
+        is harmless). A store that cannot tell says True and writes; `loop_io` times it."""
 
     def sync(self) -> None:
         """Make every completed write durable."""
@@ -114,6 +120,7 @@ class FileBacking:
             raise
         self._fallocate = _libc_fallocate()
         self._nowait = bool(_RWF_NOWAIT)
+        self._nowait_writes = bool(_RWF_NOWAIT)
 
     def _measure(self, block_size: int) -> int:
         info = os.fstat(self._fd)
@@ -181,6 +188,24 @@ class FileBacking:
             done += n
             rest = _advance(rest, n)
 
+    def write_now(self, offset: int, buffers: list[memoryview]) -> bool:
+        if len(buffers) > _IOV_MAX:
+            return False
+        if self._nowait_writes:
+            total = sum(map(len, buffers))
+            _check_range(self._size, offset, total)
+            try:
+                return os.pwritev(self._fd, buffers, offset, _RWF_NOWAIT) == total
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                self._nowait_writes = False  # not here (ext4 says EOPNOTSUPP): stop asking
+        # No way to be refused: a plain buffered write, which the caller times.
+        self.write(offset, buffers)
+        return True
+
     def sync(self) -> None:
         os.fsync(self._fd)
 
@@ -239,6 +264,10 @@ class MemoryBacking:
         for b in buffers:
             self._data[offset:offset + len(b)] = b
             offset += len(b)
+
+    def write_now(self, offset: int, buffers: list[memoryview]) -> bool:
+        self.write(offset, buffers)  # memory never waits for a disk
+        return True
 
     def sync(self) -> None:
         """Memory is as durable as it gets."""

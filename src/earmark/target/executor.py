@@ -1,5 +1,5 @@
 """Runs one window of an SBC plan against a backing store; blocking, so off the event loop
-(but for a small read the page cache holds: `read_cached`).
+(but for the small reads and writes `loop_io` lets the loop do itself).
 
 The session cuts every plan into windows that fit the command's reserved buffer
 (reused window after window); this module does the I/O of one window and turns
@@ -35,34 +35,6 @@ log = logging.getLogger(__name__)
 
 #: Blocks written per pwritev by WRITE SAME (one iovec per block).
 _SAME_BATCH = 256
-
-#: Largest read done on the loop thread when cached (`read_cached`); larger reads copy
-#: long enough that a pool thread, running beside the loop, is worth its round trip.
-INLINE_READ_BYTES = 64 * 1024
-
-
-def read_cached(io: IoRequest) -> bool:
-    """Do a small read now, on the caller's thread, if its data is in the page cache.
-
-    A thread round trip (submit, wake a worker, wake the loop through its self-pipe)
-    costs tens of microseconds; a cached 4 KiB preadv costs about two, and its
-    Data-In then leaves with the rest of the batch. Only a command's single window
-    qualifies: its buffer was carved when the command arrived, so no Data-In still
-    queued can point into it. False (nothing done) for anything else, anything not
-    cached, and any failure: those go to `run_io`, which reports errors.
-    """
-    plan = io.plan
-    if type(plan) is not ReadPlan or io.offset or not io.last:
-        return False
-    # One window that is the whole read: its views hold the transfer, `xfer` bytes.
-    if io.task.xfer > INLINE_READ_BYTES:
-        return False
-    unit = io.unit
-    try:
-        return unit.backing.read_cached(plan.lba * unit.disk.block_size, io.views)
-    except (BackingError, OSError):
-        return False
-
 
 def run_io(io: IoRequest) -> bytes:
     """Do `io`; sense data on failure, b"" on success. Never raises for I/O errors."""

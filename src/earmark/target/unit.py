@@ -9,6 +9,7 @@ from earmark.scsi.disk import Disk
 from earmark.scsi.reservations import Reservations
 from earmark.scsi.xcopy import CopyManager
 from earmark.target.backing import Backing
+from earmark.target.loop_io import LoopWrites
 
 
 @dataclass(slots=True, eq=False)
@@ -16,7 +17,8 @@ class LogicalUnit:
     """One LUN. `atomic` serialises the read-modify-write plans (COMPARE AND WRITE,
     ORWRITE) against each other, since they run on a thread pool. `reservations`
     is shared by every session on the unit: fencing is between initiators, and so is
-    `copies`, the EXTENDED COPY lists each nexus started through this unit."""
+    `copies`, the EXTENDED COPY lists each nexus started through this unit.
+    `loop_writes` is shared too: dirty-page throttling is the backing device's."""
 
     number: int
     disk: Disk
@@ -24,3 +26,7 @@ class LogicalUnit:
     atomic: threading.Lock = field(default_factory=threading.Lock)
     reservations: Reservations = field(default_factory=Reservations)
     copies: CopyManager = field(default_factory=CopyManager)
+    loop_writes: LoopWrites = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loop_writes = LoopWrites(self.number)
