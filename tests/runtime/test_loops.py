@@ -39,7 +39,42 @@ async def send_then_refill() -> bytes:
         theirs.close()
 
 
-RUNNERS: dict[str, Callable[[Coroutine[Any, Any, bytes]], bytes]] = {
+async def two_sends_with_refills() -> tuple[bytes, bytes]:
+    """Several pieces, then more while the first send's tail still waits in the transport;
+    every buffer refilled as soon as it was handed over. Returns (sent, received)."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    send = loops.sender(transport)
+    try:
+        first = [bytearray(bytes([65 + i]) * (BIG // 4 + i)) for i in range(4)]
+        header = b"header"
+        want = header + b"".join(first)
+        send([header, *(memoryview(b) for b in first)])
+        assert transport.get_write_buffer_size() > 0, "everything was sent: nothing tested"
+        for b in first:
+            b[:] = b"x" * len(b)
+        # Room in the socket again, before the transport could send its tail: the next
+        # send must still queue behind that tail.
+        theirs.setblocking(True)
+        got = bytearray(theirs.recv(1 << 16))
+        theirs.setblocking(False)
+        second = bytearray(b"S" * 1000)
+        send([memoryview(second)])
+        want += bytes(second)
+        second[:] = b"y" * 1000
+        async with asyncio.timeout(30):
+            while len(got) < len(want):
+                got += await loop.sock_recv(theirs, 1 << 20)
+        return want, bytes(got)
+    finally:
+        transport.close()
+        theirs.close()
+
+
+RUNNERS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {
     "asyncio": asyncio.run, "uvloop": uvloop.run}
 
 
@@ -47,6 +82,12 @@ RUNNERS: dict[str, Callable[[Coroutine[Any, Any, bytes]], bytes]] = {
 def test_a_refilled_buffer_never_reaches_the_peer(loop: str) -> None:
     got = RUNNERS[loop](send_then_refill())
     assert got.count(b"B") == 0 and got == b"A" * BIG
+
+
+@pytest.mark.parametrize("loop", sorted(RUNNERS))
+def test_pieces_arrive_whole_and_in_order_behind_a_queued_tail(loop: str) -> None:
+    want, got = RUNNERS[loop](two_sends_with_refills())
+    assert got == want
 
 
 def test_transports_that_copy_are_trusted_to() -> None:

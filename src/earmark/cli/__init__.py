@@ -1,16 +1,20 @@
 """The `earmark` command: one entry point, one module per subcommand.
 
 Each subcommand module has ``add_parser(subparsers)`` and ``run(args) -> exit status``;
-a mistake a user can make ends in one line on stderr and exit status 2.
+a mistake a user can make ends in one line on stderr and exit status 2. Only the module
+of the subcommand that runs is imported (all of them for ``earmark --help``): `earmark
+serve` is a long-lived process, and the initiator, the demo and rich that the others
+load would stay resident in it for nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Protocol
+import importlib
+import sys
+from typing import Protocol, cast
 
 from earmark import __version__
-from earmark.cli import bench, check, demo, ls, serve
 
 
 class Subcommand(Protocol):
@@ -21,12 +25,15 @@ class Subcommand(Protocol):
 
 
 #: In the order ``earmark --help`` lists them.
-COMMANDS: dict[str, Subcommand] = {
-    "demo": demo, "serve": serve, "ls": ls, "bench": bench, "check": check,
-}
+COMMANDS = ("demo", "serve", "ls", "bench", "check")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command(name: str) -> Subcommand:
+    return cast(Subcommand, importlib.import_module(f"earmark.cli.{name}"))
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every subcommand, or for `only` that one."""
     parser = argparse.ArgumentParser(
         prog="earmark",
         description=(
@@ -36,15 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"earmark {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMANDS.values():
-        module.add_parser(commands)
+    for name in COMMANDS if only is None else (only,):
+        command(name).add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    return COMMANDS[args.command].run(args)
+    return command(args.command).run(args)

@@ -7,12 +7,29 @@ interoperates. Data digests cover the data *and* its padding.
 """
 
 import struct
+from collections.abc import Callable
 
-from crc32c import crc32c
+from .pdu import WireBytes
 
 DIGEST_LENGTH = 4
 _LE32 = struct.Struct("<I")
 _PADS = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+_crc32c: Callable[[WireBytes, int], int] | None = None
+
+
+def crc32c(data: WireBytes, value: int = 0) -> int:
+    """CRC32C of `data`, continuing from `value`: the crc32c package's, imported on the
+    first digest. Most sessions negotiate none, and the package's import (it reads its
+    own version through importlib.metadata) keeps 4 MB resident in a long-lived target."""
+    global _crc32c
+    impl = _crc32c
+    if impl is None:
+        from crc32c import crc32c as loaded
+
+        impl = _crc32c = loaded
+    return impl(data, value)
 
 
 def padding(length: int) -> bytes:

@@ -5,9 +5,7 @@ The receive side, bytes -> PDUs, is :mod:`earmark.iscsi.stream`.
 
 from __future__ import annotations
 
-from crc32c import crc32c
-
-from .digest import header_digest, padding
+from .digest import crc32c, header_digest, padding
 from .pdu import MAX_DATA_SEGMENT_LENGTH, Pdu, WireBytes, encode_header
 
 

@@ -352,11 +352,24 @@ class ScsiResponse:
             | (0x04 if self.residual_overflow else 0)
             | (0x02 if self.residual_underflow else 0)
         )
-        return _SCSI_RESPONSE.pack(
-            0x21, flags, self.response, self.status, _lens(0, self.data), self.itt,
-            self.snack_tag, self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn, self.exp_data_sn,
+        return scsi_response_bhs(
+            flags, self.response, self.status, _lens(0, self.data), self.itt, self.snack_tag,
+            self.stat_sn, self.exp_cmd_sn, self.max_cmd_sn, self.exp_data_sn,
             self.bidi_read_residual_count, self.residual_count,
         )
+
+
+def scsi_response_bhs(
+    flags: int, response: int, status: int, lens: int, itt: int, snack_tag: int,
+    stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int, exp_data_sn: int,
+    bidi_residual: int, residual: int,
+) -> bytes:
+    """The BHS of a SCSI Response, field by field (``flags``: F, o, u, O, U; ``lens``:
+    DataSegmentLength). :class:`ScsiResponse` packs through here, and so does the
+    target's GOOD status without sense, sent once per write, as `data_in_bhs` is once
+    per read."""
+    return _SCSI_RESPONSE.pack(0x21, flags, response, status, lens, itt, snack_tag, stat_sn,
+                               exp_cmd_sn, max_cmd_sn, exp_data_sn, bidi_residual, residual)
 
 
 @dataclass(slots=True)

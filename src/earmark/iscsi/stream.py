@@ -30,9 +30,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 
-from crc32c import crc32c
-
-from .digest import DIGEST_LENGTH, padding
+from .digest import DIGEST_LENGTH, crc32c, padding
 from .errors import DigestError, ProtocolError
 from .opcodes import Opcode
 from .pdu import BHS_LENGTH, Pdu, WireBytes, decode_pdu

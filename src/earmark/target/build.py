@@ -66,6 +66,7 @@ class OneLun(TypedDict, total=False):
     policy: AdmissionPolicy
     chap: tuple[str, str] | None
     block_size: int
+    write_cache: bool
 
 
 def one_lun(
@@ -77,11 +78,13 @@ def one_lun(
     chap: tuple[str, str] | None = None,
     block_size: int = BLOCK_SIZE,
     serial: str = "EMBEDDED",
+    write_cache: bool = True,
 ) -> TargetSetup:
-    """One target, LUN 0 on `backing`, on a free loopback port."""
+    """One target, LUN 0 on `backing`, on a free loopback port; `write_cache` False serves
+    it with WCE=0 (every write synced before its status)."""
     config = SessionConfig(policy=policy)
-    unit = LogicalUnit(0, disk(backing.size, serial, block_size=block_size, config=config),
-                       backing)
+    unit = LogicalUnit(0, disk(backing.size, serial, block_size=block_size, config=config,
+                               write_cache=write_cache), backing)
     return TargetSetup((TargetSpec(TargetEntry(iqn, chap=chap), {0: unit}),),
                        target_arena(memory), config, port=0)
 
@@ -91,10 +94,12 @@ def target_arena(memory: int) -> Arena:
                  name="target arena")
 
 
-def disk(size: int, serial: str, *, block_size: int, config: SessionConfig) -> Disk:
+def disk(size: int, serial: str, *, block_size: int, config: SessionConfig,
+         write_cache: bool = True) -> Disk:
     """The Disk a LUN of `size` bytes presents: its limits follow from one command
-    buffer (`config.buffer_bytes`), which the target reserves before admitting a command."""
-    return Disk(size // block_size, serial, block_size=block_size,
+    buffer (`config.buffer_bytes`), which the target reserves before admitting a command.
+    Without `write_cache` (WCE=0) every write is on stable storage before its status."""
+    return Disk(size // block_size, serial, block_size=block_size, write_cache=write_cache,
                 max_transfer_bytes=MAX_TRANSFER,
                 # WRITE SAME may cover no more than one transfer: initiators (libiscsi's
                 # tests among them) read and write a whole WRITE SAME range with one command.

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,6 +82,8 @@ POLICIES = ("reserve", "none")
 
 
 def load(path: Path) -> ServeConfig:
+    import tomllib  # here, not at the top: most targets have no file, and it stays resident
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)

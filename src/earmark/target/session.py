@@ -53,6 +53,7 @@ from earmark.iscsi.pdu import (
     bhs_lengths,
     data_in_bhs,
     encode_header,
+    scsi_response_bhs,
     sense_segment,
 )
 from earmark.iscsi.serial import sn_diff
@@ -82,6 +83,8 @@ _WHOLE = (CompareAndWritePlan, WriteSamePlan)
 _MOD = 1 << 32
 #: Data-In flags of a read's last PDU: F (final) and S (status present).
 _FINAL_STATUS = 0x81
+#: SCSI Response flags: F, always (RFC 7143 11.4.1).
+_FINAL = 0x80
 
 
 class AdmissionPolicy(Enum):
@@ -752,11 +755,20 @@ class TargetSession:
     def _respond(self, task: Task, status: ScsiStatus, sense: bytes, moved: int) -> None:
         self._finish(task)
         over, under, residual = _residual(task.edtl, task.spdtl, moved)
-        self._send(ScsiResponse(
-            task.itt, int(status), 0, self._stat(), self.exp_cmd_sn, self.max_cmd_sn,
-            task.data_sn + task.r2t_sn, residual, 0, 0, over, under, False, False,
-            sense_segment(sense) if sense else b"",
-        ))
+        if sense:
+            self._send(ScsiResponse(
+                task.itt, int(status), 0, self._stat(), self.exp_cmd_sn, self.max_cmd_sn,
+                task.data_sn + task.r2t_sn, residual, 0, 0, over, under, False, False,
+                sense_segment(sense),
+            ))
+            return
+        # Packed directly, not through a ScsiResponse: this is the reply to every write.
+        params = self.params
+        self._out += frame(
+            scsi_response_bhs(_FINAL | (0x04 if over else 0) | (0x02 if under else 0), 0,
+                              status, 0, task.itt, 0, self._stat(), self.exp_cmd_sn,
+                              self.max_cmd_sn, task.data_sn + task.r2t_sn, 0, residual),
+            b"", params.header_digest, params.data_digest)
 
     def _finish(self, task: Task) -> None:
         del self.tasks[task.itt]
