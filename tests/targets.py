@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from earmark.runtime.embedded import DEFAULT_IQN as EMBEDDED_IQN
+from earmark.target.build import EMBEDDED_IQN
 from tools.peers import DEFAULT_IQN as TGTD_IQN
 
 __all__ = ["EmbeddedSpec", "TgtdSpec", "embedded_with", "tgtd_with"]

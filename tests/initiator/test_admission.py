@@ -133,3 +133,63 @@ def test_an_answer_is_charged_to_its_command_on_arrival_or_the_reader_is_told_to
     stray = arena.allocate_charge_now(HostLevel.WIRE, 64, owner="rx")
     assert stray is not None and adm.on_arrival(None, response, stray) == 0  # nobody's
     assert arena.committed == 0
+
+
+def test_a_command_takes_a_kept_reservation_reserves_its_own_or_draws() -> None:
+    async def main() -> None:
+        adm = admission()
+        arena = adm.arena
+        first = Admitted(b"\x28" + bytes(9), 0, memoryview(bytearray(4096)), None, "a")
+        waiting = adm.admit(first, True)  # nothing kept: the claim is to be waited for
+        assert waiting is not None and first.res is None
+        await waiting
+        assert first.res is not None and first.claim is adm.claim(False, 4096)[0]
+        assert first.res.owner == "a" and first.held == ()
+        kept = first.res
+        first.give_back(adm)
+        second = Admitted(b"\x28" + bytes(9), 0, memoryview(bytearray(4096)), None, "b")
+        assert adm.admit(second, True) is None  # the kept one, now, without a wait
+        assert second.res is kept and kept.owner == "b"
+        second.give_back(adm)
+        # The caller reserved (reserve False): the command draws TASK and WIRE on it.
+        third = Admitted(b"\x2a" + bytes(9), 0, None, memoryview(bytearray(4096)), "c")
+        res = arena.reserve_now(adm.cost(True, 4096), owner="c")
+        assert res is not None
+        with res.active():
+            drawn = adm.admit(third, False)
+            assert drawn is not None
+            await drawn
+        assert third.res is None and len(third.held) == 2 and third.rx_buffers is None
+        third.give_back(adm)
+        res.release()
+
+    asyncio.run(main())
+
+
+def test_without_reservations_a_command_draws_and_its_answers_come_on_arrival() -> None:
+    async def main() -> None:
+        adm = Admission(Arena(1 << 20), "dev", reserves=False)
+        adm.negotiated(PARAMS)
+        cmd = Admitted(b"\x28" + bytes(9), 0, memoryview(bytearray(4096)), None, "a")
+        drawn = adm.admit(cmd, True)
+        assert drawn is not None
+        await drawn
+        assert cmd.res is None and cmd.claim is None
+        assert len(cmd.held) == 1 and cmd.rx_buffers == []  # WIRE comes as PDUs arrive
+        cmd.give_back(adm)
+        assert adm.arena.committed == 0
+
+    asyncio.run(main())
+
+
+def test_a_blocking_command_holds_a_kept_reservation_or_one_reserved_at_once() -> None:
+    adm = admission()
+    claim, res = adm.hold_now(True, 4096, "a")
+    assert claim is adm.claim(True, 4096)[0] and res.owner == "a" and adm.idle == []
+    adm.give_back(claim, res)
+    again, kept = adm.hold_now(True, 4096, "b")
+    assert again is claim and kept is res and kept.owner == "b"
+    adm.give_back(claim, kept)
+    tight = admission(4096)
+    with pytest.raises(InitiatorError, match="larger arena"):
+        tight.hold_now(True, 1 << 20, "c")

@@ -176,9 +176,11 @@ def test_close_waits_for_answers_logs_out_then_fails_what_is_left() -> None:
     assert drv.logged_out and drv.logouts == 1
     late = read_cmd()
     drv.pending.append(late)
+    drv.admission.receive_buffer_now(65536)
     drv.shut()
     assert drv.session is None and isinstance(late.error, SessionLostError)
     assert "device closed" in str(late.error)
+    assert drv.arena.committed == 0  # the connection's receive buffer went back too
 
 
 def test_no_logout_without_a_live_connection() -> None:

@@ -211,6 +211,8 @@ def log_in(p: TargetPortal, target: str | None, initiator: str = HOST,
     step: LoginStep = None
     while req is not None:
         pieces, step = phase.receive(req)
+        if isinstance(step, WaitFor):  # the final response waits for reinstated()
+            return phase, step, ini
         resp = responses(pieces)
         if isinstance(step, Refused):
             return phase, step, ini
@@ -247,6 +249,30 @@ def test_the_second_login_of_a_nexus_waits_through_the_login_phase() -> None:
     assert step is START
     _, step, _ = log_in(p, DISK)
     assert step == WaitFor(1)
+
+
+def test_a_reinstating_login_is_answered_only_once_the_old_session_drained() -> None:
+    p = portal()
+    first, step, _ = log_in(p, DISK)
+    assert step is START
+    _, shares_changed = first.start([], name="conn-1", now=0.0)
+    assert shares_changed  # a session more: every share is recomputed
+    second = LoginPhase(p, p.connection_opened())
+    ini = InitiatorLogin(HOST, target_name=DISK, isid=ISID, cmd_sn=77)
+    req: LoginRequest | None = ini.start()
+    while req is not None:
+        pieces, step = second.receive(req)
+        if step is not None:
+            break
+        req = ini.receive(responses(pieces))
+    assert step == WaitFor(1) and pieces == []  # nothing sent: the initiator waits
+    assert p.drained(1) == [2]
+    resp = responses(second.reinstated())
+    assert resp.transit and ini.receive(resp) is None and ini.done
+    assert second.reinstated() == []  # given back once
+    session, _ = second.start([], name="conn-2", now=0.0)
+    assert session.stat_sn == 1 and session.exp_cmd_sn == 77
+    assert session.slot_target == p.fair_share()  # the portal shares slots with it too
 
 
 @pytest.mark.parametrize(("target", "initiator", "status"), [

@@ -11,9 +11,9 @@ import json
 import os
 import sys
 
+import earmark.cli.loops as loops
 from earmark.cli.ls import CREDENTIALS
 from earmark.initiator.errors import InitiatorError
-from earmark.runtime import loops
 from earmark.scsi.sense import ScsiError
 from earmark.sim.bench import ENGINES, RW_MODES, engine_for, run_bench, run_bench_sync
 from earmark.units import parse_size

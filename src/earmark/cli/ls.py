@@ -12,9 +12,9 @@ import argparse
 import os
 import sys
 
+import earmark.cli.loops as loops
 from earmark.initiator.errors import InitiatorError
 from earmark.initiator.url import ENV_SECRET, ENV_USER, IscsiUrl, parse_url
-from earmark.runtime import loops
 from earmark.runtime.initiator_device import BlockDevice, discover
 from earmark.scsi import cdb as C
 from earmark.scsi.sense import ScsiError

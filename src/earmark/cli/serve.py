@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from earmark.runtime import loops
+import earmark.cli.loops as loops
 from earmark.runtime.server import TargetServer
 from earmark.target import build
 from earmark.target.backing import BackingError

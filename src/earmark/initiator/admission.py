@@ -19,7 +19,8 @@ seems to hold them while it waits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from earmark.initiator.errors import InitiatorError
 from earmark.initiator.session import Command
@@ -83,10 +84,13 @@ class Admission:
     """One device's claims by transfer length and its pool of idle command reservations."""
 
     __slots__ = ("_conn_res", "_holder", "_idle", "_idle_count", "_idle_owner", "_read_claims",
-                 "_recv", "_shrinking", "_write_claims", "arena", "closing", "params")
+                 "_recv", "_shrinking", "_write_claims", "arena", "closing", "params", "reserves")
 
-    def __init__(self, arena: Arena, name: str) -> None:
+    def __init__(self, arena: Arena, name: str, *, reserves: bool = True) -> None:
+        """``reserves``: the policy is ``reserve`` (commands and the receive buffer are
+        reserved); False: the policies that allocate on demand."""
         self.arena = arena
+        self.reserves = reserves
         #: The limits claims are computed from (the last login's).
         self.params = SessionParams()
         #: Nothing is pooled any more: the device is closing.
@@ -103,10 +107,10 @@ class Admission:
 
     # ------------------------------------------------------------ the connection's
 
-    async def receive_buffer(self, nbytes: int, reserve: bool) -> memoryview:
+    async def receive_buffer(self, nbytes: int) -> memoryview:
         """The connection's receive buffer, held for the device's life: reserved under
         ``reserve``, else allocated (and so waited for) like any other buffer."""
-        if reserve:
+        if self.reserves:
             res = self._conn_res = await self.arena.reserve({HostLevel.WIRE: nbytes},
                                                             owner=self._holder)
             self._recv = res.take(HostLevel.WIRE, nbytes)
@@ -187,6 +191,30 @@ class Admission:
         _, task, wire = self.claim(write, nbytes)
         return {HostLevel.TASK: task, HostLevel.WIRE: wire}
 
+    def admit(self, cmd: Admitted, reserve: bool) -> Coroutine[Any, Any, None] | None:
+        """Give ``cmd`` its memory until its status: None when it holds it now, else what
+        to await for it (the one place a command waits for memory, holding nothing).
+
+        Under ``reserve`` its own claim, an idle reservation of its size if one is kept
+        (held, untouched, from admission to status, exactly the command's lifetime, so
+        drawing on it would only add bookkeeping); ``reserve`` False means the caller
+        reserved already (it is current): it draws, as under the other policies."""
+        write, nbytes = cmd.write_data is not None, cmd.length
+        # The remembered claim looked up here, not through claim(): this runs per command.
+        got = (self._write_claims if write else self._read_claims).get(nbytes)
+        claim, task_bytes, wire_bytes = got or self.claim(write, nbytes)
+        if reserve and self.reserves:
+            cmd.claim = claim
+            res = self.take(claim, cmd.owner)
+            if res is None:
+                return self._reserve(cmd, claim)
+            cmd.res = res
+            return None
+        return self.draw(cmd, task_bytes, wire_bytes, self.reserves)
+
+    async def _reserve(self, cmd: Admitted, claim: Claim) -> None:
+        cmd.res = await self.arena.reserve(claim, owner=cmd.owner)
+
     def take(self, claim: Claim, owner: str) -> Reservation | None:
         """An idle reservation of exactly ``claim``, now ``owner``'s; None if none is kept."""
         pooled = self._idle.get(claim)
@@ -196,6 +224,14 @@ class Admission:
         self._idle_count -= 1
         res.owner = owner  # Reservation.handoff, written out: this runs for every command
         return res
+
+    def hold_now(self, write: bool, nbytes: int, owner: str) -> tuple[Claim, Reservation]:
+        """The claim of one command and a reservation of it, at once: a kept one, else a new
+        one (:meth:`reserve_now`). For an engine with nothing to wait on (a thread's), so a
+        claim that does not fit is an error in words, never a hang."""
+        got = (self._write_claims if write else self._read_claims).get(nbytes)  # as in admit
+        claim = (got or self.claim(write, nbytes))[0]
+        return claim, self.take(claim, owner) or self.reserve_now(claim, owner, nbytes)
 
     def reserve_now(self, claim: Claim, owner: str, nbytes: int) -> Reservation:
         """``claim`` from the arena at once (after :meth:`take` found none); an error in

@@ -1,14 +1,16 @@
 """What a block device of either engine (asyncio, blocking) is given and keeps.
 
 Which LUN, who it logs in as and with which keys, how long it waits, its
-memory and its admission, its recovery counters, its geometry, and the checks
-and CDBs its block calls share; the engines add only how bytes move.
+memory and its admission, its recovery counters, its geometry, and the plan of
+each block call (the range checked, split into commands, their CDBs); the
+engines add only how bytes move.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from typing import TypedDict
 
 from earmark.host.policy import Policy
 from earmark.initiator.admission import Admission
@@ -29,6 +31,8 @@ __all__ = [
     "RECEIVE_BUFFER_BYTES",
     "WANTS",
     "DeviceBase",
+    "DeviceOptions",
+    "Plan",
     "check_extent",
     "chunks",
     "new_isid",
@@ -41,6 +45,10 @@ DEFAULT_INITIATOR_NAME = "iqn.2024-01.org.earmark:initiator"
 DEFAULT_ARENA_BYTES = 16 << 20
 MAX_IO_BYTES = 1 << 20
 """Largest single command; bigger requests are split and issued together."""
+
+Plan = list[tuple[bytes, memoryview]]
+"""The commands of one block call: each one's CDB and the piece of the caller's buffer it
+moves, in order."""
 
 WANTS: Mapping[str, str] = {
     "MaxRecvDataSegmentLength": "262144",
@@ -106,22 +114,42 @@ def chunks(view: memoryview) -> list[tuple[int, memoryview]]:
     return [(at, view[at : at + MAX_IO_BYTES]) for at in range(0, len(view), MAX_IO_BYTES)]
 
 
+class DeviceOptions(TypedDict, total=False):
+    """The options both engines take beside the URL; :class:`DeviceBase` says what each
+    means and its default."""
+
+    arena: Arena | None
+    initiator_name: str
+    timeouts: Timeouts | None
+    login_timeout: float
+    reconnect_timeout: float
+    max_attempts: int
+    environ: Mapping[str, str] | None
+    digests: bool
+
+
 class DeviceBase(Recovery):
-    """A device's options, names, admission, recovery counters and geometry."""
+    """A device's options, names, admission, recovery counters, geometry and block plans."""
 
     def __init__(
         self,
         url: str | IscsiUrl,
         *,
-        arena: Arena | None,
-        initiator_name: str,
-        timeouts: Timeouts | None,
-        login_timeout: float,
-        reconnect_timeout: float,
-        max_attempts: int,
-        environ: Mapping[str, str] | None,
-        digests: bool,
+        arena: Arena | None = None,
+        initiator_name: str = DEFAULT_INITIATOR_NAME,
+        timeouts: Timeouts | None = None,
+        login_timeout: float = 10.0,
+        reconnect_timeout: float = 60.0,
+        max_attempts: int = 4,
+        environ: Mapping[str, str] | None = None,
+        digests: bool = False,
+        policy: Policy = Policy.RESERVE,
     ) -> None:
+        """``arena``: the device's memory (a new one of 16 MiB if None); ``environ``: where
+        the URL's credentials may come from; ``digests`` asks for CRC32C header and data
+        digests (the target may refuse); ``max_attempts`` and ``reconnect_timeout`` bound
+        recovery (:class:`~earmark.initiator.recovery.Recovery`); ``policy`` is the
+        asyncio engine's (the blocking engine always reserves)."""
         self.url = url if isinstance(url, IscsiUrl) else parse_url(url, environ=environ)
         if self.url.target is None:
             raise ValueError(f"{self.url} names no target: a block device needs /target-iqn/lun")
@@ -133,7 +161,8 @@ class DeviceBase(Recovery):
         self._wants = wants(digests)
         self.name = f"initiator:{self.url.target}/{self.url.lun}"
         self.isid = new_isid()
-        self.admission = Admission(self.arena, self.name)
+        self.policy = policy
+        self.admission = Admission(self.arena, self.name, reserves=policy is Policy.RESERVE)
         self._block_size = 0
         self._blocks = 0
 
@@ -157,6 +186,37 @@ class DeviceBase(Recovery):
         """Block size and count from READ CAPACITY(16)'s answer."""
         cap = C.parse_read_capacity_16(capacity)
         self._blocks, self._block_size = cap.num_blocks, cap.block_size
+
+    def command(self, offset: int, view: memoryview, write: bool) -> bytes | None:
+        """The CDB of the one command that reads into or writes ``view`` at ``offset``, None
+        when that takes more than one (:meth:`plan`); raises, in words, unless it is whole
+        blocks inside the device. What every block call asks first: no plan is built for
+        the common call of one command."""
+        n, bs = len(view), self._block_size
+        if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
+            check_extent(offset, n, bs, self._blocks * bs)  # raises
+        if n > MAX_IO_BYTES:
+            return None
+        return (C.write_16 if write else C.read_16)(offset // bs, n // bs)
+
+    def plan(self, offset: int, view: memoryview, write: bool) -> Plan:
+        """Every command of a block call, none moving more than MAX_IO_BYTES; raises as
+        :meth:`command`."""
+        cdb = self.command(offset, view, write)
+        if cdb is not None:
+            return [(cdb, view)]
+        bs, op = self._block_size, C.write_16 if write else C.read_16
+        return [(op((offset + at) // bs, len(part) // bs), part) for at, part in chunks(view)]
+
+    def page_command(self, offset: int, nbytes: int, write: bool) -> bytes:
+        """The CDB moving the page cache's ``nbytes`` at ``offset`` (checked by the cache)."""
+        bs = self._block_size
+        return (C.write_16 if write else C.read_16)(offset // bs, nbytes // bs)
+
+    def unmap(self, offset: int, length: int) -> tuple[bytes, memoryview]:
+        """UNMAP's CDB and parameter list for the range; raises, in words, as :meth:`plan`."""
+        check_extent(offset, length, self._block_size, self.size)
+        return unmap_command(offset, length, self._block_size)
 
     @property
     def block_size(self) -> int:

@@ -20,9 +20,10 @@ engine's own (its loop's time, or the monotonic clock), where the parser calls
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, Unpack
 
-from earmark.initiator.device import DeviceBase
+from earmark.host.policy import Policy
+from earmark.initiator.device import DeviceBase, DeviceOptions
 from earmark.initiator.errors import InitiatorError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed, FailureKind
 from earmark.initiator.login import LoginSteps
@@ -31,7 +32,10 @@ from earmark.initiator.session import Command, InitiatorSession
 from earmark.initiator.url import IscsiUrl
 from earmark.iscsi.pdu import Pdu, WireBytes
 
-__all__ = ["Driver", "Wire"]
+__all__ = ["LOGOUT_WAIT", "Driver", "Wire"]
+
+LOGOUT_WAIT = 5.0
+"""How long a close waits for the logout response (then it closes the connection anyway)."""
 
 
 class Wire(Protocol):
@@ -54,8 +58,9 @@ class Driver(DeviceBase, Generic[S]):
     #: The engine's clock, set before the first login.
     clock: Callable[[], float]
 
-    def __init__(self, url: str | IscsiUrl, **options: Any) -> None:
-        super().__init__(url, **options)
+    def __init__(self, url: str | IscsiUrl, *, policy: Policy = Policy.RESERVE,
+                 **options: Unpack[DeviceOptions]) -> None:
+        super().__init__(url, policy=policy, **options)
         self.session: InitiatorSession | None = None
         self.stream: S | None = None
         #: Commands with no session to go on: they go out on the next one.
@@ -230,8 +235,10 @@ class Driver(DeviceBase, Generic[S]):
         return session is None or session.logout_response is not None
 
     def shut(self) -> None:
-        """The close ends, the connection closed: commands still waiting fail."""
+        """The close ends, the connection closed: commands still waiting fail, the memory
+        goes back."""
         self.closing = True
         self.session = self.stream = None
         self.fail_pending(self.dead or SessionLostError(f"{self.where}: device closed"))
         self.admission.stop()
+        self.admission.free_receive_buffer()

@@ -63,8 +63,6 @@ class TargetConnection(asyncio.BufferedProtocol):
         self._clock: Callable[[], float] = loop.time
         self.session: TargetSession | None = None
         self._login = LoginPhase(portal, conn_id)
-        #: The final login response, held while the sessions it reinstates drain.
-        self._held: list[bytes | memoryview] | None = None
         self._memory = core.ConnectionMemory(portal, self.name, lambda: self.session)
         #: Parses what arrives in the receive buffer, once that is held.
         self._framer: Framer | None = None
@@ -256,24 +254,22 @@ class TargetConnection(asyncio.BufferedProtocol):
 
     def _login_pdu(self, pdu: Pdu) -> None:
         pieces, step = self._login.receive(pdu)
+        self._write(pieces)
         if type(step) is WaitFor:
-            self._held = pieces
             log.info("%s: waiting for conn-%d's I/O to finish before the session is "
                      "reinstated", self.name, step.old)
             old = self._peers.get(step.old)
             if old is not None:
                 old.abort("its session is reinstated by a new login")
-            return
-        self._write(pieces)
-        if type(step) is Refused:
+        elif type(step) is Refused:
             self._close(f"login refused: {step.reason}", error=True)
         elif step is not None:
             self._start_session()
 
     def reinstate(self) -> None:
         """The sessions this login reinstates are over: it may start now."""
-        held, self._held = self._held, None
-        if held is None or self._closing:
+        held = self._login.reinstated()
+        if not held or self._closing:
             return
         self._write(held)
         self._guarded(self._start_session)
@@ -281,11 +277,11 @@ class TargetConnection(asyncio.BufferedProtocol):
             self._guarded(self._parse)
 
     def _start_session(self) -> None:
-        slots = self._memory.session_slots()
-        self.session = session = self._login.session(slots, name=self.name,
-                                                     now=self._loop.time(), framer=self._framer)
+        self.session, shares_changed = self._login.start(
+            self._memory.session_slots(), name=self.name, now=self._loop.time(),
+            framer=self._framer)
         log.info("%s: %s", self.name, self._login.what)
-        if self._portal.session_started(self.conn_id, session):
+        if shares_changed:
             self._kick_all()
 
     # ---------------------------------------------------------------- sending

@@ -12,51 +12,25 @@ from __future__ import annotations
 import asyncio
 import threading
 from types import TracebackType
+from typing import Unpack
 
 from earmark.memory import DeadlockReport
 from earmark.runtime.server import TargetServer
 from earmark.target import build
 from earmark.target.backing import Backing
-from earmark.target.session import AdmissionPolicy
-
-DEFAULT_IQN = "iqn.2026-11.org.earmark:embedded"
 
 
-def one_lun_server(
-    backing: Backing,
-    *,
-    memory: int = 64 << 20,
-    policy: AdmissionPolicy = AdmissionPolicy.RESERVE,
-    iqn: str = DEFAULT_IQN,
-    chap: tuple[str, str] | None = None,
-    block_size: int = 512,
-    watchdog_s: float = 2.0,
-    write_cache: bool = True,
-) -> TargetServer:
-    """A target server with one target and LUN 0 on ``backing``, on a free port (not started);
-    ``write_cache`` False serves it with WCE=0 (every write synced before its status)."""
-    setup = build.one_lun(backing, iqn=iqn, memory=memory, policy=policy, chap=chap,
-                          block_size=block_size, serial="EMBEDDED", write_cache=write_cache)
-    return TargetServer(setup, watchdog_s=watchdog_s)
+def one_lun_server(backing: Backing, *, watchdog_s: float = 2.0,
+                   **options: Unpack[build.OneLun]) -> TargetServer:
+    """A target server with one target and LUN 0 on ``backing``, on a free port (not started)."""
+    return TargetServer(build.one_lun(backing, **options), watchdog_s=watchdog_s)
 
 
 class EmbeddedTarget:
-    def __init__(
-        self,
-        backing: Backing,
-        *,
-        memory: int = 64 << 20,
-        policy: AdmissionPolicy = AdmissionPolicy.RESERVE,
-        iqn: str = DEFAULT_IQN,
-        chap: tuple[str, str] | None = None,
-        block_size: int = 512,
-        watchdog_s: float = 2.0,
-        write_cache: bool = True,
-    ) -> None:
-        self.iqn = iqn
-        self.server = one_lun_server(backing, memory=memory, policy=policy, iqn=iqn, chap=chap,
-                                     block_size=block_size, watchdog_s=watchdog_s,
-                                     write_cache=write_cache)
+    def __init__(self, backing: Backing, *, watchdog_s: float = 2.0,
+                 **options: Unpack[build.OneLun]) -> None:
+        self.server = one_lun_server(backing, watchdog_s=watchdog_s, **options)
+        (self.iqn,) = self.server.portal.targets
         self.arena = self.server.arena
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="earmark-target",

@@ -1,49 +1,47 @@
 """The iSCSI block device on asyncio: the adapter that runs the initiator's driver on a loop.
 
 :class:`BlockDevice` is what ``earmark.open(url)`` returns. The session's life
-(``earmark.initiator.driver``), a command's memory (``.admission``), recovery
-and the login and SendTargets steps are decided in ``earmark.initiator``; this
-module awaits memory and answers, keeps the session's one timer, batches what
-it submits and carries bytes. Under the policies without reservations its
-reader may stall for memory (``earmark.runtime.stalling_reader``).
+(``earmark.initiator.driver``), a command's memory (``.admission``), each block
+call's commands (``.device``), recovery and the login and SendTargets steps are
+decided in ``earmark.initiator``; this module awaits memory and answers, keeps
+the session's one timer, batches what it submits and carries bytes. Under the
+policies without reservations its reader may stall for memory
+(``earmark.runtime.stalling_reader``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
 from types import TracebackType
-from typing import cast
+from typing import Unpack, cast
 
 from earmark.host.policy import Policy
 from earmark.initiator.admission import Admitted, waits_for_answers
 from earmark.initiator.device import (
     DEFAULT_INITIATOR_NAME,
-    MAX_IO_BYTES,
     RECEIVE_BUFFER_BYTES,
     WANTS,
-    check_extent,
-    chunks,
+    DeviceOptions,
     policy_named,
-    unmap_command,
 )
-from earmark.initiator.driver import Driver
+from earmark.initiator.driver import LOGOUT_WAIT, Driver
 from earmark.initiator.errors import ConnectError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed, FailureKind
-from earmark.initiator.session import Command, Timeouts
+from earmark.initiator.session import Command
 from earmark.initiator.url import IscsiUrl
-from earmark.memory import Arena, Wait
-from earmark.runtime.initiator_connection import InitiatorStream
-from earmark.runtime.initiator_open import discover, log_in_again, open_stream
+from earmark.memory import Wait
+from earmark.runtime.initiator_connection import (
+    InitiatorStream,
+    discover,
+    log_in_again,
+    open_stream,
+)
 from earmark.runtime.loop_timer import LoopTimer
 from earmark.runtime.stalling_reader import StallingReader
 from earmark.scsi import cdb as C
 
 __all__ = ["DEFAULT_INITIATOR_NAME", "WANTS", "BlockDevice", "Policy", "discover"]
-
-
-_LOGOUT_WAIT = 5.0
 
 
 async def _first(timeout: float, *waits: asyncio.Future[None]) -> None:
@@ -67,28 +65,12 @@ class BlockDevice(Driver[InitiatorStream]):
     Offsets and lengths must be multiples of :attr:`block_size`.
     """
 
-    def __init__(
-        self,
-        url: str | IscsiUrl,
-        *,
-        arena: Arena | None = None,
-        policy: Policy | str = Policy.RESERVE,
-        initiator_name: str = DEFAULT_INITIATOR_NAME,
-        timeouts: Timeouts | None = None,
-        login_timeout: float = 10.0,
-        reconnect_timeout: float = 60.0,
-        max_attempts: int = 4,
-        environ: Mapping[str, str] | None = None,
-        geometry: bool = True,
-        digests: bool = False,
-    ) -> None:
+    def __init__(self, url: str | IscsiUrl, *, policy: Policy | str = Policy.RESERVE,
+                 geometry: bool = True, **options: Unpack[DeviceOptions]) -> None:
         """``geometry`` False skips READ CAPACITY at connect (a LUN that is no disk);
-        ``digests`` asks for CRC32C header and data digests (the target may refuse);
-        ``policy`` is a :class:`~earmark.host.policy.Policy` or its name."""
-        super().__init__(url, arena=arena, initiator_name=initiator_name, timeouts=timeouts,
-                         login_timeout=login_timeout, reconnect_timeout=reconnect_timeout,
-                         max_attempts=max_attempts, environ=environ, digests=digests)
-        self.policy = policy_named(policy)
+        ``policy`` is a :class:`~earmark.host.policy.Policy` or its name; the other
+        options are :class:`~earmark.initiator.device.DeviceBase`'s."""
+        super().__init__(url, policy=policy_named(policy), **options)
         self._geometry = geometry
         self._lun = self.url.lun
         #: Who waits, in the deadlock detector's words, when the reader is stalled.
@@ -116,12 +98,10 @@ class BlockDevice(Driver[InitiatorStream]):
         """Reserve the connection's receive buffer, log in, read the capacity."""
         loop = self._loop = asyncio.get_running_loop()
         self.clock = loop.time
-        recv_bytes = RECEIVE_BUFFER_BYTES
         self.arena.waits.set_source(self._waits_name, self._waits_now)
         self.admission.start()
         try:
-            self._recv = await self.admission.receive_buffer(recv_bytes,
-                                                             self.policy is Policy.RESERVE)
+            self._recv = await self.admission.receive_buffer(RECEIVE_BUFFER_BYTES)
             await self._log_in()
             if self._geometry:
                 data = memoryview(bytearray(32))
@@ -139,7 +119,7 @@ class BlockDevice(Driver[InitiatorStream]):
             raise ConnectError(f"{self.url}: {stream.failed}")
         session = self.attach(steps, stream)
         stream.sink = self
-        if self.policy is not Policy.RESERVE:
+        if not self.admission.reserves:  # receive buffers come as the answers do
             stream.admit = self._reader.admit
         self._timer.arm(session.get_timer())
 
@@ -157,7 +137,7 @@ class BlockDevice(Driver[InitiatorStream]):
         stream = self.stream
         if self.log_out() and not self.logged_out:
             assert stream is not None
-            await _first(_LOGOUT_WAIT, logged_out, stream.closed)
+            await _first(LOGOUT_WAIT, logged_out, stream.closed)
         self.admission.stop()
         reconnecting = self._reconnecting
         if reconnecting is not None:
@@ -167,11 +147,10 @@ class BlockDevice(Driver[InitiatorStream]):
         stream = self.stream  # or a login that won the race with the cancellation
         if stream is not None:
             stream.close("closed by the application")
-            await _first(_LOGOUT_WAIT, stream.closed)
+            await _first(LOGOUT_WAIT, stream.closed)
         self._reader.stop()
         self.shut()
         self._timer.arm(None)
-        self.admission.free_receive_buffer()
         self.arena.waits.clear_source(self._waits_name)
 
     def logged_out_now(self) -> None:
@@ -189,28 +168,22 @@ class BlockDevice(Driver[InitiatorStream]):
     async def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
         """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
         view = memoryview(buffer).cast("B")
-        n, bs = len(view), self._block_size
-        if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
-            check_extent(offset, n, bs, self.size)  # raises, in words
-        if n <= MAX_IO_BYTES:
-            await self.execute(C.read_16(offset // bs, n // bs), read_into=view)
+        cdb = self.command(offset, view, False)
+        if cdb is not None:
+            await self.execute(cdb, read_into=view)
         else:
-            await asyncio.gather(*(
-                self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
-                for at, part in chunks(view)))
+            await asyncio.gather(*(self.execute(one, read_into=part)
+                                   for one, part in self.plan(offset, view, False)))
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
         view = memoryview(data).cast("B")
-        n, bs = len(view), self._block_size
-        if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
-            check_extent(offset, n, bs, self.size)  # raises, in words
-        if n <= MAX_IO_BYTES:
-            await self.execute(C.write_16(offset // bs, n // bs), write_data=view)
+        cdb = self.command(offset, view, True)
+        if cdb is not None:
+            await self.execute(cdb, write_data=view)
         else:
-            await asyncio.gather(*(
-                self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
-                for at, part in chunks(view)))
+            await asyncio.gather(*(self.execute(one, write_data=part)
+                                   for one, part in self.plan(offset, view, True)))
 
     async def flush(self, *, owner: str | None = None) -> None:
         """SYNCHRONIZE CACHE of the whole LUN."""
@@ -218,22 +191,18 @@ class BlockDevice(Driver[InitiatorStream]):
 
     async def discard(self, offset: int, length: int) -> None:
         """UNMAP the range (the target may then read it back as zeros or as before)."""
-        check_extent(offset, length, self._block_size, self.size)
-        cdb, params = unmap_command(offset, length, self._block_size)
+        cdb, params = self.unmap(offset, length)
         await self.execute(cdb, write_data=params)
 
     # The page cache's side (earmark.host.device.PageDevice): it reserved already.
 
     async def write_pages(self, offset: int, pages: list[memoryview], *, owner: str) -> None:
         """The pages go out as they are: PDUs carry slices of them, never a joined copy."""
-        bs = self._block_size
-        nbytes = sum(len(page) for page in pages)
-        await self.execute(C.write_16(offset // bs, nbytes // bs), write_data=pages,
-                           owner=owner, reserve=False)
+        cdb = self.page_command(offset, sum(len(page) for page in pages), True)
+        await self.execute(cdb, write_data=pages, owner=owner, reserve=False)
 
     async def read_page(self, offset: int, page: memoryview, *, owner: str) -> None:
-        bs = self._block_size
-        await self.execute(C.read_16(offset // bs, len(page) // bs), read_into=page,
+        await self.execute(self.page_command(offset, len(page), False), read_into=page,
                            owner=owner, reserve=False)
 
     # ------------------------------------------------------------ commands
@@ -261,15 +230,9 @@ class BlockDevice(Driver[InitiatorStream]):
             raise SessionLostError(f"{self.url}: the device is not connected (use async with)")
         who = owner or self.name
         cmd = _Issued(cdb, self._lun if lun is None else lun, read_into, write_data, who)
-        admission = self.admission
-        claim, task_bytes, wire_bytes = admission.claim(write_data is not None, cmd.length)
-        if reserve and self.policy is Policy.RESERVE:
-            # Held, untouched, from admission to status (exactly the command's lifetime),
-            # so drawing on it would only add bookkeeping.
-            res = admission.take(claim, who) or await self.arena.reserve(claim, owner=who)
-            cmd.claim, cmd.res = claim, res
-        else:
-            await admission.draw(cmd, task_bytes, wire_bytes, self.policy is Policy.RESERVE)
+        waiting = self.admission.admit(cmd, reserve)
+        if waiting is not None:
+            await waiting
         now = cmd.since = loop.time()
         future = cmd.future = loop.create_future()
         try:

@@ -8,9 +8,8 @@ a command and blocks in ``recv`` for its answer (threads take turns: a lock),
 running the asyncio engine's sans-I/O core (``earmark.initiator``: the driver,
 admission, recovery, the login steps) and the :class:`PduStream` parser.
 
-Memory, as under ``reserve``, from the device's own arena, reserved at once
-(``Admission.reserve_now``): a thread has nothing to wait on, so a claim that
-does not fit is an error in words, never a hang.
+Memory, as under ``reserve``, from the device's own arena, at once
+(``Admission.hold_now``).
 """
 
 from __future__ import annotations
@@ -19,25 +18,18 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Mapping
 from types import TracebackType
+from typing import Unpack
 
-from earmark.initiator.device import (
-    DEFAULT_INITIATOR_NAME,
-    MAX_IO_BYTES,
-    RECEIVE_BUFFER_BYTES,
-    check_extent,
-    chunks,
-    unmap_command,
-)
-from earmark.initiator.driver import Driver
+from earmark.host.policy import Policy
+from earmark.initiator.device import MAX_IO_BYTES, RECEIVE_BUFFER_BYTES, DeviceOptions
+from earmark.initiator.driver import LOGOUT_WAIT, Driver
 from earmark.initiator.errors import ConnectError, InitiatorError, SessionLostError
 from earmark.initiator.failure import ConnectionFailed
-from earmark.initiator.session import Command, Timeouts
+from earmark.initiator.session import Command
 from earmark.initiator.stream import PduStream
 from earmark.initiator.url import IscsiUrl
 from earmark.iscsi.pdu import Pdu
-from earmark.memory import Arena
 from earmark.runtime.blocking_socket import SocketTransport, read, timeval
 from earmark.scsi import cdb as C
 
@@ -45,7 +37,6 @@ __all__ = ["SyncBlockDevice"]
 
 _TICK = 1.0
 """Longest a blocked recv waits before the session's timers are looked at."""
-_LOGOUT_WAIT = 5.0
 
 
 class SyncBlockDevice(Driver[PduStream]):
@@ -54,24 +45,11 @@ class SyncBlockDevice(Driver[PduStream]):
     Offsets and lengths must be multiples of :attr:`block_size`.
     """
 
-    def __init__(
-        self,
-        url: str | IscsiUrl,
-        *,
-        arena: Arena | None = None,
-        initiator_name: str = DEFAULT_INITIATOR_NAME,
-        timeouts: Timeouts | None = None,
-        login_timeout: float = 10.0,
-        reconnect_timeout: float = 60.0,
-        max_attempts: int = 4,
-        environ: Mapping[str, str] | None = None,
-        digests: bool = False,
-    ) -> None:
-        """Connects, logs in and reads the capacity; ``arena`` must be used by this
-        device's callers only (an arena is single-threaded)."""
-        super().__init__(url, arena=arena, initiator_name=initiator_name, timeouts=timeouts,
-                         login_timeout=login_timeout, reconnect_timeout=reconnect_timeout,
-                         max_attempts=max_attempts, environ=environ, digests=digests)
+    def __init__(self, url: str | IscsiUrl, **options: Unpack[DeviceOptions]) -> None:
+        """Connects, logs in and reads the capacity; the options are
+        :class:`~earmark.initiator.device.DeviceBase`'s, and an ``arena`` given must be
+        used by this device's callers only (an arena is single-threaded)."""
+        super().__init__(url, policy=Policy.RESERVE, **options)  # a policy given: TypeError
         self.clock = time.monotonic
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -96,22 +74,17 @@ class SyncBlockDevice(Driver[PduStream]):
 
     def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
         """Read ``len(buffer)`` bytes at ``offset``; Data-In lands in ``buffer`` itself."""
-        self._transfer(offset, memoryview(buffer).cast("B"), False)
+        view = memoryview(buffer).cast("B")
+        cdb = self.command(offset, view, False)
+        for one, part in ((cdb, view),) if cdb is not None else self.plan(offset, view, False):
+            self.execute(one, read_into=part)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset``; returns once the target acknowledged all of it."""
-        self._transfer(offset, memoryview(data).cast("B"), True)
-
-    def _transfer(self, offset: int, view: memoryview, write: bool) -> None:
-        n = len(view)
-        bs = self._block_size
-        if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
-            check_extent(offset, n, bs, self._blocks * bs)  # raises, in words
-        for at, part in ((0, view),) if n <= MAX_IO_BYTES else chunks(view):
-            if write:
-                self.execute(C.write_16((offset + at) // bs, len(part) // bs), write_data=part)
-            else:
-                self.execute(C.read_16((offset + at) // bs, len(part) // bs), read_into=part)
+        view = memoryview(data).cast("B")
+        cdb = self.command(offset, view, True)
+        for one, part in ((cdb, view),) if cdb is not None else self.plan(offset, view, True):
+            self.execute(one, write_data=part)
 
     def flush(self) -> None:
         """SYNCHRONIZE CACHE of the whole LUN."""
@@ -119,9 +92,7 @@ class SyncBlockDevice(Driver[PduStream]):
 
     def discard(self, offset: int, length: int) -> None:
         """UNMAP the range (the target may then read it back as zeros or as before)."""
-        bs = self._block_size
-        check_extent(offset, length, bs, self._blocks * bs)
-        cdb, params = unmap_command(offset, length, bs)
+        cdb, params = self.unmap(offset, length)
         self.execute(cdb, write_data=params)
 
     def execute(
@@ -142,9 +113,7 @@ class SyncBlockDevice(Driver[PduStream]):
                 raise SessionLostError(f"{self.url}: the device is closed")
             cmd = Command(cdb, self.url.lun if lun is None else lun, read_into, write_data)
             admission = self.admission
-            claim = admission.claim(write_data is not None, cmd.length)[0]
-            res = (admission.take(claim, self.name)
-                   or admission.reserve_now(claim, self.name, cmd.length))
+            claim, res = admission.hold_now(write_data is not None, cmd.length, self.name)
             try:
                 self._run(cmd)
             finally:
@@ -259,7 +228,7 @@ class SyncBlockDevice(Driver[PduStream]):
             if self.closing:
                 return
             stream, sock = self.stream, self._sock
-            deadline = time.monotonic() + _LOGOUT_WAIT
+            deadline = time.monotonic() + LOGOUT_WAIT
             with contextlib.suppress(ConnectionFailed):  # gone already: nothing to wait for
                 if self.log_out():
                     assert stream is not None and sock is not None
@@ -269,7 +238,6 @@ class SyncBlockDevice(Driver[PduStream]):
                 stream.close("closed by the application")
             self._sock = None
             self.shut()
-            self.admission.free_receive_buffer()
 
     def __enter__(self) -> SyncBlockDevice:
         return self

@@ -1,46 +1,15 @@
-"""Which event loop runs a command: uvloop when installed, or asyncio's own.
-
-uvloop is an optional speed-up behind the same code (the protocol core never
-knows which loop feeds it), so every command that runs a loop takes the same
-``--loop auto|asyncio|uvloop`` choice and goes through :func:`run`.
-"""
+"""What the runtime must know of the event loop it runs on: how its transports keep the
+bytes they are handed (we refill the buffers at once), and which clock times the work
+the loop does itself. Which loop runs is the command line's (``earmark.cli.loops``)."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
 
-T = TypeVar("T")
-
-LOOPS = ("auto", "asyncio", "uvloop")
 _IOV_MAX = os.sysconf("SC_IOV_MAX")
-
-
-class LoopUnavailableError(ValueError):
-    """``--loop uvloop`` on a machine without uvloop; the message says how to get it."""
-
-
-def loop_name(choice: str = "auto") -> str:
-    """The loop ``choice`` means here: ``auto`` is uvloop when it is installed."""
-    uvloop_installed = importlib.util.find_spec("uvloop") is not None
-    if choice == "auto":
-        return "uvloop" if uvloop_installed else "asyncio"
-    if choice == "uvloop" and not uvloop_installed:
-        raise LoopUnavailableError("--loop uvloop: uvloop is not installed (pip install uvloop)")
-    return choice
-
-
-def run(coro: Coroutine[Any, Any, T], choice: str = "auto") -> T:
-    """``asyncio.run`` on the loop ``choice`` names."""
-    if loop_name(choice) == "uvloop":
-        import uvloop
-
-        return uvloop.run(coro)
-    return asyncio.run(coro)
 
 
 def sender(transport: asyncio.WriteTransport) -> Callable[[Sequence[bytes | memoryview]], None]:

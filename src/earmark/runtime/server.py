@@ -14,11 +14,10 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.memory import DeadlockReport
 from earmark.runtime.connection import TargetConnection
 from earmark.target.build import TargetSetup
-from earmark.target.portal import RECV_SEGMENT, TargetPortal
+from earmark.target.portal import TargetPortal
 from earmark.target.watch import DeadlockWatch
 
 log = logging.getLogger(__name__)
@@ -33,8 +32,7 @@ class TargetServer:
         watchdog_s: float = 2.0,
         on_deadlock: Callable[[DeadlockReport], None] | None = None,
     ) -> None:
-        self.portal = TargetPortal(setup.targets, arena=setup.arena, config=setup.config,
-                                   recv_bytes=receive_buffer_bytes(RECV_SEGMENT, pdus=1))
+        self.portal = TargetPortal(setup.targets, arena=setup.arena, config=setup.config)
         self.arena = setup.arena
         self.address = setup.address
         self.port = setup.port

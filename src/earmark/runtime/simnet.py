@@ -50,12 +50,6 @@ class SimTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self._closing
 
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.writelines((data,))
 
@@ -67,9 +61,6 @@ class SimTransport(asyncio.Transport):
         if not data or peer is None:
             return
         self._loop.call_at(self._link.send(self._loop.time(), len(data)), peer._arrive, data)
-
-    def can_write_eof(self) -> bool:
-        return False
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -181,9 +172,6 @@ class SimServer:
         self.factory = factory
         self.sockets = [_SimSocket(address)]
         self._serving = True
-
-    def is_serving(self) -> bool:
-        return self._serving
 
     def close(self) -> None:
         if self._serving:

@@ -10,6 +10,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from earmark.iscsi.login import TargetEntry
 from earmark.memory import Arena
@@ -22,6 +23,8 @@ from earmark.target.session import AdmissionPolicy, SessionConfig
 from earmark.target.unit import LogicalUnit
 
 BLOCK_SIZE = 512
+#: The one target of an embedded target (tests, benchmarks, the demo).
+EMBEDDED_IQN = "iqn.2026-11.org.earmark:embedded"
 #: Largest transfer of one command; the target reserves its buffers before admitting it.
 MAX_TRANSFER = 8 << 20
 #: The arena's unit; a capacity is rounded down to it.
@@ -55,18 +58,30 @@ def from_config(cfg: ServeConfig) -> TargetSetup:
     return TargetSetup(tuple(specs), target_arena(cfg.memory), config, cfg.address, cfg.port)
 
 
+class OneLun(TypedDict, total=False):
+    """What an embedded target may choose of :func:`one_lun`'s (the defaults are there)."""
+
+    iqn: str
+    memory: int
+    policy: AdmissionPolicy
+    chap: tuple[str, str] | None
+    block_size: int
+    write_cache: bool
+
+
 def one_lun(
     backing: Backing,
     *,
-    iqn: str,
-    memory: int,
-    policy: AdmissionPolicy,
-    chap: tuple[str, str] | None,
-    block_size: int,
-    serial: str,
+    iqn: str = EMBEDDED_IQN,
+    memory: int = 64 << 20,
+    policy: AdmissionPolicy = AdmissionPolicy.RESERVE,
+    chap: tuple[str, str] | None = None,
+    block_size: int = BLOCK_SIZE,
+    serial: str = "EMBEDDED",
     write_cache: bool = True,
 ) -> TargetSetup:
-    """One target, LUN 0 on `backing`, on a free loopback port."""
+    """One target, LUN 0 on `backing`, on a free loopback port; `write_cache` False serves
+    it with WCE=0 (every write synced before its status)."""
     config = SessionConfig(policy=policy)
     unit = LogicalUnit(0, disk(backing.size, serial, block_size=block_size, config=config,
                                write_cache=write_cache), backing)

@@ -1,6 +1,12 @@
 """One connection's login phase, sans-I/O: the login's command window and StatSN, and what
 a finished login becomes (a session now, a session once the one it reinstates is over,
-or a refusal to send before closing)."""
+or a refusal to send before closing).
+
+A login that reinstates a session (RFC 7143 §6.3.5) is answered only once the old
+session's I/O is over: its final response is held here, not sent, so the initiator
+cannot issue a command that would overtake a write of the old session still on its
+way to the disk; :meth:`LoginPhase.reinstated` gives it back when the portal says the
+old one has drained."""
 
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ LoginStep = Start | WaitFor | Refused | None
 
 
 class LoginPhase:
-    __slots__ = ("_cmd_sn", "_conn_id", "_login", "_portal", "_stat_sn")
+    __slots__ = ("_cmd_sn", "_conn_id", "_held", "_login", "_portal", "_stat_sn")
 
     def __init__(self, portal: TargetPortal, conn_id: int) -> None:
         self._portal = portal
@@ -42,12 +48,14 @@ class LoginPhase:
                                   allocate_tsih=self._allocate_tsih)
         self._stat_sn = 0
         self._cmd_sn = 0
+        self._held: list[WireBytes] = []
 
     def _allocate_tsih(self) -> int:
         return self._portal.allocate_tsih(self._conn_id)
 
     def receive(self, pdu: Pdu) -> tuple[list[WireBytes], LoginStep]:
-        """The response's wire pieces, and what to do once they are sent."""
+        """The response's wire pieces, and what to do once they are sent (on
+        :class:`WaitFor` there are none: the response waits for :meth:`reinstated`)."""
         if not isinstance(pdu, LoginRequest):
             raise ProtocolError(f"{type(pdu).__name__} before login completed")
         login = self._login
@@ -66,7 +74,17 @@ class LoginPhase:
             return pieces, None
         if login.target is None:  # discovery: no nexus to reinstate
             return pieces, START
-        return pieces, self._portal.login_done(self._conn_id, self.initiator, login.isid)
+        step = self._portal.login_done(self._conn_id, self.initiator, login.isid)
+        if type(step) is WaitFor:
+            self._held = pieces
+            return [], step
+        return pieces, step
+
+    def reinstated(self) -> list[WireBytes]:
+        """The sessions this login reinstates are over: the final response held for that,
+        to send before the session starts ([]: none is held)."""
+        held, self._held = self._held, []
+        return held
 
     @property
     def initiator(self) -> str:
@@ -78,6 +96,13 @@ class LoginPhase:
         target = self._login.target
         return (f"{self._login.session_type} session for {self.initiator} with "
                 f"{target.iqn if target is not None else 'discovery'}")
+
+    def start(self, slots: list[Reservation], *, name: str, now: float,
+              framer: Framer | None = None) -> tuple[TargetSession, bool]:
+        """The session, as :meth:`session`, and now the portal's; True: the shares of slots
+        changed, so every session may want more (or fewer) now."""
+        session = self.session(slots, name=name, now=now, framer=framer)
+        return session, self._portal.session_started(self._conn_id, session)
 
     def session(self, slots: list[Reservation], *, name: str, now: float,
                 framer: Framer | None = None) -> TargetSession:

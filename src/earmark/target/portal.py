@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from earmark.iscsi.discovery import Portal, discovery_answer
 from earmark.iscsi.login import TargetEntry
+from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.iscsi.text import TextPairs
 from earmark.memory import Arena
 from earmark.memory.levels import TargetLevel
@@ -72,7 +73,7 @@ class TargetPortal:
         *,
         arena: Arena,
         config: SessionConfig,
-        recv_bytes: int,
+        recv_bytes: int = receive_buffer_bytes(RECV_SEGMENT, pdus=1),
         max_slots: int = 64,
     ) -> None:
         self.targets = {t.entry.iqn: t for t in targets}
