@@ -16,7 +16,7 @@ from earmark.memory.levels import TargetLevel
 from earmark.scsi.disk import Disk
 from earmark.target.backing import MemoryBacking
 from earmark.target.login_phase import LoginPhase, LoginStep, Refused
-from earmark.target.portal import START, TargetPortal, TargetSpec, WaitFor
+from earmark.target.portal import START, PortalLimits, TargetPortal, TargetSpec, WaitFor
 from earmark.target.session import AdmissionPolicy, SessionConfig, TargetSession
 from earmark.target.unit import LogicalUnit
 from tests.wire_reader import WireReader
@@ -169,6 +169,75 @@ def test_under_reserve_a_connection_brings_its_first_slot() -> None:
                                         TargetLevel.BUFFER: 256 << 10}
     assert p.first_slot == p.slot_claim and p.login_window == 1
     assert p.login_wants["MaxBurstLength"] == str(256 << 10)
+
+
+# ------------------------------------------------------------------ logins
+
+
+def test_a_login_holds_one_login_pdu_not_a_session() -> None:
+    p = portal()
+    # BHS, the largest AHS, both digests and an 8 KiB data segment (RFC 7143 caps login
+    # segments there), in one power-of-two run: far from a session's receive buffer and
+    # command slot.
+    assert dict(p.login_claim) == {TargetLevel.RECV: p.login_bytes}
+    assert LOGIN_MAX_SEGMENT + 48 <= p.login_bytes <= 16 << 10
+    assert sum(p.connection_claim.values()) > 20 * p.login_bytes
+
+
+def test_unfinished_logins_past_their_share_close_the_oldest_first() -> None:
+    p = portal(memory=8 << 20)
+    # An eighth of the arena, in whole granules of the login's claim.
+    share = (8 << 20) // 8 // p.arena.cost(p.login_bytes)
+    assert p.max_logins == share
+    ids = [p.connection_opened() for _ in range(share + 3)]
+    evicted = [p.login_started(conn, "10.0.0.9", 0.0) for conn in ids]
+    assert evicted[:share] == [[]] * share
+    assert evicted[share:] == [[ids[0]], [ids[1]], [ids[2]]]
+    # A login that finished is no longer a candidate, and leaves room.
+    p.login_finished(ids[3])
+    assert p.login_started(p.connection_opened(), "10.0.0.9", 0.0) == []
+    assert p.login_started(p.connection_opened(), "10.0.0.9", 0.0) == [ids[4]]
+
+
+def test_past_max_connections_the_oldest_login_goes_and_then_newcomers_are_refused(
+        caplog: pytest.LogCaptureFixture) -> None:
+    p = TargetPortal([], arena=Arena(8 << 20, levels=TargetLevel), config=SessionConfig(),
+                     limits=PortalLimits(max_connections=2))
+    a, b = p.connection_opened(), p.connection_opened()
+    assert p.login_started(a, "10.0.0.1", 0.0) == [] and p.login_started(b, "10.0.0.1", 0.0) == []
+    # Full, of unfinished logins: a newcomer closes the oldest rather than be refused.
+    c = p.connection_opened()
+    assert p.login_started(c, "10.0.0.2", 0.0) == [a]
+    p.connection_closed(a)
+    p.login_finished(b)
+    p.login_finished(c)
+    with caplog.at_level("WARNING", logger="earmark.target.portal"):
+        for n in range(5):  # refused: each closes at once, as the runtime does
+            c = p.connection_opened()
+            assert p.login_started(c, "10.0.0.2", float(n)) is None
+            p.connection_closed(c)
+        c = p.connection_opened()
+        assert p.login_started(c, "10.0.0.2", 61.0) is None
+        p.connection_closed(c)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and all("refusing connections from 10.0.0.2" in m for m in said)
+    assert "4 more refused since" in said[1]
+    p.connection_closed(b)  # room again
+    assert p.login_started(p.connection_opened(), "10.0.0.2", 62.0) == []
+
+
+def test_fair_shares_count_an_unfinished_login_at_its_own_size() -> None:
+    p = portal(memory=16 << 20)
+    s = session(p)
+    conn = p.connection_opened()
+    p.login_finished(conn)
+    p.session_started(conn, s)
+    alone = s.slot_target
+    for _ in range(40):  # strangers that connect and send nothing
+        p.login_started(p.connection_opened(), "10.0.0.3", 0.0)
+    p.session_started(conn, s)
+    per_slot = sum(p.slot_claim.values())
+    assert alone - s.slot_target <= 40 * p.login_bytes // per_slot + 1
 
 
 # ----------------------------------------------------------------------- TSIH

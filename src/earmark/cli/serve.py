@@ -49,6 +49,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="admission: reserve (default) or none (allocate on demand)")
     p.add_argument("--chap", metavar="USER:SECRET",
                    help="require one-way CHAP with these credentials")
+    p.add_argument("--login-timeout", type=float, metavar="SECONDS",
+                   help="close a connection that has not logged in by then (default 15)")
+    p.add_argument("--max-connections", type=int, metavar="N",
+                   help="refuse connections beyond N (default: sized from --memory)")
     p.add_argument("--readonly", action="store_true",
                    help="serve the LUN(s) read-only: writes answer DATA PROTECT")
     p.add_argument("--loop", choices=loops.LOOPS, default="auto",
@@ -72,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> TargetServer:
     cfg = from_options(args.file, args.config, size=args.size, address=args.address,
                        port=args.port, memory=args.memory, policy=args.policy, chap=args.chap,
-                       readonly=args.readonly)
+                       readonly=args.readonly, login_timeout=args.login_timeout,
+                       max_connections=args.max_connections)
     server = TargetServer(build.from_config(cfg))
     portal = server.portal
     need = portal.recv_bytes + sum(portal.slot_claim.values())

@@ -180,6 +180,17 @@ class Framer:
         """Bytes received into the buffer and not yet part of a PDU delivered."""
         return self._end - self._start
 
+    def move_to(self, buffer: memoryview) -> None:
+        """Go on in `buffer`, with what is buffered: a target connection's login-sized
+        receive buffer gives way to its session's at the end of login."""
+        if self._into:
+            raise ValueError("cannot move the receive buffer while a segment is placed")
+        n = self._end - self._start
+        if n > len(buffer):
+            raise ValueError(f"{n} buffered bytes do not fit a {len(buffer)}-byte buffer")
+        buffer[:n] = self._buf[self._start : self._end]
+        self._buf, self._start, self._end = buffer, 0, n
+
     # ------------------------------------------------------------ flow control
 
     def pause(self) -> None:

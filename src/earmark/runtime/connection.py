@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import cast
 
 from earmark.iscsi.errors import ProtocolError
 from earmark.iscsi.login import LOGIN_MAX_SEGMENT
-from earmark.iscsi.pdu import BHS_LENGTH, Pdu
+from earmark.iscsi.pdu import BHS_LENGTH, Pdu, WireBytes
 from earmark.iscsi.stream import Framer
 from earmark.memory import Reservation
 from earmark.memory.levels import TargetLevel
@@ -35,7 +35,7 @@ from earmark.target.events import AllocRequest, CloseConnection, IoRequest
 from earmark.target.executor import run_io
 from earmark.target.login_phase import LoginPhase, Refused
 from earmark.target.loop_io import run_on_loop
-from earmark.target.portal import TargetPortal, WaitFor
+from earmark.target.portal import Start, TargetPortal, WaitFor
 from earmark.target.session import TargetSession
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         self._admission: asyncio.Task[None] | None = None
         self._allocs: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._login_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._setup: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
@@ -97,13 +98,24 @@ class TargetConnection(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=_UNSENT_HIGH, low=_UNSENT_HIGH // 4)
         transport.pause_reading()
         self._send = loops.sender(transport)
-        self._setup = asyncio.ensure_future(self._reserve_connection())
-
-    async def _reserve_connection(self) -> None:
-        """Hold the receive buffer and one command slot before reading a byte."""
         portal = self._portal
+        peer = transport.get_extra_info("peername")
+        evict = portal.login_started(self.conn_id, str(peer[0] if peer else "?"),
+                                     self._loop.time())
+        if evict is None:  # too many connections (the portal logs it, a line a minute)
+            self._close()
+            return
+        for old in evict:
+            if (conn := self._peers.get(old)) is not None:
+                conn._close("its login did not finish before newer ones needed the room")
+        self._login_timer = self._loop.call_later(portal.login_timeout, self._login_expired)
+        self._setup = asyncio.ensure_future(self._reserve(portal.login_claim, None))
+
+    async def _reserve(self, claim: Mapping[int, int], final: list[WireBytes] | None) -> None:
+        """Hold what the login needs before reading a byte (`final` None), or what the
+        session needs before the login's `final` response goes out."""
         try:
-            res = await portal.arena.reserve(portal.connection_claim, owner=f"{self.name}/admit")
+            res = await self._portal.arena.reserve(claim, owner=f"{self.name}/admit")
         except Exception as exc:  # ClaimTooLargeError: the arena cannot hold one connection
             log.error("%s: refused: %s", self.name, exc)
             self._close()
@@ -111,16 +123,34 @@ class TargetConnection(asyncio.BufferedProtocol):
         if self._closing:
             res.release()
             return
-        recv = self._memory.claimed(res)
+        memory = self._memory
+        recv = memory.login_claimed(res) if final is None else memory.claimed(res)
         if recv is None:
             log.error("%s: refused: the arena is too fragmented for a receive buffer", self.name)
             self._close()
             return
-        self._framer = self._new_framer(recv.view)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
-            if self._early_n:
-                self._guarded(self._parse)
+        if final is None:
+            self._framer = self._new_framer(recv.view)
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+                if self._early_n:
+                    self._guarded(self._parse)
+            return
+        assert self._framer is not None
+        self._framer.move_to(recv.view)
+        memory.login_over()
+        self._portal.login_finished(self.conn_id)
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        self._write(final)
+        self._guarded(self._start_session)
+        self._resume()
+
+    def _login_expired(self) -> None:
+        self._login_timer = None
+        if self.session is None and not self._closing:
+            self._close(f"login not finished within {self._portal.login_timeout:g} s")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -128,6 +158,8 @@ class TargetConnection(asyncio.BufferedProtocol):
             self._setup.cancel()
         if self._timer is not None:
             self._timer.cancel()
+        if self._login_timer is not None:
+            self._login_timer.cancel()
         if self._admission is not None:
             self._admission.cancel()
         for task in self._allocs:
@@ -254,6 +286,9 @@ class TargetConnection(asyncio.BufferedProtocol):
 
     def _login_pdu(self, pdu: Pdu) -> None:
         pieces, step = self._login.receive(pdu)
+        if type(step) is Start:
+            self._enter_full_feature(pieces)
+            return
         self._write(pieces)
         if type(step) is WaitFor:
             log.info("%s: waiting for conn-%d's I/O to finish before the session is "
@@ -263,18 +298,18 @@ class TargetConnection(asyncio.BufferedProtocol):
                 old.abort("its session is reinstated by a new login")
         elif type(step) is Refused:
             self._close(f"login refused: {step.reason}", error=True)
-        elif step is not None:
-            self._start_session()
 
     def reinstate(self) -> None:
         """The sessions this login reinstates are over: it may start now."""
         held = self._login.reinstated()
-        if not held or self._closing:
-            return
-        self._write(held)
-        self._guarded(self._start_session)
-        if self._framer is not None and self._framer.buffered:
-            self._guarded(self._parse)
+        if held and not self._closing:
+            self._enter_full_feature(held)
+
+    def _enter_full_feature(self, final: list[WireBytes]) -> None:
+        """Read nothing more until the session's memory is held; then answer the login."""
+        self._stop_reading()
+        self._setup = asyncio.ensure_future(
+            self._reserve(self._portal.connection_claim, final))
 
     def _start_session(self) -> None:
         self.session, shares_changed = self._login.start(

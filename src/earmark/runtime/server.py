@@ -32,7 +32,8 @@ class TargetServer:
         watchdog_s: float = 2.0,
         on_deadlock: Callable[[DeadlockReport], None] | None = None,
     ) -> None:
-        self.portal = TargetPortal(setup.targets, arena=setup.arena, config=setup.config)
+        self.portal = TargetPortal(setup.targets, arena=setup.arena, config=setup.config,
+                                   limits=setup.limits)
         self.arena = setup.arena
         self.address = setup.address
         self.port = setup.port

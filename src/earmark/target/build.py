@@ -18,7 +18,7 @@ from earmark.memory.levels import TargetLevel
 from earmark.scsi.disk import Disk
 from earmark.target.backing import Backing, FileBacking
 from earmark.target.config import LunConfig, ServeConfig
-from earmark.target.portal import TargetSpec
+from earmark.target.portal import DEFAULT_LIMITS, PortalLimits, TargetSpec
 from earmark.target.session import AdmissionPolicy, SessionConfig
 from earmark.target.unit import LogicalUnit
 
@@ -44,6 +44,7 @@ class TargetSetup:
     config: SessionConfig
     address: str = "127.0.0.1"
     port: int = 3260
+    limits: PortalLimits = DEFAULT_LIMITS
 
 
 def from_config(cfg: ServeConfig) -> TargetSetup:
@@ -55,7 +56,8 @@ def from_config(cfg: ServeConfig) -> TargetSetup:
         entry = TargetEntry(target.iqn, alias=target.alias, chap=target.chap,
                             mutual=target.mutual, allowed_initiators=target.initiators)
         specs.append(TargetSpec(entry, units))
-    return TargetSetup(tuple(specs), target_arena(cfg.memory), config, cfg.address, cfg.port)
+    return TargetSetup(tuple(specs), target_arena(cfg.memory), config, cfg.address, cfg.port,
+                       PortalLimits(cfg.login_timeout, cfg.max_connections))
 
 
 class OneLun(TypedDict, total=False):
@@ -67,6 +69,7 @@ class OneLun(TypedDict, total=False):
     chap: tuple[str, str] | None
     block_size: int
     write_cache: bool
+    limits: PortalLimits
 
 
 def one_lun(
@@ -79,6 +82,7 @@ def one_lun(
     block_size: int = BLOCK_SIZE,
     serial: str = "EMBEDDED",
     write_cache: bool = True,
+    limits: PortalLimits = DEFAULT_LIMITS,
 ) -> TargetSetup:
     """One target, LUN 0 on `backing`, on a free loopback port; `write_cache` False serves
     it with WCE=0 (every write synced before its status)."""
@@ -86,7 +90,7 @@ def one_lun(
     unit = LogicalUnit(0, disk(backing.size, serial, block_size=block_size, config=config,
                                write_cache=write_cache), backing)
     return TargetSetup((TargetSpec(TargetEntry(iqn, chap=chap), {0: unit}),),
-                       target_arena(memory), config, port=0)
+                       target_arena(memory), config, port=0, limits=limits)
 
 
 def target_arena(memory: int) -> Arena:

@@ -5,6 +5,8 @@
     port = 3260                  # default 3260
     memory = "64MiB"             # the target's arena
     policy = "reserve"           # or "none"
+    login_timeout = 15           # seconds a connection may take to log in
+    max_connections = 2000       # default: sized from memory
 
     [[target]]
     iqn = "iqn.2026-11.org.example:disk1"
@@ -67,6 +69,8 @@ class ServeConfig:
     memory: int
     policy: str
     targets: tuple[TargetConfig, ...]
+    login_timeout: float = 15.0
+    max_connections: int | None = None
 
 
 DEFAULT_ADDRESS = "127.0.0.1"
@@ -76,7 +80,7 @@ DEFAULT_POLICY = "reserve"
 #: The target name `earmark serve FILE` gives FILE: this prefix and the file's stem.
 IQN_PREFIX = "iqn.2026-11.org.earmark:"
 
-_SERVER_KEYS = {"address", "port", "memory", "policy"}
+_SERVER_KEYS = {"address", "port", "memory", "policy", "login_timeout", "max_connections"}
 _TARGET_KEYS = {"iqn", "alias", "chap", "mutual", "initiators", "lun"}
 _LUN_KEYS = {"lun", "file", "size", "readonly"}
 _CRED_KEYS = {"user", "secret"}
@@ -111,6 +115,16 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
     policy = _str(server.get("policy", DEFAULT_POLICY), where, "[server] policy")
     if policy not in POLICIES:
         raise where.error(f"[server] policy {policy!r} is unknown: use one of {POLICIES}")
+    login_timeout = server.get("login_timeout", 15.0)
+    if isinstance(login_timeout, bool) or not isinstance(login_timeout, int | float) \
+            or login_timeout <= 0:
+        raise where.error(f"[server] login_timeout {login_timeout!r} must be a number of "
+                          "seconds above 0")
+    max_connections = server.get("max_connections")
+    if max_connections is not None and (isinstance(max_connections, bool) or not isinstance(
+            max_connections, int) or max_connections < 1):
+        raise where.error(f"[server] max_connections {max_connections!r} must be a whole "
+                          "number above 0")
     raw_targets = data.get("target")
     if not isinstance(raw_targets, list) or not raw_targets:
         raise where.error("no [[target]] is defined: add at least one with an iqn and a lun")
@@ -120,7 +134,8 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
         if target.iqn in seen:
             raise where.error(f"target {target.iqn} is defined twice")
         seen.add(target.iqn)
-    return ServeConfig(address, port, memory, policy, targets)
+    return ServeConfig(address, port, memory, policy, targets, float(login_timeout),
+                       max_connections)
 
 
 def from_options(
@@ -134,6 +149,8 @@ def from_options(
     policy: str | None = None,
     chap: str | None = None,
     readonly: bool = False,
+    login_timeout: float | None = None,
+    max_connections: int | None = None,
 ) -> ServeConfig:
     """`earmark serve`'s command line as a config: FILE is one target with one LUN;
     --config reads the file, and the flags given override its [server] table (and
@@ -168,6 +185,14 @@ def from_options(
         cfg = ServeConfig(address or DEFAULT_ADDRESS, DEFAULT_PORT if port is None else port,
                           parse_size(memory or DEFAULT_MEMORY, "--memory"),
                           policy or DEFAULT_POLICY, (target,))
+    if login_timeout is not None:
+        if not login_timeout > 0:
+            raise ConfigError(f"--login-timeout {login_timeout:g} must be above 0 seconds")
+        cfg = replace(cfg, login_timeout=login_timeout)
+    if max_connections is not None:
+        if max_connections < 1:
+            raise ConfigError(f"--max-connections {max_connections} must be at least 1")
+        cfg = replace(cfg, max_connections=max_connections)
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"--port {cfg.port} is not a TCP port: use 1-65535")
     return cfg

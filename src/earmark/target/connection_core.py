@@ -25,41 +25,62 @@ FAILED_IO_SENSE = ScsiError(SenseKey.HARDWARE_ERROR, 0x44, 0x00).sense()
 
 
 class ConnectionMemory:
-    """What a connection holds for its life: its claim (reserved before it reads a
-    byte), the receive buffer drawn from it, and until its session starts, the first
-    command slot (`reserve`) that session brings."""
+    """What a connection holds for its life: while it logs in, its login claim and the
+    login-sized receive buffer drawn from it (reserved before it reads a byte); once
+    the login is done, its session's claim, the receive buffer drawn from that, and
+    until its session starts, the first command slot (`reserve`) that session brings."""
 
-    __slots__ = ("_name", "_portal", "_recv", "_reservation", "_session", "first_slot")
+    __slots__ = ("_login", "_login_recv", "_name", "_portal", "_recv", "_reservation",
+                 "_session", "first_slot")
 
     def __init__(self, portal: TargetPortal, name: str,
                  session: Callable[[], TargetSession | None]) -> None:
         self._portal = portal
         self._name = name
         self._session = session
+        self._login: Reservation | None = None
+        self._login_recv: Buffer | None = None
         self._reservation: Reservation | None = None
         self._recv: Buffer | None = None
         self.first_slot: Reservation | None = None
 
-    def claimed(self, res: Reservation) -> Buffer | None:
-        """Hold the granted claim, tell the deadlock detector who frees what it holds,
-        and split it: the receive buffer, which the framer needs as one run, and the
-        first slot. No buffer when the arena is too fragmented for it: the connection
-        is refused (what it holds goes with `release`)."""
-        name, portal = self._name, self._portal
+    def login_claimed(self, res: Reservation) -> Buffer | None:
+        """Hold the granted login claim, tell the deadlock detector who frees what the
+        connection holds, and draw the login's receive buffer (None: the arena is too
+        fragmented for one run; the connection is refused, `release` gives it back)."""
+        self._hold(res)
+        self._login = res
+        self._login_recv = _one_run(res.take(TargetLevel.RECV, self._portal.login_bytes))
+        return self._login_recv
+
+    def _hold(self, res: Reservation) -> None:
+        name = self._name
         res.handoff(name)
-        self._reservation = res
-        waits = portal.arena.waits
+        waits = self._portal.arena.waits
         waits.set_passive(name, (name,), "its receive buffer")
         session = self._session
         waits.set_passive(f"{name}/cmds", lambda: commands_freers(name, session()))
+
+    def claimed(self, res: Reservation) -> Buffer | None:
+        """The login is done and the session's claim granted: hold it and split it, the
+        receive buffer (one run, or None as `login_claimed`) and the first slot. The
+        login's buffer stays until `login_over`: what it holds moves first."""
+        self._hold(res)
+        self._reservation = res
+        portal = self._portal
         if portal.first_slot is not None:
-            self.first_slot = res.split(portal.first_slot, owner=f"{name}/slots")
-        recv = res.take(TargetLevel.RECV, portal.recv_bytes)
-        if len(recv.segments) != 1:
-            recv.put_back()
-            return None
-        self._recv = recv
-        return recv
+            self.first_slot = res.split(portal.first_slot, owner=f"{self._name}/slots")
+        self._recv = _one_run(res.take(TargetLevel.RECV, portal.recv_bytes))
+        return self._recv
+
+    def login_over(self) -> None:
+        """Give back the login's buffer and claim: the session's hold what it held."""
+        if self._login_recv is not None:
+            self._login_recv.put_back()
+            self._login_recv = None
+        if self._login is not None:
+            self._login.release()
+            self._login = None
 
     def session_slots(self) -> list[Reservation]:
         """The slots the session starting now begins with."""
@@ -80,9 +101,18 @@ class ConnectionMemory:
         if self._reservation is not None:
             self._reservation.release()
             self._reservation = None
+        self.login_over()
         waits = self._portal.arena.waits
         waits.clear_passive(self._name)
         waits.clear_passive(f"{self._name}/cmds")
+
+
+def _one_run(buffer: Buffer) -> Buffer | None:
+    """`buffer` if it is one run of memory (a framer needs one), else None, given back."""
+    if len(buffer.segments) == 1:
+        return buffer
+    buffer.put_back()
+    return None
 
 
 def commands_freers(name: str, session: TargetSession | None) -> tuple[str, ...]:

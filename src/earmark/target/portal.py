@@ -15,16 +15,25 @@ and tested without a socket; the runtime maps an id back to its connection.
   write of the old one still on its way to the disk cannot land after the new
   session's writes. The waiting login is already the nexus's session: a later
   login of the nexus reinstates it in turn and waits for the whole chain to drain.
+* Logins cost what logins need. A connection that has not finished its login holds
+  one login PDU's buffer (login data segments are at most 8 KiB), not a session's
+  receive buffer and command slot; those it reserves as its login ends. Unfinished
+  logins may hold an eighth of the arena together: past that, the oldest is closed to
+  make room, so strangers that connect and send nothing cannot keep an initiator
+  out, and none may take longer than `login_timeout`. Past `max_connections` the
+  oldest unfinished login is closed too; only when every other connection is a
+  session is a new one refused, logged once a minute per source.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from earmark.iscsi.discovery import Portal, discovery_answer
-from earmark.iscsi.login import TargetEntry
+from earmark.iscsi.login import LOGIN_MAX_SEGMENT, TargetEntry
 from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.iscsi.text import TextPairs
 from earmark.memory import Arena
@@ -40,6 +49,26 @@ RECV_SEGMENT = 65536
 PORTAL_GROUP_TAG = 1
 #: TSIHs are 16 bits, and 0 on the wire means "a new session".
 _TSIH_MAX = 0xFFFF
+#: Unfinished logins may hold this share of the arena together (1/8).
+_LOGIN_SHARE = 8
+#: A source refused for too many connections is logged at most this often (seconds).
+_REFUSAL_LOG_INTERVAL = 60.0
+#: Sources remembered for that before the quiet ones are forgotten.
+_REFUSED_SOURCES = 1024
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PortalLimits:
+    """How long a login may take and how many connections there may be (None: sized
+    from the arena: what unfinished logins may hold, plus every session it can hold)."""
+
+    login_timeout: float = 15.0
+    max_connections: int | None = None
+
+
+DEFAULT_LIMITS = PortalLimits()
 
 
 @dataclass(slots=True)
@@ -75,6 +104,7 @@ class TargetPortal:
         config: SessionConfig,
         recv_bytes: int = receive_buffer_bytes(RECV_SEGMENT, pdus=1),
         max_slots: int = 64,
+        limits: PortalLimits = DEFAULT_LIMITS,
     ) -> None:
         self.targets = {t.entry.iqn: t for t in targets}
         self.entries: Mapping[str, TargetEntry] = {
@@ -94,10 +124,18 @@ class TargetPortal:
         #: The slot a connection brings to its session (`reserve`): a session can always
         #: take one command, and the login's window is that one command.
         self.first_slot: Mapping[int, int] | None = self.slot_claim if reserve else None
-        #: What a connection holds before it reads a byte.
+        #: What a connection holds once its login is done: the session's receive buffer
+        #: and first slot.
         self.connection_claim: Mapping[int, int] = {
             TargetLevel.RECV: recv_bytes, **(self.first_slot or {}),
         }
+        #: What a connection holds before it reads a byte, until its login is done.
+        self.login_bytes = receive_buffer_bytes(LOGIN_MAX_SEGMENT, pdus=1)
+        self.login_claim: Mapping[int, int] = {TargetLevel.RECV: self.login_bytes}
+        self.login_timeout = limits.login_timeout
+        self.max_logins = max(1, arena.capacity // _LOGIN_SHARE // arena.cost(self.login_bytes))
+        self.max_connections = limits.max_connections or (
+            self.max_logins + arena.capacity // sum(self.connection_claim.values()))
         #: The login window: commands the initiator may send right after login.
         self.login_window = 1 if reserve else config.window
         self.login_wants: Mapping[str, str] = {
@@ -110,6 +148,11 @@ class TargetPortal:
         self.network_portals: list[Portal] = []
         self._ids = itertools.count(1)
         self._connections: set[int] = set()
+        #: Connections still logging in, oldest first.
+        self._logins: dict[int, None] = {}
+        #: When each source refused for too many connections was last logged, and how
+        #: many refusals since.
+        self._refused: dict[str, tuple[float, int]] = {}
         self._sessions: dict[int, TargetSession] = {}
         self._tsih = 0
         self._tsihs: dict[int, int] = {}
@@ -141,8 +184,42 @@ class TargetPortal:
         self._connections.add(conn_id)
         return conn_id
 
+    def login_started(self, conn_id: int, source: str, now: float) -> list[int] | None:
+        """A connection from `source` begins its login: the unfinished logins to close
+        first, oldest first, so that theirs stay within their share of the arena and the
+        connections within `max_connections`. None: refuse it, every other connection
+        is a session."""
+        logins = self._logins
+        over = len(self._connections) - self.max_connections
+        if over > len(logins):
+            last, count = self._refused.get(source, (-_REFUSAL_LOG_INTERVAL, 0))
+            if len(self._refused) > _REFUSED_SOURCES:  # forget the quiet ones
+                self._refused = {k: v for k, v in self._refused.items()
+                                 if now - v[0] < _REFUSAL_LOG_INTERVAL}
+            if now - last >= _REFUSAL_LOG_INTERVAL:
+                log.warning("refusing connections from %s: %d connections are open, the "
+                            "most allowed (--max-connections)%s", source,
+                            len(self._connections) - 1,
+                            f"; {count} more refused since" if count else "")
+                self._refused[source] = (now, 0)
+            else:
+                self._refused[source] = (last, count + 1)
+            self._connections.discard(conn_id)  # as good as gone: it closes at once
+            return None
+        logins[conn_id] = None
+        evict = list(itertools.islice(logins, max(0, len(logins) - self.max_logins, over)))
+        for old in evict:
+            del logins[old]
+            self._connections.discard(old)
+        return evict
+
+    def login_finished(self, conn_id: int) -> None:
+        """The connection's login is over: it holds a session's memory now, not a login's."""
+        self._logins.pop(conn_id, None)
+
     def connection_closed(self, conn_id: int) -> bool:
         """The connection is gone (its I/O may still run); True: the shares changed."""
+        self._logins.pop(conn_id, None)
         self._tsihs.pop(conn_id, None)
         changed = self._sessions.pop(conn_id, None) is not None and self._share()
         self._connections.discard(conn_id)
@@ -203,7 +280,9 @@ class TargetPortal:
         session, so the shares leave room for one more connection's receive buffer and
         first slot: otherwise an idle session could keep every newcomer waiting forever."""
         per_slot = sum(self.slot_claim.values())
-        room = self.arena.capacity - (len(self._connections) + 1) * self.recv_bytes
+        logins = len(self._logins)
+        room = (self.arena.capacity - logins * self.login_bytes
+                - (len(self._connections) - logins + 1) * self.recv_bytes)
         sessions = len(self._sessions) + 1
         return max(1, min(self.max_slots, room // per_slot // sessions))
 
