@@ -39,16 +39,16 @@ class Policy(Enum):
 
 @dataclass(frozen=True, slots=True)
 class HostTuning:
-    """Knobs of the real mechanisms above, with Linux's defaults where it has them."""
+    """Knobs of the real mechanisms above, with Linux's defaults where it has them.
+
+    How often THROTTLE's writers check is not a knob: host/dirty_throttle.py derives
+    it from the dirty count as Linux does; MEMPOOL's pool is sized from the arena as
+    Linux sizes its min watermark (host/watermarks.py)."""
 
     #: vm.dirty_ratio: writers are throttled above this share of memory dirty.
     dirty_ratio: float = 0.20
     #: vm.dirty_background_ratio: background writeback starts above this share.
     background_ratio: float = 0.10
-    #: Pages a writer dirties between two checks of the limits (THROTTLE).
-    ratelimit_pages: int = 32
-    #: Emergency pool for MEMPOOL, as a share of the arena.
-    emergency_ratio: float = 0.02
     #: vm.dirty_expire_centisecs: dirty pages older than this are written back.
     dirty_expire_s: float = 30.0
     #: Largest writeback request, in pages (merging adjacent dirty pages).
