@@ -4,11 +4,19 @@ hand from the rule in mm/page-writeback.c or mm/page_alloc.c, not by calling the
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import pytest
 
 from earmark.host.dirty_throttle import DirtyThrottle, dirty_poll_interval, global_ratelimit_pages
+from earmark.host.modeldevice import ModelDevice
+from earmark.host.pagecache import PageCache
 from earmark.host.policy import Policy
 from earmark.host.watermarks import emergency_bytes, min_free_kbytes
+from earmark.memory import Arena
+from earmark.memory.levels import PAGE_BYTES
+from earmark.memory.waits import WaitKind
 from earmark.sim.demo import DemoConfig
 
 BIG = 1 << 20
@@ -127,3 +135,52 @@ def test_the_demos_mempool_pool_is_the_min_watermark_of_its_arena() -> None:
     assert config.arena_bytes == 4 << 20
     assert config.arena_for(Policy.MEMPOOL).emergency == 256 * 1024
     assert config.arena_for(Policy.THROTTLE).emergency == 0
+
+
+class GatedDevice(ModelDevice):
+    """Writes wait for the gate: pages taken by writeback stay under writeback."""
+
+    def __init__(self, arena: Arena, size: int) -> None:
+        super().__init__(arena, size)
+        self.gate = asyncio.Event()
+
+    async def write_pages(self, offset: int, pages: list[memoryview], *, owner: str) -> None:
+        await self.gate.wait()
+        await super().write_pages(offset, pages, owner=owner)
+
+
+def test_the_page_cache_counts_pages_under_writeback_as_dirty() -> None:
+    """balance_dirty_pages compares NR_FILE_DIRTY + NR_WRITEBACK with the threshold. A 1 MiB
+    arena at 20 % is int(209715.2) // 4096 = 51 pages. 30 pages go to writeback (and stay:
+    the device's gate is shut); a second writer looks after 14 pages (the shared counter,
+    16, counts 2 left from the first), then at the margin's square root, 2, 2, 1, 1, 1, 1:
+    at 52 pages dirty or in writeback it waits."""
+
+    async def wait_for(what: Callable[[], bool]) -> bool:
+        for _ in range(100_000):
+            if what():
+                return True
+            await asyncio.sleep(0)
+        return False
+
+    async def main() -> tuple[int, bool]:
+        arena = Arena(1 << 20)
+        device = GatedDevice(arena, 8 << 20)
+        cache = PageCache(arena, device, Policy.THROTTLE)
+        cache.start()
+        await cache.pwrite(0, bytes(30 * PAGE_BYTES), owner="first")
+        assert await wait_for(lambda: not cache.dirty and cache.inflight == 1)
+        writer = asyncio.create_task(
+            cache.pwrite(100 * PAGE_BYTES, bytes(200 * PAGE_BYTES), owner="w"))
+        throttled = await wait_for(lambda: any(
+            w.waiter == "w" and w.kind is WaitKind.AGENT for w in arena.waits.waits()))
+        pages = len(cache.pages)
+        writer.cancel()
+        device.gate.set()
+        await asyncio.gather(writer, return_exceptions=True)
+        await cache.close()
+        return pages, throttled
+
+    pages, throttled = asyncio.run(main())
+    assert throttled, "the writer never waited for the dirty count"
+    assert pages == 52
