@@ -91,11 +91,12 @@ def test_a_page_changed_behind_the_demos_back_shows_as_corrupt() -> None:
 
 
 def test_mempool_and_throttle_meet_their_fates_with_the_demos_own_tuning() -> None:
-    # The demo's defaults (`earmark demo --sim`): a 4 MiB host arena, a 2 % emergency pool,
-    # Linux's dirty limits checked every 32 pages. These fates move, on purpose, with the
-    # policies: an emergency pool big enough for 256 writebacks must show up here.
-    config = DemoConfig(writers=[1, 64, 256], policies=[Policy.MEMPOOL, Policy.THROTTLE],
-                        total_pages=4096)
+    # The demo's defaults (`earmark demo --sim`): a 4 MiB host arena, Linux's min watermark
+    # for it as the emergency pool (256 KiB), Linux's dirty limits checked as
+    # balance_dirty_pages checks them. These fates move, on purpose, with the policies:
+    # this is where each baseline breaks (throttle past 64 writers, mempool past 1024).
+    config = DemoConfig(writers=[1, 64, 128, 1024, 2048],
+                        policies=[Policy.MEMPOOL, Policy.THROTTLE], total_pages=4096)
 
     async def main() -> list[Row]:
         async with SimStack(config.lun_bytes) as stack:
@@ -105,9 +106,11 @@ def test_mempool_and_throttle_meet_their_fates_with_the_demos_own_tuning() -> No
     fates = {(r.result.policy, r.result.writers): r.result.outcome for r in rows}
     assert fates == {
         ("mempool", 1): "completed", ("mempool", 64): "completed",
-        ("mempool", 256): "deadlocked",
-        ("throttle", 1): "completed", ("throttle", 64): "deadlocked",
-        ("throttle", 256): "deadlocked",
+        ("mempool", 128): "completed", ("mempool", 1024): "completed",
+        ("mempool", 2048): "deadlocked",
+        ("throttle", 1): "completed", ("throttle", 64): "completed",
+        ("throttle", 128): "deadlocked", ("throttle", 1024): "deadlocked",
+        ("throttle", 2048): "deadlocked",
     }
     for row in rows:
         if row.result.outcome == "completed":

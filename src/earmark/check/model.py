@@ -12,8 +12,14 @@ the arena's rule for the emergency pool: ordinary allocations may commit up to
 
 * ``none``: every allocation waits where it stands, holding what it holds.
 * ``mempool``: the same, but writeback and receive may use the emergency units.
-* ``throttle``: ``none``, and a writer looks at the dirty count every
-  ``ratelimit`` pages and waits while it is above ``dirty_limit``.
+* ``throttle``: ``none``, and a writer looks at the dirty count (dirty pages and
+  pages in writeback) when balance_dirty_pages_ratelimited would
+  (:mod:`earmark.host.dirty_throttle`): after ``ratelimit`` pages first, then after
+  ``dirty_poll_interval`` pages of what was left below ``dirty_limit`` at its last
+  look, at most 8 while the count is above the limit, or when the pages all writers
+  dirtied since anyone looked reach the shared ``ratelimit_pages``; it waits while
+  the count is above ``dirty_limit``. ``dirty_exceeded`` is read as the count now,
+  as if someone had just looked: a throttle a little stronger than Linux's.
 * ``reserve``: dirtying a page reserves its page and its writeback's
   descriptors and receive buffer at once (the writer waits there, holding
   nothing); writeback draws on that and never waits.
@@ -27,6 +33,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from earmark.host.dirty_throttle import (
+    EXCEEDED_PAUSE_PAGES,
+    dirty_poll_interval,
+    global_ratelimit_pages,
+)
 from earmark.host.policy import Policy
 
 __all__ = ["PAGE", "Config", "State", "describe", "initial", "is_done", "steps"]
@@ -55,6 +66,7 @@ class Config:
     """Units only writeback and receive may use (``mempool``)."""
     dirty_limit: int = 2
     ratelimit: int = 1
+    """Pages a writer dirties before its first look (``throttle``; Linux's is 32)."""
 
     def __post_init__(self) -> None:
         if min(self.writers, self.pages, self.writebacks, self.ratelimit) < 1:
@@ -74,6 +86,10 @@ class State:
     """Pages each writer still has to dirty."""
     since_check: tuple[int, ...]
     """Pages each writer dirtied since it last looked at the dirty count (``throttle``)."""
+    pause: tuple[int, ...]
+    """Pages each writer may dirty before it looks again (``throttle``)."""
+    shared: int
+    """Pages dirtied since anyone looked (``throttle``; counted only when it can matter)."""
     dirty: int
     """Dirty pages no writeback has taken yet."""
     slots: tuple[int, int, int, int]
@@ -83,7 +99,13 @@ class State:
 
 
 def initial(config: Config) -> State:
-    return State((config.pages,) * config.writers, (0,) * config.writers, 0, (0, 0, 0, 0), 0)
+    return State((config.pages,) * config.writers, (0,) * config.writers,
+                 (config.ratelimit,) * config.writers, 0, 0, (0, 0, 0, 0), 0)
+
+
+def _with(state: State, dirty: int, slots: tuple[int, int, int, int], used: int) -> State:
+    """`state` after a writeback step: the writers' books unchanged."""
+    return State(state.left, state.since_check, state.pause, state.shared, dirty, slots, used)
 
 
 def is_done(state: State) -> bool:
@@ -110,46 +132,53 @@ def steps(config: Config, state: State) -> Iterator[tuple[str, State]]:
     reserve = config.policy is Policy.RESERVE
     in_writeback = sum(state.slots)
     dirty_total = state.dirty + in_writeback
+    throttle = config.policy is Policy.THROTTLE
+    over = dirty_total > config.dirty_limit
+    shared_limit = global_ratelimit_pages(config.dirty_limit)
+    count_shared = throttle and config.writers * config.pages >= shared_limit
     for i, left in enumerate(state.left):
         if not left:
             continue
-        since = state.since_check[i]
-        if config.policy is Policy.THROTTLE and since >= config.ratelimit:
-            if dirty_total > config.dirty_limit:
-                continue  # balance_dirty_pages: waits for writeback
-            since = 0
+        since, pause, shared = state.since_check[i], state.pause[i], state.shared
+        if throttle:
+            ratelimit = min(pause, EXCEEDED_PAUSE_PAGES) if over else pause
+            if since >= ratelimit or shared >= shared_limit:
+                if over:
+                    continue  # balance_dirty_pages: waits for writeback
+                since, shared = 0, 0
+                pause = dirty_poll_interval(dirty_total, config.dirty_limit)
         cost = _CLAIM if reserve else PAGE
         if not _fits(config, state, cost, False):
             continue  # waits for memory (holding nothing)
         yield (f"writer-{i} dirties a page{' (reserving its writeback)' if reserve else ''}",
                State((*state.left[:i], left - 1, *state.left[i + 1 :]),
                      (*state.since_check[:i], since + 1, *state.since_check[i + 1 :]),
+                     (*state.pause[:i], pause, *state.pause[i + 1 :]),
+                     shared + 1 if count_shared else 0,
                      state.dirty + 1, state.slots, state.used + cost))
     if state.dirty and in_writeback < config.writebacks:
         yield ("a writeback takes a dirty page",
-               State(state.left, state.since_check, state.dirty - 1,
+               _with(state, state.dirty - 1,
                      _move(state.slots, None, _IN_FLIGHT if reserve else _NEED_REQUEST),
                      state.used))
     if reserve:
         if state.slots[_IN_FLIGHT]:
             yield ("the target answers a writeback; its page and reservation are freed",
-                   State(state.left, state.since_check, state.dirty,
-                         _move(state.slots, _IN_FLIGHT, None), state.used - _CLAIM))
+                   _with(state, state.dirty, _move(state.slots, _IN_FLIGHT, None),
+                         state.used - _CLAIM))
         return
     memalloc = config.policy is Policy.MEMPOOL
     for stage, nxt in ((_NEED_REQUEST, _NEED_TASK), (_NEED_TASK, _IN_FLIGHT)):
         if state.slots[stage] and _fits(config, state, 1, memalloc):
             yield (f"a writeback gets {_STAGE_WORDS[stage]}",
-                   State(state.left, state.since_check, state.dirty,
-                         _move(state.slots, stage, nxt), state.used + 1))
+                   _with(state, state.dirty, _move(state.slots, stage, nxt), state.used + 1))
     if state.slots[_IN_FLIGHT]:
         yield ("the target answers a writeback",
-               State(state.left, state.since_check, state.dirty,
-                     _move(state.slots, _IN_FLIGHT, _NEED_RECEIVE), state.used))
+               _with(state, state.dirty, _move(state.slots, _IN_FLIGHT, _NEED_RECEIVE),
+                     state.used))
     if state.slots[_NEED_RECEIVE] and _fits(config, state, 1, memalloc):
         yield ("a writeback gets its receive buffer, completes, and its page is freed",
-               State(state.left, state.since_check, state.dirty,
-                     _move(state.slots, _NEED_RECEIVE, None),
+               _with(state, state.dirty, _move(state.slots, _NEED_RECEIVE, None),
                      state.used - PAGE - _WRITEBACK + 1))
 
 

@@ -38,7 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--dirty-limit", type=int, default=2,
                    help="dirty pages above which writers wait (throttle; default 2)")
     p.add_argument("--ratelimit", type=int, default=1,
-                   help="pages a writer dirties between checks (throttle; default 1)")
+                   help="pages a writer dirties before its first check; later ones come "
+                        "as Linux's balance_dirty_pages spaces them (throttle; default 1)")
     p.add_argument("--sweep", action="store_true",
                    help="check every policy on a grid of small systems instead")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 
 from earmark.host.device import PageDevice
+from earmark.host.dirty_throttle import DirtyThrottle
 from earmark.host.policy import HostTuning, Policy
 from earmark.memory import Arena, Buffer, HostLevel, Reservation
 from earmark.memory.draw import draw_charge
@@ -62,12 +63,16 @@ class PageCache:
         self.clean: OrderedDict[int, Page] = OrderedDict()  # LRU first
         self.dirty: OrderedDict[int, Page] = OrderedDict()  # oldest dirtied first
         self.inflight = 0
+        self._writeback_pages = 0  # pages taken by writebacks not yet clean (NR_WRITEBACK)
         self._changed = asyncio.Event()  # a page became clean, or writeback finished
         self._kick = asyncio.Event()
         self._sync_wanted = 0
         self._flusher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
-        self._dirtied_by: dict[str, int] = {}
+        self._throttle: DirtyThrottle | None = None
+        if policy is Policy.THROTTLE:
+            thresh = int(self.tuning.dirty_ratio * arena.capacity) // PAGE_BYTES
+            self._throttle = DirtyThrottle(thresh)
         # What writing one page back takes: the request descriptor and the command.
         share = _add(device.command_cost(True, PAGE_BYTES),
                      {HostLevel.REQUEST: REQUEST_DESCRIPTOR_BYTES})
@@ -274,7 +279,8 @@ class PageCache:
         page.share = share
         page.dirtied_at = asyncio.get_running_loop().time()
         self.dirty[page.index] = page
-        self._dirtied_by[owner] = self._dirtied_by.get(owner, 0) + 1
+        if self._throttle is not None:
+            self._throttle.dirtied(owner)
         if len(self.dirty) * PAGE_BYTES > self.tuning.background_ratio * self.arena.capacity:
             self._kick.set()
 
@@ -311,14 +317,16 @@ class PageCache:
         return freed
 
     async def _balance_dirty_pages(self, owner: str) -> None:
-        """THROTTLE: every `ratelimit` pages, wait while over the dirty threshold."""
-        count = self._dirtied_by.get(owner, 0)
-        if count % self.tuning.ratelimit_pages:
+        """THROTTLE: when the writer is due to look (host/dirty_throttle.py), wait while
+        more pages are dirty or under writeback than the dirty threshold."""
+        throttle = self._throttle
+        assert throttle is not None
+        if not throttle.due(owner):
             return
-        limit = self.tuning.dirty_ratio * self.arena.capacity
-        while len(self.dirty) * PAGE_BYTES > limit:
+        while throttle.over(len(self.dirty) + self._writeback_pages):
             self._kick.set()
             await self._wait_changed(owner, "the dirty count to drop below the limit")
+        throttle.looked(owner, len(self.dirty) + self._writeback_pages)
 
     async def _wait_changed(self, owner: str, what: str) -> None:
         self._changed.clear()
@@ -342,6 +350,7 @@ class PageCache:
         for page in run:
             del self.dirty[page.index]
             page.writeback = True
+        self._writeback_pages += len(run)
         return run
 
     def _is_dirty(self, index: int) -> bool:
@@ -380,6 +389,7 @@ class PageCache:
                 page.dirty = False
                 page.writeback = False
                 self.clean[page.index] = page
+            self._writeback_pages -= len(run)
         finally:
             self.inflight -= 1
             self._writebacks.discard(owner)

@@ -21,15 +21,22 @@ class Policy(Enum):
     MEMPOOL = "mempool"
     """NONE plus an emergency reserve that only the writeback and receive paths may
     use: PF_MEMALLOC for reclaimers (set in __perform_reclaim) and the flusher, and
-    mempool_alloc's preallocated elements for bios and requests. A fixed reserve is
-    drained when enough concurrent writebacks each hold part of what they need."""
+    mempool_alloc's preallocated elements for bios and requests. The reserve is what
+    Linux keeps below its min watermarks (host/watermarks.py: 256 KiB of the demo's
+    4 MiB arena). A fixed reserve is drained when enough concurrent writebacks and
+    reclaimers each hold part of what they need: in the demo (`--sim`, seed 1) it
+    holds up to 1024 writers and breaks at 2048."""
 
     THROTTLE = "throttle"
-    """NONE plus dirty limits as Linux's balance_dirty_pages: a writer checks the
-    dirty count only every `ratelimit` pages it dirties (current->nr_dirtied_pause),
-    and above the dirty threshold waits for writeback; background writeback starts
-    above the background threshold. The check comes after the fact, per writer, so
-    N writers overshoot by up to N x ratelimit pages."""
+    """NONE plus dirty limits as Linux's balance_dirty_pages (host/dirty_throttle.py):
+    a writer looks at the dirty and writeback count only after the pages its last
+    look allowed (about the square root of the margin then left below the
+    threshold, at most 8 once the limit is exceeded), or when the pages every writer
+    dirtied since anyone looked reach the shared ratelimit; above the threshold it
+    waits for writeback. Background writeback starts above the background threshold.
+    The look still comes after the fact, per writer, so many writers between their
+    looks overshoot together: in the demo (`--sim`, seed 1) it holds 64 writers and
+    breaks at 128."""
 
     RESERVE = "reserve"
     """earmark's discipline: a page's writeback memory is reserved, all at once
@@ -39,16 +46,16 @@ class Policy(Enum):
 
 @dataclass(frozen=True, slots=True)
 class HostTuning:
-    """Knobs of the real mechanisms above, with Linux's defaults where it has them."""
+    """Knobs of the real mechanisms above, with Linux's defaults where it has them.
+
+    How often THROTTLE's writers check is not a knob: host/dirty_throttle.py derives
+    it from the dirty count as Linux does; MEMPOOL's pool is sized from the arena as
+    Linux sizes its min watermark (host/watermarks.py)."""
 
     #: vm.dirty_ratio: writers are throttled above this share of memory dirty.
     dirty_ratio: float = 0.20
     #: vm.dirty_background_ratio: background writeback starts above this share.
     background_ratio: float = 0.10
-    #: Pages a writer dirties between two checks of the limits (THROTTLE).
-    ratelimit_pages: int = 32
-    #: Emergency pool for MEMPOOL, as a share of the arena.
-    emergency_ratio: float = 0.02
     #: vm.dirty_expire_centisecs: dirty pages older than this are written back.
     dirty_expire_s: float = 30.0
     #: Largest writeback request, in pages (merging adjacent dirty pages).

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from earmark.host.device import PageDevice
 from earmark.host.policy import HostTuning, Policy
+from earmark.host.watermarks import emergency_bytes
 from earmark.memory import Arena, format_bytes
 from earmark.memory.levels import PAGE_BYTES
 from earmark.sim.workload import RunResult, Workload, run_writers
@@ -51,7 +52,7 @@ class DemoConfig:
     def arena_for(self, policy: Policy) -> Arena:
         emergency = 0
         if policy is Policy.MEMPOOL:
-            emergency = int(self.arena_bytes * self.tuning.emergency_ratio) // 64 * 64
+            emergency = emergency_bytes(self.arena_bytes)
         return Arena(self.arena_bytes, emergency=emergency, name="host arena")
 
 
