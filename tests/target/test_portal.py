@@ -186,8 +186,8 @@ def test_a_login_holds_one_login_pdu_not_a_session() -> None:
 
 def test_unfinished_logins_past_their_share_close_the_oldest_first() -> None:
     p = portal(memory=8 << 20)
-    # An eighth of the arena, in whole granules of the login's claim.
-    share = (8 << 20) // 8 // p.arena.cost(p.login_bytes)
+    # 1/32 of the arena, in whole granules of the login's claim.
+    share = (8 << 20) // 32 // p.arena.cost(p.login_bytes)
     assert p.max_logins == share
     ids = [p.connection_opened() for _ in range(share + 3)]
     evicted = [p.login_started(conn, "10.0.0.9", 0.0) for conn in ids]

@@ -18,7 +18,7 @@ and tested without a socket; the runtime maps an id back to its connection.
 * Logins cost what logins need. A connection that has not finished its login holds
   one login PDU's buffer (login data segments are at most 8 KiB), not a session's
   receive buffer and command slot; those it reserves as its login ends. Unfinished
-  logins may hold an eighth of the arena together: past that, the oldest is closed to
+  logins may hold 1/32 of the arena together: past that, the oldest is closed to
   make room, so strangers that connect and send nothing cannot keep an initiator
   out, and none may take longer than `login_timeout`. Past `max_connections` the
   oldest unfinished login is closed too; only when every other connection is a
@@ -49,8 +49,9 @@ RECV_SEGMENT = 65536
 PORTAL_GROUP_TAG = 1
 #: TSIHs are 16 bits, and 0 on the wire means "a new session".
 _TSIH_MAX = 0xFFFF
-#: Unfinished logins may hold this share of the arena together (1/8).
-_LOGIN_SHARE = 8
+#: Unfinished logins may hold this share of the arena together (1/32): each also costs
+#: the process about 9 KiB outside it (its objects, its socket), which RSS shows.
+_LOGIN_SHARE = 32
 #: A source refused for too many connections is logged at most this often (seconds).
 _REFUSAL_LOG_INTERVAL = 60.0
 #: Sources remembered for that before the quiet ones are forgotten.
