@@ -78,6 +78,12 @@ def test_a_good_config_reads_whole(tmp_path: Path) -> None:
     (GOOD.replace('iqn = "iqn.2026-11.org.earmark:two"', 'iqn = "two"'), "is not an iSCSI name"),
     (GOOD.replace('size = "2MiB"', 'size = "2MiB"\nreadonly = "yes"'),
      "readonly 'yes' must be true or false"),
+    (GOOD.replace("port = 3999", "port = 3999\nlogin_timeout = 0"),
+     "[server] login_timeout 0 must be a number of seconds above 0"),
+    (GOOD.replace("port = 3999", "port = 3999\nnop_timeout = true"),
+     "[server] nop_timeout True must be a number of seconds above 0"),
+    (GOOD.replace("port = 3999", "port = 3999\nmax_connections = 0"),
+     "[server] max_connections 0 must be a whole number above 0"),
 ])
 def test_mistakes_are_one_line_with_the_fix(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -95,6 +101,27 @@ def test_readonly_is_per_lun_in_the_file_and_for_every_lun_on_the_command_line(
     assert [[lun.readonly for lun in t.luns] for t in cfg.targets] == [[True, True], [True]]
     (target,) = from_options(tmp_path / "d.img", None, readonly=True).targets
     assert [lun.readonly for lun in target.luns] == [True]
+
+
+def test_login_and_idle_limits_come_from_the_file_and_the_flags_override_them(
+        tmp_path: Path) -> None:
+    text = GOOD.replace("port = 3999", "port = 3999\nlogin_timeout = 5\nnop_interval = 2.5\n"
+                        "max_connections = 300")
+    cfg = load(write(tmp_path, text))
+    assert (cfg.login_timeout, cfg.nop_interval, cfg.nop_timeout, cfg.max_connections) == (
+        5.0, 2.5, 30.0, 300)
+    cfg = from_options(None, write(tmp_path, text), login_timeout=1, nop_timeout=4,
+                       max_connections=7)
+    assert (cfg.login_timeout, cfg.nop_interval, cfg.nop_timeout, cfg.max_connections) == (
+        1.0, 2.5, 4.0, 7)
+    setup = build.from_config(cfg)
+    assert (setup.limits.login_timeout, setup.limits.max_connections) == (1.0, 7)
+    assert (setup.config.nop_interval, setup.config.nop_timeout) == (2.5, 4.0)
+    for spec in setup.targets:
+        for unit in spec.units.values():
+            unit.backing.close()
+    with pytest.raises(ConfigError, match="--nop-interval -1 must be above 0 seconds"):
+        from_options(tmp_path / "d.img", None, nop_interval=-1)
 
 
 def test_a_bad_chap_flag_does_not_echo_what_may_be_the_secret(tmp_path: Path) -> None:

@@ -53,6 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="close a connection that has not logged in by then (default 15)")
     p.add_argument("--max-connections", type=int, metavar="N",
                    help="refuse connections beyond N (default: sized from --memory)")
+    p.add_argument("--nop-interval", type=float, metavar="SECONDS",
+                   help="ping an initiator silent this long with NOP-In (default 10)")
+    p.add_argument("--nop-timeout", type=float, metavar="SECONDS",
+                   help="close its connection when the ping goes unanswered (default 30)")
     p.add_argument("--readonly", action="store_true",
                    help="serve the LUN(s) read-only: writes answer DATA PROTECT")
     p.add_argument("--loop", choices=loops.LOOPS, default="auto",
@@ -77,7 +81,8 @@ def _build(args: argparse.Namespace) -> TargetServer:
     cfg = from_options(args.file, args.config, size=args.size, address=args.address,
                        port=args.port, memory=args.memory, policy=args.policy, chap=args.chap,
                        readonly=args.readonly, login_timeout=args.login_timeout,
-                       max_connections=args.max_connections)
+                       max_connections=args.max_connections, nop_interval=args.nop_interval,
+                       nop_timeout=args.nop_timeout)
     server = TargetServer(build.from_config(cfg))
     portal = server.portal
     need = portal.recv_bytes + sum(portal.slot_claim.values())

@@ -49,7 +49,8 @@ class TargetSetup:
 
 def from_config(cfg: ServeConfig) -> TargetSetup:
     """`earmark serve`'s targets: LUN files created first where a size is given."""
-    config = SessionConfig(policy=AdmissionPolicy(cfg.policy))
+    config = SessionConfig(policy=AdmissionPolicy(cfg.policy), nop_interval=cfg.nop_interval,
+                           nop_timeout=cfg.nop_timeout)
     specs = []
     for target in cfg.targets:
         units = {lun.lun: _file_unit(lun, config) for lun in target.luns}

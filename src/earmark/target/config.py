@@ -6,6 +6,8 @@
     memory = "64MiB"             # the target's arena
     policy = "reserve"           # or "none"
     login_timeout = 15           # seconds a connection may take to log in
+    nop_interval = 10            # ping an initiator silent this long (seconds) with NOP-In
+    nop_timeout = 30             # and close its connection if the ping is not answered
     max_connections = 2000       # default: sized from memory
 
     [[target]]
@@ -71,6 +73,8 @@ class ServeConfig:
     targets: tuple[TargetConfig, ...]
     login_timeout: float = 15.0
     max_connections: int | None = None
+    nop_interval: float = 10.0
+    nop_timeout: float = 30.0
 
 
 DEFAULT_ADDRESS = "127.0.0.1"
@@ -80,7 +84,8 @@ DEFAULT_POLICY = "reserve"
 #: The target name `earmark serve FILE` gives FILE: this prefix and the file's stem.
 IQN_PREFIX = "iqn.2026-11.org.earmark:"
 
-_SERVER_KEYS = {"address", "port", "memory", "policy", "login_timeout", "max_connections"}
+_SERVER_KEYS = {"address", "port", "memory", "policy", "login_timeout", "max_connections",
+                "nop_interval", "nop_timeout"}
 _TARGET_KEYS = {"iqn", "alias", "chap", "mutual", "initiators", "lun"}
 _LUN_KEYS = {"lun", "file", "size", "readonly"}
 _CRED_KEYS = {"user", "secret"}
@@ -115,11 +120,10 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
     policy = _str(server.get("policy", DEFAULT_POLICY), where, "[server] policy")
     if policy not in POLICIES:
         raise where.error(f"[server] policy {policy!r} is unknown: use one of {POLICIES}")
-    login_timeout = server.get("login_timeout", 15.0)
-    if isinstance(login_timeout, bool) or not isinstance(login_timeout, int | float) \
-            or login_timeout <= 0:
-        raise where.error(f"[server] login_timeout {login_timeout!r} must be a number of "
-                          "seconds above 0")
+    login_timeout, nop_interval, nop_timeout = (
+        _seconds(server.get(key, default), where, f"[server] {key}")
+        for key, default in (("login_timeout", 15.0), ("nop_interval", 10.0),
+                             ("nop_timeout", 30.0)))
     max_connections = server.get("max_connections")
     if max_connections is not None and (isinstance(max_connections, bool) or not isinstance(
             max_connections, int) or max_connections < 1):
@@ -134,8 +138,8 @@ def parse(data: Mapping[str, Any], path: Path) -> ServeConfig:
         if target.iqn in seen:
             raise where.error(f"target {target.iqn} is defined twice")
         seen.add(target.iqn)
-    return ServeConfig(address, port, memory, policy, targets, float(login_timeout),
-                       max_connections)
+    return ServeConfig(address, port, memory, policy, targets, login_timeout,
+                       max_connections, nop_interval, nop_timeout)
 
 
 def from_options(
@@ -151,6 +155,8 @@ def from_options(
     readonly: bool = False,
     login_timeout: float | None = None,
     max_connections: int | None = None,
+    nop_interval: float | None = None,
+    nop_timeout: float | None = None,
 ) -> ServeConfig:
     """`earmark serve`'s command line as a config: FILE is one target with one LUN;
     --config reads the file, and the flags given override its [server] table (and
@@ -185,10 +191,10 @@ def from_options(
         cfg = ServeConfig(address or DEFAULT_ADDRESS, DEFAULT_PORT if port is None else port,
                           parse_size(memory or DEFAULT_MEMORY, "--memory"),
                           policy or DEFAULT_POLICY, (target,))
-    if login_timeout is not None:
-        if not login_timeout > 0:
-            raise ConfigError(f"--login-timeout {login_timeout:g} must be above 0 seconds")
-        cfg = replace(cfg, login_timeout=login_timeout)
+    cfg = replace(cfg, login_timeout=_flag_seconds("--login-timeout", login_timeout,
+                                                   cfg.login_timeout),
+                  nop_interval=_flag_seconds("--nop-interval", nop_interval, cfg.nop_interval),
+                  nop_timeout=_flag_seconds("--nop-timeout", nop_timeout, cfg.nop_timeout))
     if max_connections is not None:
         if max_connections < 1:
             raise ConfigError(f"--max-connections {max_connections} must be at least 1")
@@ -286,6 +292,20 @@ def _size(raw: object, where: _Where, place: str) -> int:
         return parse_size(str(raw), place)
     except SizeError as exc:
         raise where.error(str(exc)) from None
+
+
+def _flag_seconds(flag: str, value: float | None, otherwise: float) -> float:
+    if value is None:
+        return otherwise
+    if not value > 0:
+        raise ConfigError(f"{flag} {value:g} must be above 0 seconds")
+    return value
+
+
+def _seconds(raw: object, where: _Where, place: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw <= 0:
+        raise where.error(f"{place} {raw!r} must be a number of seconds above 0")
+    return float(raw)
 
 
 def _credentials(raw: object, where: _Where, place: str) -> tuple[str, str] | None:
