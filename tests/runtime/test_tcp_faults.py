@@ -31,6 +31,7 @@ from earmark.runtime.initiator_device import BlockDevice
 from earmark.sim.workload import Workload, run_writers
 from earmark.target.backing import MemoryBacking
 from tests.fault_proxy import End, Fault, FaultProxy, Plan
+from tests.targets import arena_settled
 
 pytestmark = pytest.mark.tcp
 
@@ -84,22 +85,15 @@ async def _read_back(target: EmbeddedTarget, expected: dict[int, int]) -> dict[i
                 for index in expected}
 
 
-async def _settled(target: EmbeddedTarget, idle: int) -> int:
-    """The target's arena once its sessions are gone (released on its own loop)."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(10):
-            while target.arena.committed != idle:
-                await asyncio.sleep(0.01)
-    return target.arena.committed
-
-
 def _check(target: EmbeddedTarget, plan: Plan, timeouts: Timeouts) -> Outcome:
     idle = target.arena.committed  # no session yet
 
     async def main() -> tuple[Outcome, dict[int, int], int]:
         out = await _run(target, plan, timeouts)
         got = await _read_back(target, out.expected)
-        return out, got, await _settled(target, idle)
+        with contextlib.suppress(TimeoutError):
+            await arena_settled(target, idle)
+        return out, got, target.arena.committed
 
     out, got, settled = asyncio.run(main())
     proxy = out.proxy
