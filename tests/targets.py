@@ -8,7 +8,6 @@ fixture, so every test still gets its peer from the same place (and, through it,
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,10 +15,9 @@ from dataclasses import dataclass
 import pytest
 
 from earmark.runtime.embedded import DEFAULT_IQN as EMBEDDED_IQN
-from earmark.runtime.embedded import EmbeddedTarget
 from tools.peers import DEFAULT_IQN as TGTD_IQN
 
-__all__ = ["EmbeddedSpec", "TgtdSpec", "arena_settled", "embedded_with", "tgtd_with"]
+__all__ = ["EmbeddedSpec", "TgtdSpec", "embedded_with", "tgtd_with"]
 
 
 @dataclass(frozen=True)
@@ -77,12 +75,3 @@ def shuffled_spans(rng: random.Random, total: int, sizes: Sequence[int]) -> list
         at += n
     rng.shuffle(spans)
     return spans
-
-
-async def arena_settled(target: EmbeddedTarget, idle: int) -> None:
-    """The target's arena back at `idle` once its sessions are gone (their release runs
-    on the target's own loop, so wait for it rather than look once); TimeoutError if not
-    within 10 s."""
-    async with asyncio.timeout(10):
-        while target.arena.committed != idle:
-            await asyncio.sleep(0.01)

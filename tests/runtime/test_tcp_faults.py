@@ -30,8 +30,8 @@ from earmark.runtime.embedded import EmbeddedTarget
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.sim.workload import Workload, run_writers
 from earmark.target.backing import MemoryBacking
+from tests.arena_settled import arena_settled
 from tests.fault_proxy import End, Fault, FaultProxy, Plan
-from tests.targets import arena_settled
 
 pytestmark = pytest.mark.tcp
 

@@ -23,7 +23,7 @@ import earmark
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.scsi.sense import ScsiError, SenseKey
 from earmark.target.backing import FileBacking, MemoryBacking
-from tests.targets import arena_settled
+from tests.arena_settled import arena_settled
 
 pytestmark = pytest.mark.tcp
 
