@@ -3,8 +3,8 @@
 It listens on 127.0.0.1 (a free ephemeral port) and forwards each connection to one
 upstream address, through a :class:`Plan`: every chunk is held for a delay plus
 jitter and paced to a bandwidth cap (in order: TCP does not reorder), and once the
-bytes sent upstream pass a point drawn from the seed, one :class:`Fault` hits the
-connection that carried them:
+bytes a connection sent upstream pass a point drawn from the seed, one :class:`Fault`
+hits it:
 
 - ``STALL``: neither direction forwards for ``stall_s`` seconds; the sockets stay
   open and what arrives meanwhile is held (a peer that closes is still noticed);
@@ -12,10 +12,11 @@ connection that carried them:
 - ``DEAD_TO_TARGET`` / ``DEAD_TO_INITIATOR``: from then on the bytes going that way
   are swallowed, the other way still flows (a half-open path).
 
-Only the connection the fault hit is faulty: connections opened later (a reconnect)
-are forwarded as the plan's delay and cap say. The proxy runs on the caller's loop and
-records, per connection, who ended it (:class:`End`), so a test can tell "the
-initiator gave up on a stalled connection" from "the stall ran out".
+The fault hits the first ``strikes`` connections, each once (the later ones early:
+a reconnect's login, or its first commands); connections after those are forwarded
+as the plan's delay and cap say. The proxy runs on the caller's loop and records,
+per connection, who ended it (:class:`End`), so a test can tell "the initiator gave
+up on a stalled connection" from "the stall ran out".
 """
 
 from __future__ import annotations
@@ -63,8 +64,12 @@ class Plan:
     jitter_s: float = 0.0
     #: Each direction of each connection paced to this many bytes a second (0: no cap).
     rate_bytes_s: int = 0
-    #: The fault hits once this many bytes went upstream, a point drawn in this range.
+    #: The fault hits the first connection once it sent this many bytes upstream (a
+    #: point drawn in this range), and each of the next ``strikes - 1`` once it sent a
+    #: number drawn from ``again_after``.
     fault_after: tuple[int, int] = (128 << 10, 512 << 10)
+    strikes: int = 1
+    again_after: tuple[int, int] = (0, 2048)
     #: How long a STALL lasts, unless a peer gives up first.
     stall_s: float = 60.0
 
@@ -82,8 +87,12 @@ class _Leg:
 
 
 class _Link:
-    def __init__(self, number: int, to_target: _Leg, to_initiator: _Leg) -> None:
+    def __init__(self, number: int, strike_at: int | None, to_target: _Leg,
+                 to_initiator: _Leg) -> None:
         self.number = number
+        #: The fault hits once this many bytes went upstream (None: never).
+        self.strike_at = strike_at
+        self.bytes_up = 0
         self.to_target = to_target
         self.to_initiator = to_initiator
         self.flowing = asyncio.Event()
@@ -101,21 +110,22 @@ class FaultProxy:
     def __init__(self, upstream_host: str, upstream_port: int, plan: Plan) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.plan = plan
-        self._rng = random.Random(plan.seed)
-        self.fault_after = self._rng.randrange(*plan.fault_after)
+        # Two streams, so that where the faults hit does not depend on how many
+        # chunks the jitter was drawn for before.
+        self._points = random.Random(f"{plan.seed}/points")
+        self._jitter = random.Random(f"{plan.seed}/jitter")
         self.port = 0
         self.bytes_to_target = 0
         #: Every connection accepted, in order, and how each one ended.
         self.links: list[_Link] = []
-        #: Set once the fault hit: the connection it hit is ``links[hit]``.
-        self.fired = asyncio.Event()
-        self.hit: int | None = None
+        #: The connections the fault hit (indexes into ``links``), in order.
+        self.hits: list[int] = []
         self._server: asyncio.Server | None = None
         self._accepting: set[asyncio.Task[object]] = set()
 
     def __repr__(self) -> str:
-        return (f"FaultProxy({self.plan}, fault after {self.fault_after} B, "
-                f"hit connection {self.hit}, ends {self.ends()})")
+        struck = [f"#{i} at {self.links[i].strike_at} B" for i in self.hits]
+        return f"FaultProxy({self.plan}, hit {struck}, ends {self.ends()})"
 
     def ends(self) -> list[str]:
         return [link.ended.result().value if link.ended.done() else "open"
@@ -158,7 +168,12 @@ class FaultProxy:
         except OSError:
             _reset(down_w)
             return
-        link = _Link(len(self.links), _Leg(up_w), _Leg(down_w))
+        number = len(self.links)
+        strike_at = None
+        if self.plan.fault is not Fault.NONE and number < self.plan.strikes:
+            span = self.plan.again_after if number else self.plan.fault_after
+            strike_at = self._points.randrange(*span)
+        link = _Link(number, strike_at, _Leg(up_w), _Leg(down_w))
         self.links.append(link)
         tasks = [asyncio.ensure_future(job) for job in (
             self._pump(link, down_r, link.to_target, End.INITIATOR),
@@ -190,7 +205,7 @@ class FaultProxy:
                 start = max(now, leg.free_at)
                 if plan.rate_bytes_s:
                     leg.free_at = start + len(data) / plan.rate_bytes_s
-                delay = plan.delay_s + self._rng.uniform(0.0, plan.jitter_s)
+                delay = plan.delay_s + self._jitter.uniform(0.0, plan.jitter_s)
                 leg.last_at = max(leg.last_at, start + delay)
                 leg.queue.append((leg.last_at, data))
                 leg.ready.set()
@@ -219,12 +234,13 @@ class FaultProxy:
     # ------------------------------------------------------------ the fault
 
     def _count(self, link: _Link, n: int) -> None:
-        before = self.bytes_to_target
         self.bytes_to_target += n
-        if before < self.fault_after <= self.bytes_to_target and self.plan.fault is not Fault.NONE:
-            self.hit = link.number
+        before = link.bytes_up
+        link.bytes_up += n
+        at = link.strike_at
+        if at is not None and before <= at < link.bytes_up:
+            self.hits.append(link.number)
             self._strike(link)
-            self.fired.set()
 
     def _strike(self, link: _Link) -> None:
         fault = self.plan.fault
