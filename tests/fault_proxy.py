@@ -6,8 +6,9 @@ jitter and paced to a bandwidth cap (in order: TCP does not reorder), and once t
 bytes a connection sent upstream pass a point drawn from the seed, one :class:`Fault`
 hits it:
 
-- ``STALL``: neither direction forwards for ``stall_s`` seconds; the sockets stay
-  open and what arrives meanwhile is held (a peer that closes is still noticed);
+- ``STALL``: neither direction forwards for ``stall_s`` seconds, then both go on; the
+  sockets stay open and what arrives meanwhile is held, in order (a peer that closes
+  is still noticed);
 - ``RESET``: both sides get a RST (SO_LINGER 0), as from a middlebox that lost state;
 - ``DEAD_TO_TARGET`` / ``DEAD_TO_INITIATOR``: from then on the bytes going that way
   are swallowed, the other way still flows (a half-open path).
@@ -15,8 +16,8 @@ hits it:
 The fault hits the first ``strikes`` connections, each once (the later ones early:
 a reconnect's login, or its first commands); connections after those are forwarded
 as the plan's delay and cap say. The proxy runs on the caller's loop and records,
-per connection, who ended it (:class:`End`), so a test can tell "the initiator gave
-up on a stalled connection" from "the stall ran out".
+per connection, who ended it (:class:`End`) and whether a stall ran out first, so a
+test can tell "the initiator gave up on a stalled connection" from "the stall ended".
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ class End(enum.Enum):
     INITIATOR = "initiator"  # the downstream peer closed or reset it
     TARGET = "target"  # the upstream peer closed or reset it
     RESET = "reset"  # the proxy's RESET fault
-    STALL_RAN_OUT = "stall ran out"  # nobody gave up on a stalled connection in time
     PROXY = "proxy"  # the proxy stopped
 
 
@@ -97,6 +97,8 @@ class _Link:
         self.to_initiator = to_initiator
         self.flowing = asyncio.Event()
         self.flowing.set()
+        #: A STALL on it lasted its ``stall_s``: nobody gave up on the connection.
+        self.stall_ran_out = False
         self.ended: asyncio.Future[End] = asyncio.get_running_loop().create_future()
 
     def end(self, why: End) -> None:
@@ -124,7 +126,9 @@ class FaultProxy:
         self._accepting: set[asyncio.Task[object]] = set()
 
     def __repr__(self) -> str:
-        struck = [f"#{i} at {self.links[i].strike_at} B" for i in self.hits]
+        struck = [f"#{i} at {self.links[i].strike_at} B"
+                  + (" (the stall ran out)" if self.links[i].stall_ran_out else "")
+                  for i in self.hits]
         return f"FaultProxy({self.plan}, hit {struck}, ends {self.ends()})"
 
     def ends(self) -> list[str]:
@@ -246,14 +250,19 @@ class FaultProxy:
         fault = self.plan.fault
         if fault is Fault.STALL:
             link.flowing.clear()
-            asyncio.get_running_loop().call_later(self.plan.stall_s, link.end,
-                                                  End.STALL_RAN_OUT)
+            asyncio.get_running_loop().call_later(self.plan.stall_s, _stall_over, link)
         elif fault is Fault.RESET:
             link.end(End.RESET)
         elif fault is Fault.DEAD_TO_TARGET:
             link.to_target.dead = True
         elif fault is Fault.DEAD_TO_INITIATOR:
             link.to_initiator.dead = True
+
+
+def _stall_over(link: _Link) -> None:
+    if not link.ended.done():
+        link.stall_ran_out = True
+        link.flowing.set()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

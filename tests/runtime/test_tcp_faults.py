@@ -137,7 +137,8 @@ def test_a_path_that_stops_is_given_up_on_by_the_initiator_which_reconnects(
     out = _check(target, plan, QUICK)
     proxy = out.proxy
     assert proxy.hits == [0], proxy
-    assert proxy.links[0].ended.result() is End.INITIATOR, proxy
+    hit = proxy.links[0]
+    assert hit.ended.result() is End.INITIATOR and not hit.stall_ran_out, proxy
     assert out.reconnects >= 1, proxy
     assert out.lost is not None and out.lost.kind is FailureKind.TIMEOUT, (out.lost, proxy)
 
@@ -172,4 +173,5 @@ def test_a_fault_that_hits_the_reconnects_too_is_outlasted(
     assert len(proxy.links) > plan.strikes, proxy
     end = End.RESET if plan.fault is Fault.RESET else End.INITIATOR
     assert [proxy.links[i].ended.result() for i in proxy.hits] == [end] * plan.strikes, proxy
+    assert not any(proxy.links[i].stall_ran_out for i in proxy.hits), proxy
     assert out.reconnects >= 1, proxy
