@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 import pytest
 
 from earmark.host.policy import Policy
+from earmark.initiator.errors import SessionLostError
 from earmark.initiator.failure import ConnectionFailed, FailureKind
 from earmark.initiator.session import Timeouts
 from earmark.memory import Arena, check_level_order
@@ -59,22 +61,31 @@ class Outcome:
     proxy: FaultProxy
 
 
-async def _run(target: EmbeddedTarget, plan: Plan, timeouts: Timeouts) -> Outcome:
-    host, port = "127.0.0.1", target.server.port
+@asynccontextmanager
+async def _through(target: EmbeddedTarget, plan: Plan, timeouts: Timeouts,
+                   reconnect_timeout: float = 20) -> AsyncIterator[tuple[BlockDevice, FaultProxy]]:
+    """A device on a small host arena (under the level validator), connected through the
+    proxy, within the bound; closed at the end."""
     arena = Arena(HOST_ARENA)
     arena.validator = check_level_order
-    async with FaultProxy(host, port, plan) as proxy:
+    async with FaultProxy("127.0.0.1", target.server.port, plan) as proxy:
         device = BlockDevice(proxy.url_of(target.url), arena=arena, policy=Policy.RESERVE,
-                             timeouts=timeouts, login_timeout=2, reconnect_timeout=20,
-                             max_attempts=4)
+                             timeouts=timeouts, login_timeout=2,
+                             reconnect_timeout=reconnect_timeout, max_attempts=4)
         async with asyncio.timeout(BOUND_S):
             await device.connect()
             try:
-                result = await run_writers(arena, device, Policy.RESERVE,
-                                           replace(WORK, seed=plan.seed))
-                lost = device.failure  # before the close adds its own
+                yield device, proxy
             finally:
                 await device.close()
+    assert arena.high_water <= arena.capacity, proxy
+
+
+async def _run(target: EmbeddedTarget, plan: Plan, timeouts: Timeouts) -> Outcome:
+    async with _through(target, plan, timeouts) as (device, proxy):
+        arena = device.arena
+        result = await run_writers(arena, device, Policy.RESERVE, replace(WORK, seed=plan.seed))
+        lost = device.failure  # before the close adds its own
     assert result.outcome == "completed", (result.cycle, proxy)
     assert arena.high_water <= arena.capacity, proxy
     assert result.expected, proxy
@@ -175,3 +186,25 @@ def test_a_fault_that_hits_the_reconnects_too_is_outlasted(
     assert [proxy.links[i].ended.result() for i in proxy.hits] == [end] * plan.strikes, proxy
     assert not any(proxy.links[i].stall_ran_out for i in proxy.hits), proxy
     assert out.reconnects >= 1, proxy
+
+
+def test_a_target_lost_for_good_fails_the_fsync_and_frees_the_writers(
+    target: EmbeddedTarget,
+) -> None:
+    """Every connection after the first is reset in its login, so the device gives up
+    (reconnect_timeout): the writebacks it fails must end as a failed fsync, not as
+    pages under writeback for good with the writers waiting for them."""
+    plan = Plan(seed=51, fault=Fault.RESET, strikes=1 << 30, again_after=(0, 1))
+    idle = target.arena.committed
+
+    async def main() -> FaultProxy:
+        async with _through(target, plan, QUICK, reconnect_timeout=1) as (device, proxy):
+            with pytest.raises(SessionLostError, match="not re-established"):
+                await run_writers(device.arena, device, Policy.RESERVE,
+                                  replace(WORK, seed=plan.seed))
+        await arena_settled(target, idle)
+        return proxy
+
+    proxy = asyncio.run(main())
+    assert len(proxy.hits) > 1 and proxy.hits == list(range(len(proxy.links))), proxy
+    assert target.arena.high_water <= target.arena.capacity, proxy
