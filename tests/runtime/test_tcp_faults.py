@@ -42,10 +42,10 @@ HOST_ARENA = 2 << 20
 TARGET_ARENA = 8 << 20
 #: Generous: a run takes a few seconds; this only turns a hang into a failure.
 BOUND_S = 60.0
-#: Short, so that recovery from a stall takes a second or two, not the default minute;
+#: Short, so that recovery from a stall takes about a second, not the default minute;
 #: the keepalive out of the way (past the bound), so that what ends each stall is the
 #: command timeout, the ABORT TASK going unanswered, and a new session.
-QUICK = Timeouts(command=1.0, nop_interval=10 * BOUND_S, nop_timeout=10 * BOUND_S, abort=1.0)
+QUICK = Timeouts(command=0.5, nop_interval=10 * BOUND_S, nop_timeout=10 * BOUND_S, abort=0.5)
 #: For the faults that only slow the traffic: no recovery is wanted there.
 PATIENT = Timeouts(command=20.0, nop_interval=5.0, nop_timeout=20.0, abort=10.0)
 WORK = Workload(writers=8, pages_per_writer=96, span_pages=LUN_BYTES // PAGE_BYTES, stall_s=30)
@@ -70,7 +70,7 @@ async def _through(target: EmbeddedTarget, plan: Plan, timeouts: Timeouts,
     arena.validator = check_level_order
     async with FaultProxy("127.0.0.1", target.server.port, plan) as proxy:
         device = BlockDevice(proxy.url_of(target.url), arena=arena, policy=Policy.RESERVE,
-                             timeouts=timeouts, login_timeout=2,
+                             timeouts=timeouts, login_timeout=1,
                              reconnect_timeout=reconnect_timeout, max_attempts=4)
         async with asyncio.timeout(BOUND_S):
             await device.connect()
