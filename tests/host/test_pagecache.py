@@ -97,3 +97,38 @@ def test_file_semantics_partial_pages_and_fsync() -> None:
         await cache.close()
 
     asyncio.run(main())
+
+
+class FailingDevice(ModelDevice):
+    """A model device whose writes fail while `broken` (a session gone for good, EIO)."""
+
+    broken = True
+
+    async def write_pages(self, offset: int, pages: list[memoryview], *, owner: str) -> None:
+        if self.broken:
+            raise OSError(5, "Input/output error")
+        await super().write_pages(offset, pages, owner=owner)
+
+
+@pytest.mark.parametrize("policy", [Policy.RESERVE, Policy.THROTTLE])
+def test_a_failed_writeback_fails_the_next_fsync_once_and_frees_its_pages(policy: Policy) -> None:
+    async def main() -> None:
+        arena = arena_for(policy)
+        arena.validator = check_level_order if policy is Policy.RESERVE else None
+        device = FailingDevice(arena, 1 << 20)
+        cache = PageCache(arena, device, policy, HostTuning(dirty_expire_s=3600))
+        cache.start()
+        await cache.pwrite(0, b"lost" * 1024, owner="w")
+        with pytest.raises(OSError, match="Input/output error"):
+            await cache.fsync(owner="w")
+        # Clean now (their data lost, as Linux does it): they can be written again.
+        assert cache.stats()["dirty"] == cache.stats()["writeback_inflight"] == 0
+        await cache.fsync(owner="w")  # said once
+        device.broken = False
+        await cache.pwrite(0, b"kept" * 1024, owner="w")
+        await cache.fsync(owner="w")
+        assert device.snapshot(0, 4096) == b"kept" * 1024
+        await cache.close()
+        assert arena.high_water <= arena.capacity
+
+    asyncio.run(main())

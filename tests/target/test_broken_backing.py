@@ -23,6 +23,7 @@ import earmark
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.scsi.sense import ScsiError, SenseKey
 from earmark.target.backing import FileBacking, MemoryBacking
+from tests.arena_settled import arena_settled
 
 pytestmark = pytest.mark.tcp
 
@@ -41,14 +42,6 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True, capture_output=True)
-
-
-async def _settled(target: EmbeddedTarget, idle: int) -> None:
-    """The arena back at `idle` once the session is gone (its release runs on the
-    target's own loop, so wait for it rather than look once)."""
-    async with asyncio.timeout(10):
-        while target.arena.committed != idle:
-            await asyncio.sleep(0.01)
 
 
 def test_a_full_filesystem_answers_space_allocation_failed_and_recovers(
@@ -89,7 +82,7 @@ def test_a_full_filesystem_answers_space_allocation_failed_and_recovers(
             later = os.urandom(BLOCK)
             await dev.write(LUN // 2, later)
             assert await dev.read(LUN // 2, BLOCK) == later
-        await _settled(target, idle)
+        await arena_settled(target, idle)
 
     with caplog.at_level(logging.WARNING, logger="earmark.target.executor"):
         asyncio.run(go())
@@ -150,6 +143,6 @@ def test_an_eio_answers_medium_error_for_that_command_alone(
             # Only those commands: the session serves the rest as before.
             assert await dev.read(0, BLOCK) == good
             assert await dev.read(16 * BLOCK, BLOCK) == good
-        await _settled(target, idle)
+        await arena_settled(target, idle)
 
     asyncio.run(go())

@@ -85,6 +85,8 @@ class PageCache:
         self._read_and_dirty_claim = arena.claim(_add(share, page, read))
         self._flush_claim = arena.claim(device.command_cost(False, 0))
         self._writebacks: set[str] = set()
+        #: The first writeback the device failed since the last fsync (which raises it).
+        self._write_error: Exception | None = None
         self._writeback_seq = 0
         arena.waits.set_passive(CACHE, freed_by=self._freers)
         if policy is not Policy.RESERVE:
@@ -150,6 +152,9 @@ class PageCache:
                 await self._wait_changed(owner, "writeback of every dirty page")
         finally:
             self._sync_wanted -= 1
+        error, self._write_error = self._write_error, None
+        if error is not None:
+            raise error
         if self.policy is Policy.RESERVE:
             res = await self.arena.reserve(self._flush_claim, owner=owner)
             try:
@@ -363,27 +368,39 @@ class PageCache:
         try:
             views = [p.buf.view for p in run]
             offset = run[0].index * PAGE_BYTES
-            if self.policy is Policy.RESERVE:
-                merged = run[0].share
-                assert merged is not None
-                for page in run[1:]:
-                    assert page.share is not None
-                    merged.absorb(page.share)
-                with merged.active():
+            try:
+                if self.policy is Policy.RESERVE:
+                    merged = run[0].share
+                    assert merged is not None
+                    for page in run[1:]:
+                        assert page.share is not None
+                        merged.absorb(page.share)
+                    try:
+                        with merged.active():
+                            desc = await draw_charge(
+                                self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES,
+                                owner=owner,
+                            )
+                            try:
+                                await self.device.write_pages(offset, views, owner=owner)
+                            finally:
+                                desc.free()
+                    finally:
+                        merged.release()
+                else:
                     desc = await draw_charge(
                         self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES, owner=owner
                     )
-                    await self.device.write_pages(offset, views, owner=owner)
-                desc.free()
-                merged.release()
-            else:
-                desc = await draw_charge(
-                    self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES, owner=owner
-                )
-                try:
-                    await self.device.write_pages(offset, views, owner=owner)
-                finally:
-                    desc.free()
+                    try:
+                        await self.device.write_pages(offset, views, owner=owner)
+                    finally:
+                        desc.free()
+            except Exception as exc:
+                # The device failed the write (its session gone for good, an I/O error):
+                # as Linux does, the pages become clean (the data is lost) and the next
+                # fsync says so; dirty or under writeback forever, they would hold their
+                # memory and every writer of those pages for good.
+                self._write_error = self._write_error or exc
             for page in run:
                 page.share = None
                 page.dirty = False

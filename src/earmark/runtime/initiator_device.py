@@ -308,5 +308,6 @@ class BlockDevice(Driver[InitiatorStream]):
             self._reconnecting = None
         if again:
             self.resume()
+            self._timer.arm(self.timer(self.clock()))  # the reissued commands' deadlines
         else:
             self.unreachable(backoff)
