@@ -272,10 +272,11 @@ def responses(pieces: list[WireBytes]) -> LoginResponse:
 
 
 def log_in(p: TargetPortal, target: str | None, initiator: str = HOST,
-           chap: tuple[str, str] | None = None) -> tuple[LoginPhase, LoginStep, InitiatorLogin]:
+           chap: tuple[str, str] | None = None,
+           isid: int = ISID) -> tuple[LoginPhase, LoginStep, InitiatorLogin]:
     conn_id = p.connection_opened()
     phase = LoginPhase(p, conn_id)
-    ini = InitiatorLogin(initiator, target_name=target, isid=ISID, cmd_sn=77, chap=chap)
+    ini = InitiatorLogin(initiator, target_name=target, isid=isid, cmd_sn=77, chap=chap)
     req: LoginRequest | None = ini.start()
     step: LoginStep = None
     while req is not None:
@@ -358,6 +359,23 @@ def test_the_acl_and_unknown_targets_refuse_the_login(target: str, initiator: st
     resp = responses(pieces)
     assert isinstance(step, Refused) and step.reason
     assert (resp.status_class << 8 | resp.status_detail) == status
+
+
+def test_one_initiator_may_hold_only_so_many_sessions_but_may_always_reinstate() -> None:
+    p = TargetPortal([TargetSpec(TargetEntry(DISK), {0: unit()})],
+                     arena=Arena(64 << 20, levels=TargetLevel), config=SessionConfig(),
+                     limits=PortalLimits(sessions_per_initiator=2))
+    assert log_in(p, DISK, isid=ISID)[1] is START
+    assert log_in(p, DISK, isid=ISID + 1)[1] is START
+    phase = LoginPhase(p, p.connection_opened())
+    pieces, step = phase.receive(InitiatorLogin(HOST, target_name=DISK, isid=ISID + 2).start())
+    resp = responses(pieces)
+    assert isinstance(step, Refused) and "as many sessions as it may" in step.reason
+    assert (resp.status_class << 8 | resp.status_detail) == LoginStatus.OUT_OF_RESOURCES
+    assert isinstance(log_in(p, DISK, isid=ISID)[1], WaitFor)  # a reinstatement: allowed
+    assert log_in(p, DISK, initiator=OTHER, isid=ISID + 2)[1] is START  # someone else
+    assert p.drained(2) == []  # ISID + 1's session is over: room for another
+    assert log_in(p, DISK, isid=ISID + 2)[1] is START
 
 
 def test_discovery_shows_only_the_targets_an_initiator_may_log_in_to() -> None:

@@ -149,6 +149,8 @@ class TargetLogin:
     each time (RFC 7143 §11.13.4). ``wants`` overrides
     :data:`DEFAULT_TARGET_WANTS` key by key. ``allocate_tsih`` is called once,
     on success, and must return a nonzero TSIH unique among live sessions.
+    ``admits(initiator, isid)`` False refuses a normal session with OUT OF RESOURCES
+    (a cap on one initiator's sessions).
     Adding a connection to an existing session (TSIH != 0) is refused with
     SESSION_DOES_NOT_EXIST: earmark sessions have exactly one connection.
     """
@@ -161,8 +163,10 @@ class TargetLogin:
         wants: Mapping[str, str] | None = None,
         random: RandomSource = secrets.token_bytes,
         allocate_tsih: Callable[[], int] = _constant_tsih,
+        admits: Callable[[str, int], bool] | None = None,
     ) -> None:
         self._targets = targets
+        self._admits = admits
         self._tpgt = portal_group_tag
         self._wants = {**DEFAULT_TARGET_WANTS, **(wants or {})}
         self._random = random
@@ -347,6 +351,9 @@ class TargetLogin:
         if not target.admits(name):
             raise _Refusal(LoginStatus.AUTHORIZATION_FAILURE,
                            f"initiator {name[:64]!r} is not allowed on {target.iqn}")
+        if self._admits is not None and not self._admits(name, self.isid):
+            raise _Refusal(LoginStatus.OUT_OF_RESOURCES,
+                           f"initiator {name[:64]!r} has as many sessions as it may")
         self.target = target
         wants["TargetPortalGroupTag"] = str(self._tpgt)
         if target.alias:

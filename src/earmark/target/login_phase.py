@@ -45,7 +45,7 @@ class LoginPhase:
         self._conn_id = conn_id
         self._login = TargetLogin(portal.entries, portal_group_tag=PORTAL_GROUP_TAG,
                                   wants=portal.login_wants,
-                                  allocate_tsih=self._allocate_tsih)
+                                  allocate_tsih=self._allocate_tsih, admits=portal.admits)
         self._stat_sn = 0
         self._cmd_sn = 0
         self._held: list[WireBytes] = []

@@ -67,6 +67,8 @@ class PortalLimits:
 
     login_timeout: float = 15.0
     max_connections: int | None = None
+    #: Sessions one initiator name may have at once (a reinstating login always may).
+    sessions_per_initiator: int = 16
 
 
 DEFAULT_LIMITS = PortalLimits()
@@ -134,6 +136,7 @@ class TargetPortal:
         self.login_bytes = receive_buffer_bytes(LOGIN_MAX_SEGMENT, pdus=1)
         self.login_claim: Mapping[int, int] = {TargetLevel.RECV: self.login_bytes}
         self.login_timeout = limits.login_timeout
+        self.sessions_per_initiator = limits.sessions_per_initiator
         self.max_logins = max(1, arena.capacity // _LOGIN_SHARE // arena.cost(self.login_bytes))
         self.max_connections = limits.max_connections or (
             self.max_logins + arena.capacity // sum(self.connection_claim.values()))
@@ -237,6 +240,13 @@ class TargetPortal:
         return self._tsih
 
     # ---------------------------------------------------------- reinstatement
+
+    def admits(self, initiator: str, isid: int) -> bool:
+        """May `initiator` log in one more session (a nexus it has already is no more)?"""
+        if (initiator, isid) in self._nexus:
+            return True
+        held = sum(1 for name, _ in self._nexus if name == initiator)
+        return held < self.sessions_per_initiator
 
     def login_done(self, conn_id: int, initiator: str, isid: int) -> Start | WaitFor:
         """A login of a normal session succeeded: may it start, or whom must it outlive?"""
