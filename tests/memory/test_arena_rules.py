@@ -1,0 +1,122 @@
+"""Arena entry points the stateful test does not drive: granting at once or not at all
+(`reserve_now`, `allocate_charge_now`), plain charges that wait, drawing on what was
+handed down (`earmark.memory.draw`), and the level validator's rule at its boundary.
+
+Written against the mutants benchmarks/mutation.py found alive in memory/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from earmark.memory import Arena, HostLevel, LevelOrderError, check_level_order
+from earmark.memory.draw import draw_buffer, draw_charge
+
+PAGE, REQUEST, TASK, WIRE = HostLevel.PAGE, HostLevel.REQUEST, HostLevel.TASK, HostLevel.WIRE
+KIB = 1024
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def row(**levels: int) -> list[int]:
+    out = [0] * len(HostLevel)
+    for name, n in levels.items():
+        out[HostLevel[name]] = n
+    return out
+
+
+def test_reserve_now_grants_the_whole_claim_at_once_or_nothing_and_never_queues() -> None:
+    async def main() -> None:
+        arena = Arena(8 * KIB)
+        res = arena.reserve_now({PAGE: 4 * KIB, WIRE: 64}, owner="a")
+        assert res is not None and res.owner == "a"
+        assert arena.holdings() == {"a": row(PAGE=4 * KIB, WIRE=64)}
+        assert arena.committed == arena.high_water == 4 * KIB + 64
+        assert arena.reserve_now({PAGE: 4 * KIB}, owner="b") is None  # 64 B short
+        assert arena.committed == 4 * KIB + 64 and not arena.waiting
+        exact = arena.reserve_now(arena.claim({PAGE: 4 * KIB - 64}), owner="b")
+        assert exact is not None and arena.committed == arena.capacity
+        exact.release()
+        # A waiter queued first is never overtaken, even by a claim that would fit.
+        waiter = asyncio.create_task(arena.reserve({PAGE: 8 * KIB}, owner="c"))
+        await settle()
+        assert arena.reserve_now({WIRE: 64}, owner="d") is None
+        assert arena.allocate_charge_now(TASK, 64, owner="d") is None
+        res.release()
+        (await waiter).release()
+        assert arena.committed == 0
+
+    asyncio.run(main())
+
+
+def test_reserve_now_is_checked_by_the_validator() -> None:
+    arena = Arena(8 * KIB)
+    arena.validator = check_level_order
+    res = arena.reserve_now({REQUEST: 256}, owner="w")
+    assert res is not None
+    with pytest.raises(LevelOrderError):
+        arena.reserve_now({TASK: 64}, owner="w")  # holds REQUEST, asks for deeper
+
+
+def test_a_plain_charge_waits_for_room_and_is_booked_at_its_level_to_its_owner() -> None:
+    async def main() -> None:
+        arena = Arena(1 * KIB)
+        first = await arena.allocate_charge(TASK, 600, owner="a")
+        assert arena.holdings() == {"a": row(TASK=600)} and arena.plain_bytes_of("a") == 600
+        second = asyncio.create_task(arena.allocate_charge(WIRE, 600, owner="b"))
+        await settle()
+        assert not second.done() and arena.waiting
+        first.free()
+        charge = await second
+        assert arena.holdings() == {"b": row(WIRE=600)}
+        assert (charge.level, charge.cost, charge.owner) == (WIRE, 600, "b")
+        charge.free()
+        assert arena.committed == 0
+
+    asyncio.run(main())
+
+
+def test_draws_take_from_the_handed_down_reservation_else_from_the_arena() -> None:
+    async def main() -> None:
+        arena = Arena(64 * KIB)
+        buf = await draw_buffer(arena, WIRE, 100, owner="w")
+        charge = await draw_charge(arena, TASK, 48, owner="w")
+        assert (buf.nbytes, buf.level, charge.cost, charge.level) == (100, WIRE, 48, TASK)
+        assert arena.holdings() == {"w": row(TASK=48, WIRE=128)}  # a 64-byte granule
+        buf.free()
+        charge.free()
+        res = await arena.reserve({TASK: 64, WIRE: 128}, owner="cmd")
+        with res.active():
+            buf = await draw_buffer(arena, WIRE, 100, owner="w")
+            charge = await draw_charge(arena, TASK, 48, owner="w")
+        assert arena.plain_bytes_of("w") == 0, "under a reservation nothing is allocated"
+        assert arena.committed == 192
+        assert (res.budget[WIRE], res.budget[TASK]) == (0, 16)
+        assert (buf.nbytes, charge.cost) == (100, 48)
+        assert buf.reservation is res and charge.reservation is res
+
+    asyncio.run(main())
+
+
+def test_the_validator_allows_shallower_levels_and_refuses_the_held_one_or_deeper() -> None:
+    async def main() -> None:
+        arena = Arena(64 * KIB)
+        arena.validator = check_level_order
+        res = await arena.reserve({TASK: 64}, owner="w")
+        (await arena.reserve({REQUEST: 256}, owner="w")).release()  # shallower: fine
+        for deeper in (TASK, WIRE):
+            with pytest.raises(LevelOrderError):
+                await arena.reserve({deeper: 64}, owner="w")
+        res.release()
+        (await arena.reserve({WIRE: 64}, owner="w")).release()  # holding nothing: fine
+        plain = await arena.allocate(PAGE, 64, owner="p")
+        with pytest.raises(LevelOrderError):
+            await arena.reserve({HostLevel.APP: 64}, owner="p")  # holds plain memory
+        plain.free()
+
+    asyncio.run(main())
