@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from earmark.memory import Arena, HostLevel, LevelOrderError, check_level_order
+from earmark.memory import Arena, HostLevel, LevelOrderError, ThreadArena, check_level_order
 from earmark.memory.draw import draw_buffer, draw_charge
 
 PAGE, REQUEST, TASK, WIRE = HostLevel.PAGE, HostLevel.REQUEST, HostLevel.TASK, HostLevel.WIRE
@@ -118,5 +118,24 @@ def test_the_validator_allows_shallower_levels_and_refuses_the_held_one_or_deepe
         with pytest.raises(LevelOrderError):
             await arena.reserve({HostLevel.APP: 64}, owner="p")  # holds plain memory
         plain.free()
+
+    asyncio.run(main())
+
+
+def test_a_thread_allocates_through_the_facade_and_the_books_name_it() -> None:
+    async def main() -> None:
+        arena = Arena(16 * KIB)
+        facade = ThreadArena(arena, asyncio.get_running_loop())
+        seen: list[int] = []
+
+        def worker() -> None:
+            buf = facade.allocate(WIRE, 100, owner="thread")
+            seen.extend((buf.nbytes, buf.level, arena.plain_bytes_of("thread")))
+            facade.free(buf)
+
+        await asyncio.get_running_loop().run_in_executor(None, worker)
+        assert seen == [100, WIRE, 128] and arena.committed == 0
+        with pytest.raises(RuntimeError, match="own event loop"):
+            facade.allocate(WIRE, 64, owner="loop")
 
     asyncio.run(main())
