@@ -20,10 +20,12 @@ from earmark.iscsi.pdu import (
     ScsiCommand,
     ScsiResponse,
     encode_header,
+    parse_sense_segment,
 )
 from earmark.memory import Arena
 from earmark.memory.levels import TargetLevel
 from earmark.scsi import cdb as cdbs
+from earmark.scsi.sense import SenseKey, parse_sense
 from earmark.target import connection_core as core
 from earmark.target.executor import run_io
 from earmark.target.portal import TargetPortal
@@ -175,3 +177,49 @@ def test_a_connection_tells_the_detector_who_frees_what_it_holds() -> None:
     memory.release([first])
     memory.release([])  # once only: nothing is given back twice
     assert arena.committed == 0 and arena.waits.passive() == {}
+
+
+def test_a_discovery_session_answers_every_scsi_command_with_illegal_request() -> None:
+    rig = Rig(slots=1, session_type="Discovery")
+    (resp,) = rig.command(cdbs.read_10(0, 8), edtl=8 * BS, read=True)
+    assert isinstance(resp, ScsiResponse) and resp.status == 2  # CHECK CONDITION
+    sense = parse_sense(parse_sense_segment(resp.data))
+    assert (sense.key, sense.asc, sense.ascq) == (SenseKey.ILLEGAL_REQUEST, 0x25, 0)
+    assert (resp.exp_cmd_sn, resp.max_cmd_sn) == (2, 2)  # and its slot came back
+
+
+def test_without_reserve_a_read_asks_for_its_whole_buffer_without_blocking_the_reader() -> None:
+    rig = Rig(policy=AdmissionPolicy.NONE)
+    assert rig.command(cdbs.read_10(0, 8), edtl=8 * BS, read=True) == []
+    assert [(a.task.itt, a.start, a.nbytes, a.blocking) for a in rig.allocs] == [
+        (1, 0, 8 * BS, False)]
+    assert rig.session.blocked is None
+
+
+def test_a_connection_gone_before_its_session_gives_back_its_first_slot() -> None:
+    arena = Arena(4 << 20, levels=TargetLevel)
+    portal = TargetPortal([], arena=arena, config=SessionConfig(), recv_bytes=64 * KIB)
+    memory = core.ConnectionMemory(portal, "conn-2", lambda: None)
+    res = asyncio.run(arena.reserve(portal.connection_claim, owner="conn-2/admit"))
+    assert memory.claimed(res) is not None
+    memory.release([])
+    memory.release([])
+    assert arena.committed == 0 and arena.waits.passive() == {}
+
+
+def test_the_portal_asks_for_bursts_its_slot_buffers_hold_and_counts_live_connections() -> (
+        None):
+    arena = Arena(8 << 20, levels=TargetLevel)
+    portal = TargetPortal([], arena=arena, config=SessionConfig(), recv_bytes=128 * KIB)
+    wants = dict(portal.login_wants)
+    del wants["MaxRecvDataSegmentLength"]  # the framer's rule, not admission's
+    assert wants == {"MaxBurstLength": str(256 * KIB), "FirstBurstLength": "65536",
+                     "InitialR2T": "No"}
+    assert portal.max_slots == 64
+    alone = portal.fair_share()
+    gone = [portal.connection_opened() for _ in range(3)]
+    assert portal.fair_share() < alone
+    for conn_id in gone:
+        assert not portal.connection_closed(conn_id)
+    share = portal.fair_share()
+    assert share == alone and isinstance(share, int)
