@@ -139,3 +139,23 @@ def test_a_thread_allocates_through_the_facade_and_the_books_name_it() -> None:
             facade.allocate(WIRE, 64, owner="loop")
 
     asyncio.run(main())
+
+
+def test_a_buffer_in_several_runs_is_written_across_them_and_read_back_whole() -> None:
+    async def main() -> None:
+        arena = Arena(1 * KIB)
+        small = [await arena.allocate(WIRE, 64, owner="s") for _ in range(16)]
+        for buf in small[::2]:
+            buf.free()  # eight 64-byte holes, no two adjacent
+        buf = await arena.allocate(WIRE, 200, owner="b")
+        assert len(buf.segments) == 4 and sum(len(s) for s in buf.segments) == 200
+        buf.write(b"\0" * 200)
+        buf.write(b"abcdefghij" * 10, offset=60)  # starts in the first run, ends in the third
+        assert buf.tobytes() == bytes(60) + b"abcdefghij" * 10 + bytes(40)
+        buf.write(b"xy", offset=198)  # the very end
+        assert buf.tobytes()[150:] == b"abcdefghij" + bytes(38) + b"xy"
+        for offset, size in ((-1, 1), (199, 2), (0, 201)):
+            with pytest.raises(ValueError):
+                buf.write(bytes(size), offset=offset)
+
+    asyncio.run(main())
