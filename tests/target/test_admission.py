@@ -223,3 +223,16 @@ def test_the_portal_asks_for_bursts_its_slot_buffers_hold_and_counts_live_connec
         assert not portal.connection_closed(conn_id)
     share = portal.fair_share()
     assert share == alone and isinstance(share, int)
+
+
+def test_without_reserve_a_command_whose_io_returns_after_close_frees_its_buffer() -> None:
+    rig = Rig(policy=AdmissionPolicy.NONE)
+    rig.command(cdbs.read_10(0, 8), edtl=8 * BS, read=True)
+    (req,) = rig.allocs
+    rig.session.allocated(req, asyncio.run(rig.arena.allocate(TargetLevel.BUFFER, req.nbytes,
+                                                              owner="c")))
+    rig.pump(run=False)
+    (io,) = rig.pending
+    assert rig.session.close() == [] and rig.arena.committed == 4 * KIB
+    rig.session.io_done(io, run_io(io))
+    assert rig.arena.committed == 0
