@@ -159,3 +159,36 @@ def test_a_buffer_in_several_runs_is_written_across_them_and_read_back_whole() -
                 buf.write(bytes(size), offset=offset)
 
     asyncio.run(main())
+
+
+def level_books(arena: Arena, level: str) -> tuple[object, ...]:
+    levels = arena.gauges(now=10.0)["levels"]
+    assert isinstance(levels, dict)
+    g = levels[level]
+    return (g["reserved"], g["in_use"], g["reserved_unused"], g["allocated"], g["high_water"])
+
+
+def test_the_books_follow_every_draw_return_and_release_to_zero() -> None:
+    async def main() -> None:
+        arena = Arena(16 * KIB)
+        res = await arena.reserve({PAGE: 8 * KIB, WIRE: 128}, owner="w")
+        page = res.take(PAGE, 4 * KIB)
+        wire = res.take(WIRE, 64)
+        plain = await arena.allocate(PAGE, 1 * KIB, owner="p")
+        assert level_books(arena, "PAGE") == (8 * KIB, 5 * KIB, 4 * KIB, 1 * KIB, 5 * KIB)
+        assert level_books(arena, "WIRE") == (128, 64, 64, 0, 64)
+        progress = arena.progress
+        page.put_back()  # back into the reservation: drawable again
+        assert level_books(arena, "PAGE") == (8 * KIB, 1 * KIB, 8 * KIB, 1 * KIB, 5 * KIB)
+        assert res.held_total == 64 and arena.progress > progress
+        res.release()  # what is left goes; the drawn WIRE buffer keeps the reservation
+        assert arena.committed == 64 + 1 * KIB
+        assert arena.holdings() == {"w": row(WIRE=64), "p": row(PAGE=1 * KIB)}
+        wire.put_back()  # the last of a released reservation: it is gone from the books
+        plain.free()
+        assert arena.committed == 0 and arena.holdings() == {}
+        assert level_books(arena, "PAGE") == (0, 0, 0, 0, 5 * KIB)
+        g = arena.gauges(now=10.0)
+        assert (g["free"], g["high_water"], g["waiters"]) == (16 * KIB, 8 * KIB + 128 + KIB, 0)
+
+    asyncio.run(main())
