@@ -162,3 +162,14 @@ def test_a_commands_cost_is_exactly_what_its_path_draws(write: bool, nbytes: int
             assert device.writes == 1 and device.snapshot(8192, nbytes) == bytes([7]) * nbytes
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+def test_a_page_not_in_the_cache_is_read_from_the_device(policy: Policy) -> None:
+    async def test(cache: PageCache, device: ModelDevice) -> None:
+        await device.write_pages(3 * PAGE_BYTES, [memoryview(b"d" * PAGE_BYTES)], owner="t")
+        assert await cache.pread(3 * PAGE_BYTES + 10, 20, owner="r") == b"d" * 20
+        await cache.pwrite(3 * PAGE_BYTES, b"new", owner="w")  # a cached page: no read
+        assert await cache.pread(3 * PAGE_BYTES, 5, owner="r") == b"newdd"
+
+    run_cache(test, policy=policy)
