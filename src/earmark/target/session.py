@@ -423,8 +423,7 @@ class TargetSession:
         # case (the next CmdSN, not immediate) skips the serial-number arithmetic.
         cmd_sn, immediate, itt, cdb = pdu.cmd_sn, pdu.immediate, pdu.itt, pdu.cdb
         if not self._in_window(cmd_sn, immediate):
-            self._advance(cmd_sn, immediate, True)
-            return
+            return  # RFC 7143 §4.2.2.1: ignored, and its CmdSN is not taken
         tasks = self.tasks
         if itt in tasks or itt == RESERVED_TAG:
             raise ProtocolError(f"SCSI Command reuses ITT 0x{itt:08x} of a task in flight")
@@ -436,7 +435,8 @@ class TargetSession:
             return
         if not free:
             raise ProtocolError("command in the window but no slot: window accounting broken")
-        self._advance(cmd_sn, immediate, True)
+        if not self._advance(cmd_sn, immediate, True):
+            return  # after a gap: ignored, not run out of order
         unit = self.units.get(pdu.lun)
         task = Task(itt, cmd_sn, pdu.lun, unit, cdb, free.pop())
         tasks[itt] = task
