@@ -335,8 +335,9 @@ class Framer:
                         crc = 0
                         for view in placed:
                             crc = crc32c(view, crc)
-                        pad = buf[at + head : start - dd]  # as received: the digest covers it
-                        if (crc32c(pad, crc) if pad else crc) != _le32(buf, start - dd)[0]:
+                        if dsl & 3:  # the padding as received: the digest covers it
+                            crc = crc32c(buf[at + head : start - dd], crc)
+                        if crc != _le32(buf, start - dd)[0]:
                             self.on_error(buf[at : at + BHS_LENGTH], DigestError(
                                 f"data digest mismatch on a {dsl}-byte data segment",
                                 header=False))
