@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from earmark.iscsi import pdu as P
+from earmark.iscsi.digest import crc32c
 from earmark.iscsi.errors import DigestError, ProtocolError
 from earmark.iscsi.framing import serialize
 from earmark.iscsi.opcodes import RejectReason
@@ -257,6 +258,24 @@ def test_a_placed_segment_has_its_data_digest_checked(pieces: int) -> None:
     owner.receive(bytes(data[100:]))
     assert [kind for kind, _ in owner.events] == ["error", "pdu"]
     assert owner.errors()[0].reject is RejectReason.DATA_DIGEST_ERROR
+
+
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_a_placed_segment_digest_covers_the_padding_as_received(pieces: int) -> None:
+    # Found by the stream fuzzer (tests/fuzz/crashes/stream/crash-68375af3...): padding
+    # that is not zero (SHOULD be) passed the digest unplaced, and failed it placed.
+    big = os.urandom(1001)
+    data = bytearray(wire([P.DataIn(itt=1, data=big), P.NopIn(itt=2)], True, True))
+    data[52 + 1001 : 52 + 1004] = b"pad"
+    data[52 + 1004 : 52 + 1008] = crc32c(bytes(data[52 : 52 + 1004])).to_bytes(4, "little")
+    for place in (False, True):
+        owner = Owner(4096, True, True)
+        if place:
+            owner.place(pieces)
+        owner.receive(bytes(data[:100]))
+        owner.receive(bytes(data[100:]))
+        assert [kind for kind, _ in owner.events] == ["placed" if place else "pdu", "pdu"]
+        assert owner.pdus()[0].data == big
 
 
 def test_an_unknown_opcode_is_reported_and_parsing_goes_on() -> None:

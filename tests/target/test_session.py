@@ -51,9 +51,11 @@ class Rig:
     """A session plus the runtime's part, done synchronously."""
 
     def __init__(self, *, slots: int = 4, policy: AdmissionPolicy = AdmissionPolicy.RESERVE,
+                 arena: Arena | None = None, backing: MemoryBacking | None = None,
                  **params: object) -> None:
-        self.arena = Arena(4 << 20, levels=TargetLevel)
-        self.backing = MemoryBacking(4 << 20)
+        # The fuzz harness brings its own arena (idle) and disk, made once, not per run.
+        self.arena = arena or Arena(4 << 20, levels=TargetLevel)
+        self.backing = backing or MemoryBacking(4 << 20)
         disk = Disk(self.backing.size // BS, "S1", block_size=BS)
         self.unit = LogicalUnit(0, disk, self.backing)
         base: dict[str, object] = {
@@ -77,7 +79,9 @@ class Rig:
         self.pending: list[IoRequest] = []
 
     def reserve(self) -> Reservation:
-        return asyncio.run(self.arena.reserve(SLOT, owner="slots"))
+        slot = self.arena.reserve_now(SLOT, owner="slots")
+        assert slot is not None, "the rig's arena holds every slot a test asks for"
+        return slot
 
     def send(self, pdu: Pdu, *, run: bool = True) -> list[Pdu]:
         self.session.receive(pdu, self.now)
@@ -138,6 +142,25 @@ def test_commands_outside_the_window_are_ignored_silently() -> None:
     assert rig.command(cdbs.test_unit_ready(), edtl=0, cmd_sn=0) == []  # below ExpCmdSN
     (resp,) = rig.command(cdbs.test_unit_ready(), edtl=0)
     assert isinstance(resp, ScsiResponse) and resp.exp_cmd_sn == 2
+
+
+def test_a_command_after_a_gap_in_the_window_is_ignored_and_the_window_stays() -> None:
+    # Found by the session fuzzer (tests/fuzz/crashes/session/window-gap-cmdsn): CmdSN 3
+    # with ExpCmdSN 1 was executed, and its slot coming back widened the window.
+    rig = Rig(slots=4)
+    assert rig.command(cdbs.test_unit_ready(), edtl=0, cmd_sn=3) == []
+    assert (rig.session.exp_cmd_sn, rig.session.max_cmd_sn) == (1, 4)
+    (resp,) = rig.command(cdbs.test_unit_ready(), edtl=0)
+    assert isinstance(resp, ScsiResponse) and (resp.exp_cmd_sn, resp.max_cmd_sn) == (2, 5)
+
+
+def test_an_overflow_beyond_32_bits_reports_the_largest_residual() -> None:
+    # Found by the session fuzzer (tests/fuzz/crashes/session/residual-over-32-bits): the
+    # residual of WRITE(16) of 2**32 - 1 blocks did not fit its field, and packing raised.
+    rig = Rig()
+    (resp,) = rig.command(cdbs.write_16(0, 0xFFFFFFFF), edtl=0, write=True)
+    assert isinstance(resp, ScsiResponse) and resp.status == 2
+    assert resp.residual_overflow and resp.residual_count == 0xFFFFFFFF
 
 
 def test_write_takes_immediate_unsolicited_then_r2t_bursts_and_reuses_one_buffer() -> None:

@@ -422,8 +422,9 @@ class TargetSession:
         # Every command passes here: fields are read once into locals, and the usual
         # case (the next CmdSN, not immediate) skips the serial-number arithmetic.
         cmd_sn, immediate, itt, cdb = pdu.cmd_sn, pdu.immediate, pdu.itt, pdu.cdb
-        if not self._in_window(cmd_sn, immediate):
-            return  # RFC 7143 §4.2.2.1: ignored, and its CmdSN is not taken
+        # Outside the window (closed: ExpCmdSN too), or a gap: ignored, ExpCmdSN stays.
+        if not self._in_window(cmd_sn, immediate) or not self._advance(cmd_sn, immediate, True):
+            return
         tasks = self.tasks
         if itt in tasks or itt == RESERVED_TAG:
             raise ProtocolError(f"SCSI Command reuses ITT 0x{itt:08x} of a task in flight")
@@ -435,8 +436,6 @@ class TargetSession:
             return
         if not free:
             raise ProtocolError("command in the window but no slot: window accounting broken")
-        if not self._advance(cmd_sn, immediate, True):
-            return  # after a gap: ignored, not run out of order
         unit = self.units.get(pdu.lun)
         task = Task(itt, cmd_sn, pdu.lun, unit, cdb, free.pop())
         tasks[itt] = task
@@ -908,9 +907,10 @@ class TargetSession:
 
 
 def _residual(edtl: int, spdtl: int, moved: int) -> tuple[bool, bool, int]:
-    """(overflow, underflow, residual count) as RFC 7143 §11.4.5 defines them."""
+    """(overflow, underflow, residual count) as RFC 7143 §11.4.5 defines them; a CDB can
+    ask for more than the 32-bit field holds (WRITE(16) of 2**32 - 1 blocks): it saturates."""
     if spdtl > edtl:
-        return True, False, spdtl - edtl
+        return True, False, min(spdtl - edtl, 0xFFFFFFFF)
     if edtl > moved:
         return False, True, edtl - moved
     return False, False, 0
