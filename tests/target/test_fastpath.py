@@ -109,20 +109,26 @@ READS = [(0, 4096), (12288, 512), (1 << 20, 4096), (SIZE - 8192, 8192), (65536, 
          (3 << 20, 256 << 10)]  # the last two: at and above the inline limit
 
 
+@pytest.fixture
+def pooled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The bytes of each backing I/O the target hands to its thread pool, in order."""
+    sizes: list[int] = []
+
+    def counting(io: IoRequest) -> bytes:
+        sizes.append(sum(len(v) for v in io.views))
+        return run_io(io)
+
+    monkeypatch.setattr(connection, "run_io", counting)
+    return sizes
+
+
 def test_reads_on_the_loop_and_on_the_pool_return_the_same_bytes(
-    lun: Path, served: tuple[EmbeddedTarget, FileBacking], monkeypatch: pytest.MonkeyPatch
+    lun: Path, served: tuple[EmbeddedTarget, FileBacking], monkeypatch: pytest.MonkeyPatch,
+    pooled: list[int],
 ) -> None:
     target, backing = served
     data = lun.read_bytes()
     want = [data[o : o + n] for o, n in READS]
-    pooled: list[int] = []
-    real_run_io = run_io
-
-    def counting(io: IoRequest) -> bytes:
-        pooled.append(sum(len(v) for v in io.views))
-        return real_run_io(io)
-
-    monkeypatch.setattr(connection, "run_io", counting)
     assert _read_all(target.url, READS) == want
     # Only what is over the inline limit went to a thread (cached small reads did not).
     assert all(n > loop_io.INLINE_BYTES for n in pooled)
@@ -169,17 +175,10 @@ def _write_all(url: str, writes: list[tuple[int, bytes]], *, fua: bool = False) 
 
 
 def test_writes_on_the_loop_and_on_the_pool_land_the_same(
-    lun: Path, served: tuple[EmbeddedTarget, FileBacking], monkeypatch: pytest.MonkeyPatch
+    lun: Path, served: tuple[EmbeddedTarget, FileBacking], monkeypatch: pytest.MonkeyPatch,
+    pooled: list[int],
 ) -> None:
     target, backing = served
-    pooled: list[int] = []
-    real_run_io = run_io
-
-    def counting(io: IoRequest) -> bytes:
-        pooled.append(sum(len(v) for v in io.views))
-        return real_run_io(io)
-
-    monkeypatch.setattr(connection, "run_io", counting)
     writes = [(o, os.urandom(n)) for o, n in WRITES]
     _write_all(target.url, writes)
     # Small plain writes were done on the loop: only the large one went to a thread.
