@@ -18,6 +18,7 @@ import earmark
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.target.backing import MemoryBacking
 from earmark.target.portal import PortalLimits
+from tests.arena_settled import arena_settled
 
 pytestmark = pytest.mark.tcp
 
@@ -90,13 +91,7 @@ def test_a_login_that_does_not_finish_in_time_is_closed(
     assert all(_closed_by_the_target(s, within=10) for s in strangers)
     # A good login is quicker than that, and its session outlives the timeout.
     _good_initiator(target.url)
-
-    async def settled() -> None:
-        async with asyncio.timeout(10):
-            while target.arena.committed != idle:
-                await asyncio.sleep(0.01)
-
-    asyncio.run(settled())
+    asyncio.run(arena_settled(target, idle))
 
 
 def test_past_max_connections_only_strangers_make_room(
