@@ -163,7 +163,8 @@ def test_a_connection_tells_the_detector_who_frees_what_it_holds() -> None:
     rig = Rig(policy=AdmissionPolicy.NONE)
     rig.command(cdbs.write_10(0, 128), edtl=128 * BS, write=True, data=b"a" * 8192,
                 final=False)
-    memory = core.ConnectionMemory(portal, "conn-1", lambda: rig.session)
+    memory = core.ConnectionMemory(portal, "conn-1")
+    memory.session = rig.session
     res = asyncio.run(arena.reserve(portal.connection_claim, owner="conn-1/admit"))
     assert memory.claimed(res) is not None
     assert res.owner == "conn-1"
@@ -199,7 +200,7 @@ def test_without_reserve_a_read_asks_for_its_whole_buffer_without_blocking_the_r
 def test_a_connection_gone_before_its_session_gives_back_its_first_slot() -> None:
     arena = Arena(4 << 20, levels=TargetLevel)
     portal = TargetPortal([], arena=arena, config=SessionConfig(), recv_bytes=64 * KIB)
-    memory = core.ConnectionMemory(portal, "conn-2", lambda: None)
+    memory = core.ConnectionMemory(portal, "conn-2")
     res = asyncio.run(arena.reserve(portal.connection_claim, owner="conn-2/admit"))
     assert memory.claimed(res) is not None
     memory.release([])

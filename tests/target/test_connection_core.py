@@ -102,7 +102,7 @@ def test_a_connection_holds_its_claim_for_its_life_and_gives_all_of_it_back(
     arena = Arena(4 << 20, levels=TargetLevel)
     portal = TargetPortal([], arena=arena, config=SessionConfig(policy=policy),
                           recv_bytes=64 * KIB)
-    memory = core.ConnectionMemory(portal, "conn-1", lambda: None)
+    memory = core.ConnectionMemory(portal, "conn-1")
     res = asyncio.run(arena.reserve(portal.connection_claim, owner="conn-1/admit"))
     recv = memory.claimed(res)
     assert recv is not None and len(recv.segments) == 1 and recv.nbytes == 64 * KIB

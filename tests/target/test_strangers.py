@@ -8,13 +8,16 @@ outlives the login timeout; a good initiator logs in and does its I/O meanwhile.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
+import weakref
 from collections.abc import Callable, Iterator
 
 import pytest
 
 import earmark
+from earmark.runtime.connection import TargetConnection
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.target.backing import MemoryBacking
 from earmark.target.portal import PortalLimits
@@ -103,3 +106,40 @@ def test_past_max_connections_only_strangers_make_room(
     _good_initiator(target.url)  # closes the oldest stranger to get in
     assert _closed_by_the_target(strangers[0], within=10)
     assert not _closed_by_the_target(strangers[-1], within=0.05)
+
+
+def test_connections_are_freed_when_they_close_not_by_the_cyclic_collector(
+    embedded_targets: Callable[..., EmbeddedTarget], strangers: list[socket.socket]
+) -> None:
+    """A reference cycle through a connection leaves it to the cyclic collector, which
+    under a flood of short connections lets thousands of dead ones pile up: the
+    allocator's arenas they spread over then stay resident after they are gone. Nothing
+    of the target's is left for that collector: neither connections nor their parts."""
+    target = embedded_targets(MemoryBacking(4 << 20), memory=MEMORY)
+    idle = target.arena.committed
+    gc.collect()
+    gc.disable()
+    try:
+        _connect(target.server.port, 8, strangers)
+        _connect(target.server.port, 2, strangers, first=b"\x43\x87\x00")
+        _good_initiator(target.url)  # a whole session's life: login, I/O, logout
+        conns = [weakref.ref(o) for o in gc.get_objects() if isinstance(o, TargetConnection)]
+        assert len(conns) >= len(strangers)
+        for sock in strangers:
+            sock.close()
+
+        async def all_freed() -> None:
+            await arena_settled(target, idle)
+            async with asyncio.timeout(10):
+                while any(ref() is not None for ref in conns):
+                    await asyncio.sleep(0.01)
+
+        asyncio.run(all_freed())
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = {f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage}
+        assert {name for name in left if name.startswith("earmark.target")} == set()
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

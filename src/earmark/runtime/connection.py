@@ -63,7 +63,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         self._clock: Callable[[], float] = loop.time
         self.session: TargetSession | None = None
         self._login = LoginPhase(portal, conn_id)
-        self._memory = core.ConnectionMemory(portal, self.name, lambda: self.session)
+        self._memory = core.ConnectionMemory(portal, self.name)
         #: Parses what arrives in the receive buffer, once that is held.
         self._framer: Framer | None = None
         #: Bytes read before the receive buffer is held (uvloop reads once even though
@@ -168,6 +168,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         if self.session is not None:
             slots = self.session.close()
             self._ended, self.session = self.session, None
+            self._memory.session = None
         self._memory.release(slots)
         self._peers.pop(self.conn_id, None)
         if self._portal.connection_closed(self.conn_id):
@@ -315,6 +316,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         self.session, shares_changed = self._login.start(
             self._memory.session_slots(), name=self.name, now=self._loop.time(),
             framer=self._framer)
+        self._memory.session = self.session
         log.info("%s: %s", self.name, self._login.what)
         if shares_changed:
             self._kick_all()
@@ -450,6 +452,9 @@ class TargetConnection(asyncio.BufferedProtocol):
             waiting = self._peers.get(conn_id)
             if waiting is not None:
                 waiting.reinstate()
+        # No cycle through it left (framer callbacks, tasks): refcounting frees it now, not
+        # the cyclic collector after thousands more (their arenas stay resident after them).
+        self._framer = self._ended = self._setup = None
 
     def _kick_all(self) -> None:
         for conn in list(self._peers.values()):

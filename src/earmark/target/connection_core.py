@@ -9,8 +9,6 @@ none` allocation. Each is asked at most once per event, never per PDU.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from earmark.iscsi.errors import DigestError, ProtocolError
 from earmark.memory import Buffer, Reservation
 from earmark.memory.levels import TargetLevel
@@ -28,16 +26,19 @@ class ConnectionMemory:
     """What a connection holds for its life: while it logs in, its login claim and the
     login-sized receive buffer drawn from it (reserved before it reads a byte); once
     the login is done, its session's claim, the receive buffer drawn from that, and
-    until its session starts, the first command slot (`reserve`) that session brings."""
+    until its session starts, the first command slot (`reserve`) that session brings.
+
+    `session` is the connection's, once it has one: the deadlock detector asks it who
+    frees the commands' buffers. It is set here rather than looked up on the connection,
+    so that nothing the arena keeps refers back to the connection."""
 
     __slots__ = ("_login", "_login_recv", "_name", "_portal", "_recv", "_reservation",
-                 "_session", "first_slot")
+                 "first_slot", "session")
 
-    def __init__(self, portal: TargetPortal, name: str,
-                 session: Callable[[], TargetSession | None]) -> None:
+    def __init__(self, portal: TargetPortal, name: str) -> None:
         self._portal = portal
         self._name = name
-        self._session = session
+        self.session: TargetSession | None = None
         self._login: Reservation | None = None
         self._login_recv: Buffer | None = None
         self._reservation: Reservation | None = None
@@ -58,8 +59,7 @@ class ConnectionMemory:
         res.handoff(name)
         waits = self._portal.arena.waits
         waits.set_passive(name, (name,), "its receive buffer")
-        session = self._session
-        waits.set_passive(f"{name}/cmds", lambda: commands_freers(name, session()))
+        waits.set_passive(f"{name}/cmds", lambda: commands_freers(name, self.session))
 
     def claimed(self, res: Reservation) -> Buffer | None:
         """The login is done and the session's claim granted: hold it and split it, the

@@ -11,6 +11,7 @@ old one has drained."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from earmark.iscsi.discovery import TextResponder
 from earmark.iscsi.errors import ProtocolError
@@ -43,15 +44,15 @@ class LoginPhase:
     def __init__(self, portal: TargetPortal, conn_id: int) -> None:
         self._portal = portal
         self._conn_id = conn_id
+        # A partial, not a method of ours: the login referring back to this phase would
+        # be a cycle, freed only by the cyclic collector (see `TargetConnection._drained`).
         self._login = TargetLogin(portal.entries, portal_group_tag=PORTAL_GROUP_TAG,
                                   wants=portal.login_wants,
-                                  allocate_tsih=self._allocate_tsih, admits=portal.admits)
+                                  allocate_tsih=partial(portal.allocate_tsih, conn_id),
+                                  admits=portal.admits)
         self._stat_sn = 0
         self._cmd_sn = 0
         self._held: list[WireBytes] = []
-
-    def _allocate_tsih(self) -> int:
-        return self._portal.allocate_tsih(self._conn_id)
 
     def receive(self, pdu: Pdu) -> tuple[list[WireBytes], LoginStep]:
         """The response's wire pieces, and what to do once they are sent (on
