@@ -199,6 +199,22 @@ def test_unfinished_logins_past_their_share_close_the_oldest_first() -> None:
     assert p.login_started(p.connection_opened(), "10.0.0.9", 0.0) == [ids[4]]
 
 
+def test_a_login_the_target_answered_outlasts_the_silent_ones_that_came_after_it() -> None:
+    p = portal(memory=8 << 20)
+    talker, *mute = [p.connection_opened() for _ in range(p.max_logins)]
+    assert all(p.login_started(conn, "10.0.0.9", 0.0) == [] for conn in [talker, *mute])
+    p.login_answered(talker)
+    # A flood behind it: the silent ones go, oldest first; the one that speaks stays.
+    flood = [p.connection_opened() for _ in range(len(mute) + 2)]
+    evicted = [p.login_started(conn, "10.0.0.8", 0.0) for conn in flood]
+    assert evicted[: len(mute)] == [[old] for old in mute]
+    assert evicted[len(mute):] == [[flood[0]], [flood[1]]]
+    # Only when every other login is one the target answered does its age count again.
+    for conn in flood[2:]:
+        p.login_answered(conn)
+    assert p.login_started(p.connection_opened(), "10.0.0.8", 0.0) == [talker]
+
+
 def test_past_max_connections_the_oldest_login_goes_and_then_newcomers_are_refused(
         caplog: pytest.LogCaptureFixture) -> None:
     p = TargetPortal([], arena=Arena(8 << 20, levels=TargetLevel), config=SessionConfig(),

@@ -72,6 +72,7 @@ class LoginPhase:
         if login.failed:
             return pieces, Refused(login.reason)
         if not login.done:
+            self._portal.login_answered(self._conn_id)
             return pieces, None
         if login.target is None:  # discovery: no nexus to reinstate
             return pieces, START

@@ -152,8 +152,8 @@ class TargetPortal:
         self.network_portals: list[Portal] = []
         self._ids = itertools.count(1)
         self._connections: set[int] = set()
-        #: Connections still logging in, oldest first.
-        self._logins: dict[int, None] = {}
+        #: Connections still logging in, oldest first: True once one was answered.
+        self._logins: dict[int, bool] = {}
         #: When each source refused for too many connections was last logged, and how
         #: many refusals since.
         self._refused: dict[str, tuple[float, int]] = {}
@@ -190,9 +190,10 @@ class TargetPortal:
 
     def login_started(self, conn_id: int, source: str, now: float) -> list[int] | None:
         """A connection from `source` begins its login: the unfinished logins to close
-        first, oldest first, so that theirs stay within their share of the arena and the
-        connections within `max_connections`. None: refuse it, every other connection
-        is a session."""
+        first, so that theirs stay within their share of the arena and the connections
+        within `max_connections`: the oldest of those that have not yet said anything
+        the target could answer, then the oldest of the rest. None: refuse it, every
+        other connection is a session."""
         logins = self._logins
         over = len(self._connections) - self.max_connections
         if over > len(logins):
@@ -210,12 +211,26 @@ class TargetPortal:
                 self._refused[source] = (last, count + 1)
             self._connections.discard(conn_id)  # as good as gone: it closes at once
             return None
-        logins[conn_id] = None
-        evict = list(itertools.islice(logins, max(0, len(logins) - self.max_logins, over)))
+        logins[conn_id] = False
+        count = max(0, len(logins) - self.max_logins, over)
+        if not count:
+            return []
+        # Silent ones first: a flood of connections arriving behind a real initiator's
+        # login must not close it, only those of the flood that are still mute (this one
+        # last: it has had no time to speak).
+        silent = [old for old, answered in logins.items() if not answered and old != conn_id]
+        answered = [old for old, spoke in logins.items() if spoke]
+        evict = [*silent, *answered, conn_id][:count]
         for old in evict:
             del logins[old]
             self._connections.discard(old)
         return evict
+
+    def login_answered(self, conn_id: int) -> None:
+        """The connection sent a login PDU the target answered (it speaks iSCSI): it is
+        closed for room only after every silent one."""
+        if conn_id in self._logins:
+            self._logins[conn_id] = True
 
     def login_finished(self, conn_id: int) -> None:
         """The connection's login is over: it holds a session's memory now, not a login's."""
