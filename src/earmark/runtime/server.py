@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -57,9 +58,11 @@ class TargetServer:
     async def start(self) -> None:
         """Listen; raises OSError (e.g. address in use) as the socket layer reports it."""
         self._loop = asyncio.get_running_loop()
+        # The kernel's longest accept queue (asyncio's 100 is full under a flood, and a
+        # real initiator's SYN dropped there waits a second to be sent again).
         self._server = await self._loop.create_server(
-            self._new_connection, self.address, self.port, reuse_address=True
-        )
+            self._new_connection, self.address, self.port, reuse_address=True,
+            backlog=socket.SOMAXCONN)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         self.portal.listening(self.address, self.port)
