@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import TypedDict, Unpack
 
 from earmark.iscsi.login import TargetEntry
 from earmark.memory import Arena
@@ -62,7 +63,7 @@ def from_config(cfg: ServeConfig) -> TargetSetup:
 
 
 class OneLun(TypedDict, total=False):
-    """What an embedded target may choose of :func:`one_lun`'s (the defaults are there)."""
+    """What an embedded target may choose of :func:`embedded`'s (the defaults are there)."""
 
     iqn: str
     memory: int
@@ -70,11 +71,18 @@ class OneLun(TypedDict, total=False):
     chap: tuple[str, str] | None
     block_size: int
     write_cache: bool
+    readonly: bool
     limits: PortalLimits
 
 
-def one_lun(
-    backing: Backing,
+def one_lun(backing: Backing, *, serial: str = "EMBEDDED", **options: Unpack[OneLun]
+            ) -> TargetSetup:
+    """One target, LUN 0 on `backing`, on a free loopback port."""
+    return embedded((backing,), serial=serial, **options)
+
+
+def embedded(
+    backings: Sequence[Backing],
     *,
     iqn: str = EMBEDDED_IQN,
     memory: int = 64 << 20,
@@ -83,15 +91,21 @@ def one_lun(
     block_size: int = BLOCK_SIZE,
     serial: str = "EMBEDDED",
     write_cache: bool = True,
+    readonly: bool = False,
     limits: PortalLimits = DEFAULT_LIMITS,
+    port: int = 0,
 ) -> TargetSetup:
-    """One target, LUN 0 on `backing`, on a free loopback port; `write_cache` False serves
-    it with WCE=0 (every write synced before its status)."""
+    """One target, LUN n on `backings[n]`, on loopback (port 0: a free one); `write_cache`
+    False serves them with WCE=0 (every write synced before its status). LUN n > 0 has
+    serial `serial`-n: multipath tools tell LUNs apart by it."""
     config = SessionConfig(policy=policy)
-    unit = LogicalUnit(0, disk(backing.size, serial, block_size=block_size, config=config,
-                               write_cache=write_cache), backing)
-    return TargetSetup((TargetSpec(TargetEntry(iqn, chap=chap), {0: unit}),),
-                       target_arena(memory), config, port=0, limits=limits)
+    units = {
+        n: LogicalUnit(n, disk(b.size, f"{serial}-{n}" if n else serial, block_size=block_size,
+                               config=config, write_cache=write_cache, read_only=readonly), b)
+        for n, b in enumerate(backings)
+    }
+    return TargetSetup((TargetSpec(TargetEntry(iqn, chap=chap), units),),
+                       target_arena(memory), config, port=port, limits=limits)
 
 
 def target_arena(memory: int) -> Arena:
