@@ -14,12 +14,14 @@ import contextlib
 import ctypes
 import errno
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 import earmark.cli.loops as loops
 from earmark.runtime.server import TargetServer
+from earmark.service import logs, secrets
 from earmark.target import build
 from earmark.target.backing import BackingError
 from earmark.target.config import ConfigError, from_options
@@ -49,8 +51,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--memory", help="the target's arena (default 64MiB)")
     p.add_argument("--policy", choices=[p.value for p in AdmissionPolicy],
                    help="admission: reserve (default) or none (allocate on demand)")
-    p.add_argument("--chap", metavar="USER:SECRET",
-                   help="require one-way CHAP with these credentials")
+    p.add_argument("--chap", metavar="USER[:SECRET]",
+                   help="require one-way CHAP with these credentials; give USER alone to take "
+                        f"the secret from ${secrets.SECRET_ENV} or --chap-secret-file "
+                        "(argv shows in every process listing)")
+    p.add_argument("--chap-secret-file", type=Path, metavar="FILE",
+                   help="the CHAP secret: FILE's first line (a file only its owner may read)")
     p.add_argument("--login-timeout", type=float, metavar="SECONDS",
                    help="close a connection that has not logged in by then (default 15)")
     p.add_argument("--max-connections", type=int, metavar="N",
@@ -64,6 +70,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--loop", choices=loops.LOOPS, default="auto",
                    help="event loop: uvloop if installed (auto, the default), or force one")
     p.add_argument("-v", "--verbose", action="store_true", help="log every session")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="logs on stderr as text (default) or one JSON object per line (the "
+                        "URLs on stdout too)")
 
 
 #: glibc's mallopt parameter for how many malloc arenas threads may spread over.
@@ -80,22 +89,29 @@ def _one_malloc_arena() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="earmark: %(message)s", stream=sys.stderr)
+    formatter = logs.configure(args.log_format == "json",
+                               logging.INFO if args.verbose else logging.WARNING)
     _one_malloc_arena()
     try:
         server = _build(args)
+        if formatter is not None:
+            formatter.who = logs.connections_context(server.connections)
         loops.run(_serve(server, args), args.loop)
     except (UsageError, loops.LoopUnavailableError, BackingError, ConfigError, SizeError,
-            build.SetupError) as exc:
-        print(f"earmark serve: {exc}", file=sys.stderr)
+            build.SetupError, secrets.SecretFileError) as exc:
+        if formatter is not None:
+            log.error("earmark serve: %s", exc)
+        else:
+            print(f"earmark serve: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
 def _build(args: argparse.Namespace) -> TargetServer:
+    chap_secret = secrets.flag_secret(args.chap_secret_file, os.environ)
     cfg = from_options(args.file, args.config, size=args.size, address=args.address,
                        port=args.port, memory=args.memory, policy=args.policy, chap=args.chap,
+                       chap_secret=chap_secret,
                        readonly=args.readonly, login_timeout=args.login_timeout,
                        max_connections=args.max_connections, nop_interval=args.nop_interval,
                        nop_timeout=args.nop_timeout)
@@ -124,16 +140,27 @@ async def _serve(server: TargetServer, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    _announce(server, args.log_format == "json")
+    await stop.wait()
+    await server.stop()
+
+
+def _announce(server: TargetServer, json_format: bool) -> None:
+    """What is served where, on stdout: each LUN's URL, with the CHAP user but never the
+    secret (the initiator takes it from EARMARK_CHAP_SECRET, or user%secret@ typed in)."""
     policy = server.portal.config.policy.value
     for iqn, spec in server.portal.targets.items():
-        cred = ""
-        if spec.entry.chap is not None:
-            cred = f"{spec.entry.chap[0]}%{spec.entry.chap[1]}@"
+        user = f"{spec.entry.chap[0]}@" if spec.entry.chap is not None else ""
         for number, unit in sorted(spec.units.items()):
             path = getattr(unit.backing, "path", "memory")
+            url = f"iscsi://{user}{server.address}:{server.port}/{iqn}/{number}"
+            if json_format:
+                print(logs.line("info", "serving", logs.Context(target=iqn, lun=number),
+                                fields={"url": url, "path": path, "policy": policy,
+                                        "memory": server.arena.capacity,
+                                        "readonly": unit.disk.read_only}), flush=True)
+                continue
             mode = ", read-only" if unit.disk.read_only else ""
             print(f"serving {path} as {iqn} LUN {number} (policy {policy}, "
                   f"memory {server.arena.capacity} B{mode})")
-            print(f"iscsi://{cred}{server.address}:{server.port}/{iqn}/{number}", flush=True)
-    await stop.wait()
-    await server.stop()
+            print(url, flush=True)

@@ -40,7 +40,7 @@ class TargetServer:
         self.pool = ThreadPoolExecutor(io_threads, thread_name_prefix="earmark-io")
         self._on_deadlock = on_deadlock
         self._deadlocks = DeadlockWatch(self.arena, watchdog_s)
-        self._connections: dict[int, TargetConnection] = {}
+        self.connections: dict[int, TargetConnection] = {}
         self._server: asyncio.Server | None = None
         self._watch: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,8 +67,8 @@ class TargetServer:
 
     def _new_connection(self) -> TargetConnection:
         conn_id = self.portal.connection_opened()
-        conn = TargetConnection(self.portal, conn_id, self._connections, self.loop, self.pool)
-        self._connections[conn_id] = conn
+        conn = TargetConnection(self.portal, conn_id, self.connections, self.loop, self.pool)
+        self.connections[conn_id] = conn
         return conn
 
     # ------------------------------------------------------- deadlock watch
@@ -85,7 +85,7 @@ class TargetServer:
                 log.error("  %s", line)
             if self._on_deadlock is not None:
                 self._on_deadlock(report)
-            for conn in list(self._connections.values()):
+            for conn in list(self.connections.values()):
                 conn.abort("deadlock: dropping the connection so the initiator sees an error")
 
     # ------------------------------------------------------------- stopping
@@ -98,11 +98,11 @@ class TargetServer:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        busy = [c.idle.wait() for c in self._connections.values() if c.busy()]
+        busy = [c.idle.wait() for c in self.connections.values() if c.busy()]
         if busy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*busy), grace)
-        for conn in list(self._connections.values()):
+        for conn in list(self.connections.values()):
             conn.abort("target stopping")
         await asyncio.sleep(0)
         loop = self.loop

@@ -1,0 +1,73 @@
+"""`earmark serve` as a child process for the service tests: everything it prints kept, its
+stdout read line by line until it has announced what it serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[str]
+    stderr: IO[str]
+    #: Every stdout line read so far.
+    out: list[str] = field(default_factory=list)
+
+    def read_until(self, want: str) -> str:
+        """The next stdout line that contains `want` (the lines before it are kept)."""
+        assert self.proc.stdout is not None
+        for text in self.proc.stdout:
+            self.out.append(text)
+            if want in text:
+                return text
+        raise AssertionError(f"earmark serve exited before printing {want!r}: "
+                             f"{self.printed()}")
+
+    def urls(self, count: int) -> list[str]:
+        """The first `count` LUN URLs it announces (JSON lines)."""
+        return [json.loads(self.read_until('"serving"'))["fields"]["url"] for _ in range(count)]
+
+    def printed(self) -> str:
+        """Everything printed on stdout and stderr so far."""
+        self.stderr.seek(0)
+        return "".join(self.out) + self.stderr.read()
+
+    def stop(self) -> str:
+        """SIGTERM, then everything it printed; it must have exited 0."""
+        self.proc.send_signal(signal.SIGTERM)
+        rest, _ = self.proc.communicate(timeout=30)
+        self.out.append(rest)
+        assert self.proc.returncode == 0, self.printed()
+        return self.printed()
+
+
+@contextmanager
+def serve(*args: str, env: Mapping[str, str] | None = None) -> Iterator[Served]:
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "earmark.cli", "serve", *args],
+                                stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                env={**os.environ, **(env or {})})
+        try:
+            yield Served(proc, stderr)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+def json_lines(printed: str) -> list[dict[str, Any]]:
+    """Every line parsed, with the keys every JSON log line has."""
+    records = [json.loads(text) for text in printed.splitlines() if text.strip()]
+    for record in records:
+        assert set(record) == {"time", "level", "event", "session", "initiator", "target",
+                               "lun", "fields"}, record
+    return records
