@@ -22,6 +22,7 @@ from pathlib import Path
 import earmark.cli.loops as loops
 from earmark.runtime.server import TargetServer
 from earmark.service import logs, secrets
+from earmark.service.address import MetricsAddressError, parse_address
 from earmark.target import build
 from earmark.target.backing import BackingError
 from earmark.target.config import ConfigError, from_options
@@ -70,6 +71,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--loop", choices=loops.LOOPS, default="auto",
                    help="event loop: uvloop if installed (auto, the default), or force one")
     p.add_argument("-v", "--verbose", action="store_true", help="log every session")
+    p.add_argument("--metrics", metavar="ADDRESS:PORT",
+                   help="serve Prometheus metrics at http://ADDRESS:PORT/metrics")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="logs on stderr as text (default) or one JSON object per line (the "
                         "URLs on stdout too)")
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             formatter.who = logs.connections_context(server.connections)
         loops.run(_serve(server, args), args.loop)
     except (UsageError, loops.LoopUnavailableError, BackingError, ConfigError, SizeError,
-            build.SetupError, secrets.SecretFileError) as exc:
+            build.SetupError, secrets.SecretFileError, MetricsAddressError) as exc:
         if formatter is not None:
             log.error("earmark serve: %s", exc)
         else:
@@ -108,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> TargetServer:
+    if args.metrics is not None:
+        parse_address(args.metrics)  # a mistake there is found before anything starts
     chap_secret = secrets.flag_secret(args.chap_secret_file, os.environ)
     cfg = from_options(args.file, args.config, size=args.size, address=args.address,
                        port=args.port, memory=args.memory, policy=args.policy, chap=args.chap,
@@ -140,14 +145,31 @@ async def _serve(server: TargetServer, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    _announce(server, args.log_format == "json")
-    await stop.wait()
-    await server.stop()
+    metrics = None
+    if args.metrics is not None:
+        from earmark.service.metrics import MetricsServer  # prometheus-client: only if asked
+
+        try:
+            metrics = MetricsServer(server, *parse_address(args.metrics))
+        except OSError as exc:
+            await server.stop()
+            raise UsageError(f"cannot serve metrics on {args.metrics}: {exc.strerror}: pick "
+                             "another --metrics ADDRESS:PORT") from None
+    _announce(server, args.log_format == "json", metrics.url if metrics else None)
+    try:
+        await stop.wait()
+    finally:
+        if metrics is not None:
+            metrics.close()
+        await server.stop()
 
 
-def _announce(server: TargetServer, json_format: bool) -> None:
+def _announce(server: TargetServer, json_format: bool, metrics: str | None) -> None:
     """What is served where, on stdout: each LUN's URL, with the CHAP user but never the
     secret (the initiator takes it from EARMARK_CHAP_SECRET, or user%secret@ typed in)."""
+    if metrics is not None:
+        print(logs.line("info", "metrics", fields={"url": metrics}) if json_format
+              else f"metrics at {metrics}", flush=True)
     policy = server.portal.config.policy.value
     for iqn, spec in server.portal.targets.items():
         user = f"{spec.entry.chap[0]}@" if spec.entry.chap is not None else ""

@@ -38,6 +38,7 @@ from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.iscsi.text import TextPairs
 from earmark.memory import Arena
 from earmark.memory.levels import TargetLevel
+from earmark.target.counters import PortalCounters
 from earmark.target.session import AdmissionPolicy, SessionConfig, TargetSession
 from earmark.target.unit import LogicalUnit
 
@@ -150,6 +151,7 @@ class TargetPortal:
         }
         #: Where the target listens, for SendTargets; the runtime says once it knows.
         self.network_portals: list[Portal] = []
+        self.counters = PortalCounters()
         self._ids = itertools.count(1)
         self._connections: set[int] = set()
         #: Connections still logging in, oldest first.
@@ -256,6 +258,7 @@ class TargetPortal:
         if old is None or old == conn_id:
             return START
         self._waits_for[conn_id] = old
+        self.counters.reinstatements += 1
         return WaitFor(old)
 
     def drained(self, conn_id: int) -> list[int]:

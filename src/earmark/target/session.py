@@ -69,6 +69,7 @@ from earmark.scsi.plans import (
 )
 from earmark.scsi.reservations import Nexus
 from earmark.scsi.sense import ScsiError, ScsiStatus, SenseKey, protocol_crc_error
+from earmark.target.counters import PortalCounters
 from earmark.target.events import AllocRequest, CloseConnection, Event, IoRequest
 from earmark.target.segments import cut, fill
 from earmark.target.task import Sequence, Task
@@ -129,6 +130,7 @@ class TargetSession:
         "blocked",
         "closed",
         "config",
+        "counters",
         "exp_cmd_sn",
         "luns",
         "max_cmd_sn",
@@ -155,8 +157,11 @@ class TargetSession:
         now: float = 0.0,
         text: TextResponder | None = None,
         nexus: Nexus | None = None,
+        counters: PortalCounters | None = None,
     ) -> None:
         self.params = params
+        #: The portal's, where a NOP timeout is counted (a session of its own in tests).
+        self.counters = counters or PortalCounters()
         #: A discovery session answers every SCSI command with an error; asked per command.
         self._discovery = params.session_type == "Discovery"
         self.units = dict(units)
@@ -266,6 +271,7 @@ class TargetSession:
     def handle_timer(self, now: float) -> None:
         if self._ping is not None:
             if now >= self._ping[1] + self.config.nop_timeout:
+                self.counters.nop_timeouts += 1
                 self._events.append(CloseConnection(
                     f"{self.name}: no answer to NOP-In ping in {self.config.nop_timeout:g} s",
                     error=True,
@@ -445,6 +451,7 @@ class TargetSession:
         if unit is None:
             self._reply(task, pdu, sbc.execute_without_lun(cdb, self.luns))
             return
+        unit.counters.commands[cdb[0]] += 1
         disk = unit.disk
         out_len = sbc.data_out_length(cdb, disk)
         if out_len:
@@ -753,6 +760,8 @@ class TargetSession:
 
     def _respond(self, task: Task, status: ScsiStatus, sense: bytes, moved: int) -> None:
         self._finish(task)
+        if status and task.unit is not None:
+            task.unit.counters.failure(task.cdb[0], status)
         over, under, residual = _residual(task.edtl, task.spdtl, moved)
         if sense:
             self._send(ScsiResponse(
@@ -844,6 +853,8 @@ class TargetSession:
             response = TmfResponse.FUNCTION_REJECTED
         for task in ended:
             self._abort(task)
+            if task.unit is not None:
+                task.unit.counters.aborted += 1
         # The answer says the tasks are over (SAM-5 7.1): a write still in the backing's
         # hands is not, and must not land after what the initiator sends next.
         running = [t for t in ended if t.in_flight]

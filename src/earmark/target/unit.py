@@ -9,6 +9,7 @@ from earmark.scsi.disk import Disk
 from earmark.scsi.reservations import Reservations
 from earmark.scsi.xcopy import CopyManager
 from earmark.target.backing import Backing
+from earmark.target.counters import UnitCounters
 from earmark.target.loop_io import LoopWrites
 
 
@@ -30,6 +31,7 @@ class LogicalUnit:
     copies: CopyManager = field(default_factory=CopyManager)
     loop_writes: LoopWrites = field(init=False)
     out_of_space: bool = False
+    counters: UnitCounters = field(default_factory=UnitCounters)
 
     def __post_init__(self) -> None:
         self.loop_writes = LoopWrites(self.number)
