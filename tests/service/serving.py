@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,14 @@ class Served:
     def urls(self, count: int) -> list[str]:
         """The first `count` LUN URLs it announces (JSON lines)."""
         return [json.loads(self.read_until('"serving"'))["fields"]["url"] for _ in range(count)]
+
+    def wait_logged(self, want: str, timeout: float = 30.0) -> None:
+        """Until its stderr has `want` (a log record), checked every 50 ms."""
+        deadline = time.monotonic() + timeout
+        while want not in self.printed():
+            assert time.monotonic() < deadline, f"never logged {want!r}: {self.printed()}"
+            assert self.proc.poll() is None, f"exited before logging {want!r}"
+            time.sleep(0.05)
 
     def printed(self) -> str:
         """Everything printed on stdout and stderr so far."""

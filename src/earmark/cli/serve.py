@@ -1,5 +1,6 @@
 """`earmark serve FILE` (one LUN) or `earmark serve --config FILE.toml` (targets, LUNs,
-CHAP, ACLs): an iSCSI target until SIGINT/SIGTERM.
+CHAP, ACLs): an iSCSI target until SIGINT/SIGTERM; SIGHUP reloads the config file,
+`--admin-socket` takes `earmark admin` requests, `--metrics` serves Prometheus figures.
 
 Errors a user can meet (no such file, a size that is not whole blocks, a port in
 use, a size that does not parse) end the command with one line on stderr that
@@ -23,10 +24,13 @@ import earmark.cli.loops as loops
 from earmark.runtime.server import TargetServer
 from earmark.service import logs, secrets
 from earmark.service.address import MetricsAddressError, parse_address
+from earmark.service.admin import Admin
+from earmark.service.reload import Reloader, close_retired
 from earmark.target import build
 from earmark.target.backing import BackingError
-from earmark.target.config import ConfigError, from_options
+from earmark.target.config import ConfigError, ServeConfig, from_options
 from earmark.target.session import AdmissionPolicy
+from earmark.target.unit import LogicalUnit
 from earmark.units import SizeError
 
 log = logging.getLogger("earmark.serve")
@@ -73,6 +77,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("-v", "--verbose", action="store_true", help="log every session")
     p.add_argument("--metrics", metavar="ADDRESS:PORT",
                    help="serve Prometheus metrics at http://ADDRESS:PORT/metrics")
+    p.add_argument("--admin-socket", type=Path, metavar="PATH",
+                   help="take `earmark admin` requests on this Unix socket (mode 0600)")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="logs on stderr as text (default) or one JSON object per line (the "
                         "URLs on stdout too)")
@@ -96,12 +102,12 @@ def run(args: argparse.Namespace) -> int:
                                logging.INFO if args.verbose else logging.WARNING)
     _one_malloc_arena()
     try:
-        server = _build(args)
+        cfg = _config(args)
+        server = _build(cfg)
         if formatter is not None:
             formatter.who = logs.connections_context(server.connections)
-        loops.run(_serve(server, args), args.loop)
-    except (UsageError, loops.LoopUnavailableError, BackingError, ConfigError, SizeError,
-            build.SetupError, secrets.SecretFileError, MetricsAddressError) as exc:
+        loops.run(_serve(server, cfg, args), args.loop)
+    except _MISTAKES as exc:
         if formatter is not None:
             log.error("earmark serve: %s", exc)
         else:
@@ -110,16 +116,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build(args: argparse.Namespace) -> TargetServer:
+#: What a user can get wrong: one line with the fix, exit status 2 (or, on a reload, a
+#: line saying the previous configuration is still served).
+_MISTAKES = (UsageError, loops.LoopUnavailableError, BackingError, ConfigError, SizeError,
+             build.SetupError, secrets.SecretFileError, MetricsAddressError)
+
+
+def _config(args: argparse.Namespace) -> ServeConfig:
     if args.metrics is not None:
         parse_address(args.metrics)  # a mistake there is found before anything starts
     chap_secret = secrets.flag_secret(args.chap_secret_file, os.environ)
-    cfg = from_options(args.file, args.config, size=args.size, address=args.address,
-                       port=args.port, memory=args.memory, policy=args.policy, chap=args.chap,
-                       chap_secret=chap_secret,
-                       readonly=args.readonly, login_timeout=args.login_timeout,
-                       max_connections=args.max_connections, nop_interval=args.nop_interval,
-                       nop_timeout=args.nop_timeout)
+    return from_options(args.file, args.config, size=args.size, address=args.address,
+                        port=args.port, memory=args.memory, policy=args.policy, chap=args.chap,
+                        chap_secret=chap_secret,
+                        readonly=args.readonly, login_timeout=args.login_timeout,
+                        max_connections=args.max_connections, nop_interval=args.nop_interval,
+                        nop_timeout=args.nop_timeout)
+
+
+def _build(cfg: ServeConfig) -> TargetServer:
     server = TargetServer(build.from_config(cfg))
     portal = server.portal
     need = portal.recv_bytes + sum(portal.slot_claim.values())
@@ -129,7 +144,7 @@ def _build(args: argparse.Namespace) -> TargetServer:
     return server
 
 
-async def _serve(server: TargetServer, args: argparse.Namespace) -> None:
+async def _serve(server: TargetServer, cfg: ServeConfig, args: argparse.Namespace) -> None:
     try:
         await server.start()
     except OSError as exc:
@@ -141,39 +156,80 @@ async def _serve(server: TargetServer, args: argparse.Namespace) -> None:
             raise UsageError(f"cannot listen on {where}: {exc.strerror}: "
                              "check --address and --port") from None
         raise UsageError(f"cannot listen on {where}: {exc}") from None
+    json_format = args.log_format == "json"
+    retired: list[LogicalUnit] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    metrics = None
-    if args.metrics is not None:
-        from earmark.service.metrics import MetricsServer  # prometheus-client: only if asked
-
-        try:
-            metrics = MetricsServer(server, *parse_address(args.metrics))
-        except OSError as exc:
-            await server.stop()
-            raise UsageError(f"cannot serve metrics on {args.metrics}: {exc.strerror}: pick "
-                             "another --metrics ADDRESS:PORT") from None
-    _announce(server, args.log_format == "json", metrics.url if metrics else None)
+    reloader = Reloader(server, lambda: _config(args), cfg, retired)
+    loop.add_signal_handler(signal.SIGHUP, _reload, reloader, args, json_format)
+    metrics = admin = None
     try:
+        if args.metrics is not None:
+            from earmark.service.metrics import MetricsServer  # prometheus-client: if asked
+
+            try:
+                metrics = MetricsServer(server, *parse_address(args.metrics))
+            except OSError as exc:
+                raise UsageError(f"cannot serve metrics on {args.metrics}: {exc.strerror}: "
+                                 "pick another --metrics ADDRESS:PORT") from None
+        if args.admin_socket is not None:
+            admin = Admin(server, retired)
+            try:
+                await admin.start(args.admin_socket)
+            except OSError as exc:
+                raise UsageError(f"cannot listen on {args.admin_socket}: {exc.strerror}: "
+                                 "pick another --admin-socket PATH") from None
+        if metrics is not None:
+            _say(json_format, "metrics", f"metrics at {metrics.url}", url=metrics.url)
+        _announce(server, json_format)
         await stop.wait()
     finally:
+        if admin is not None:
+            await admin.stop()
         if metrics is not None:
             metrics.close()
         await server.stop()
+        close_retired(retired)
 
 
-def _announce(server: TargetServer, json_format: bool, metrics: str | None) -> None:
-    """What is served where, on stdout: each LUN's URL, with the CHAP user but never the
-    secret (the initiator takes it from EARMARK_CHAP_SECRET, or user%secret@ typed in)."""
-    if metrics is not None:
-        print(logs.line("info", "metrics", fields={"url": metrics}) if json_format
-              else f"metrics at {metrics}", flush=True)
+def _reload(reloader: Reloader, args: argparse.Namespace, json_format: bool) -> None:
+    """SIGHUP: serve what the config file says now (see earmark.service.reload)."""
+    if args.config is None:
+        log.warning("SIGHUP: nothing to reload (it reloads --config FILE.toml)")
+        return
+    try:
+        changes = reloader.reload()
+    except _MISTAKES as exc:
+        log.error("reload failed, still serving the previous configuration: %s", exc)
+        return
+    if changes.needs_restart:
+        log.warning("reload: [server] %s changed, which takes a restart",
+                    ", ".join(changes.needs_restart))
+    _say(json_format, "reloaded",
+         f"reloaded {args.config}: added {changes.added or 'nothing'}, removed "
+         f"{changes.removed or 'nothing'}, login settings changed for "
+         f"{changes.login_changed or 'none'}",
+         added=changes.added, removed=changes.removed, login_changed=changes.login_changed)
+    _announce(reloader.server, json_format, only=set(changes.added))
+
+
+def _say(json_format: bool, event: str, text: str, **fields: object) -> None:
+    """A line on stdout for whoever started the target: text, or a JSON log line."""
+    print(logs.line("info", event, fields=fields) if json_format else text, flush=True)
+
+
+def _announce(server: TargetServer, json_format: bool, only: set[str] | None = None) -> None:
+    """What is served where, on stdout (`only` these "IQN LUN n" after a reload): each
+    LUN's URL, with the CHAP user but never the secret (the initiator takes it from
+    EARMARK_CHAP_SECRET, or user%secret@ typed in)."""
     policy = server.portal.config.policy.value
     for iqn, spec in server.portal.targets.items():
         user = f"{spec.entry.chap[0]}@" if spec.entry.chap is not None else ""
         for number, unit in sorted(spec.units.items()):
+            if only is not None and f"{iqn} LUN {number}" not in only:
+                continue
             path = getattr(unit.backing, "path", "memory")
             url = f"iscsi://{user}{server.address}:{server.port}/{iqn}/{number}"
             if json_format:

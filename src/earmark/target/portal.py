@@ -110,10 +110,7 @@ class TargetPortal:
         max_slots: int = 64,
         limits: PortalLimits = DEFAULT_LIMITS,
     ) -> None:
-        self.targets = {t.entry.iqn: t for t in targets}
-        self.entries: Mapping[str, TargetEntry] = {
-            iqn: t.entry for iqn, t in self.targets.items()
-        }
+        self.set_targets(targets)
         self.arena = arena
         self.config = config
         self.max_slots = max_slots
@@ -170,6 +167,12 @@ class TargetPortal:
         self._waits_for: dict[int, int] = {}
         # Connections gone with their I/O done, but whose predecessor has not drained.
         self._gone: set[int] = set()
+
+    def set_targets(self, targets: Sequence[TargetSpec]) -> None:
+        """What logins from now on find (a reload): sessions keep the units they have."""
+        self.targets = {t.entry.iqn: t for t in targets}
+        self.entries: Mapping[str, TargetEntry] = {
+            iqn: t.entry for iqn, t in self.targets.items()}
 
     def listening(self, address: str, port: int) -> None:
         self.network_portals = [Portal(address, port, PORTAL_GROUP_TAG)]

@@ -82,6 +82,9 @@ _U32 = struct.Struct(">I")
 #: Plans whose whole Data-Out must be in one window (they act on all of it at once).
 _WHOLE = (CompareAndWritePlan, WriteSamePlan)
 _MOD = 1 << 32
+#: Commands a pending unit attention does not answer (SAM-5 5.14): INQUIRY, REPORT LUNS
+#: and REQUEST SENSE.
+_NO_ATTENTION = frozenset((0x12, 0xA0, 0x03))
 #: Data-In flags of a read's last PDU: F (final) and S (status present).
 _FINAL_STATUS = 0x81
 #: SCSI Response flags: F, always (RFC 7143 11.4.1).
@@ -127,6 +130,7 @@ class TargetSession:
         "_peers",
         "_ping",
         "_slot_buf",
+        "attention",
         "blocked",
         "closed",
         "config",
@@ -203,6 +207,9 @@ class TargetSession:
         #: A blocking allocation the reader must wait for before reading on (`none`).
         self.blocked: AllocRequest | None = None
         self.closed = False
+        #: A unit attention each LUN reports to the next command (SAM-5 5.14): one only,
+        #: the latest, which is all a resize (CAPACITY DATA HAS CHANGED) needs.
+        self.attention: dict[int, ScsiError] = {}
 
     # ------------------------------------------------------------------ outputs
 
@@ -452,6 +459,9 @@ class TargetSession:
             self._reply(task, pdu, sbc.execute_without_lun(cdb, self.luns))
             return
         unit.counters.commands[cdb[0]] += 1
+        if self.attention and pdu.lun in self.attention and cdb[0] not in _NO_ATTENTION:
+            self._reply(task, pdu, Reply.error(self.attention.pop(pdu.lun)))
+            return
         disk = unit.disk
         out_len = sbc.data_out_length(cdb, disk)
         if out_len:
