@@ -26,7 +26,6 @@ from earmark.target import build
 from earmark.target.backing import BackingError, FileBacking
 from earmark.target.config import LunConfig
 from earmark.target.portal import TargetSpec
-from earmark.target.session import TargetSession
 from earmark.target.unit import LogicalUnit
 from earmark.units import SizeError, parse_size
 
@@ -131,7 +130,7 @@ class Admin:
         unit = spec.units.pop(self._lun(spec.units, request))
         self.retired.append(unit)
         log.info("admin: removed %s LUN %d", spec.entry.iqn, unit.number)
-        return {"sessions_still_using_it": len(self._sessions_of(unit))}
+        return {"sessions_still_using_it": len(unit.sessions)}
 
     def resize_lun(self, request: dict[str, Any]) -> dict[str, Any]:
         spec = self._target(request)
@@ -144,12 +143,9 @@ class Admin:
         block = unit.disk.block_size
         backing.resize(parse_size(str(request.get("size")), "size"), block)
         unit.disk = replace(unit.disk, num_blocks=backing.size // block)
-        sessions = self._sessions_of(unit)
-        for session in sessions:
-            session.attention[unit.number] = ScsiError(SenseKey.UNIT_ATTENTION,
-                                                       *_CAPACITY_CHANGED)
+        unit.tell_all(ScsiError(SenseKey.UNIT_ATTENTION, *_CAPACITY_CHANGED))
         log.info("admin: resized %s LUN %d to %d B", spec.entry.iqn, unit.number, backing.size)
-        return {"size": backing.size, "sessions_told": len(sessions)}
+        return {"size": backing.size, "sessions_told": len(unit.sessions)}
 
     # ------------------------------------------------------------------- helpers
 
@@ -166,10 +162,6 @@ class Admin:
         if number not in units:
             raise AdminError(f"no LUN {number} on that target: it has {sorted(units)}")
         return number
-
-    def _sessions_of(self, unit: LogicalUnit) -> list[TargetSession]:
-        return [c.session for c in self.server.connections.values()
-                if c.session is not None and c.session.units.get(unit.number) is unit]
 
 
 def _text(request: dict[str, Any], key: str) -> str:

@@ -85,6 +85,9 @@ _MOD = 1 << 32
 #: Commands a pending unit attention does not answer (SAM-5 5.14): INQUIRY, REPORT LUNS
 #: and REQUEST SENSE.
 _NO_ATTENTION = frozenset((0x12, 0xA0, 0x03))
+#: What every session on a LUN hears after a LOGICAL UNIT RESET: BUS DEVICE RESET
+#: FUNCTION OCCURRED (SAM-5 7.7), on every path to it (multipath initiators wait for it).
+_LUN_RESET_ATTENTION = ScsiError(SenseKey.UNIT_ATTENTION, 0x29, 0x03)
 #: Data-In flags of a read's last PDU: F (final) and S (status present).
 _FINAL_STATUS = 0x81
 #: SCSI Response flags: F, always (RFC 7143 11.4.1).
@@ -130,7 +133,6 @@ class TargetSession:
         "_peers",
         "_ping",
         "_slot_buf",
-        "attention",
         "blocked",
         "closed",
         "config",
@@ -207,9 +209,8 @@ class TargetSession:
         #: A blocking allocation the reader must wait for before reading on (`none`).
         self.blocked: AllocRequest | None = None
         self.closed = False
-        #: A unit attention each LUN reports to the next command (SAM-5 5.14): one only,
-        #: the latest, which is all a resize (CAPACITY DATA HAS CHANGED) needs.
-        self.attention: dict[int, ScsiError] = {}
+        for unit in self.units.values():
+            unit.sessions.add(self)
 
     # ------------------------------------------------------------------ outputs
 
@@ -246,6 +247,8 @@ class TargetSession:
         for unit in self.units.values():
             unit.reservations.nexus_lost(self.nexus)
             unit.copies.nexus_lost(self.nexus)
+            unit.sessions.discard(self)
+            unit.attention.pop(self, None)
         self.closed = True
         slots = [s for s in self._free if s is not None]
         self._free = []
@@ -459,8 +462,8 @@ class TargetSession:
             self._reply(task, pdu, sbc.execute_without_lun(cdb, self.luns))
             return
         unit.counters.commands[cdb[0]] += 1
-        if self.attention and pdu.lun in self.attention and cdb[0] not in _NO_ATTENTION:
-            self._reply(task, pdu, Reply.error(self.attention.pop(pdu.lun)))
+        if unit.attention and self in unit.attention and cdb[0] not in _NO_ATTENTION:
+            self._reply(task, pdu, Reply.error(unit.attention.pop(self)))
             return
         disk = unit.disk
         out_len = sbc.data_out_length(cdb, disk)
@@ -851,6 +854,7 @@ class TargetSession:
                 ended = [t for t in self.tasks.values() if t.lun == pdu.lun]
                 if fn == TmfFunction.LOGICAL_UNIT_RESET:
                     self.units[pdu.lun].reservations.reset()
+                    self.units[pdu.lun].tell_all(_LUN_RESET_ATTENTION)
         elif fn in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
             ended = list(self.tasks.values())
             for unit in self.units.values():
