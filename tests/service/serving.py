@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -22,16 +24,33 @@ class Served:
     stderr: IO[str]
     #: Every stdout line read so far.
     out: list[str] = field(default_factory=list)
+    #: Its stdout, line by line, from a thread (None: it closed), so a wait has a bound.
+    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
 
-    def read_until(self, want: str) -> str:
-        """The next stdout line that contains `want` (the lines before it are kept)."""
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
         assert self.proc.stdout is not None
         for text in self.proc.stdout:
+            self.lines.put(text)
+        self.lines.put(None)
+
+    def read_until(self, want: str, timeout: float = 30.0) -> str:
+        """The next stdout line that contains `want` (the lines before it are kept)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                text = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {want!r} within {timeout:g} s: "
+                                     f"{self.printed()}") from None
+            if text is None:
+                raise AssertionError(f"earmark serve exited before printing {want!r}: "
+                                     f"{self.printed()}")
             self.out.append(text)
             if want in text:
                 return text
-        raise AssertionError(f"earmark serve exited before printing {want!r}: "
-                             f"{self.printed()}")
 
     def urls(self, count: int) -> list[str]:
         """The first `count` LUN URLs it announces (JSON lines)."""
@@ -53,8 +72,9 @@ class Served:
     def stop(self) -> str:
         """SIGTERM, then everything it printed; it must have exited 0."""
         self.proc.send_signal(signal.SIGTERM)
-        rest, _ = self.proc.communicate(timeout=30)
-        self.out.append(rest)
+        self.proc.wait(timeout=30)
+        while (text := self.lines.get(timeout=30)) is not None:
+            self.out.append(text)
         assert self.proc.returncode == 0, self.printed()
         return self.printed()
 
@@ -70,7 +90,7 @@ def serve(*args: str, env: Mapping[str, str] | None = None) -> Iterator[Served]:
         finally:
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
+                proc.wait()
 
 
 def json_lines(printed: str) -> list[dict[str, Any]]:

@@ -23,8 +23,9 @@ from pathlib import Path
 import earmark.cli.loops as loops
 from earmark.runtime.server import TargetServer
 from earmark.service import logs, secrets
-from earmark.service.address import MetricsAddressError, parse_address
+from earmark.service.address import AddressError, parse_address
 from earmark.service.admin import Admin
+from earmark.service.portals import listen_also
 from earmark.service.reload import Reloader, close_retired
 from earmark.target import build
 from earmark.target.backing import BackingError
@@ -75,6 +76,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--loop", choices=loops.LOOPS, default="auto",
                    help="event loop: uvloop if installed (auto, the default), or force one")
     p.add_argument("-v", "--verbose", action="store_true", help="log every session")
+    p.add_argument("--portal", action="append", default=[], metavar="ADDRESS:PORT",
+                   help="listen on this portal too (repeatable): an initiator may log in "
+                        "through each, to the same LUNs (multipath)")
     p.add_argument("--metrics", metavar="ADDRESS:PORT",
                    help="serve Prometheus metrics at http://ADDRESS:PORT/metrics")
     p.add_argument("--admin-socket", type=Path, metavar="PATH",
@@ -119,12 +123,13 @@ def run(args: argparse.Namespace) -> int:
 #: What a user can get wrong: one line with the fix, exit status 2 (or, on a reload, a
 #: line saying the previous configuration is still served).
 _MISTAKES = (UsageError, loops.LoopUnavailableError, BackingError, ConfigError, SizeError,
-             build.SetupError, secrets.SecretFileError, MetricsAddressError)
+             build.SetupError, secrets.SecretFileError, AddressError)
 
 
 def _config(args: argparse.Namespace) -> ServeConfig:
-    if args.metrics is not None:
-        parse_address(args.metrics)  # a mistake there is found before anything starts
+    for text, flag in ((args.metrics, "--metrics"), *((p, "--portal") for p in args.portal)):
+        if text is not None:
+            parse_address(text, flag)  # a mistake there is found before anything starts
     chap_secret = secrets.flag_secret(args.chap_secret_file, os.environ)
     return from_options(args.file, args.config, size=args.size, address=args.address,
                         port=args.port, memory=args.memory, policy=args.policy, chap=args.chap,
@@ -165,12 +170,19 @@ async def _serve(server: TargetServer, cfg: ServeConfig, args: argparse.Namespac
     reloader = Reloader(server, lambda: _config(args), cfg, retired)
     loop.add_signal_handler(signal.SIGHUP, _reload, reloader, args, json_format)
     metrics = admin = None
+    listeners: list[asyncio.Server] = []
     try:
+        for portal in args.portal:
+            try:
+                listeners.append(await listen_also(server, *parse_address(portal, "--portal")))
+            except OSError as exc:
+                raise UsageError(f"cannot listen on --portal {portal}: {exc.strerror}: pick "
+                                 "another ADDRESS:PORT") from None
         if args.metrics is not None:
             from earmark.service.metrics import MetricsServer  # prometheus-client: if asked
 
             try:
-                metrics = MetricsServer(server, *parse_address(args.metrics))
+                metrics = MetricsServer(server, *parse_address(args.metrics, "--metrics"))
             except OSError as exc:
                 raise UsageError(f"cannot serve metrics on {args.metrics}: {exc.strerror}: "
                                  "pick another --metrics ADDRESS:PORT") from None
@@ -183,9 +195,14 @@ async def _serve(server: TargetServer, cfg: ServeConfig, args: argparse.Namespac
                                  "pick another --admin-socket PATH") from None
         if metrics is not None:
             _say(json_format, "metrics", f"metrics at {metrics.url}", url=metrics.url)
+        for extra in server.portal.network_portals[1:]:
+            where = f"{extra.host}:{extra.port}"
+            _say(json_format, "portal", f"also listening on {where}", portal=where)
         _announce(server, json_format)
         await stop.wait()
     finally:
+        for listener in listeners:
+            listener.close()
         if admin is not None:
             await admin.stop()
         if metrics is not None:

@@ -58,14 +58,14 @@ class TargetServer:
         """Listen; raises OSError (e.g. address in use) as the socket layer reports it."""
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(
-            self._new_connection, self.address, self.port, reuse_address=True
+            self.new_connection, self.address, self.port, reuse_address=True
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         self.portal.listening(self.address, self.port)
         self._watch = asyncio.ensure_future(self._watch_memory())
 
-    def _new_connection(self) -> TargetConnection:
+    def new_connection(self) -> TargetConnection:
         conn_id = self.portal.connection_opened()
         conn = TargetConnection(self.portal, conn_id, self.connections, self.loop, self.pool)
         self.connections[conn_id] = conn
