@@ -51,7 +51,7 @@ def connections_context(connections: Mapping[int, TargetConnection]
     def who(name: object) -> Context | None:
         if not isinstance(name, str):
             return None
-        for conn in connections.values():
+        for conn in list(connections.values()):  # a copy: log lines come from any thread
             if conn.name == name:
                 if conn.session is None:
                     return Context(name)
