@@ -1,8 +1,13 @@
 """libiscsi's conformance suite against `earmark serve` and against tgtd, same run.
 
 Both targets serve a scratch LUN of the same size; `iscsi-test-cu --dataloss -t
-TESTS` runs against each in turn, and its verdicts are counted honestly (a test
-that printed [SKIPPED] is skipped, not passed: see `peers.ConformanceResult`).
+TESTS URL SECOND-URL` runs against each in turn, and its verdicts are counted honestly
+(a test that printed [SKIPPED] is skipped, not passed: see `peers.ConformanceResult`).
+Each target is given what the suite's groups need: a second path to the LUN for
+MultipathIO (earmark: a second portal, `--portal`; tgtd has one portal, so its second
+URL is the first again), and a read-only LUN for ReadOnly, in a second, short run of
+that suite alone (`--readonly`; tgtd: `readonly=1`) whose verdicts replace the first
+run's. Neither implements SANITIZE, so --allow-sanitize is given to neither.
 earmark runs as a user starts it, `python -m earmark.cli serve FILE --port P`,
 and must stop cleanly on SIGINT: a target that hangs or crashes under the suite
 fails the benchmark. The summary lists, test by test, what tgtd passes and
@@ -17,6 +22,7 @@ With --json the last line is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import subprocess
@@ -32,6 +38,8 @@ from tools.peers import ConformanceResult, Tgtd, free_port, iscsi_test_cu
 #: How long `earmark serve` may take to listen, and to exit after SIGINT.
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 30.0
+#: The suite that needs a read-only LUN (it skips on a writable one).
+READ_ONLY_SUITE = "ALL.ReadOnly"
 
 
 class ServeError(RuntimeError):
@@ -39,34 +47,71 @@ class ServeError(RuntimeError):
 
 
 def run_earmark(size: int, tests: str, workdir: Path) -> tuple[ConformanceResult, str]:
-    """Run the suite against a fresh `earmark serve`; also return how it stopped."""
-    image = workdir / "earmark.img"
-    port = free_port()
-    argv = [sys.executable, "-m", "earmark.cli", "serve", str(image), "--size", str(size),
-            "--port", str(port)]
-    log_path = workdir / "earmark-serve.log"
+    """Run the suite against a fresh `earmark serve` with two portals (and the read-only
+    suite against a read-only one); also return how they stopped."""
+    result, stopped = _earmark_run(size, tests, workdir, "earmark")
+    if not _selects(tests, READ_ONLY_SUITE):
+        return result, stopped
+    read_only, stopped_ro = _earmark_run(size, READ_ONLY_SUITE, workdir, "earmark-ro",
+                                         "--readonly")
+    return merged(result, read_only), stopped if stopped_ro == "exit 0" else stopped_ro
+
+
+def _earmark_run(size: int, tests: str, workdir: Path, name: str,
+                 *options: str) -> tuple[ConformanceResult, str]:
+    image = workdir / f"{name}.img"
+    if not image.exists():  # --readonly serves the file as it is: create it first
+        with open(image, "wb") as f:
+            f.truncate(size)
+    argv = [sys.executable, "-m", "earmark.cli", "serve", str(image), "--port",
+            str(free_port()), "--portal", "127.0.0.1:0", *options]
+    log_path = workdir / f"{name}-serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
         try:
-            url = _wait_for_url(proc, log_path)
-            result = iscsi_test_cu(url, tests=tests, dataloss=True)
+            second, url = _wait_for_urls(proc, log_path)
+            result = iscsi_test_cu(url, tests=tests, dataloss=True, second_url=second)
         finally:
             stopped = _stop(proc)
     return result, stopped
 
 
-def _wait_for_url(proc: subprocess.Popen[str], log_path: Path) -> str:
-    """The iscsi:// line `earmark serve` prints once it listens."""
+def _wait_for_urls(proc: subprocess.Popen[str], log_path: Path) -> tuple[str, str]:
+    """The LUN's URL through the second portal and through the first, from the lines
+    `earmark serve` prints once it listens ("also listening on HOST:PORT", then the URL)."""
     assert proc.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT
+    second = ""
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        if line.startswith("iscsi://"):
-            return line.strip()
+        if line.startswith("also listening on "):
+            second = line.split()[-1]
+        if line.startswith("iscsi://") and second:
+            url = line.strip()
+            return url.replace(url.split("/")[2], second, 1), url
         if not line and proc.poll() is not None:
             break
-    raise ServeError(f"earmark serve did not print its URL within {START_TIMEOUT:g} s; "
+    raise ServeError(f"earmark serve did not print its URLs within {START_TIMEOUT:g} s; "
                      f"its log ({log_path}) says: {log_path.read_text().strip()[-500:]}")
+
+
+def _selects(tests: str, suite: str) -> bool:
+    """Whether the selection FAMILY[.SUITE[.TEST]] `tests` runs (part of) `suite`, whose
+    tests are in the ALL and SCSI families."""
+    return tests in ("ALL", "SCSI") or f".{suite.split('.')[-1]}" in tests
+
+
+def merged(main: ConformanceResult, extra: ConformanceResult) -> ConformanceResult:
+    """`main` with the verdicts of `extra` (a run of some of its tests, set up for them)
+    in place of its own, counted again."""
+    outcomes = {**main.outcomes, **extra.outcomes}
+    verdicts = [o.outcome for o in outcomes.values()]
+    return dataclasses.replace(
+        main, outcomes=outcomes, passed=verdicts.count("passed"),
+        failed=verdicts.count("failed"), skipped=verdicts.count("skipped"),
+        crashed=main.crashed or extra.crashed,
+        crash_reason=main.crash_reason or extra.crash_reason,
+        elapsed=main.elapsed + extra.elapsed)
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
@@ -85,7 +130,14 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 
 def run_tgtd(size: int, tests: str) -> ConformanceResult:
     with Tgtd(size) as tgtd:
-        return iscsi_test_cu(tgtd.url(), tests=tests, dataloss=True)
+        url = tgtd.url()
+        result = iscsi_test_cu(url, tests=tests, dataloss=True, second_url=url)
+        if not _selects(tests, READ_ONLY_SUITE):
+            return result
+        tgtd.tgtadm("--lld", "iscsi", "--op", "update", "--mode", "logicalunit", "--tid", "1",
+                    "--lun", "1", "--params", "readonly=1")
+        read_only = iscsi_test_cu(url, tests=READ_ONLY_SUITE, dataloss=True, second_url=url)
+    return merged(result, read_only)
 
 
 def counts(result: ConformanceResult, crashed: bool) -> dict[str, int | bool]:

@@ -1063,13 +1063,15 @@ def iscsi_test_cu(
     dataloss: bool = True,
     timeout: float = 1800.0,
     allow_sanitize: bool = False,
+    second_url: str | None = None,
 ) -> ConformanceResult:
     """Run libiscsi's conformance suite and count its verdicts.
 
     Does not raise for failing tests or a crashed run: both are results. It
     raises only when the tool is missing. ``dataloss`` enables the write tests,
     which overwrite the LUN: point it only at a scratch LUN. ``tests`` is
-    ``FAMILY[.SUITE[.TEST]]`` as listed by ``iscsi-test-cu -l``.
+    ``FAMILY[.SUITE[.TEST]]`` as listed by ``iscsi-test-cu -l``. ``second_url`` is
+    another path to the same LUN, for the multipath tests (they skip without one).
     """
     argv = [
         _which("iscsi-test-cu"),
@@ -1077,6 +1079,7 @@ def iscsi_test_cu(
         *(["--allow-sanitize"] if allow_sanitize else []),
         f"--test={tests}",
         url,
+        *([second_url] if second_url is not None else []),
     ]
     done = _run(argv, timeout=timeout, line_buffered=True)
     result = parse_cunit(

@@ -68,4 +68,6 @@ def test_resets_end_reserve6(unit: LogicalUnit, function: TmfFunction) -> None:
     a, b = Initiator(unit, "iqn.a"), Initiator(unit, "iqn.b")
     assert a.status(RESERVE) == ScsiStatus.GOOD
     a.tmf(function)
+    if function == TmfFunction.LOGICAL_UNIT_RESET:  # every session on the LUN hears of it
+        assert b.status(TUR) == ScsiStatus.CHECK_CONDITION
     assert b.status(RESERVE) == ScsiStatus.GOOD

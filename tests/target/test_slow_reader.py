@@ -45,7 +45,7 @@ def test_unsent_answers_stay_bounded_when_the_initiator_stops_reading() -> None:
             transport paused it): what it holds unsent, and how many commands it read."""
             async with asyncio.timeout(30):
                 while True:
-                    (conn,) = target.server._connections.values()
+                    (conn,) = target.server.connections.values()
                     if conn._write_paused:
                         assert conn.transport is not None and conn.session is not None
                         return (conn.transport.get_write_buffer_size(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from types import TracebackType
-from typing import Unpack
+from typing import Self, Unpack
 
 from earmark.memory import DeadlockReport
 from earmark.runtime.server import TargetServer
@@ -27,9 +27,10 @@ def one_lun_server(backing: Backing, *, watchdog_s: float = 2.0,
 
 
 class EmbeddedTarget:
-    def __init__(self, backing: Backing, *, watchdog_s: float = 2.0,
+    def __init__(self, backing: Backing | TargetServer, *, watchdog_s: float = 2.0,
                  **options: Unpack[build.OneLun]) -> None:
-        self.server = one_lun_server(backing, watchdog_s=watchdog_s, **options)
+        self.server = backing if isinstance(backing, TargetServer) else one_lun_server(
+            backing, watchdog_s=watchdog_s, **options)
         (self.iqn,) = self.server.portal.targets
         self.arena = self.server.arena
         self.loop = asyncio.new_event_loop()
@@ -44,7 +45,7 @@ class EmbeddedTarget:
     def deadlock(self) -> DeadlockReport | None:
         return self.server.deadlock
 
-    def start(self) -> EmbeddedTarget:
+    def start(self) -> Self:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
         return self
@@ -57,7 +58,7 @@ class EmbeddedTarget:
         self._thread.join(10)
         self.loop.close()
 
-    def __enter__(self) -> EmbeddedTarget:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

@@ -41,7 +41,7 @@ class TargetServer:
         self.pool = ThreadPoolExecutor(io_threads, thread_name_prefix="earmark-io")
         self._on_deadlock = on_deadlock
         self._deadlocks = DeadlockWatch(self.arena, watchdog_s)
-        self._connections: dict[int, TargetConnection] = {}
+        self.connections: dict[int, TargetConnection] = {}
         self._server: asyncio.Server | None = None
         self._watch: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -58,20 +58,23 @@ class TargetServer:
     async def start(self) -> None:
         """Listen; raises OSError (e.g. address in use) as the socket layer reports it."""
         self._loop = asyncio.get_running_loop()
-        # The kernel's longest accept queue (asyncio's 100 is full under a flood, and a
-        # real initiator's SYN dropped there waits a second to be sent again).
-        self._server = await self._loop.create_server(
-            self._new_connection, self.address, self.port, reuse_address=True,
-            backlog=socket.SOMAXCONN)
-        sock = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
+        self._server = await self.listen(self.address, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
         self.portal.listening(self.address, self.port)
         self._watch = asyncio.ensure_future(self._watch_memory())
 
-    def _new_connection(self) -> TargetConnection:
+    async def listen(self, address: str, port: int) -> asyncio.Server:
+        """A listener on `address`:`port` (0: any free port) whose connections are this
+        server's; raises OSError as binding does."""
+        # The kernel's longest accept queue (asyncio's 100 is full under a flood, and a
+        # real initiator's SYN dropped there waits a second to be sent again).
+        return await self.loop.create_server(self.new_connection, address, port,
+                                             reuse_address=True, backlog=socket.SOMAXCONN)
+
+    def new_connection(self) -> TargetConnection:
         conn_id = self.portal.connection_opened()
-        conn = TargetConnection(self.portal, conn_id, self._connections, self.loop, self.pool)
-        self._connections[conn_id] = conn
+        conn = TargetConnection(self.portal, conn_id, self.connections, self.loop, self.pool)
+        self.connections[conn_id] = conn
         return conn
 
     # ------------------------------------------------------- deadlock watch
@@ -88,7 +91,7 @@ class TargetServer:
                 log.error("  %s", line)
             if self._on_deadlock is not None:
                 self._on_deadlock(report)
-            for conn in list(self._connections.values()):
+            for conn in list(self.connections.values()):
                 conn.abort("deadlock: dropping the connection so the initiator sees an error")
 
     # ------------------------------------------------------------- stopping
@@ -101,11 +104,11 @@ class TargetServer:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        busy = [c.idle.wait() for c in self._connections.values() if c.busy()]
+        busy = [c.idle.wait() for c in self.connections.values() if c.busy()]
         if busy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*busy), grace)
-        for conn in list(self._connections.values()):
+        for conn in list(self.connections.values()):
             conn.abort("target stopping")
         await asyncio.sleep(0)
         loop = self.loop

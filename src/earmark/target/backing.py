@@ -142,6 +142,20 @@ class FileBacking:
             )
         return size
 
+    def resize(self, size: int, block_size: int) -> None:
+        """Grow or shrink the file (`earmark admin resize-lun`); the size checks are the
+        opening's, and a size they refuse leaves the file as it was."""
+        old = self._size
+        if size <= 0 or size % block_size:
+            raise BackingError(f"LUN size {size} B is not a positive multiple of the "
+                               f"{block_size}-byte block size")
+        os.ftruncate(self._fd, size)
+        try:
+            self._size = self._measure(block_size)
+        except BackingError:
+            os.ftruncate(self._fd, old)
+            raise
+
     @property
     def size(self) -> int:
         return self._size

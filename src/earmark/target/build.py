@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import TypedDict, Unpack
 
 from earmark.iscsi.login import TargetEntry
 from earmark.memory import Arena
 from earmark.memory.levels import TargetLevel
 from earmark.scsi.disk import Disk
 from earmark.target.backing import Backing, FileBacking
-from earmark.target.config import LunConfig, ServeConfig
+from earmark.target.config import LunConfig, ServeConfig, TargetConfig
 from earmark.target.portal import DEFAULT_LIMITS, PortalLimits, TargetSpec
 from earmark.target.session import AdmissionPolicy, SessionConfig
 from earmark.target.unit import LogicalUnit
@@ -51,18 +52,42 @@ def from_config(cfg: ServeConfig) -> TargetSetup:
     """`earmark serve`'s targets: LUN files created first where a size is given."""
     config = SessionConfig(policy=AdmissionPolicy(cfg.policy), nop_interval=cfg.nop_interval,
                            nop_timeout=cfg.nop_timeout)
+    return TargetSetup(tuple(target_specs(cfg.targets, config)), target_arena(cfg.memory), config,
+                       cfg.address, cfg.port, PortalLimits(cfg.login_timeout, cfg.max_connections))
+
+
+def target_specs(
+    targets: Sequence[TargetConfig],
+    config: SessionConfig,
+    keep: Mapping[tuple[str, LunConfig], LogicalUnit] | None = None,
+) -> list[TargetSpec]:
+    """The targets a configuration describes. A LUN configured exactly as one in `keep`
+    (a reload) is that unit still: its open file, reservations and counters go on. If a
+    LUN cannot be set up, the units opened for this call are closed again."""
+    keep = keep or {}
+    opened: list[LogicalUnit] = []
     specs = []
-    for target in cfg.targets:
-        units = {lun.lun: _file_unit(lun, config) for lun in target.luns}
-        entry = TargetEntry(target.iqn, alias=target.alias, chap=target.chap,
-                            mutual=target.mutual, allowed_initiators=target.initiators)
-        specs.append(TargetSpec(entry, units))
-    return TargetSetup(tuple(specs), target_arena(cfg.memory), config, cfg.address, cfg.port,
-                       PortalLimits(cfg.login_timeout, cfg.max_connections))
+    try:
+        for target in targets:
+            units = {}
+            for lun in target.luns:
+                unit = keep.get((target.iqn, lun))
+                if unit is None:
+                    unit = file_unit(lun, config)
+                    opened.append(unit)
+                units[lun.lun] = unit
+            entry = TargetEntry(target.iqn, alias=target.alias, chap=target.chap,
+                                mutual=target.mutual, allowed_initiators=target.initiators)
+            specs.append(TargetSpec(entry, units))
+    except Exception:
+        for unit in opened:
+            unit.backing.close()
+        raise
+    return specs
 
 
 class OneLun(TypedDict, total=False):
-    """What an embedded target may choose of :func:`one_lun`'s (the defaults are there)."""
+    """What an embedded target may choose of :func:`embedded`'s (the defaults are there)."""
 
     iqn: str
     memory: int
@@ -70,11 +95,18 @@ class OneLun(TypedDict, total=False):
     chap: tuple[str, str] | None
     block_size: int
     write_cache: bool
+    readonly: bool
     limits: PortalLimits
 
 
-def one_lun(
-    backing: Backing,
+def one_lun(backing: Backing, *, serial: str = "EMBEDDED", **options: Unpack[OneLun]
+            ) -> TargetSetup:
+    """One target, LUN 0 on `backing`, on a free loopback port."""
+    return embedded((backing,), serial=serial, **options)
+
+
+def embedded(
+    backings: Sequence[Backing],
     *,
     iqn: str = EMBEDDED_IQN,
     memory: int = 64 << 20,
@@ -83,15 +115,21 @@ def one_lun(
     block_size: int = BLOCK_SIZE,
     serial: str = "EMBEDDED",
     write_cache: bool = True,
+    readonly: bool = False,
     limits: PortalLimits = DEFAULT_LIMITS,
+    port: int = 0,
 ) -> TargetSetup:
-    """One target, LUN 0 on `backing`, on a free loopback port; `write_cache` False serves
-    it with WCE=0 (every write synced before its status)."""
+    """One target, LUN n on `backings[n]`, on loopback (port 0: a free one); `write_cache`
+    False serves them with WCE=0 (every write synced before its status). LUN n > 0 has
+    serial `serial`-n: multipath tools tell LUNs apart by it."""
     config = SessionConfig(policy=policy)
-    unit = LogicalUnit(0, disk(backing.size, serial, block_size=block_size, config=config,
-                               write_cache=write_cache), backing)
-    return TargetSetup((TargetSpec(TargetEntry(iqn, chap=chap), {0: unit}),),
-                       target_arena(memory), config, port=0, limits=limits)
+    units = {
+        n: LogicalUnit(n, disk(b.size, f"{serial}-{n}" if n else serial, block_size=block_size,
+                               config=config, write_cache=write_cache, read_only=readonly), b)
+        for n, b in enumerate(backings)
+    }
+    return TargetSetup((TargetSpec(TargetEntry(iqn, chap=chap), units),),
+                       target_arena(memory), config, port=port, limits=limits)
 
 
 def target_arena(memory: int) -> Arena:
@@ -116,7 +154,7 @@ def disk(size: int, serial: str, *, block_size: int, config: SessionConfig,
                 max_atomic_blocks=min(0xFFFF, config.buffer_bytes // block_size))
 
 
-def _file_unit(lun: LunConfig, config: SessionConfig) -> LogicalUnit:
+def file_unit(lun: LunConfig, config: SessionConfig) -> LogicalUnit:
     if lun.size is not None:
         _create(lun.file, lun.size)
     backing = FileBacking(lun.file, block_size=BLOCK_SIZE, read_only=lun.readonly)

@@ -14,6 +14,7 @@
     iqn = "iqn.2026-11.org.example:disk1"
     alias = "scratch"                                  # optional
     chap = { user = "alice", secret = "s3cret-12chars" }  # optional: initiators log in with it
+    # (or secret_file = "alice.secret": its first line, a file only its owner may read)
     mutual = { user = "disk1", secret = "other-secret" }  # optional: we prove ourselves too
     initiators = ["iqn.1993-08.org.debian:01:host1"]   # optional ACL; absent = anyone
 
@@ -38,6 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from earmark.service.secrets import SECRET_ENV, SecretFileError, read_secret_file
 from earmark.units import SizeError, parse_size
 
 
@@ -88,7 +90,7 @@ _SERVER_KEYS = {"address", "port", "memory", "policy", "login_timeout", "max_con
                 "nop_interval", "nop_timeout"}
 _TARGET_KEYS = {"iqn", "alias", "chap", "mutual", "initiators", "lun"}
 _LUN_KEYS = {"lun", "file", "size", "readonly"}
-_CRED_KEYS = {"user", "secret"}
+_CRED_KEYS = {"user", "secret", "secret_file"}
 POLICIES = ("reserve", "none")
 
 
@@ -152,6 +154,7 @@ def from_options(
     memory: str | None = None,
     policy: str | None = None,
     chap: str | None = None,
+    chap_secret: str | None = None,
     readonly: bool = False,
     login_timeout: float | None = None,
     max_connections: int | None = None,
@@ -160,7 +163,8 @@ def from_options(
 ) -> ServeConfig:
     """`earmark serve`'s command line as a config: FILE is one target with one LUN;
     --config reads the file, and the flags given override its [server] table (and
-    --readonly makes every LUN of it read-only)."""
+    --readonly makes every LUN of it read-only). `--chap USER` alone takes `chap_secret`
+    (from the environment or a file: argv shows in every process listing)."""
     if (file is None) == (config is None):
         raise ConfigError("give either FILE (one LUN) or --config FILE.toml, not both or neither")
     if config is not None:
@@ -182,8 +186,11 @@ def from_options(
         credentials = None
         if chap is not None:
             user, sep, secret = chap.partition(":")
-            if not sep or not user or not secret:  # never echo it: it may hold the secret
-                raise ConfigError("--chap must be USER:SECRET, both non-empty")
+            if not sep:
+                secret = chap_secret or ""
+            if not user or not secret:  # never echo it: it may hold the secret
+                raise ConfigError(f"--chap must be USER:SECRET, or USER with the secret in "
+                                  f"${SECRET_ENV} or --chap-secret-file: both non-empty")
             credentials = (user, secret)
         lun = LunConfig(0, file, parse_size(size, "--size") if size is not None else None,
                         readonly)
@@ -313,5 +320,13 @@ def _credentials(raw: object, where: _Where, place: str) -> tuple[str, str] | No
         return None
     table = _table(raw, where, place)
     _known(table, _CRED_KEYS, where, place)
-    return (_str(table.get("user"), where, f"{place} user"),
-            _str(table.get("secret"), where, f"{place} secret"))
+    user = _str(table.get("user"), where, f"{place} user")
+    if ("secret" in table) == ("secret_file" in table):
+        raise where.error(f"{place} needs either secret or secret_file, not both or neither")
+    if "secret" in table:
+        return user, _str(table["secret"], where, f"{place} secret")
+    file = Path(_str(table["secret_file"], where, f"{place} secret_file"))
+    try:
+        return user, read_secret_file(file if file.is_absolute() else where.path.parent / file)
+    except SecretFileError as exc:
+        raise where.error(f"{place}: {exc}") from None

@@ -120,7 +120,7 @@ class LoginPhase:
             stat_sn=self._stat_sn, slots=slots, config=portal.config, name=name, now=now,
             text=TextResponder(portal.text_answer(self.initiator, iqn),
                                max_segment=params.initiator_mrdsl),
-            nexus=Nexus(self.initiator, login.isid),
+            nexus=Nexus(self.initiator, login.isid), counters=portal.counters,
         )
         if framer is not None:
             framer.set_full_feature(params.target_mrdsl, params.header_digest,

@@ -38,6 +38,7 @@ from earmark.iscsi.stream import receive_buffer_bytes
 from earmark.iscsi.text import TextPairs
 from earmark.memory import Arena
 from earmark.memory.levels import TargetLevel
+from earmark.target.counters import PortalCounters
 from earmark.target.session import AdmissionPolicy, SessionConfig, TargetSession
 from earmark.target.unit import LogicalUnit
 
@@ -109,10 +110,7 @@ class TargetPortal:
         max_slots: int = 64,
         limits: PortalLimits = DEFAULT_LIMITS,
     ) -> None:
-        self.targets = {t.entry.iqn: t for t in targets}
-        self.entries: Mapping[str, TargetEntry] = {
-            iqn: t.entry for iqn, t in self.targets.items()
-        }
+        self.set_targets(targets)
         self.arena = arena
         self.config = config
         self.max_slots = max_slots
@@ -150,6 +148,7 @@ class TargetPortal:
         }
         #: Where the target listens, for SendTargets; the runtime says once it knows.
         self.network_portals: list[Portal] = []
+        self.counters = PortalCounters()
         self._ids = itertools.count(1)
         self._connections: set[int] = set()
         #: Connections still logging in, oldest first: True once one was answered.
@@ -168,6 +167,12 @@ class TargetPortal:
         self._waits_for: dict[int, int] = {}
         # Connections gone with their I/O done, but whose predecessor has not drained.
         self._gone: set[int] = set()
+
+    def set_targets(self, targets: Sequence[TargetSpec]) -> None:
+        """What logins from now on find (a reload): sessions keep the units they have."""
+        self.targets = {t.entry.iqn: t for t in targets}
+        self.entries: Mapping[str, TargetEntry] = {
+            iqn: t.entry for iqn, t in self.targets.items()}
 
     def listening(self, address: str, port: int) -> None:
         self.network_portals = [Portal(address, port, PORTAL_GROUP_TAG)]
@@ -271,6 +276,7 @@ class TargetPortal:
         if old is None or old == conn_id:
             return START
         self._waits_for[conn_id] = old
+        self.counters.reinstatements += 1
         return WaitFor(old)
 
     def drained(self, conn_id: int) -> list[int]:

@@ -69,6 +69,7 @@ from earmark.scsi.plans import (
 )
 from earmark.scsi.reservations import Nexus
 from earmark.scsi.sense import ScsiError, ScsiStatus, SenseKey, protocol_crc_error
+from earmark.target.counters import PortalCounters
 from earmark.target.events import AllocRequest, CloseConnection, Event, IoRequest
 from earmark.target.segments import cut, fill
 from earmark.target.task import Sequence, Task
@@ -81,6 +82,12 @@ _U32 = struct.Struct(">I")
 #: Plans whose whole Data-Out must be in one window (they act on all of it at once).
 _WHOLE = (CompareAndWritePlan, WriteSamePlan)
 _MOD = 1 << 32
+#: Commands a pending unit attention does not answer (SAM-5 5.14): INQUIRY, REPORT LUNS
+#: and REQUEST SENSE.
+_NO_ATTENTION = frozenset((0x12, 0xA0, 0x03))
+#: What every session on a LUN hears after a LOGICAL UNIT RESET: BUS DEVICE RESET
+#: FUNCTION OCCURRED (SAM-5 7.7), on every path to it (multipath initiators wait for it).
+_LUN_RESET_ATTENTION = ScsiError(SenseKey.UNIT_ATTENTION, 0x29, 0x03)
 #: Data-In flags of a read's last PDU: F (final) and S (status present).
 _FINAL_STATUS = 0x81
 #: SCSI Response flags: F, always (RFC 7143 11.4.1).
@@ -129,6 +136,7 @@ class TargetSession:
         "blocked",
         "closed",
         "config",
+        "counters",
         "exp_cmd_sn",
         "luns",
         "max_cmd_sn",
@@ -155,8 +163,11 @@ class TargetSession:
         now: float = 0.0,
         text: TextResponder | None = None,
         nexus: Nexus | None = None,
+        counters: PortalCounters | None = None,
     ) -> None:
         self.params = params
+        #: The portal's, where a NOP timeout is counted (a session of its own in tests).
+        self.counters = counters or PortalCounters()
         #: A discovery session answers every SCSI command with an error; asked per command.
         self._discovery = params.session_type == "Discovery"
         self.units = dict(units)
@@ -198,6 +209,8 @@ class TargetSession:
         #: A blocking allocation the reader must wait for before reading on (`none`).
         self.blocked: AllocRequest | None = None
         self.closed = False
+        for unit in self.units.values():
+            unit.sessions.add(self)
 
     # ------------------------------------------------------------------ outputs
 
@@ -234,6 +247,8 @@ class TargetSession:
         for unit in self.units.values():
             unit.reservations.nexus_lost(self.nexus)
             unit.copies.nexus_lost(self.nexus)
+            unit.sessions.discard(self)
+            unit.attention.pop(self, None)
         self.closed = True
         slots = [s for s in self._free if s is not None]
         self._free = []
@@ -266,6 +281,7 @@ class TargetSession:
     def handle_timer(self, now: float) -> None:
         if self._ping is not None:
             if now >= self._ping[1] + self.config.nop_timeout:
+                self.counters.nop_timeouts += 1
                 self._events.append(CloseConnection(
                     f"{self.name}: no answer to NOP-In ping in {self.config.nop_timeout:g} s",
                     error=True,
@@ -444,6 +460,10 @@ class TargetSession:
             return
         if unit is None:
             self._reply(task, pdu, sbc.execute_without_lun(cdb, self.luns))
+            return
+        unit.counters.commands[cdb[0]] += 1
+        if unit.attention and self in unit.attention and cdb[0] not in _NO_ATTENTION:
+            self._reply(task, pdu, Reply.error(unit.attention.pop(self)))
             return
         disk = unit.disk
         out_len = sbc.data_out_length(cdb, disk)
@@ -753,6 +773,8 @@ class TargetSession:
 
     def _respond(self, task: Task, status: ScsiStatus, sense: bytes, moved: int) -> None:
         self._finish(task)
+        if status and task.unit is not None:
+            task.unit.counters.failure(task.cdb[0], status)
         over, under, residual = _residual(task.edtl, task.spdtl, moved)
         if sense:
             self._send(ScsiResponse(
@@ -832,6 +854,7 @@ class TargetSession:
                 ended = [t for t in self.tasks.values() if t.lun == pdu.lun]
                 if fn == TmfFunction.LOGICAL_UNIT_RESET:
                     self.units[pdu.lun].reservations.reset()
+                    self.units[pdu.lun].tell_all(_LUN_RESET_ATTENTION)
         elif fn in (TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET):
             ended = list(self.tasks.values())
             for unit in self.units.values():
@@ -844,6 +867,8 @@ class TargetSession:
             response = TmfResponse.FUNCTION_REJECTED
         for task in ended:
             self._abort(task)
+            if task.unit is not None:
+                task.unit.counters.aborted += 1
         # The answer says the tasks are over (SAM-5 7.1): a write still in the backing's
         # hands is not, and must not land after what the initiator sends next.
         running = [t for t in ended if t.in_flight]

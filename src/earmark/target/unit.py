@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 from earmark.scsi.disk import Disk
 from earmark.scsi.reservations import Reservations
+from earmark.scsi.sense import ScsiError
 from earmark.scsi.xcopy import CopyManager
 from earmark.target.backing import Backing
+from earmark.target.counters import UnitCounters
 from earmark.target.loop_io import LoopWrites
 
 
@@ -30,6 +32,16 @@ class LogicalUnit:
     copies: CopyManager = field(default_factory=CopyManager)
     loop_writes: LoopWrites = field(init=False)
     out_of_space: bool = False
+    counters: UnitCounters = field(default_factory=UnitCounters)
+    #: The sessions open on the LUN, and the unit attention each is yet to hear on its
+    #: next command (SAM-5 5.14): the latest only, which is all a reset or a resize needs.
+    sessions: set[object] = field(default_factory=set)
+    attention: dict[object, ScsiError] = field(default_factory=dict)
+
+    def tell_all(self, error: ScsiError) -> None:
+        """A unit attention for every session on the LUN (a reset, a new capacity)."""
+        for session in self.sessions:
+            self.attention[session] = error
 
     def __post_init__(self) -> None:
         self.loop_writes = LoopWrites(self.number)
