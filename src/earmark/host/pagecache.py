@@ -4,8 +4,16 @@ Dirty pages fill memory; cleaning them is a write to the device, which needs
 memory on the way down (request, command, Data-Out headers, receive buffers).
 Under `none`, `mempool` and `throttle` that memory is allocated when writeback
 starts, as real kernels do, so a cache full of dirty pages can wedge itself.
-Under `reserve` it was reserved when each page became dirty, so writeback never
-waits for memory and a writer only ever waits holding nothing.
+Under `reserve` it was reserved when each page became dirty, at the granularity
+writeback uses (host/requests.py: each page its increment, each request its fixed
+part once), so writeback never waits for memory and a writer only ever waits
+holding nothing.
+
+A writer or reader that would wait for memory first writes back the oldest dirty
+request itself, under every policy: direct reclaim (shrink_page_list's pageout).
+Under `reserve` it does so on that request's reservation, holding nothing of its
+own, so it still never waits for memory; without it reserve's writeback would be
+the flusher's few slots alone while the other policies' grows with their writers.
 
 Owners in the arena's books: each writer or reader by name while it waits;
 "cache" for the pages (a passive holder, freed only by writeback and reclaim);
@@ -16,13 +24,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, suppress
 
 from earmark.host.device import PageDevice
 from earmark.host.dirty_throttle import DirtyThrottle
 from earmark.host.policy import HostTuning, Policy
+from earmark.host.requests import add_claims, dirty_neighbours, request_cost, run_around
 from earmark.memory import Arena, Buffer, HostLevel, Reservation
+from earmark.memory.claim import Claim
 from earmark.memory.draw import draw_charge
 from earmark.memory.levels import PAGE_BYTES, REQUEST_DESCRIPTOR_BYTES
 
@@ -31,15 +41,13 @@ FLUSHER = "flusher"
 
 
 class Page:
-    __slots__ = ("buf", "dirtied_at", "dirty", "index", "memory", "share", "writeback")
+    __slots__ = ("buf", "dirtied_at", "dirty", "index", "memory", "writeback")
 
     def __init__(self, index: int, buf: Buffer, memory: Reservation | None) -> None:
         self.index = index
         self.buf = buf
         #: Under `reserve`: the reservation the page's own buffer was taken from.
         self.memory = memory
-        #: Under `reserve`, while dirty: what writing this page back will draw on.
-        self.share: Reservation | None = None
         self.dirty = False
         self.writeback = False
         self.dirtied_at = 0.0
@@ -73,16 +81,21 @@ class PageCache:
         if policy is Policy.THROTTLE:
             thresh = int(self.tuning.dirty_ratio * arena.capacity) // PAGE_BYTES
             self._throttle = DirtyThrottle(thresh)
-        # What writing one page back takes: the request descriptor and the command.
-        share = _add(device.command_cost(True, PAGE_BYTES),
-                     {HostLevel.REQUEST: REQUEST_DESCRIPTOR_BYTES})
+        self._cost = request_cost(device, self.tuning.max_request_pages)
         page: dict[int, int] = {HostLevel.PAGE: arena.cost(PAGE_BYTES)}
         read = device.command_cost(False, PAGE_BYTES)
-        self._share: Mapping[int, int] = share
-        self._share_claim = arena.claim(share)
-        self._new_dirty_claim = arena.claim(_add(share, page))
-        self._read_claim = arena.claim(_add(read, page))
-        self._read_and_dirty_claim = arena.claim(_add(share, page, read))
+        #: Under `reserve`: what writeback will draw on for the dirty pages, all in one:
+        #: each request's fixed part and each page's increment (`writeback_booked`).
+        self._books: Reservation | None = None
+        # Dirtying a page, by (the page is new, it must be read first, it starts a request).
+        self._dirty_claims: dict[tuple[bool, bool, bool], Claim] = {
+            (new, reads, starts): arena.claim(add_claims(
+                self._cost.per_page, self._cost.fixed if starts else {},
+                page if new else {}, read if reads else {}))
+            for new in (False, True) for reads in (False, True) for starts in (False, True)
+            if new or not reads
+        }
+        self._read_claim = arena.claim(add_claims(read, page))
         self._flush_claim = arena.claim(device.command_cost(False, 0))
         self._writebacks: set[str] = set()
         #: The first writeback the device failed since the last fsync (which raises it).
@@ -193,30 +206,32 @@ class PageCache:
                 page = await self._allocate_page(index, read=not whole, owner=owner)
                 if page is None:
                     continue
-            self._mark_dirty(page, None, owner)
+            self._mark_dirty(page, owner)
             return page
 
     async def _reserve_dirty(self, index: int, whole: bool, owner: str) -> Page | None:
-        """Under `reserve`: everything the dirty page and its writeback take, at once."""
+        """Under `reserve`: the page, and its share of the request writeback will put it
+        in, at once: its increment, and the request's fixed part if it may start one
+        (always when it must be read first: its neighbours may change meanwhile)."""
         page = self.pages.get(index)
-        if page is not None:
-            claim = self._share_claim
-        elif whole:
-            claim = self._new_dirty_claim
-        else:
-            claim = self._read_and_dirty_claim
-        self._make_room(claim.total)
-        res = await self.arena.reserve(claim, owner=owner)
+        reads = page is None and not whole
+        starts = reads or self._starts_request(index)
+        res = await self._admit(self._dirty_claims[page is None, reads, starts], owner)
         now = self.pages.get(index)
-        if now is not page or (now is not None and (now.dirty or now.writeback)):
+        if (now is not page or (now is not None and (now.dirty or now.writeback))
+                or (not starts and self._starts_request(index))):
             res.release()
             return None
         if page is None:
             buf = res.take(HostLevel.PAGE, PAGE_BYTES)
-            share = res.split(self._share, owner=CACHE)
-            if not whole:
+            if reads:
                 with res.active():
                     await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
+                if index in self.pages:  # someone else brought it in meanwhile
+                    buf.free()
+                    res.release()
+                    return None
+            share = res.split(self._cost.of(1, runs=int(starts)), owner=CACHE)
             # What is left of `res` (the read's share, if any) goes back; the page stays.
             res.release(self._leftover(res))
             res.handoff(CACHE)
@@ -225,8 +240,32 @@ class PageCache:
         else:
             share = res
             share.handoff(CACHE)
-        self._mark_dirty(page, share, owner)
+        self._book_dirty(index, share, starts)
+        self._mark_dirty(page, owner)
         return page
+
+    def _starts_request(self, index: int) -> bool:
+        return not dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
+
+    def _book_dirty(self, index: int, share: Reservation, has_fixed: bool) -> None:
+        """`share` (the page's increment, and a fixed part if `has_fixed`) joins the
+        books; a page that joins a request gives its fixed part back, one that bridges
+        two requests gives one of theirs back too."""
+        joins = dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
+        assert has_fixed or joins, "a page that starts a request reserved its fixed part"
+        books = self._books
+        if books is None:
+            books = self._books = share
+        else:
+            books.absorb(share)
+        spare = joins - 1 + has_fixed
+        if spare:
+            books.release(self._cost.of(0, runs=spare))
+
+    def writeback_booked(self) -> int:
+        """Bytes `reserve` holds for writing the dirty pages back (for tests: exactly one
+        fixed part per request writeback can form and one increment per page)."""
+        return self._books.left if self._books is not None else 0
 
     @staticmethod
     def _leftover(res: Reservation) -> dict[int, int]:
@@ -240,8 +279,7 @@ class PageCache:
                     self.clean.move_to_end(index)
                 return page
             if self.policy is Policy.RESERVE:
-                self._make_room(self._read_claim.total)
-                res = await self.arena.reserve(self._read_claim, owner=owner)
+                res = await self._admit(self._read_claim, owner)
                 if index in self.pages:
                     res.release()
                     continue
@@ -278,10 +316,9 @@ class PageCache:
         self.pages[page.index] = page
         self.clean[page.index] = page
 
-    def _mark_dirty(self, page: Page, share: Reservation | None, owner: str) -> None:
+    def _mark_dirty(self, page: Page, owner: str) -> None:
         self.clean.pop(page.index, None)
         page.dirty = True
-        page.share = share
         page.dirtied_at = asyncio.get_running_loop().time()
         self.dirty[page.index] = page
         if self._throttle is not None:
@@ -290,6 +327,18 @@ class PageCache:
             self._kick.set()
 
     # ---- pressure ------------------------------------------------------------------
+
+    async def _admit(self, claim: Claim, owner: str) -> Reservation:
+        """Under `reserve`, where a writer or reader waits for memory, holding nothing.
+
+        One that would wait writes the oldest dirty request back first, as direct
+        reclaim does under the other policies: on that request's own reservation
+        (so it waits for the device, never for memory)."""
+        self._make_room(claim.total)
+        if self.dirty and (self.arena.waiting or self.arena.available() < claim.total):
+            await self._write_run(*self._take_run(), owner=owner)
+            self._make_room(claim.total)
+        return await self.arena.reserve(claim, owner=owner)
 
     def _make_room(self, need: int) -> None:
         """Evict clean pages until `need` bytes are free; kick writeback if that is short."""
@@ -315,8 +364,7 @@ class PageCache:
             return freed
         task = asyncio.current_task()
         name = task.get_name() if task is not None else "reclaim"
-        run = self._take_run()
-        await self._write_run(run, owner=name)
+        await self._write_run(*self._take_run(), owner=name)
         while freed < nbytes and self.clean:
             freed += self._evict(next(iter(self.clean.values())))
         return freed
@@ -342,59 +390,54 @@ class PageCache:
 
     # ---- writeback -----------------------------------------------------------------
 
-    def _take_run(self) -> list[Page]:
-        """The oldest dirty page and its dirty neighbours, marked under writeback."""
+    def _take_run(self) -> tuple[list[Page], Reservation | None]:
+        """The request of the oldest dirty page (host/requests.py), marked under
+        writeback, and under `reserve` its reservation, taken off the books."""
         first = next(iter(self.dirty.values()))
-        lo = hi = first.index
-        limit = self.tuning.max_request_pages
-        while hi - lo + 1 < limit and self._is_dirty(hi + 1):
-            hi += 1
-        while hi - lo + 1 < limit and self._is_dirty(lo - 1):
-            lo -= 1
-        run = [self.pages[i] for i in range(lo, hi + 1)]
+        span = run_around(first.index, self._is_dirty, self.tuning.max_request_pages)
+        run = [self.pages[i] for i in span]
         for page in run:
             del self.dirty[page.index]
             page.writeback = True
         self._writeback_pages += len(run)
-        return run
+        books = self._books
+        if books is None:
+            return run, None
+        res = books.split(self._cost.of(len(run)), owner=CACHE)
+        if not self.dirty:
+            assert books.left == 0, f"writeback books left over with nothing dirty: {books}"
+            books.release()
+            self._books = None
+        return run, res
 
     def _is_dirty(self, index: int) -> bool:
         page = self.pages.get(index)
         return page is not None and page.dirty and not page.writeback
 
-    async def _write_run(self, run: list[Page], *, owner: str) -> None:
+    async def _write_run(self, run: list[Page], res: Reservation | None, *, owner: str) -> None:
+        """One request: under `reserve` it draws only on `res`, under the others it
+        allocates as it goes."""
         self.inflight += 1
         self._writebacks.add(owner)
         try:
             views = [p.buf.view for p in run]
             offset = run[0].index * PAGE_BYTES
             try:
-                if self.policy is Policy.RESERVE:
-                    merged = run[0].share
-                    assert merged is not None
-                    for page in run[1:]:
-                        assert page.share is not None
-                        merged.absorb(page.share)
-                    try:
-                        with merged.active():
-                            desc = await draw_charge(
-                                self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES,
-                                owner=owner,
-                            )
-                            try:
-                                await self.device.write_pages(offset, views, owner=owner)
-                            finally:
-                                desc.free()
-                    finally:
-                        merged.release()
-                else:
-                    desc = await draw_charge(
-                        self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES, owner=owner
-                    )
-                    try:
-                        await self.device.write_pages(offset, views, owner=owner)
-                    finally:
-                        desc.free()
+                if res is not None:
+                    res.handoff(owner)
+                try:
+                    with res.active() if res is not None else nullcontext():
+                        desc = await draw_charge(
+                            self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES,
+                            owner=owner,
+                        )
+                        try:
+                            await self.device.write_pages(offset, views, owner=owner)
+                        finally:
+                            desc.free()
+                finally:
+                    if res is not None:
+                        res.release()
             except Exception as exc:
                 # The device failed the write (its session gone for good, an I/O error):
                 # as Linux does, the pages become clean (the data is lost) and the next
@@ -402,7 +445,6 @@ class PageCache:
                 # memory and every writer of those pages for good.
                 self._write_error = self._write_error or exc
             for page in run:
-                page.share = None
                 page.dirty = False
                 page.writeback = False
                 self.clean[page.index] = page
@@ -441,14 +483,14 @@ class PageCache:
                     async with asyncio.timeout(1.0):
                         await self._kick.wait()
                 continue
-            run = self._take_run()
+            run, res = self._take_run()
             self._writeback_seq += 1
             name = f"writeback-{self._writeback_seq}"
             if self.policy is Policy.MEMPOOL:
                 with self.arena.memalloc():  # the flusher may use the reserve (PF_MEMALLOC)
-                    task = loop.create_task(self._write_run(run, owner=name), name=name)
+                    task = loop.create_task(self._write_run(run, res, owner=name), name=name)
             else:
-                task = loop.create_task(self._write_run(run, owner=name), name=name)
+                task = loop.create_task(self._write_run(run, res, owner=name), name=name)
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _task: self._kick.set())
@@ -467,10 +509,3 @@ class PageCache:
                 f"{length} B at offset {offset} is outside the {self.device.size} B device"
             )
 
-
-def _add(*claims: Mapping[int, int]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for claim in claims:
-        for lvl, n in claim.items():
-            out[lvl] = out.get(lvl, 0) + n
-    return out
