@@ -81,7 +81,12 @@ class PageCache:
         if policy is Policy.THROTTLE:
             thresh = int(self.tuning.dirty_ratio * arena.capacity) // PAGE_BYTES
             self._throttle = DirtyThrottle(thresh)
-        self._cost = request_cost(device, self.tuning.max_request_pages)
+        self._cost = cost = request_cost(device, self.tuning.max_request_pages)
+        # Built once, not per page: one request of k pages; one page's share, with the
+        # fixed part or not; n fixed parts.
+        self._request_books = [cost.of(k) for k in range(self.tuning.max_request_pages + 1)]
+        self._page_books = (cost.of(1, runs=0), cost.of(1))
+        self._fixed_books = [cost.of(0, runs=n) for n in range(3)]
         page: dict[int, int] = {HostLevel.PAGE: arena.cost(PAGE_BYTES)}
         read = device.command_cost(False, PAGE_BYTES)
         #: Under `reserve`: what writeback will draw on for the dirty pages, all in one:
@@ -231,9 +236,9 @@ class PageCache:
                     buf.free()
                     res.release()
                     return None
-            share = res.split(self._cost.of(1, runs=int(starts)), owner=CACHE)
-            # What is left of `res` (the read's share, if any) goes back; the page stays.
-            res.release(self._leftover(res))
+            share = res.split(self._page_books[starts], owner=CACHE)
+            if reads:  # the read's share goes back; the page stays
+                res.release(self._leftover(res))
             res.handoff(CACHE)
             page = Page(index, buf, res)
             self._insert(page)
@@ -260,7 +265,7 @@ class PageCache:
             books.absorb(share)
         spare = joins - 1 + has_fixed
         if spare:
-            books.release(self._cost.of(0, runs=spare))
+            books.release(self._fixed_books[spare])
 
     def writeback_booked(self) -> int:
         """Bytes `reserve` holds for writing the dirty pages back (for tests: exactly one
@@ -403,7 +408,7 @@ class PageCache:
         books = self._books
         if books is None:
             return run, None
-        res = books.split(self._cost.of(len(run)), owner=CACHE)
+        res = books.split(self._request_books[len(run)], owner=CACHE)
         if not self.dirty:
             assert books.left == 0, f"writeback books left over with nothing dirty: {books}"
             books.release()
