@@ -499,7 +499,7 @@ class Arena:
             res.held[lvl] -= cost
             res.held_total -= cost
             self._taken[lvl] -= cost
-            if to_reservation and not res.released:
+            if (to_reservation or res.revolving) and not res.released:
                 res.budget[lvl] += cost
                 res.left += cost
                 return

@@ -48,7 +48,8 @@ def handed_down() -> Reservation | None:
 class Reservation:
     """Bytes per level promised by the arena to one owner; `budget` is what is left to draw."""
 
-    __slots__ = ("arena", "budget", "held", "held_total", "left", "owner", "released")
+    __slots__ = ("arena", "budget", "held", "held_total", "left", "owner", "released",
+                 "revolving")
 
     def __init__(self, arena: Arena, owner: str, budget: list[int], left: int) -> None:
         self.arena = arena
@@ -60,6 +61,10 @@ class Reservation:
         self.held = [0] * len(budget)
         self.held_total = 0
         self.released = False
+        #: What is drawn comes back to be drawn again when it is freed, not to the arena:
+        #: for work that repeats for as long as the reservation is held (a writable
+        #: mapping's writebacks, one per msync).
+        self.revolving = False
 
     def take(self, level: int, nbytes: int) -> Buffer:
         """A real arena buffer of `nbytes` at `level`; never waits, raises if over budget."""
