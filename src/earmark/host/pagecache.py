@@ -29,8 +29,15 @@ from contextlib import contextmanager, nullcontext, suppress
 
 from earmark.host.device import PageDevice
 from earmark.host.dirty_throttle import DirtyThrottle
+from earmark.host.mapping import MappedPages
 from earmark.host.policy import HostTuning, Policy
-from earmark.host.requests import add_claims, dirty_neighbours, request_cost, run_around
+from earmark.host.requests import (
+    add_claims,
+    dirty_neighbours,
+    request_cost,
+    run_around,
+    runs_of,
+)
 from earmark.memory import Arena, Buffer, HostLevel, Reservation
 from earmark.memory.claim import Claim
 from earmark.memory.draw import draw_charge
@@ -41,7 +48,7 @@ FLUSHER = "flusher"
 
 
 class Page:
-    __slots__ = ("buf", "dirtied_at", "dirty", "index", "memory", "writeback")
+    __slots__ = ("buf", "dirtied_at", "dirty", "index", "mapped", "memory", "writeback")
 
     def __init__(self, index: int, buf: Buffer, memory: Reservation | None) -> None:
         self.index = index
@@ -51,6 +58,8 @@ class Page:
         self.dirty = False
         self.writeback = False
         self.dirtied_at = 0.0
+        #: Mappings that hold the page: it stays cached (never evicted) while any does.
+        self.mapped = 0
 
 
 class PageCache:
@@ -100,6 +109,7 @@ class PageCache:
             for new in (False, True) for reads in (False, True) for starts in (False, True)
             if new or not reads
         }
+        self._read = read
         self._read_claim = arena.claim(add_claims(read, page))
         self._flush_claim = arena.claim(device.command_cost(False, 0))
         self._writebacks: set[str] = set()
@@ -192,6 +202,132 @@ class PageCache:
             "device_writes": getattr(self.device, "writes", -1),
         }
 
+    # ---- mapping (host/mapping.py) ---------------------------------------------------
+
+    async def map(self, offset: int, length: int, *, writable: bool = True,
+                  owner: str) -> MappedPages:
+        """The pages holding the range, mapped: cached and pinned until unmap.
+
+        Under `reserve` all at once: the pages not cached yet with their reads and,
+        when writable, every page's writeback share. Under the others each page is
+        brought in as a fault would bring it, and an msync's writeback allocates as
+        it goes (as page_mkwrite and writeback do)."""
+        self._check_range(offset, length)
+        first = offset // PAGE_BYTES
+        indices = range(first, max(first, (offset + length - 1) // PAGE_BYTES) + 1)
+        if self.policy is Policy.RESERVE:
+            pages, share = await self._map_reserved(indices, writable, owner)
+            return MappedPages(self, pages, writable, share, owner)
+        pages = []
+        for index in indices:
+            page = await self._cached_page(index, owner=owner)
+            self._pin(page)
+            pages.append(page)
+        return MappedPages(self, pages, writable, None, owner)
+
+    async def _map_reserved(self, indices: range, writable: bool,
+                            owner: str) -> tuple[list[Page], Reservation | None]:
+        page_claim: dict[int, int] = {HostLevel.PAGE: self.arena.cost(PAGE_BYTES)}
+        share = add_claims(*([self._page_books[True]] * len(indices))) if writable else {}
+        while True:
+            absent = sum(i not in self.pages for i in indices)
+            res = await self._admit(self.arena.claim(add_claims(
+                share, *([page_claim] * absent), self._read if absent else {})), owner)
+            res.revolving = True  # the reads go one after another: one read's share
+            present = {i: self.pages[i] for i in indices if i in self.pages}
+            if len(indices) - len(present) > absent:  # evicted while we waited
+                res.release()
+                continue
+            for page in present.values():
+                self._pin(page)
+            pages = [present.get(i) or await self._map_in(i, res, page_claim, owner)
+                     for i in indices]
+            rest = {lvl: n - share.get(lvl, 0) for lvl, n in enumerate(res.budget)
+                    if n > share.get(lvl, 0)}
+            if rest:
+                res.release(rest)
+            if not writable:
+                res.release()
+                return pages, None
+            res.handoff(owner)
+            return pages, res
+
+    async def _map_in(self, index: int, res: Reservation, page_claim: dict[int, int],
+                      owner: str) -> Page:
+        """A page for a mapping, read on its reservation; someone else's if they were
+        quicker."""
+        memory = res.split(page_claim, owner=CACHE)
+        buf = memory.take(HostLevel.PAGE, PAGE_BYTES)
+        with res.active():
+            await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
+        page = self.pages.get(index)
+        if page is not None:
+            buf.free()
+            memory.release()
+        else:
+            page = self.pages[index] = Page(index, buf, memory)
+        self._pin(page)
+        return page
+
+    def _pin(self, page: Page) -> None:
+        page.mapped += 1
+        self.clean.pop(page.index, None)
+
+    async def msync(self, mapped: MappedPages) -> None:
+        """What `mapped.msync` does: its changed pages that are dirty in the cache go
+        with the cache's writeback (reserved when they became dirty); the others go
+        now as requests of their own, drawing, under `reserve`, on the mapping's
+        revolving share."""
+        owner = mapped.owner
+        while any(p.writeback for p in mapped.pages):
+            await self._wait_changed(owner, "writeback of a mapped page")
+        changed = mapped.changed()
+        own = [p for p in changed if not p.dirty]
+        self._start_writeback(own)  # writers of these pages wait from now
+        by_index = {p.index: p for p in own}
+        runs = runs_of(sorted(by_index), self.tuning.max_request_pages)
+        with mapped.share.active() if mapped.share is not None else nullcontext():
+            await asyncio.gather(*(self._write_run([by_index[i] for i in run], None,
+                                                   owner=f"{owner}:msync-{run[0]}")
+                                   for run in runs))
+        cached = [p for p in changed if p.dirty]
+        self._sync_wanted += 1
+        try:
+            while any(p.dirty or p.writeback for p in cached):
+                self._kick.set()
+                await self._wait_changed(owner, "writeback of a mapped page")
+        finally:
+            self._sync_wanted -= 1
+
+    async def unmap(self, mapped: MappedPages) -> None:
+        """What `mapped.unmap` does: its changed pages become dirty pages of the cache,
+        under `reserve` booked out of the mapping's share (no memory needed), the rest
+        of which goes back; then the pages may be evicted again."""
+        owner = mapped.owner
+        dirtied = []
+        if mapped.writable:
+            while any(p.writeback for p in mapped.pages):
+                await self._wait_changed(owner, "writeback of a mapped page")
+            share = mapped.share
+            for page in mapped.changed():
+                if page.dirty:
+                    continue
+                if share is not None:
+                    starts = self._starts_request(page.index)
+                    self._book_dirty(page.index,
+                                     share.split(self._page_books[starts], owner=CACHE), starts)
+                self._mark_dirty(page, owner)
+                dirtied.append(page)
+            if share is not None:
+                share.release()
+        for page in mapped.pages:
+            page.mapped -= 1
+            if not page.mapped and not page.dirty and not page.writeback:
+                self.clean[page.index] = page
+        if self._throttle is not None:
+            for _ in dirtied:  # as the fault path does, once per page it dirtied
+                await self._balance_dirty_pages(owner)
+
     # ---- getting pages -------------------------------------------------------------
 
     async def _dirty_page(self, index: int, *, whole: bool, owner: str) -> Page:
@@ -280,7 +416,7 @@ class PageCache:
         while True:
             page = self.pages.get(index)
             if page is not None:
-                if not page.dirty and not page.writeback:
+                if not page.dirty and not page.writeback and not page.mapped:
                     self.clean.move_to_end(index)
                 return page
             if self.policy is Policy.RESERVE:
@@ -403,8 +539,7 @@ class PageCache:
         run = [self.pages[i] for i in span]
         for page in run:
             del self.dirty[page.index]
-            page.writeback = True
-        self._writeback_pages += len(run)
+        self._start_writeback(run)
         books = self._books
         if books is None:
             return run, None
@@ -414,6 +549,11 @@ class PageCache:
             books.release()
             self._books = None
         return run, res
+
+    def _start_writeback(self, run: list[Page]) -> None:
+        for page in run:
+            page.writeback = True
+        self._writeback_pages += len(run)
 
     def _is_dirty(self, index: int) -> bool:
         page = self.pages.get(index)
@@ -452,7 +592,8 @@ class PageCache:
             for page in run:
                 page.dirty = False
                 page.writeback = False
-                self.clean[page.index] = page
+                if not page.mapped:
+                    self.clean[page.index] = page
             self._writeback_pages -= len(run)
         finally:
             self.inflight -= 1

@@ -25,7 +25,8 @@ from earmark.host.device import PageDevice
 from earmark.memory import HostLevel
 from earmark.memory.levels import PAGE_BYTES, REQUEST_DESCRIPTOR_BYTES
 
-__all__ = ["RequestCost", "add_claims", "dirty_neighbours", "request_cost", "run_around"]
+__all__ = ["RequestCost", "add_claims", "dirty_neighbours", "request_cost", "run_around",
+           "runs_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,17 @@ def dirty_neighbours(index: int, is_dirty: Callable[[int], bool], max_pages: int
     left = at > 0 and is_dirty(index - 1)
     right = at + 1 < max_pages and is_dirty(index + 1)
     return left + right
+
+
+def runs_of(indices: list[int], max_pages: int) -> list[list[int]]:
+    """Sorted page indices cut into the requests they make: adjacent, inside a window."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][-1] + 1 and index % max_pages:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
 
 
 def add_claims(*claims: Mapping[int, int]) -> dict[int, int]:
