@@ -93,9 +93,10 @@ class PageCache:
         self._cost = cost = request_cost(device, self.tuning.max_request_pages)
         # Built once, not per page: one request of k pages; one page's share, with the
         # fixed part or not; n fixed parts.
-        self._request_books = [cost.of(k) for k in range(self.tuning.max_request_pages + 1)]
-        self._page_books = (cost.of(1, runs=0), cost.of(1))
-        self._fixed_books = [cost.of(0, runs=n) for n in range(3)]
+        self._request_books = [arena.claim(cost.of(k))
+                               for k in range(self.tuning.max_request_pages + 1)]
+        self._page_books = (arena.claim(cost.of(1, runs=0)), arena.claim(cost.of(1)))
+        self._fixed_books = [arena.claim(cost.of(0, runs=n)) for n in range(3)]
         page: dict[int, int] = {HostLevel.PAGE: arena.cost(PAGE_BYTES)}
         read = device.command_cost(False, PAGE_BYTES)
         #: Under `reserve`: what writeback will draw on for the dirty pages, all in one:
@@ -227,8 +228,9 @@ class PageCache:
 
     async def _map_reserved(self, indices: range, writable: bool,
                             owner: str) -> tuple[list[Page], Reservation | None]:
+        cost = self._cost
         page_claim: dict[int, int] = {HostLevel.PAGE: self.arena.cost(PAGE_BYTES)}
-        share = add_claims(*([self._page_books[True]] * len(indices))) if writable else {}
+        share = cost.of(len(indices), runs=len(indices)) if writable else {}
         while True:
             absent = sum(i not in self.pages for i in indices)
             res = await self._admit(self.arena.claim(add_claims(
@@ -314,8 +316,7 @@ class PageCache:
                     continue
                 if share is not None:
                     starts = self._starts_request(page.index)
-                    self._book_dirty(page.index,
-                                     share.split(self._page_books[starts], owner=CACHE), starts)
+                    self._book_dirty(page.index, share, self._page_books[starts], starts)
                 self._mark_dirty(page, owner)
                 dirtied.append(page)
             if share is not None:
@@ -372,33 +373,36 @@ class PageCache:
                     buf.free()
                     res.release()
                     return None
-            share = res.split(self._page_books[starts], owner=CACHE)
+            self._book_dirty(index, res, self._page_books[starts], starts)
             if reads:  # the read's share goes back; the page stays
                 res.release(self._leftover(res))
             res.handoff(CACHE)
             page = Page(index, buf, res)
             self._insert(page)
         else:
-            share = res
-            share.handoff(CACHE)
-        self._book_dirty(index, share, starts)
+            res.handoff(CACHE)
+            self._book_dirty(index, res, None, starts)
         self._mark_dirty(page, owner)
         return page
 
     def _starts_request(self, index: int) -> bool:
         return not dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
 
-    def _book_dirty(self, index: int, share: Reservation, has_fixed: bool) -> None:
-        """`share` (the page's increment, and a fixed part if `has_fixed`) joins the
-        books; a page that joins a request gives its fixed part back, one that bridges
-        two requests gives one of theirs back too."""
+    def _book_dirty(self, index: int, source: Reservation, share: Claim | None,
+                    has_fixed: bool) -> None:
+        """The page's share (its increment, and a fixed part if `has_fixed`) moves from
+        `source` into the books (`share` of it, or all of it when None); a page that
+        joins a request gives its fixed part back, one that bridges two requests gives
+        one of theirs back too."""
         joins = dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
         assert has_fixed or joins, "a page that starts a request reserved its fixed part"
         books = self._books
         if books is None:
-            books = self._books = share
+            books = self._books = source if share is None else source.split(share, CACHE)
+        elif share is None:
+            books.absorb(source)
         else:
-            books.absorb(share)
+            source.transfer(share, books)
         spare = joins - 1 + has_fixed
         if spare:
             books.release(self._fixed_books[spare])

@@ -20,6 +20,7 @@ from earmark.memory.errors import ArenaError
 if TYPE_CHECKING:
     from earmark.memory.allocation import Buffer, Charge
     from earmark.memory.arena import Arena
+    from earmark.memory.claim import Claim
 
 _CURRENT: ContextVar[Reservation | None] = ContextVar("earmark_reservation", default=None)
 
@@ -74,13 +75,18 @@ class Reservation:
         """Account a descriptor's nominal size at `level`; never waits."""
         return self.arena._draw_charge(self, level, nbytes)
 
-    def release(self, claims: Mapping[int, int] | None = None) -> None:
+    def release(self, claims: Claim | Mapping[int, int] | None = None) -> None:
         """Give untaken bytes back to the arena: the given amounts, or all that is left."""
         self.arena._release_budget(self, claims)
 
-    def split(self, claims: Mapping[int, int], owner: str) -> Reservation:
+    def split(self, claims: Claim | Mapping[int, int], owner: str) -> Reservation:
         """Move part of what is left to a new reservation for another owner (on-behalf-of)."""
         return self.arena._split(self, claims, owner)
+
+    def transfer(self, claims: Claim | Mapping[int, int], to: Reservation) -> None:
+        """Move part of what is left into `to` (split and absorbed at once: a page's
+        share of the request it joins, moved into the books of every such share)."""
+        self.arena._transfer(self, claims, to)
 
     def absorb(self, other: Reservation) -> None:
         """Take over all that `other` has left (merged work: one request for many pages)."""
