@@ -163,3 +163,19 @@ def test_mapped_writers_deadlock_under_none_and_complete_under_reserve(policy: P
         assert "watchdog" not in cycle
     else:
         assert outcome == "completed" and verified
+
+
+def test_an_unmapped_mapping_refuses_to_be_used_again() -> None:
+    async def main() -> None:
+        arena = Arena(1 << 20)
+        cache = PageCache(arena, ModelDevice(arena, 1 << 20), Policy.RESERVE, QUIET)
+        mapped = await cache.map(0, 1, owner="m")
+        await mapped.unmap()
+        assert mapped.views == []
+        with pytest.raises(ValueError, match="unmapped"):
+            await mapped.msync()
+        with pytest.raises(ValueError, match="unmapped"):
+            await mapped.unmap()
+        assert arena.committed == arena.cost(PAGE_BYTES)  # the page, cached, nothing else
+
+    asyncio.run(main())

@@ -32,6 +32,8 @@ several writers. A request's request, task and receive units are its fixed part,
 one per request whatever its length (its Data-Out headers are in the task's unit
 here); under ``reserve`` a page that starts a run reserves them, one that joins a
 run reserves only its page, and one that bridges two runs gives one set back.
+(The page cache's writers that would wait write a request back themselves, on
+that request's reservation: more writeback slots, which this model keeps fixed.)
 
 A state is a tuple (hashable, so the explorer never visits one twice); a
 transition is a (words, next state) pair.

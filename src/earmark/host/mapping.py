@@ -7,7 +7,8 @@ page may end up its own request), and holds it revolving: what an msync's
 writeback draws comes back to it, ready for the next store. A read-only mapping
 holds no writeback at all. Which pages changed is found without trusting the
 writer: a digest of each page taken at map time (and after each msync) against
-the page now.
+the page now. Stores reach the cache's books only at msync or unmap (fsync knows
+the pages dirtied by pwrite and by unmap), as nothing tells it of them before.
 
 The mechanism (pinning, writeback, the books) is the cache's (host/pagecache.py);
 this is the handle a writer holds.
@@ -62,6 +63,7 @@ class MappedPages:
 
     async def msync(self) -> None:
         """The pages stored into since map or the last msync are on the device."""
+        self._check_mapped()
         if self.writable:
             await self._cache.msync(self)
 
@@ -69,4 +71,10 @@ class MappedPages:
         """The pages stored into become the cache's dirty pages, their writeback
         reserved out of what the mapping held (so unmap needs no memory); the rest of
         that goes back, and the pages may be evicted again."""
+        self._check_mapped()
         await self._cache.unmap(self)
+        self._pages, self.views, self._digests = [], [], []
+
+    def _check_mapped(self) -> None:
+        if not self._pages:
+            raise ValueError(f"{self.owner}'s mapping was unmapped: its views are gone")
