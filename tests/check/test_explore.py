@@ -10,7 +10,7 @@ import pytest
 
 from earmark import cli
 from earmark.check.explore import explore
-from earmark.check.model import Config, initial, is_done, steps
+from earmark.check.model import Config, State, initial, is_done, requests_booked, steps
 from earmark.host.policy import Policy
 
 
@@ -83,5 +83,43 @@ def test_cli_one_system_and_the_sweep(capsys: pytest.CaptureFixture[str]) -> Non
     assert result["deadlock"] and len(result["trace"]) == len(out) - 2
     assert cli.main(["check", "--sweep", "--json"]) == 0
     sweep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert sweep["reserve"]["deadlocked"] == 0 and sweep["reserve"]["systems"] > 50
+    assert sweep["reserve"]["deadlocked"] == 0 and sweep["reserve"]["systems"] > 100
     assert all(sweep[p]["deadlocked"] > 0 for p in ("none", "mempool", "throttle"))
+
+
+def reachable(config: Config) -> list[State]:
+    seen = {initial(config)}
+    todo = list(seen)
+    while todo:
+        for _, nxt in steps(config, todo.pop()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return list(seen)
+
+
+@pytest.mark.parametrize(("writers", "pages", "arena", "merge"), [
+    (2, 3, 14, 2), (3, 2, 18, 3), (2, 4, 22, 4), (3, 3, 30, 2), (1, 5, 16, 4)])
+def test_reserve_with_merging_books_one_fixed_part_per_request_and_never_deadlocks(
+        writers: int, pages: int, arena: int, merge: int) -> None:
+    """On every reachable state, what reserve holds is exactly its pages and one fixed
+    part per request (dirty runs and requests in flight); merged requests and bridges
+    do happen; and no schedule gets stuck."""
+    config = Config(Policy.RESERVE, writers, pages, arena, writebacks=2, merge=merge)
+    states = reachable(config)
+    for state in states:
+        assert state.used == requests_booked(config, state), state
+    assert any(n > 1 for state in states for _, n in state.slots)
+    assert explore(config).deadlock is None
+
+
+@pytest.mark.parametrize("config", [
+    Config(Policy.NONE, writers=2, pages=4, arena=20, merge=2),
+    Config(Policy.MEMPOOL, writers=2, pages=4, arena=20, emergency=4, merge=2),
+    Config(Policy.THROTTLE, writers=3, pages=4, arena=18, dirty_limit=1, ratelimit=2, merge=2),
+], ids=lambda c: c.policy.value)
+def test_with_merging_the_other_policies_still_deadlock(config: Config) -> None:
+    verdict = explore(config)
+    assert verdict.deadlock is not None, verdict.summary()
+    assert "requests of up to 2 pages" in verdict.summary()
+    replay(config, verdict.trace)

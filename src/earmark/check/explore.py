@@ -32,6 +32,8 @@ class Verdict:
                 f"units, {c.writebacks} writebacks")
         if c.emergency:
             head += f", emergency {c.emergency}"
+        if c.merge > 1:
+            head += f", requests of up to {c.merge} pages"
         if self.deadlock is None:
             return f"{head}: no deadlock on any schedule ({self.states} states)"
         return (f"{head}: DEADLOCK after {len(self.trace)} steps ({self.states} states "

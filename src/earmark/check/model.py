@@ -24,6 +24,17 @@ the arena's rule for the emergency pool: ordinary allocations may commit up to
   descriptors and receive buffer at once (the writer waits there, holding
   nothing); writeback draws on that and never waits.
 
+With ``merge`` above 1 writeback merges as the page cache does (host/requests.py):
+a request is a run of adjacent dirty pages inside an aligned window of ``merge``
+pages, and any such run may be the next one taken. Writer ``i``'s ``j``-th page is
+page ``j * writers + i``, so the writers' pages interleave and runs grow from
+several writers. A request's request, task and receive units are its fixed part,
+one per request whatever its length (its Data-Out headers are in the task's unit
+here); under ``reserve`` a page that starts a run reserves them, one that joins a
+run reserves only its page, and one that bridges two runs gives one set back.
+(The page cache's writers that would wait write a request back themselves, on
+that request's reservation: more writeback slots, which this model keeps fixed.)
+
 A state is a tuple (hashable, so the explorer never visits one twice); a
 transition is a (words, next state) pair.
 """
@@ -40,12 +51,13 @@ from earmark.host.dirty_throttle import (
 )
 from earmark.host.policy import Policy
 
-__all__ = ["PAGE", "Config", "State", "describe", "initial", "is_done", "steps"]
+__all__ = ["PAGE", "Config", "State", "describe", "initial", "is_done", "requests_booked",
+           "steps"]
 
 PAGE = 4
 """Units of one page; each descriptor (request, task, receive buffer) is one unit."""
-_WRITEBACK = 3  # request + task + receive buffer
-_CLAIM = PAGE + _WRITEBACK  # what `reserve` takes when a page becomes dirty
+_WRITEBACK = 3  # request + task + receive buffer: a request's fixed part
+_CLAIM = PAGE + _WRITEBACK  # what `reserve` takes when a page starts a request
 
 # Writeback slot stages, by index into State.slots.
 _NEED_REQUEST, _NEED_TASK, _IN_FLIGHT, _NEED_RECEIVE = range(4)
@@ -67,10 +79,13 @@ class Config:
     dirty_limit: int = 2
     ratelimit: int = 1
     """Pages a writer dirties before its first look (``throttle``; Linux's is 32)."""
+    merge: int = 1
+    """Most pages one writeback request takes (1: every page is its own request)."""
 
     def __post_init__(self) -> None:
-        if min(self.writers, self.pages, self.writebacks, self.ratelimit) < 1:
-            raise ValueError("writers, pages, writebacks and ratelimit must be at least 1")
+        if min(self.writers, self.pages, self.writebacks, self.ratelimit, self.merge) < 1:
+            raise ValueError("writers, pages, writebacks, ratelimit and merge must be at "
+                             "least 1")
         if not 0 <= self.emergency < self.arena:
             raise ValueError(f"the emergency pool ({self.emergency}) must be smaller than the "
                              f"arena ({self.arena})")
@@ -92,24 +107,29 @@ class State:
     """Pages dirtied since anyone looked (``throttle``; counted only when it can matter)."""
     dirty: int
     """Dirty pages no writeback has taken yet."""
-    slots: tuple[int, int, int, int]
-    """Writebacks at each stage: need a request, need a task, in flight, need a receive buffer."""
+    slots: tuple[tuple[int, int], ...]
+    """Writebacks as (stage, pages), sorted; stages: need a request, need a task, in
+    flight, need a receive buffer."""
     used: int
     """Units committed."""
+    where: int = 0
+    """Which pages are dirty, one bit each (only with ``merge`` above 1)."""
 
 
 def initial(config: Config) -> State:
     return State((config.pages,) * config.writers, (0,) * config.writers,
-                 (config.ratelimit,) * config.writers, 0, 0, (0, 0, 0, 0), 0)
+                 (config.ratelimit,) * config.writers, 0, 0, (), 0)
 
 
-def _with(state: State, dirty: int, slots: tuple[int, int, int, int], used: int) -> State:
+def _with(state: State, dirty: int, slots: tuple[tuple[int, int], ...], used: int,
+          where: int | None = None) -> State:
     """`state` after a writeback step: the writers' books unchanged."""
-    return State(state.left, state.since_check, state.pause, state.shared, dirty, slots, used)
+    return State(state.left, state.since_check, state.pause, state.shared, dirty, slots, used,
+                 state.where if where is None else where)
 
 
 def is_done(state: State) -> bool:
-    return not any(state.left) and not state.dirty and not any(state.slots)
+    return not any(state.left) and not state.dirty and not state.slots
 
 
 def _fits(config: Config, state: State, units: int, memalloc: bool) -> bool:
@@ -117,20 +137,50 @@ def _fits(config: Config, state: State, units: int, memalloc: bool) -> bool:
     return state.used + units <= limit
 
 
-def _move(slots: tuple[int, int, int, int], src: int | None,
-          dst: int | None) -> tuple[int, int, int, int]:
-    counts = list(slots)
+def _move(slots: tuple[tuple[int, int], ...], src: tuple[int, int] | None,
+          dst: tuple[int, int] | None) -> tuple[tuple[int, int], ...]:
+    out = list(slots)
     if src is not None:
-        counts[src] -= 1
+        out.remove(src)
     if dst is not None:
-        counts[dst] += 1
-    return counts[0], counts[1], counts[2], counts[3]
+        out.append(dst)
+    return tuple(sorted(out))
+
+
+def _dirty_neighbours(config: Config, where: int, page: int) -> int:
+    at = page % config.merge
+    left = at > 0 and bool(where >> (page - 1) & 1)
+    right = at + 1 < config.merge and bool(where >> (page + 1) & 1)
+    return left + right
+
+
+def _runs(config: Config, where: int) -> Iterator[tuple[int, int]]:
+    """Every request writeback could take: (first page, pages) of each dirty run inside
+    a window."""
+    page, end = 0, where.bit_length()
+    while page < end:
+        if not where >> page & 1:
+            page += 1
+            continue
+        first = page
+        while page < end and where >> page & 1 and (page == first or page % config.merge):
+            page += 1
+        yield first, page - first
+
+
+def requests_booked(config: Config, state: State) -> int:
+    """What ``reserve`` holds for the dirty pages and the requests writeback can form
+    from them and has formed: exactly their pages and one fixed part each."""
+    dirty_runs = len(list(_runs(config, state.where))) if config.merge > 1 else state.dirty
+    in_flight = sum(pages for _, pages in state.slots)
+    return PAGE * (state.dirty + in_flight) + _WRITEBACK * (dirty_runs + len(state.slots))
 
 
 def steps(config: Config, state: State) -> Iterator[tuple[str, State]]:
     """Every transition enabled in ``state``, in words."""
     reserve = config.policy is Policy.RESERVE
-    in_writeback = sum(state.slots)
+    merging = config.merge > 1
+    in_writeback = sum(pages for _, pages in state.slots)
     dirty_total = state.dirty + in_writeback
     throttle = config.policy is Policy.THROTTLE
     over = dirty_total > config.dirty_limit
@@ -147,39 +197,56 @@ def steps(config: Config, state: State) -> Iterator[tuple[str, State]]:
                     continue  # balance_dirty_pages: waits for writeback
                 since, shared = 0, 0
                 pause = dirty_poll_interval(dirty_total, config.dirty_limit)
-        cost = _CLAIM if reserve else PAGE
+        page = (config.pages - left) * config.writers + i
+        joins = _dirty_neighbours(config, state.where, page) if merging else 0
+        cost = PAGE + (_WRITEBACK if reserve and not joins else 0)
         if not _fits(config, state, cost, False):
             continue  # waits for memory (holding nothing)
-        yield (f"writer-{i} dirties a page{' (reserving its writeback)' if reserve else ''}",
+        if reserve and joins == 2:
+            cost -= _WRITEBACK  # it bridges two requests into one: a fixed part goes back
+        words = ""
+        if reserve:
+            words = " (joining a request)" if joins else " (reserving its request)"
+        yield (f"writer-{i} dirties {f'page {page}' if merging else 'a page'}{words}",
                State((*state.left[:i], left - 1, *state.left[i + 1 :]),
                      (*state.since_check[:i], since + 1, *state.since_check[i + 1 :]),
                      (*state.pause[:i], pause, *state.pause[i + 1 :]),
                      shared + 1 if count_shared else 0,
-                     state.dirty + 1, state.slots, state.used + cost))
-    if state.dirty and in_writeback < config.writebacks:
-        yield ("a writeback takes a dirty page",
-               _with(state, state.dirty - 1,
-                     _move(state.slots, None, _IN_FLIGHT if reserve else _NEED_REQUEST),
-                     state.used))
+                     state.dirty + 1, state.slots, state.used + cost,
+                     state.where | 1 << page if merging else 0))
+    start = _IN_FLIGHT if reserve else _NEED_REQUEST
+    if state.dirty and len(state.slots) < config.writebacks:
+        if not merging:
+            yield ("a writeback takes a dirty page",
+                   _with(state, state.dirty - 1, _move(state.slots, None, (start, 1)),
+                         state.used))
+        for first, pages in _runs(config, state.where) if merging else ():
+            run = ((1 << pages) - 1) << first
+            yield (f"a writeback takes pages {first}..{first + pages - 1}",
+                   _with(state, state.dirty - pages, _move(state.slots, None, (start, pages)),
+                         state.used, state.where & ~run))
+    held = set(state.slots)
     if reserve:
-        if state.slots[_IN_FLIGHT]:
-            yield ("the target answers a writeback; its page and reservation are freed",
-                   _with(state, state.dirty, _move(state.slots, _IN_FLIGHT, None),
-                         state.used - _CLAIM))
+        for stage, pages in held:
+            yield ("the target answers a writeback; its pages and reservation are freed",
+                   _with(state, state.dirty, _move(state.slots, (stage, pages), None),
+                         state.used - PAGE * pages - _WRITEBACK))
         return
     memalloc = config.policy is Policy.MEMPOOL
-    for stage, nxt in ((_NEED_REQUEST, _NEED_TASK), (_NEED_TASK, _IN_FLIGHT)):
-        if state.slots[stage] and _fits(config, state, 1, memalloc):
+    for stage, pages in held:
+        slot = (stage, pages)
+        if stage in (_NEED_REQUEST, _NEED_TASK) and _fits(config, state, 1, memalloc):
             yield (f"a writeback gets {_STAGE_WORDS[stage]}",
-                   _with(state, state.dirty, _move(state.slots, stage, nxt), state.used + 1))
-    if state.slots[_IN_FLIGHT]:
-        yield ("the target answers a writeback",
-               _with(state, state.dirty, _move(state.slots, _IN_FLIGHT, _NEED_RECEIVE),
-                     state.used))
-    if state.slots[_NEED_RECEIVE] and _fits(config, state, 1, memalloc):
-        yield ("a writeback gets its receive buffer, completes, and its page is freed",
-               _with(state, state.dirty, _move(state.slots, _NEED_RECEIVE, None),
-                     state.used - PAGE - _WRITEBACK + 1))
+                   _with(state, state.dirty, _move(state.slots, slot, (stage + 1, pages)),
+                         state.used + 1))
+        if stage == _IN_FLIGHT:
+            yield ("the target answers a writeback",
+                   _with(state, state.dirty, _move(state.slots, slot, (_NEED_RECEIVE, pages)),
+                         state.used))
+        if stage == _NEED_RECEIVE and _fits(config, state, 1, memalloc):
+            yield ("a writeback gets its receive buffer, completes, and its pages are freed",
+                   _with(state, state.dirty, _move(state.slots, slot, None),
+                         state.used - PAGE * pages - _WRITEBACK + 1))
 
 
 def describe(config: Config, state: State) -> str:
@@ -190,9 +257,10 @@ def describe(config: Config, state: State) -> str:
             parts.append(f"writer-{i} waits for memory ({left} pages to go)")
     if state.dirty:
         parts.append(f"{state.dirty} dirty pages wait for a writeback slot")
-    for stage, count in enumerate(state.slots):
+    for stage in range(len(_STAGE_WORDS)):
+        count = sum(1 for at, _ in state.slots if at == stage)
         if count:
-            parts.append(f"{count} writeback(s) hold their page and wait for "
+            parts.append(f"{count} writeback(s) hold their pages and wait for "
                          f"{_STAGE_WORDS[stage]}")
     parts.append(f"memory {state.used} of {config.arena} units used")
     return "; ".join(parts)

@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser(
         "check", help="search every schedule of a small system for a memory deadlock",
         description="Writers dirty pages in a bounded memory; writeback slots clean them, "
-                    "each needing a request, a task descriptor and a receive buffer. Every "
+                    "each needing a request, a task descriptor and a receive buffer (once "
+                    "per request, with --merge adjacent pages sharing one). Every "
                     "interleaving is explored; a deadlock is printed with the shortest "
                     "schedule that reaches it. Memory is in units: a page is 4, a "
                     "descriptor 1.",
@@ -40,6 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--ratelimit", type=int, default=1,
                    help="pages a writer dirties before its first check; later ones come "
                         "as Linux's balance_dirty_pages spaces them (throttle; default 1)")
+    p.add_argument("--merge", type=int, default=1,
+                   help="most adjacent pages one writeback request takes (default 1)")
     p.add_argument("--sweep", action="store_true",
                    help="check every policy on a grid of small systems instead")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         config = Config(Policy(args.policy), args.writers, args.pages, args.arena,
-                        args.writebacks, args.emergency, args.dirty_limit, args.ratelimit)
+                        args.writebacks, args.emergency, args.dirty_limit, args.ratelimit,
+                        args.merge)
         verdict = explore(config)
     except ValueError as exc:
         print(f"earmark check: error: {exc}", file=sys.stderr)
@@ -80,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _shape(c: Config) -> str:
     text = f"{c.writers} writers x {c.pages} pages, arena {c.arena}, {c.writebacks} writebacks"
-    return text + (f", emergency {c.emergency}" if c.emergency else "")
+    text += f", emergency {c.emergency}" if c.emergency else ""
+    return text + (f", requests of up to {c.merge} pages" if c.merge > 1 else "")
 
 
 def sweep() -> dict[Policy, list[Verdict]]:
@@ -88,8 +93,8 @@ def sweep() -> dict[Policy, list[Verdict]]:
     results: dict[Policy, list[Verdict]] = {}
     for policy in Policy:
         verdicts = []
-        for writers, pages, arena, writebacks in itertools.product(
-                (1, 2, 3), (1, 2, 4), (8, 12, 18, 26), (1, 2)):
+        for merge, writers, pages, arena, writebacks in itertools.product(
+                (1, 2), (1, 2, 3), (1, 2, 4), (8, 12, 18, 26), (1, 2)):
             # mempool: a pool that holds every writeback's request and task at once but
             # not one receive buffer more (one unit short of always finishing one);
             # throttle: Linux's default dirty ratio, 20 % of the pages memory holds.
@@ -98,6 +103,6 @@ def sweep() -> dict[Policy, list[Verdict]]:
                 continue
             dirty_limit = max(1, arena // PAGE // 5)
             verdicts.append(explore(Config(policy, writers, pages, arena, writebacks,
-                                           emergency, dirty_limit)))
+                                           emergency, dirty_limit, merge=merge)))
         results[policy] = verdicts
     return results

@@ -36,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="run on the simulator: the same initiator and target code over a "
                         "simulated network on virtual time (deterministic, no sockets)")
     p.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
+    p.add_argument("--mapped", action="store_true",
+                   help="the writers map each page writable, store into it and unmap it, "
+                        "instead of pwrite (reserve reserves its writeback at map time)")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object as the last line: {"runs": [...]}')
 
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         err.print("earmark demo: --pages must be at least 1")
         return 2
     config = DemoConfig(writers=writers, policies=policies, arena_bytes=arena // 64 * 64,
-                        total_pages=args.pages, seed=args.seed, tuning=HostTuning())
+                        total_pages=args.pages, seed=args.seed, tuning=HostTuning(),
+                        mapped=args.mapped)
     if args.sim:
         async def simulate() -> list[Row]:
             async with SimStack(config.lun_bytes) as stack:

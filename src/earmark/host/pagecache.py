@@ -4,8 +4,16 @@ Dirty pages fill memory; cleaning them is a write to the device, which needs
 memory on the way down (request, command, Data-Out headers, receive buffers).
 Under `none`, `mempool` and `throttle` that memory is allocated when writeback
 starts, as real kernels do, so a cache full of dirty pages can wedge itself.
-Under `reserve` it was reserved when each page became dirty, so writeback never
-waits for memory and a writer only ever waits holding nothing.
+Under `reserve` it was reserved when each page became dirty, at the granularity
+writeback uses (host/requests.py: each page its increment, each request its fixed
+part once), so writeback never waits for memory and a writer only ever waits
+holding nothing.
+
+A writer or reader that would wait for memory first writes back the oldest dirty
+request itself, under every policy: direct reclaim (shrink_page_list's pageout).
+Under `reserve` it does so on that request's reservation, holding nothing of its
+own, so it still never waits for memory; without it reserve's writeback would be
+the flusher's few slots alone while the other policies' grows with their writers.
 
 Owners in the arena's books: each writer or reader by name while it waits;
 "cache" for the pages (a passive holder, freed only by writeback and reclaim);
@@ -16,13 +24,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, suppress
 
 from earmark.host.device import PageDevice
 from earmark.host.dirty_throttle import DirtyThrottle
+from earmark.host.mapping import MappedPages
 from earmark.host.policy import HostTuning, Policy
+from earmark.host.requests import (
+    add_claims,
+    dirty_neighbours,
+    request_cost,
+    run_around,
+    runs_of,
+)
 from earmark.memory import Arena, Buffer, HostLevel, Reservation
+from earmark.memory.claim import Claim
 from earmark.memory.draw import draw_charge
 from earmark.memory.levels import PAGE_BYTES, REQUEST_DESCRIPTOR_BYTES
 
@@ -31,18 +48,18 @@ FLUSHER = "flusher"
 
 
 class Page:
-    __slots__ = ("buf", "dirtied_at", "dirty", "index", "memory", "share", "writeback")
+    __slots__ = ("buf", "dirtied_at", "dirty", "index", "mapped", "memory", "writeback")
 
     def __init__(self, index: int, buf: Buffer, memory: Reservation | None) -> None:
         self.index = index
         self.buf = buf
         #: Under `reserve`: the reservation the page's own buffer was taken from.
         self.memory = memory
-        #: Under `reserve`, while dirty: what writing this page back will draw on.
-        self.share: Reservation | None = None
         self.dirty = False
         self.writeback = False
         self.dirtied_at = 0.0
+        #: Mappings that hold the page: it stays cached (never evicted) while any does.
+        self.mapped = 0
 
 
 class PageCache:
@@ -73,16 +90,28 @@ class PageCache:
         if policy is Policy.THROTTLE:
             thresh = int(self.tuning.dirty_ratio * arena.capacity) // PAGE_BYTES
             self._throttle = DirtyThrottle(thresh)
-        # What writing one page back takes: the request descriptor and the command.
-        share = _add(device.command_cost(True, PAGE_BYTES),
-                     {HostLevel.REQUEST: REQUEST_DESCRIPTOR_BYTES})
+        self._cost = cost = request_cost(device, self.tuning.max_request_pages)
+        # Built once, not per page: one request of k pages; one page's share, with the
+        # fixed part or not; n fixed parts.
+        self._request_books = [arena.claim(cost.of(k))
+                               for k in range(self.tuning.max_request_pages + 1)]
+        self._page_books = (arena.claim(cost.of(1, runs=0)), arena.claim(cost.of(1)))
+        self._fixed_books = [arena.claim(cost.of(0, runs=n)) for n in range(3)]
         page: dict[int, int] = {HostLevel.PAGE: arena.cost(PAGE_BYTES)}
         read = device.command_cost(False, PAGE_BYTES)
-        self._share: Mapping[int, int] = share
-        self._share_claim = arena.claim(share)
-        self._new_dirty_claim = arena.claim(_add(share, page))
-        self._read_claim = arena.claim(_add(read, page))
-        self._read_and_dirty_claim = arena.claim(_add(share, page, read))
+        #: Under `reserve`: what writeback will draw on for the dirty pages, all in one:
+        #: each request's fixed part and each page's increment (`writeback_booked`).
+        self._books: Reservation | None = None
+        # Dirtying a page, by (the page is new, it must be read first, it starts a request).
+        self._dirty_claims: dict[tuple[bool, bool, bool], Claim] = {
+            (new, reads, starts): arena.claim(add_claims(
+                self._cost.per_page, self._cost.fixed if starts else {},
+                page if new else {}, read if reads else {}))
+            for new in (False, True) for reads in (False, True) for starts in (False, True)
+            if new or not reads
+        }
+        self._read = read
+        self._read_claim = arena.claim(add_claims(read, page))
         self._flush_claim = arena.claim(device.command_cost(False, 0))
         self._writebacks: set[str] = set()
         #: The first writeback the device failed since the last fsync (which raises it).
@@ -174,6 +203,132 @@ class PageCache:
             "device_writes": getattr(self.device, "writes", -1),
         }
 
+    # ---- mapping (host/mapping.py) ---------------------------------------------------
+
+    async def map(self, offset: int, length: int, *, writable: bool = True,
+                  owner: str) -> MappedPages:
+        """The pages holding the range, mapped: cached and pinned until unmap.
+
+        Under `reserve` all at once: the pages not cached yet with their reads and,
+        when writable, every page's writeback share. Under the others each page is
+        brought in as a fault would bring it, and an msync's writeback allocates as
+        it goes (as page_mkwrite and writeback do)."""
+        self._check_range(offset, length)
+        first = offset // PAGE_BYTES
+        indices = range(first, max(first, (offset + length - 1) // PAGE_BYTES) + 1)
+        if self.policy is Policy.RESERVE:
+            pages, share = await self._map_reserved(indices, writable, owner)
+            return MappedPages(self, pages, writable, share, owner)
+        pages = []
+        for index in indices:
+            page = await self._cached_page(index, owner=owner)
+            self._pin(page)
+            pages.append(page)
+        return MappedPages(self, pages, writable, None, owner)
+
+    async def _map_reserved(self, indices: range, writable: bool,
+                            owner: str) -> tuple[list[Page], Reservation | None]:
+        cost = self._cost
+        page_claim: dict[int, int] = {HostLevel.PAGE: self.arena.cost(PAGE_BYTES)}
+        share = cost.of(len(indices), runs=len(indices)) if writable else {}
+        while True:
+            absent = sum(i not in self.pages for i in indices)
+            res = await self._admit(self.arena.claim(add_claims(
+                share, *([page_claim] * absent), self._read if absent else {})), owner)
+            res.revolving = True  # the reads go one after another: one read's share
+            present = {i: self.pages[i] for i in indices if i in self.pages}
+            if len(indices) - len(present) > absent:  # evicted while we waited
+                res.release()
+                continue
+            for page in present.values():
+                self._pin(page)
+            pages = [present.get(i) or await self._map_in(i, res, page_claim, owner)
+                     for i in indices]
+            rest = {lvl: n - share.get(lvl, 0) for lvl, n in enumerate(res.budget)
+                    if n > share.get(lvl, 0)}
+            if rest:
+                res.release(rest)
+            if not writable:
+                res.release()
+                return pages, None
+            res.handoff(owner)
+            return pages, res
+
+    async def _map_in(self, index: int, res: Reservation, page_claim: dict[int, int],
+                      owner: str) -> Page:
+        """A page for a mapping, read on its reservation; someone else's if they were
+        quicker."""
+        memory = res.split(page_claim, owner=CACHE)
+        buf = memory.take(HostLevel.PAGE, PAGE_BYTES)
+        with res.active():
+            await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
+        page = self.pages.get(index)
+        if page is not None:
+            buf.free()
+            memory.release()
+        else:
+            page = self.pages[index] = Page(index, buf, memory)
+        self._pin(page)
+        return page
+
+    def _pin(self, page: Page) -> None:
+        page.mapped += 1
+        self.clean.pop(page.index, None)
+
+    async def msync(self, mapped: MappedPages) -> None:
+        """What `mapped.msync` does: its changed pages that are dirty in the cache go
+        with the cache's writeback (reserved when they became dirty); the others go
+        now as requests of their own, drawing, under `reserve`, on the mapping's
+        revolving share."""
+        owner = mapped.owner
+        while any(p.writeback for p in mapped.pages):
+            await self._wait_changed(owner, "writeback of a mapped page")
+        changed = mapped.changed()
+        own = [p for p in changed if not p.dirty]
+        self._start_writeback(own)  # writers of these pages wait from now
+        by_index = {p.index: p for p in own}
+        runs = runs_of(sorted(by_index), self.tuning.max_request_pages)
+        with mapped.share.active() if mapped.share is not None else nullcontext():
+            await asyncio.gather(*(self._write_run([by_index[i] for i in run], None,
+                                                   owner=f"{owner}:msync-{run[0]}")
+                                   for run in runs))
+        cached = [p for p in changed if p.dirty]
+        self._sync_wanted += 1
+        try:
+            while any(p.dirty or p.writeback for p in cached):
+                self._kick.set()
+                await self._wait_changed(owner, "writeback of a mapped page")
+        finally:
+            self._sync_wanted -= 1
+
+    async def unmap(self, mapped: MappedPages) -> None:
+        """What `mapped.unmap` does: its changed pages become dirty pages of the cache,
+        under `reserve` booked out of the mapping's share (no memory needed), the rest
+        of which goes back; then the pages may be evicted again."""
+        owner = mapped.owner
+        dirtied = []
+        if mapped.writable:
+            while any(p.writeback for p in mapped.pages):
+                await self._wait_changed(owner, "writeback of a mapped page")
+            share = mapped.share
+            for page in mapped.changed():
+                if page.dirty:
+                    continue
+                if share is not None:
+                    starts = self._starts_request(page.index)
+                    self._book_dirty(page.index, share, self._page_books[starts], starts)
+                self._mark_dirty(page, owner)
+                dirtied.append(page)
+            if share is not None:
+                share.release()
+        for page in mapped.pages:
+            page.mapped -= 1
+            if not page.mapped and not page.dirty and not page.writeback:
+                self.clean[page.index] = page
+        if self._throttle is not None:
+            for _ in dirtied:  # as the fault path does, once per page it dirtied
+                await self._balance_dirty_pages(owner)
+
     # ---- getting pages -------------------------------------------------------------
 
     async def _dirty_page(self, index: int, *, whole: bool, owner: str) -> Page:
@@ -193,40 +348,69 @@ class PageCache:
                 page = await self._allocate_page(index, read=not whole, owner=owner)
                 if page is None:
                     continue
-            self._mark_dirty(page, None, owner)
+            self._mark_dirty(page, owner)
             return page
 
     async def _reserve_dirty(self, index: int, whole: bool, owner: str) -> Page | None:
-        """Under `reserve`: everything the dirty page and its writeback take, at once."""
+        """Under `reserve`: the page, and its share of the request writeback will put it
+        in, at once: its increment, and the request's fixed part if it may start one
+        (always when it must be read first: its neighbours may change meanwhile)."""
         page = self.pages.get(index)
-        if page is not None:
-            claim = self._share_claim
-        elif whole:
-            claim = self._new_dirty_claim
-        else:
-            claim = self._read_and_dirty_claim
-        self._make_room(claim.total)
-        res = await self.arena.reserve(claim, owner=owner)
+        reads = page is None and not whole
+        starts = reads or self._starts_request(index)
+        res = await self._admit(self._dirty_claims[page is None, reads, starts], owner)
         now = self.pages.get(index)
-        if now is not page or (now is not None and (now.dirty or now.writeback)):
+        if (now is not page or (now is not None and (now.dirty or now.writeback))
+                or (not starts and self._starts_request(index))):
             res.release()
             return None
         if page is None:
             buf = res.take(HostLevel.PAGE, PAGE_BYTES)
-            share = res.split(self._share, owner=CACHE)
-            if not whole:
+            if reads:
                 with res.active():
                     await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
-            # What is left of `res` (the read's share, if any) goes back; the page stays.
-            res.release(self._leftover(res))
+                if index in self.pages:  # someone else brought it in meanwhile
+                    buf.free()
+                    res.release()
+                    return None
+            self._book_dirty(index, res, self._page_books[starts], starts)
+            if reads:  # the read's share goes back; the page stays
+                res.release(self._leftover(res))
             res.handoff(CACHE)
             page = Page(index, buf, res)
             self._insert(page)
         else:
-            share = res
-            share.handoff(CACHE)
-        self._mark_dirty(page, share, owner)
+            res.handoff(CACHE)
+            self._book_dirty(index, res, None, starts)
+        self._mark_dirty(page, owner)
         return page
+
+    def _starts_request(self, index: int) -> bool:
+        return not dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
+
+    def _book_dirty(self, index: int, source: Reservation, share: Claim | None,
+                    has_fixed: bool) -> None:
+        """The page's share (its increment, and a fixed part if `has_fixed`) moves from
+        `source` into the books (`share` of it, or all of it when None); a page that
+        joins a request gives its fixed part back, one that bridges two requests gives
+        one of theirs back too."""
+        joins = dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
+        assert has_fixed or joins, "a page that starts a request reserved its fixed part"
+        books = self._books
+        if books is None:
+            books = self._books = source if share is None else source.split(share, CACHE)
+        elif share is None:
+            books.absorb(source)
+        else:
+            source.transfer(share, books)
+        spare = joins - 1 + has_fixed
+        if spare:
+            books.release(self._fixed_books[spare])
+
+    def writeback_booked(self) -> int:
+        """Bytes `reserve` holds for writing the dirty pages back (for tests: exactly one
+        fixed part per request writeback can form and one increment per page)."""
+        return self._books.left if self._books is not None else 0
 
     @staticmethod
     def _leftover(res: Reservation) -> dict[int, int]:
@@ -236,12 +420,11 @@ class PageCache:
         while True:
             page = self.pages.get(index)
             if page is not None:
-                if not page.dirty and not page.writeback:
+                if not page.dirty and not page.writeback and not page.mapped:
                     self.clean.move_to_end(index)
                 return page
             if self.policy is Policy.RESERVE:
-                self._make_room(self._read_claim.total)
-                res = await self.arena.reserve(self._read_claim, owner=owner)
+                res = await self._admit(self._read_claim, owner)
                 if index in self.pages:
                     res.release()
                     continue
@@ -278,10 +461,9 @@ class PageCache:
         self.pages[page.index] = page
         self.clean[page.index] = page
 
-    def _mark_dirty(self, page: Page, share: Reservation | None, owner: str) -> None:
+    def _mark_dirty(self, page: Page, owner: str) -> None:
         self.clean.pop(page.index, None)
         page.dirty = True
-        page.share = share
         page.dirtied_at = asyncio.get_running_loop().time()
         self.dirty[page.index] = page
         if self._throttle is not None:
@@ -290,6 +472,18 @@ class PageCache:
             self._kick.set()
 
     # ---- pressure ------------------------------------------------------------------
+
+    async def _admit(self, claim: Claim, owner: str) -> Reservation:
+        """Under `reserve`, where a writer or reader waits for memory, holding nothing.
+
+        One that would wait writes the oldest dirty request back first, as direct
+        reclaim does under the other policies: on that request's own reservation
+        (so it waits for the device, never for memory)."""
+        self._make_room(claim.total)
+        if self.dirty and (self.arena.waiting or self.arena.available() < claim.total):
+            await self._write_run(*self._take_run(), owner=owner)
+            self._make_room(claim.total)
+        return await self.arena.reserve(claim, owner=owner)
 
     def _make_room(self, need: int) -> None:
         """Evict clean pages until `need` bytes are free; kick writeback if that is short."""
@@ -315,8 +509,7 @@ class PageCache:
             return freed
         task = asyncio.current_task()
         name = task.get_name() if task is not None else "reclaim"
-        run = self._take_run()
-        await self._write_run(run, owner=name)
+        await self._write_run(*self._take_run(), owner=name)
         while freed < nbytes and self.clean:
             freed += self._evict(next(iter(self.clean.values())))
         return freed
@@ -342,59 +535,58 @@ class PageCache:
 
     # ---- writeback -----------------------------------------------------------------
 
-    def _take_run(self) -> list[Page]:
-        """The oldest dirty page and its dirty neighbours, marked under writeback."""
+    def _take_run(self) -> tuple[list[Page], Reservation | None]:
+        """The request of the oldest dirty page (host/requests.py), marked under
+        writeback, and under `reserve` its reservation, taken off the books."""
         first = next(iter(self.dirty.values()))
-        lo = hi = first.index
-        limit = self.tuning.max_request_pages
-        while hi - lo + 1 < limit and self._is_dirty(hi + 1):
-            hi += 1
-        while hi - lo + 1 < limit and self._is_dirty(lo - 1):
-            lo -= 1
-        run = [self.pages[i] for i in range(lo, hi + 1)]
+        span = run_around(first.index, self._is_dirty, self.tuning.max_request_pages)
+        run = [self.pages[i] for i in span]
         for page in run:
             del self.dirty[page.index]
+        self._start_writeback(run)
+        books = self._books
+        if books is None:
+            return run, None
+        res = books.split(self._request_books[len(run)], owner=CACHE)
+        if not self.dirty:
+            assert books.left == 0, f"writeback books left over with nothing dirty: {books}"
+            books.release()
+            self._books = None
+        return run, res
+
+    def _start_writeback(self, run: list[Page]) -> None:
+        for page in run:
             page.writeback = True
         self._writeback_pages += len(run)
-        return run
 
     def _is_dirty(self, index: int) -> bool:
         page = self.pages.get(index)
         return page is not None and page.dirty and not page.writeback
 
-    async def _write_run(self, run: list[Page], *, owner: str) -> None:
+    async def _write_run(self, run: list[Page], res: Reservation | None, *, owner: str) -> None:
+        """One request: under `reserve` it draws only on `res`, under the others it
+        allocates as it goes."""
         self.inflight += 1
         self._writebacks.add(owner)
         try:
             views = [p.buf.view for p in run]
             offset = run[0].index * PAGE_BYTES
             try:
-                if self.policy is Policy.RESERVE:
-                    merged = run[0].share
-                    assert merged is not None
-                    for page in run[1:]:
-                        assert page.share is not None
-                        merged.absorb(page.share)
-                    try:
-                        with merged.active():
-                            desc = await draw_charge(
-                                self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES,
-                                owner=owner,
-                            )
-                            try:
-                                await self.device.write_pages(offset, views, owner=owner)
-                            finally:
-                                desc.free()
-                    finally:
-                        merged.release()
-                else:
-                    desc = await draw_charge(
-                        self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES, owner=owner
-                    )
-                    try:
-                        await self.device.write_pages(offset, views, owner=owner)
-                    finally:
-                        desc.free()
+                if res is not None:
+                    res.handoff(owner)
+                try:
+                    with res.active() if res is not None else nullcontext():
+                        desc = await draw_charge(
+                            self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES,
+                            owner=owner,
+                        )
+                        try:
+                            await self.device.write_pages(offset, views, owner=owner)
+                        finally:
+                            desc.free()
+                finally:
+                    if res is not None:
+                        res.release()
             except Exception as exc:
                 # The device failed the write (its session gone for good, an I/O error):
                 # as Linux does, the pages become clean (the data is lost) and the next
@@ -402,10 +594,10 @@ class PageCache:
                 # memory and every writer of those pages for good.
                 self._write_error = self._write_error or exc
             for page in run:
-                page.share = None
                 page.dirty = False
                 page.writeback = False
-                self.clean[page.index] = page
+                if not page.mapped:
+                    self.clean[page.index] = page
             self._writeback_pages -= len(run)
         finally:
             self.inflight -= 1
@@ -441,14 +633,14 @@ class PageCache:
                     async with asyncio.timeout(1.0):
                         await self._kick.wait()
                 continue
-            run = self._take_run()
+            run, res = self._take_run()
             self._writeback_seq += 1
             name = f"writeback-{self._writeback_seq}"
             if self.policy is Policy.MEMPOOL:
                 with self.arena.memalloc():  # the flusher may use the reserve (PF_MEMALLOC)
-                    task = loop.create_task(self._write_run(run, owner=name), name=name)
+                    task = loop.create_task(self._write_run(run, res, owner=name), name=name)
             else:
-                task = loop.create_task(self._write_run(run, owner=name), name=name)
+                task = loop.create_task(self._write_run(run, res, owner=name), name=name)
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _task: self._kick.set())
@@ -467,10 +659,3 @@ class PageCache:
                 f"{length} B at offset {offset} is outside the {self.device.size} B device"
             )
 
-
-def _add(*claims: Mapping[int, int]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for claim in claims:
-        for lvl, n in claim.items():
-            out[lvl] = out.get(lvl, 0) + n
-    return out

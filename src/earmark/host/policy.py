@@ -40,8 +40,12 @@ class Policy(Enum):
 
     RESERVE = "reserve"
     """earmark's discipline: a page's writeback memory is reserved, all at once
-    with the page, when it becomes dirty; writers wait only there, holding
-    nothing; writeback and receive draw only on those reservations."""
+    with the page, when it becomes dirty (or when it is mapped writable), at the
+    granularity writeback uses: its increment of the request it will join, and the
+    request's fixed part only when it starts one (host/requests.py); writers wait
+    only there, holding nothing (one that would wait writes the oldest request back
+    first, on that request's reservation, as direct reclaim does); writeback and
+    receive draw only on those reservations."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -417,7 +417,8 @@ class Arena:
         res.held_total += cost
         self._draw_level(self._taken, level, cost)
 
-    def _release_budget(self, res: Reservation, claims: Mapping[int, int] | None) -> None:
+    def _release_budget(self, res: Reservation,
+                        claims: Claim | Mapping[int, int] | None) -> None:
         if res.released:
             raise ReleaseError(f"reservation of {res.owner} was already released")
         budget = res.budget
@@ -428,7 +429,7 @@ class Arena:
             if not res.held_total:
                 self._reservations.discard(res)
         else:
-            amounts = Claim(claims, self.levels).amounts
+            amounts = self._amounts(claims)
             for lvl, n in enumerate(amounts):
                 if n > budget[lvl]:
                     raise ReleaseError(
@@ -445,23 +446,45 @@ class Arena:
         if self._queue or self._emergency_queue:
             self._wake()
 
-    def _split(self, res: Reservation, claims: Mapping[int, int], owner: str) -> Reservation:
+    def _split(self, res: Reservation, claims: Claim | Mapping[int, int],
+               owner: str) -> Reservation:
         if res.released:
             raise ReleaseError(f"reservation of {res.owner} was released; nothing to split")
-        claim = Claim(claims, self.levels)
-        amounts = claim.amounts
-        for lvl, n in enumerate(amounts):
-            if n > res.budget[lvl]:
-                raise OverdrawError(
-                    f"{res.owner} splits off {format_bytes(n)} at {self.levels(lvl).name} "
-                    f"but has only {format_bytes(res.budget[lvl])} left there"
-                )
-        for lvl, n in enumerate(amounts):
-            res.budget[lvl] -= n
-        res.left -= claim.total
-        part = Reservation(self, owner, amounts, claim.total)
+        amounts = self._take_budget(res, claims, "splits off")
+        part = Reservation(self, owner, amounts.copy(), sum(amounts))
         self._reservations.add(part)
         return part
+
+    def _transfer(self, res: Reservation, claims: Claim | Mapping[int, int],
+                  to: Reservation) -> None:
+        if res.released or to.released:
+            raise ReleaseError(f"cannot move budget from {res.owner} to {to.owner}: one of "
+                               "their reservations was released")
+        if to.arena is not self or to is res:
+            raise ValueError("budget moves only to another reservation of the same arena")
+        amounts = self._take_budget(res, claims, "moves")
+        budget = to.budget
+        for lvl, n in enumerate(amounts):
+            budget[lvl] += n
+        to.left += sum(amounts)
+
+    def _take_budget(self, res: Reservation, claims: Claim | Mapping[int, int],
+                     verb: str) -> list[int]:
+        amounts = self._amounts(claims)
+        budget = res.budget
+        for lvl, n in enumerate(amounts):
+            if n > budget[lvl]:
+                raise OverdrawError(
+                    f"{res.owner} {verb} {format_bytes(n)} at {self.levels(lvl).name} "
+                    f"but has only {format_bytes(budget[lvl])} left there"
+                )
+        for lvl, n in enumerate(amounts):
+            budget[lvl] -= n
+        res.left -= sum(amounts)
+        return amounts
+
+    def _amounts(self, claims: Claim | Mapping[int, int]) -> list[int]:
+        return (claims if isinstance(claims, Claim) else Claim(claims, self.levels)).amounts
 
     def _absorb(self, res: Reservation, other: Reservation) -> None:
         if res.released or other.released:
@@ -499,7 +522,7 @@ class Arena:
             res.held[lvl] -= cost
             res.held_total -= cost
             self._taken[lvl] -= cost
-            if to_reservation and not res.released:
+            if (to_reservation or res.revolving) and not res.released:
                 res.budget[lvl] += cost
                 res.left += cost
                 return

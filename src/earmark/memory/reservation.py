@@ -20,6 +20,7 @@ from earmark.memory.errors import ArenaError
 if TYPE_CHECKING:
     from earmark.memory.allocation import Buffer, Charge
     from earmark.memory.arena import Arena
+    from earmark.memory.claim import Claim
 
 _CURRENT: ContextVar[Reservation | None] = ContextVar("earmark_reservation", default=None)
 
@@ -48,7 +49,8 @@ def handed_down() -> Reservation | None:
 class Reservation:
     """Bytes per level promised by the arena to one owner; `budget` is what is left to draw."""
 
-    __slots__ = ("arena", "budget", "held", "held_total", "left", "owner", "released")
+    __slots__ = ("arena", "budget", "held", "held_total", "left", "owner", "released",
+                 "revolving")
 
     def __init__(self, arena: Arena, owner: str, budget: list[int], left: int) -> None:
         self.arena = arena
@@ -60,6 +62,10 @@ class Reservation:
         self.held = [0] * len(budget)
         self.held_total = 0
         self.released = False
+        #: What is drawn comes back to be drawn again when it is freed, not to the arena:
+        #: for work that repeats for as long as the reservation is held (a writable
+        #: mapping's writebacks, one per msync).
+        self.revolving = False
 
     def take(self, level: int, nbytes: int) -> Buffer:
         """A real arena buffer of `nbytes` at `level`; never waits, raises if over budget."""
@@ -69,13 +75,18 @@ class Reservation:
         """Account a descriptor's nominal size at `level`; never waits."""
         return self.arena._draw_charge(self, level, nbytes)
 
-    def release(self, claims: Mapping[int, int] | None = None) -> None:
+    def release(self, claims: Claim | Mapping[int, int] | None = None) -> None:
         """Give untaken bytes back to the arena: the given amounts, or all that is left."""
         self.arena._release_budget(self, claims)
 
-    def split(self, claims: Mapping[int, int], owner: str) -> Reservation:
+    def split(self, claims: Claim | Mapping[int, int], owner: str) -> Reservation:
         """Move part of what is left to a new reservation for another owner (on-behalf-of)."""
         return self.arena._split(self, claims, owner)
+
+    def transfer(self, claims: Claim | Mapping[int, int], to: Reservation) -> None:
+        """Move part of what is left into `to` (split and absorbed at once: a page's
+        share of the request it joins, moved into the books of every such share)."""
+        self.arena._transfer(self, claims, to)
 
     def absorb(self, other: Reservation) -> None:
         """Take over all that `other` has left (merged work: one request for many pages)."""

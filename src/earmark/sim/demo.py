@@ -48,6 +48,8 @@ class DemoConfig:
     seed: int = 1
     stall_s: float = 10.0
     tuning: HostTuning = field(default_factory=HostTuning)
+    #: The writers store through mappings instead of pwrite.
+    mapped: bool = False
 
     def arena_for(self, policy: Policy) -> Arena:
         emergency = 0
@@ -92,6 +94,7 @@ async def run_matrix(
                 span_pages=span,
                 seed=config.seed,
                 stall_s=config.stall_s,
+                mapped=config.mapped,
             )
             label = f"{policy.value} x {writers}"
 

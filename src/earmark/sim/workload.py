@@ -50,6 +50,8 @@ class Workload:
     seed: int = 1
     check_every_s: float = 0.05
     stall_s: float = 10.0
+    #: Store through a one-page writable mapping (map, store, unmap), not pwrite.
+    mapped: bool = False
 
 
 def page_pattern(seed: int, writer: int, index: int, generation: int) -> bytes:
@@ -83,7 +85,12 @@ async def run_writers(
             index = base + rng.randrange(slice_pages)
             data = page_pattern(work.seed, w, index, gen)
             start = loop.time()
-            await cache.pwrite(index * PAGE_BYTES, data, owner=owner)
+            if work.mapped:
+                mapped = await cache.map(index * PAGE_BYTES, PAGE_BYTES, owner=owner)
+                mapped.views[0][:] = data
+                await mapped.unmap()
+            else:
+                await cache.pwrite(index * PAGE_BYTES, data, owner=owner)
             latencies.append(loop.time() - start)
             expected[index] = zlib.crc32(data)
             done_pages += 1

@@ -1,0 +1,38 @@
+"""Two reservation moves the page cache's books use: budget moved straight into another
+reservation, and a revolving reservation that gets back what its draws free."""
+
+from __future__ import annotations
+
+import pytest
+
+from earmark.memory import Arena, HostLevel, OverdrawError, ReleaseError
+
+
+def test_transfer_moves_budget_without_touching_the_arena() -> None:
+    arena = Arena(1 << 20)
+    src = arena.reserve_now({HostLevel.PAGE: 4096, HostLevel.TASK: 128}, owner="a")
+    dst = arena.reserve_now({HostLevel.TASK: 64}, owner="b")
+    assert src is not None and dst is not None
+    src.transfer(arena.claim({HostLevel.TASK: 128}), dst)
+    assert (src.left, dst.left, dst.budget[HostLevel.TASK]) == (4096, 192, 192)
+    assert arena.committed == 4096 + 192
+    with pytest.raises(OverdrawError):
+        src.transfer({HostLevel.TASK: 1}, dst)
+    dst.release()
+    with pytest.raises(ReleaseError):
+        src.transfer({HostLevel.PAGE: 64}, dst)
+    src.release()
+    assert arena.committed == 0
+
+
+def test_a_revolving_reservation_gets_back_what_its_draws_free() -> None:
+    arena = Arena(1 << 20)
+    res = arena.reserve_now({HostLevel.TASK: 64}, owner="m")
+    assert res is not None
+    res.revolving = True
+    for _ in range(3):  # drawn again and again: it never runs out
+        res.charge(HostLevel.TASK, 64).free()
+        assert res.left == 64 and arena.committed == 64
+    res.revolving = False
+    res.charge(HostLevel.TASK, 64).free()  # an ordinary one: gone to the arena
+    assert res.left == 0 and arena.committed == 0
