@@ -7,7 +7,8 @@ Each target is given what the suite's groups need: a second path to the LUN for
 MultipathIO (earmark: a second portal, `--portal`; tgtd has one portal, so its second
 URL is the first again), and a read-only LUN for ReadOnly, in a second, short run of
 that suite alone (`--readonly`; tgtd: `readonly=1`) whose verdicts replace the first
-run's. Neither implements SANITIZE, so --allow-sanitize is given to neither.
+run's. Both are given --allow-sanitize: the LUNs are scratch files, and a target
+without SANITIZE says so in REPORT SUPPORTED OPERATION CODES, where the suite looks.
 earmark runs as a user starts it, `python -m earmark.cli serve FILE --port P`,
 and must stop cleanly on SIGINT: a target that hangs or crashes under the suite
 fails the benchmark. The summary lists, test by test, what tgtd passes and
@@ -70,7 +71,8 @@ def _earmark_run(size: int, tests: str, workdir: Path, name: str,
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
         try:
             second, url = _wait_for_urls(proc, log_path)
-            result = iscsi_test_cu(url, tests=tests, dataloss=True, second_url=second)
+            result = iscsi_test_cu(url, tests=tests, dataloss=True, allow_sanitize=True,
+                                   second_url=second)
         finally:
             stopped = _stop(proc)
     return result, stopped
@@ -131,12 +133,14 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 def run_tgtd(size: int, tests: str) -> ConformanceResult:
     with Tgtd(size) as tgtd:
         url = tgtd.url()
-        result = iscsi_test_cu(url, tests=tests, dataloss=True, second_url=url)
+        result = iscsi_test_cu(url, tests=tests, dataloss=True, allow_sanitize=True,
+                               second_url=url)
         if not _selects(tests, READ_ONLY_SUITE):
             return result
         tgtd.tgtadm("--lld", "iscsi", "--op", "update", "--mode", "logicalunit", "--tid", "1",
                     "--lun", "1", "--params", "readonly=1")
-        read_only = iscsi_test_cu(url, tests=READ_ONLY_SUITE, dataloss=True, second_url=url)
+        read_only = iscsi_test_cu(url, tests=READ_ONLY_SUITE, dataloss=True,
+                                  allow_sanitize=True, second_url=url)
     return merged(result, read_only)
 
 

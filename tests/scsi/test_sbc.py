@@ -13,9 +13,11 @@ from earmark.scsi.plans import (
     GOOD,
     CompareAndWritePlan,
     Extent,
+    LbaStatusPlan,
     OrWritePlan,
     ReadPlan,
     Reply,
+    SanitizePlan,
     SyncPlan,
     UnmapPlan,
     VerifyPlan,
@@ -342,8 +344,10 @@ def test_read_capacity() -> None:
 
 def test_get_lba_status() -> None:
     c = struct.pack(">BBQIBB", 0x9E, 0x12, 100, 24, 0, 0)
-    data = data_of(execute(c, THIN))
-    assert struct.unpack_from(">IIQIB", data) == (20, 0, 100, N - 100, 0)
+    assert execute(c, THIN) == LbaStatusPlan(100, 24)  # the backing store knows the rest
+    assert execute(struct.pack(">BBQIBB", 0x9E, 0x12, 7, 4096, 0, 0), THIN) == LbaStatusPlan(7, 24)
+    assert data_in_length(struct.pack(">BBQIBB", 0x9E, 0x12, 0, 4096, 0, 0), THIN) == 24
+    assert execute(struct.pack(">BBQIBB", 0x9E, 0x12, 100, 0, 0, 0), THIN) == Reply()
     for lba in (N, N + 1, 2**63, 2**64 - 1):
         assert sense_of(execute(struct.pack(">BBQIBB", 0x9E, 0x12, lba, 24, 0, 0), THIN)) == OOB
 
@@ -502,7 +506,7 @@ def test_admission_lengths() -> None:
 
 
 _OUTCOMES = (Reply, ReadPlan, WritePlan, WriteSamePlan, UnmapPlan, SyncPlan, VerifyPlan,
-             CompareAndWritePlan, OrWritePlan)
+             CompareAndWritePlan, OrWritePlan, SanitizePlan, LbaStatusPlan)
 _KNOWN = [int(o) for o in cdb.Opcode]
 
 
@@ -523,6 +527,10 @@ def test_random_cdbs_never_raise(cdb_bytes: bytes, disk: Disk, data_out: bytes,
     assert isinstance(out, _OUTCOMES)
     if isinstance(out, Reply) and out.status == ScsiStatus.CHECK_CONDITION:
         parse_sense(out.sense)
+    elif isinstance(out, LbaStatusPlan):
+        assert out.lba < disk.num_blocks and 0 < out.length <= 24
+    elif isinstance(out, SanitizePlan):
+        assert not disk.read_only and (out.overwrite or disk.thin_provisioning)
     elif not isinstance(out, Reply | SyncPlan | UnmapPlan):
         assert out.nblocks > 0 and out.lba + out.nblocks <= disk.num_blocks
     assert data_in_length(cdb_bytes, disk) >= 0

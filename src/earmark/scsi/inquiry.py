@@ -81,9 +81,11 @@ def _block_limits(disk: Disk) -> bytes:
     )
 
 
-def _block_device_characteristics() -> bytes:
-    # medium rotation rate 1: non-rotating medium
-    return struct.pack(">HBBB", 1, 0, 0, 0).ljust(0x3C, b"\0")
+def _block_device_characteristics(disk: Disk) -> bytes:
+    # Medium rotation rate 1: non-rotating medium. WABEREQ and WACEREQ 01b: after a
+    # BLOCK or CRYPTO ERASE (offered on thin units) reads succeed, returning zeros.
+    erased_reads = 0x50 if disk.thin_provisioning else 0
+    return struct.pack(">HBBB", 1, 0, erased_reads, 0).ljust(0x3C, b"\0")
 
 
 def _logical_block_provisioning() -> bytes:
@@ -104,7 +106,7 @@ def vpd_page(disk: Disk, code: int) -> bytes:
     elif code == VpdPage.BLOCK_LIMITS:
         payload = _block_limits(disk)
     elif code == VpdPage.BLOCK_DEVICE_CHARACTERISTICS:
-        payload = _block_device_characteristics()
+        payload = _block_device_characteristics(disk)
     else:
         payload = _logical_block_provisioning()
     return _page(code, payload)

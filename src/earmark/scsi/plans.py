@@ -145,9 +145,38 @@ class CopyPlan:
     segments: tuple[CopySegment, ...]
 
 
+@dataclass(slots=True, frozen=True)
+class SanitizePlan:
+    """SANITIZE the whole unit, then make it durable (SBC-4 4.11).
+
+    overwrite: write the initialization pattern (the `pattern` bytes of the Data-Out
+    parameter list from `pattern_at` on, repeated to fill each block) over every block,
+    `passes` times, inverted between passes when `invert`. Otherwise (BLOCK ERASE,
+    CRYPTO ERASE) deallocate every block: with LBPRZ=1 they read as zeros, and a
+    file backing keeps no key whose loss would be a crypto erase, so dropping the
+    blocks is the erase.
+    """
+
+    overwrite: bool
+    pattern_at: int = 0
+    pattern: int = 0
+    passes: int = 1
+    invert: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class LbaStatusPlan:
+    """GET LBA STATUS: one descriptor, from lba to where the backing store's
+    allocation changes (mapped or deallocated), as `length` bytes of Data-In (the
+    allocation length cut to the 24 bytes of one descriptor's parameter data)."""
+
+    lba: int
+    length: int
+
+
 Plan = (
     ReadPlan | WritePlan | WriteSamePlan | UnmapPlan | SyncPlan | VerifyPlan
-    | CompareAndWritePlan | OrWritePlan | CopyPlan
+    | CompareAndWritePlan | OrWritePlan | CopyPlan | SanitizePlan | LbaStatusPlan
 )
 Outcome = Reply | Plan
 

@@ -17,8 +17,8 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from . import rsoc, xcopy
-from .cdb import Opcode, ServiceAction
+from . import rsoc, sanitize, xcopy
+from .cdb import Opcode, SanitizeAction, ServiceAction
 from .disk import Disk
 from .inquiry import standard_inquiry, vpd_page
 from .lun import lun_to_u64
@@ -27,6 +27,7 @@ from .plans import (
     GOOD,
     CompareAndWritePlan,
     Extent,
+    LbaStatusPlan,
     OrWritePlan,
     Outcome,
     ReadPlan,
@@ -465,15 +466,34 @@ def _read_capacity_16(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
     return _cut(data.ljust(32, b"\0"), _u32_at10(cdb, disk))
 
 
+#: GET LBA STATUS answers with one descriptor: its 8-byte header and 16 bytes.
+LBA_STATUS_BYTES = 24
+
+
 def _get_lba_status(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
-    """One descriptor from the LBA to the end: "mapped or unknown" (status 0h, SBC-4
-    5.7): the target keeps no map of which blocks the backing store deallocated."""
+    """Where the blocks from the LBA on stand is the backing store's to say (a file's
+    holes are deallocated blocks): a plan, answered by the executor with one descriptor
+    (SBC-4 5.7), as many as the initiator must expect at least."""
     lba = int.from_bytes(cdb[2:10], "big")
     if lba >= disk.num_blocks:
         raise lba_out_of_range()
-    count = min(disk.num_blocks - lba, 0xFFFFFFFF)
-    data = struct.pack(">II", 20, 0) + struct.pack(">QIBBH", lba, count, 0, 0, 0)
-    return _cut(data, _u32_at10(cdb, disk))
+    length = min(_u32_at10(cdb, disk), LBA_STATUS_BYTES)
+    return LbaStatusPlan(lba, length) if length else GOOD
+
+
+def lba_status(lba: int, nblocks: int, deallocated: bool) -> bytes:
+    """GET LBA STATUS parameter data: one descriptor of `nblocks` from `lba`
+    (capped at the field's 32 bits; the initiator asks again from where it ends)."""
+    return struct.pack(">IIQIBBH", LBA_STATUS_BYTES - 4, 0, lba, min(nblocks, 0xFFFFFFFF),
+                       1 if deallocated else 0, 0, 0)
+
+
+def _sanitize(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+    return sanitize.plan(cdb, disk, ctx.data_out)
+
+
+def _sanitize_out(cdb: bytes, disk: Disk) -> int:
+    return sanitize.list_length(cdb)
 
 
 def _reserve_6(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
@@ -653,6 +673,10 @@ def _other_table() -> dict[int, _Command]:
     }
 
 
+#: The sanitize actions that leave every block deallocated: only on a thin unit.
+_DEALLOCATING = (SanitizeAction.BLOCK_ERASE, SanitizeAction.CRYPTO_ERASE)
+
+
 def _sa_table() -> dict[tuple[int, int], _Command]:
     Op, SA = Opcode, ServiceAction
     return {
@@ -661,7 +685,7 @@ def _sa_table() -> dict[tuple[int, int], _Command]:
             _read_capacity_16, _u32_at10),
         (Op.SERVICE_ACTION_IN_16, SA.GET_LBA_STATUS): _Command(
             16, _usage(Op.SERVICE_ACTION_IN_16, SA.GET_LBA_STATUS, *_FF8, *_FF4, 0, _C),
-            _get_lba_status, _u32_at10),
+            _get_lba_status, lambda cdb, disk: min(_u32_at10(cdb, disk), LBA_STATUS_BYTES)),
         (Op.MAINTENANCE_IN, SA.REPORT_SUPPORTED_OPERATION_CODES): _Command(
             12, _usage(Op.MAINTENANCE_IN, SA.REPORT_SUPPORTED_OPERATION_CODES, 0x87, 0xFF,
                        0xFF, 0xFF, *_FF4, 0, _C),
@@ -670,6 +694,9 @@ def _sa_table() -> dict[tuple[int, int], _Command]:
             16, _usage(Op.EXTENDED_COPY, SA.EXTENDED_COPY_LID1, 0, 0, 0, 0, 0, 0, 0, 0,
                        *_FF4, 0, _C),
             _extended_copy, data_out=_extended_copy_out),
+        **{(Op.SANITIZE, sa): _Command(
+            10, _usage(Op.SANITIZE, 0xA0 | sa, 0, 0, 0, 0, 0, 0xFF, 0xFF, _C), _sanitize,
+            data_out=_sanitize_out, thin_only=sa in _DEALLOCATING) for sa in SanitizeAction},
         **{(Op.RECEIVE_COPY_RESULTS, sa): _Command(
             16, _usage(Op.RECEIVE_COPY_RESULTS, sa, 0xFF if sa == CopySa.COPY_STATUS else 0,
                        0, 0, 0, 0, 0, 0, 0, *_FF4, 0, _C),
@@ -700,10 +727,11 @@ def _lookup(cdb: bytes, disk: Disk) -> _Command:
     if opcode in _SA_OPCODES:
         if len(cdb) < 2:
             raise invalid_field_in_cdb(1, 4)
-        cmd = _BY_SA.get((opcode, cdb[1] & 0x1F))
-        if cmd is None:
+        sa_cmd = _BY_SA.get((opcode, cdb[1] & 0x1F))
+        if sa_cmd is None or not sa_cmd.offered(disk):
             # field pointer 1: libiscsi reads this as "service action not implemented"
             raise invalid_field_in_cdb(1, 4)
+        cmd = sa_cmd
     else:
         found = _BY_OPCODE.get(opcode)
         if found is None or not found.offered(disk):
@@ -763,7 +791,8 @@ RESERVATION_CONFLICT = Reply(b"", ScsiStatus.RESERVATION_CONFLICT)
 
 #: Opcodes whose Data-Out is a parameter list that decides what the command does:
 #: the target executes them only once all of it has arrived.
-PARAMETER_LISTS = frozenset((Opcode.UNMAP, Opcode.PERSISTENT_RESERVE_OUT, Opcode.EXTENDED_COPY))
+PARAMETER_LISTS = frozenset((Opcode.UNMAP, Opcode.PERSISTENT_RESERVE_OUT, Opcode.EXTENDED_COPY,
+                             Opcode.SANITIZE))
 
 
 def execute_without_lun(cdb: bytes, luns: Sequence[int]) -> Reply:
