@@ -1,5 +1,5 @@
-"""SANITIZE and GET LBA STATUS: the CDB checks sans-I/O, then the plans run by the
-executor against a real file, whose holes are the deallocated blocks."""
+"""SANITIZE, GET LBA STATUS and WRITE SAME's unmap: the CDB checks sans-I/O, then the
+plans run by the executor against a real file, whose holes are the deallocated blocks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from earmark.scsi import rsoc
 from earmark.scsi.cdb import SanitizeAction
 from earmark.scsi.disk import Disk
 from earmark.scsi.inquiry import vpd_page
-from earmark.scsi.plans import GOOD, LbaStatusPlan, Plan, Reply, SanitizePlan
+from earmark.scsi.plans import GOOD, LbaStatusPlan, Plan, Reply, SanitizePlan, WriteSamePlan
 from earmark.scsi.reservations import Nexus, Reservations
 from earmark.scsi.sbc import RESERVATION_CONFLICT, data_out_length, execute
 from earmark.scsi.sense import SenseKey, parse_sense
@@ -183,3 +183,8 @@ def test_block_erase_deallocates_every_block(unit: LogicalUnit) -> None:
 def test_lba_status_is_cut_to_the_allocation_length(unit: LogicalUnit) -> None:
     assert run(unit, LbaStatusPlan(5, 8), bytes(8)) == struct.pack(">II", 20, 0)
 
+
+def test_write_same_with_unmap_deallocates_whatever_the_block_holds(unit: LogicalUnit) -> None:
+    write(unit, N - 16, b"\xff" * 16 * BS)
+    run(unit, WriteSamePlan(N - 16, 16, unmap=True), b"\xff" * BS)
+    assert read(unit, N - 16, 16) == bytes(16 * BS)

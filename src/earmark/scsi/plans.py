@@ -57,8 +57,8 @@ class WriteSamePlan:
     """Replicate one block over nblocks from lba.
 
     The block is the Data-Out buffer, or zeros when ndob. With unmap the runtime
-    punches the range instead of writing it when the block is all zeros (LBPRZ=1
-    makes that equivalent), and writes it otherwise (SBC-4 5.50).
+    punches the range whatever the block holds: SBC-4 5.50 lets the device server
+    unmap each block rather than write it, and with LBPRZ=1 they then read as zeros.
     """
 
     lba: int

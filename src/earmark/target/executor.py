@@ -138,10 +138,10 @@ def _verify(backing: Backing, plan: VerifyPlan, bs: int, io: IoRequest) -> None:
 
 
 def _write_same(backing: Backing, plan: WriteSamePlan, bs: int, io: IoRequest) -> None:
-    block = memoryview(bytes(bs)) if plan.ndob else memoryview(b"".join(io.views))
-    if plan.unmap and not any(block):
+    if plan.unmap:
         backing.punch(plan.lba * bs, plan.nblocks * bs)
         return
+    block = memoryview(bytes(bs)) if plan.ndob else memoryview(b"".join(io.views))
     # The same block repeated as iovecs: one pwritev per batch, no copy of the data.
     for first in range(0, plan.nblocks, _SAME_BATCH):
         n = min(_SAME_BATCH, plan.nblocks - first)
