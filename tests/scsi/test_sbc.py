@@ -268,7 +268,7 @@ def test_naca_is_refused() -> None:
 
 
 def test_unknown_opcodes_and_service_actions() -> None:
-    for op in (0x01, 0x86, 0xA2, 0x15, 0x55, 0x1E):
+    for op in (0x01, 0x86, 0xA2, 0x1E):
         assert sense_of(execute(bytes((op,)) + bytes(15), THIN)) == BAD_OPCODE
     out = execute(bytes((0x9E, 0x1F)) + bytes(14), THIN)
     assert sense_of(out) == BAD_FIELD
@@ -376,7 +376,10 @@ def test_mode_sense_all_pages_and_single() -> None:
 
 def test_mode_sense_page_control() -> None:
     changeable = data_of(execute(cdb.mode_sense_6(0x0A, pc=1, dbd=True), THIN))
-    assert changeable[4] == 0x0A and not any(changeable[6:])  # SWP not changeable
+    # Only SWP is changeable, and only on a unit its configuration left writable.
+    assert changeable[4] == 0x0A and changeable[8] == 0x08 and not any(changeable[9:])
+    fixed = data_of(execute(cdb.mode_sense_6(0x0A, pc=1, dbd=True), RO))
+    assert not any(fixed[6:])
     assert data_of(execute(cdb.mode_sense_6(0x3F, pc=2), THIN)) == data_of(
         execute(cdb.mode_sense_6(0x3F), THIN))
     assert sense_of(execute(cdb.mode_sense_6(0x3F, pc=3), THIN)) == (ILLEGAL, 0x3900)

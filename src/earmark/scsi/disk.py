@@ -38,6 +38,9 @@ class Disk:
     #: WRITE ATOMIC (16) limit; 0: not offered. A target sets it only to what one
     #: command buffer holds, since atomicity rests on writing all of it at once.
     max_atomic_blocks: int = 0
+    #: Read-only by MODE SELECT (the control page's SWP), not by configuration: a unit
+    #: has both set then, and clearing SWP makes it writable again (`mode_select`).
+    soft_write_protect: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size not in (512, 4096):

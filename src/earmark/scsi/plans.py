@@ -174,9 +174,18 @@ class LbaStatusPlan:
     length: int
 
 
+@dataclass(slots=True, frozen=True)
+class ModeSelectPlan:
+    """Set or clear the unit's software write protection: its Disk becomes
+    `mode_select.protected(disk, swp)`."""
+
+    swp: bool
+
+
 Plan = (
     ReadPlan | WritePlan | WriteSamePlan | UnmapPlan | SyncPlan | VerifyPlan
     | CompareAndWritePlan | OrWritePlan | CopyPlan | SanitizePlan | LbaStatusPlan
+    | ModeSelectPlan
 )
 Outcome = Reply | Plan
 

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from . import rsoc, sanitize, xcopy
+from . import mode_select, rsoc, sanitize, xcopy
 from .cdb import Opcode, SanitizeAction, ServiceAction
 from .disk import Disk
 from .inquiry import standard_inquiry, vpd_page
@@ -441,6 +441,13 @@ def _mode_sense(ten: bool) -> _Run:
     return run
 
 
+def _mode_select(ten: bool) -> _Run:
+    def run(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+        return mode_select.plan(cdb, disk, ctx.data_out, ten=ten)
+
+    return run
+
+
 def _start_stop_unit(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
     """A fixed disk cannot eject; stopping it (START=0) flushes the write cache first,
     unless NO_FLUSH. The unit is not modelled as stopped afterwards: SBC lets any
@@ -654,6 +661,10 @@ def _other_table() -> dict[int, _Command]:
                                  _mode_sense(False), _byte4),
         Op.MODE_SENSE_10: _Command(10, _usage(Op.MODE_SENSE_10, 0x18, 0xFF, 0xFF, 0, 0, 0,
                                              0xFF, 0xFF, _C), _mode_sense(True), _u16_at7),
+        Op.MODE_SELECT_6: _Command(6, _usage(Op.MODE_SELECT_6, 0x11, 0, 0, 0xFF, _C),
+                                  _mode_select(False), data_out=_byte4),
+        Op.MODE_SELECT_10: _Command(10, _usage(Op.MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, 0xFF,
+                                              0xFF, _C), _mode_select(True), data_out=_u16_at7),
         Op.START_STOP_UNIT: _Command(6, _usage(Op.START_STOP_UNIT, 0x01, 0, 0x0F, 0xF7, _C),
                                     _start_stop_unit),
         Op.READ_CAPACITY_10: _Command(10, _usage(Op.READ_CAPACITY_10, 0, *_FF4, 0, 0, 0x01, _C),
@@ -792,7 +803,7 @@ RESERVATION_CONFLICT = Reply(b"", ScsiStatus.RESERVATION_CONFLICT)
 #: Opcodes whose Data-Out is a parameter list that decides what the command does:
 #: the target executes them only once all of it has arrived.
 PARAMETER_LISTS = frozenset((Opcode.UNMAP, Opcode.PERSISTENT_RESERVE_OUT, Opcode.EXTENDED_COPY,
-                             Opcode.SANITIZE))
+                             Opcode.SANITIZE, Opcode.MODE_SELECT_6, Opcode.MODE_SELECT_10))
 
 
 def execute_without_lun(cdb: bytes, luns: Sequence[int]) -> Reply:

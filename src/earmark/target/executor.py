@@ -14,11 +14,13 @@ from __future__ import annotations
 import errno
 import logging
 
+from earmark.scsi.mode_select import protected
 from earmark.scsi.plans import (
     CompareAndWritePlan,
     CopyPlan,
     CopySegment,
     LbaStatusPlan,
+    ModeSelectPlan,
     OrWritePlan,
     ReadPlan,
     SanitizePlan,
@@ -90,6 +92,8 @@ def run_io(io: IoRequest) -> bytes:
             _sanitize(backing, plan, bs, io)
         elif isinstance(plan, LbaStatusPlan):
             _lba_status(backing, plan, bs, io)
+        elif isinstance(plan, ModeSelectPlan):
+            io.unit.disk = protected(io.unit.disk, plan.swp)  # the next command sees it
     except ScsiError as exc:
         return exc.sense()
     except (BackingError, OSError) as exc:
