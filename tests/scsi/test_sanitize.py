@@ -4,11 +4,12 @@ plans run by the executor against a real file, whose holes are the deallocated b
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from earmark.scsi import rsoc
+from earmark.scsi import cdb, rsoc
 from earmark.scsi.cdb import SanitizeAction
 from earmark.scsi.disk import Disk
 from earmark.scsi.inquiry import vpd_page
@@ -16,7 +17,7 @@ from earmark.scsi.plans import GOOD, LbaStatusPlan, Plan, Reply, SanitizePlan, W
 from earmark.scsi.reservations import Nexus, Reservations
 from earmark.scsi.sbc import RESERVATION_CONFLICT, data_out_length, execute
 from earmark.scsi.sense import SenseKey, parse_sense
-from earmark.target.backing import FileBacking
+from earmark.target.backing import FileBacking, MemoryBacking
 from earmark.target.events import IoRequest
 from earmark.target.executor import run_io
 from earmark.target.loop_io import run_on_loop
@@ -188,3 +189,49 @@ def test_write_same_with_unmap_deallocates_whatever_the_block_holds(unit: Logica
     write(unit, N - 16, b"\xff" * 16 * BS)
     run(unit, WriteSamePlan(N - 16, 16, unmap=True), b"\xff" * BS)
     assert read(unit, N - 16, 16) == bytes(16 * BS)
+
+
+class Watched(MemoryBacking):
+    """Remembers, at each write, whether the unit said a sanitize was in progress."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.unit: LogicalUnit | None = None
+        self.seen: list[bool] = []
+        self.fail = False
+
+    def write(self, offset: int, buffers: list[memoryview]) -> None:
+        assert self.unit is not None
+        self.seen.append(self.unit.disk.sanitizing)
+        if self.fail:
+            raise OSError(5, "Input/output error")
+        super().write(offset, buffers)
+
+
+def test_the_unit_is_not_ready_while_it_sanitizes_and_ready_after() -> None:
+    backing = Watched(N * BS)
+    unit = LogicalUnit(0, THIN, backing)
+    backing.unit = unit
+    data = overwrite_list(b"\x5a" * BS)
+    run(unit, SanitizePlan(True, 4, BS), data)
+    assert backing.seen and all(backing.seen) and not unit.disk.sanitizing
+    backing.fail = True
+    task = Task(1, 1, 0, unit, b"", None)
+    io = IoRequest(task, unit, SanitizePlan(True, 4, BS), 0, [memoryview(data)], last=True)
+    assert parse_sense(run_io(io)).key == SenseKey.MEDIUM_ERROR  # WRITE ERROR is 03h
+    assert unit.disk == THIN  # however it ended
+
+
+def test_what_a_sanitizing_unit_answers() -> None:
+    busy = replace(THIN, sanitizing=True)
+    not_ready = (SenseKey.NOT_READY, 0x041B)
+    read = struct.pack(">BBQIBB", 0x88, 0, 0, 1, 0, 0)
+    for command in (bytes(6), read, sanitize(BE), cdb.read_capacity_16(32)):
+        assert sense_of(execute(command, busy)) == not_ready
+    assert data_out_length(sanitize(OW, 8), busy) == 0  # nothing is received for it
+    for command in (cdb.inquiry(), cdb.report_luns(64), rsoc_one(0x48, OW)):
+        reply = execute(command, busy)
+        assert isinstance(reply, Reply) and reply.status == 0, command
+    sense = execute(bytes((0x03, 0, 0, 0, 18, 0)), busy)
+    assert isinstance(sense, Reply) and parse_sense(sense.data).code == 0x041B
+    assert sense_of(execute(sanitize(0x05), busy)) == BAD_CDB  # not a SANITIZE at all

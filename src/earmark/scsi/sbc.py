@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import mode_select, rsoc, sanitize, xcopy
 from .cdb import Opcode, SanitizeAction, ServiceAction
-from .disk import Disk
+from .disk import Disk, Need
 from .inquiry import standard_inquiry, vpd_page
 from .lun import lun_to_u64
 from .mode import mode_sense_data
@@ -58,6 +58,7 @@ from .sense import (
     lba_out_of_range,
     logical_unit_not_supported,
     parameter_list_length_error,
+    sanitize_in_progress,
     write_protected,
 )
 from .xcopy import CopyManager, CopySa
@@ -96,10 +97,19 @@ class _Command:
     data_out: _Length = _none
     thin_only: bool = False
     atomic_only: bool = False
+    #: False for the commands a unit answers while its medium is busy (a sanitize).
+    medium: bool = True
+    #: What the command needs of a disk (`disk.Need`), against `Disk.lacks`: one test
+    #: per command decides both whether it is offered and whether it can run now.
+    needs: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        needs = (Need.THIN if self.thin_only else 0) | (Need.ATOMIC if self.atomic_only else 0)
+        # Plain ints: an IntFlag's & is a Python call, this one is per command.
+        object.__setattr__(self, "needs", int(needs | (Need.MEDIUM if self.medium else 0)))
 
     def offered(self, disk: Disk) -> bool:
-        return (disk.thin_provisioning or not self.thin_only) and (
-            disk.max_atomic_blocks > 0 or not self.atomic_only)
+        return not self.needs & disk.lacks & ~Need.MEDIUM
 
 
 _S6 = struct.Struct(">BBHBB")
@@ -391,10 +401,13 @@ def _test_unit_ready(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
 
 
 def _request_sense(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
-    """No sense is ever pending: errors are reported with the command (autosense)."""
+    """No sense is pending but for the unit's state (a sanitize in progress): errors are
+    reported with the command (autosense)."""
+    key, code = ((SenseKey.NOT_READY, Asc.SANITIZE_IN_PROGRESS) if disk.sanitizing
+                 else (SenseKey.NO_SENSE, Asc.NO_ADDITIONAL_SENSE))
     if cdb[1] & 0x01:
-        return _cut(build_descriptor_sense(SenseKey.NO_SENSE, Asc.NO_ADDITIONAL_SENSE), cdb[4])
-    return _cut(build_fixed_sense(SenseKey.NO_SENSE, Asc.NO_ADDITIONAL_SENSE), cdb[4])
+        return _cut(build_descriptor_sense(key, code), cdb[4])
+    return _cut(build_fixed_sense(key, code), cdb[4])
 
 
 def _inquiry(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
@@ -654,9 +667,9 @@ def _other_table() -> dict[int, _Command]:
         Op.TEST_UNIT_READY: _Command(6, _usage(Op.TEST_UNIT_READY, 0, 0, 0, 0, _C),
                                     _test_unit_ready),
         Op.REQUEST_SENSE: _Command(6, _usage(Op.REQUEST_SENSE, 0x01, 0, 0, 0xFF, _C),
-                                  _request_sense, _byte4),
+                                  _request_sense, _byte4, medium=False),
         Op.INQUIRY: _Command(6, _usage(Op.INQUIRY, 0x01, 0xFF, 0xFF, 0xFF, _C), _inquiry,
-                            _u16_at3),
+                            _u16_at3, medium=False),
         Op.MODE_SENSE_6: _Command(6, _usage(Op.MODE_SENSE_6, 0x08, 0xFF, 0xFF, 0xFF, _C),
                                  _mode_sense(False), _byte4),
         Op.MODE_SENSE_10: _Command(10, _usage(Op.MODE_SENSE_10, 0x18, 0xFF, 0xFF, 0, 0, 0,
@@ -680,7 +693,7 @@ def _other_table() -> dict[int, _Command]:
         Op.RESERVE_6: _Command(6, _usage(Op.RESERVE_6, 0, 0, 0, 0, _C), _reserve_6),
         Op.RELEASE_6: _Command(6, _usage(Op.RELEASE_6, 0, 0, 0, 0, _C), _release_6),
         Op.REPORT_LUNS: _Command(12, _usage(Op.REPORT_LUNS, 0, 0xFF, 0, 0, 0, *_FF4, 0, _C),
-                                _report_luns, _u32_at6),
+                                _report_luns, _u32_at6, medium=False),
     }
 
 
@@ -700,7 +713,7 @@ def _sa_table() -> dict[tuple[int, int], _Command]:
         (Op.MAINTENANCE_IN, SA.REPORT_SUPPORTED_OPERATION_CODES): _Command(
             12, _usage(Op.MAINTENANCE_IN, SA.REPORT_SUPPORTED_OPERATION_CODES, 0x87, 0xFF,
                        0xFF, 0xFF, *_FF4, 0, _C),
-            _report_supported_opcodes, _u32_at6),
+            _report_supported_opcodes, _u32_at6, medium=False),
         (Op.EXTENDED_COPY, SA.EXTENDED_COPY_LID1): _Command(
             16, _usage(Op.EXTENDED_COPY, SA.EXTENDED_COPY_LID1, 0, 0, 0, 0, 0, 0, 0, 0,
                        *_FF4, 0, _C),
@@ -730,6 +743,13 @@ _ALL: dict[tuple[int, int | None], _Command] = {
 }
 
 
+def _refusal(cmd: _Command | None, disk: Disk, absent: ScsiError) -> ScsiError:
+    """Why a command the unit has cannot run now, or `absent`: it is not offered."""
+    if cmd is not None and cmd.offered(disk):
+        return sanitize_in_progress()  # the one state in which a medium is unavailable
+    return absent
+
+
 def _lookup(cdb: bytes, disk: Disk) -> _Command:
     """The command for this CDB, or the sense saying why there is none."""
     if not cdb:
@@ -739,14 +759,14 @@ def _lookup(cdb: bytes, disk: Disk) -> _Command:
         if len(cdb) < 2:
             raise invalid_field_in_cdb(1, 4)
         sa_cmd = _BY_SA.get((opcode, cdb[1] & 0x1F))
-        if sa_cmd is None or not sa_cmd.offered(disk):
+        if sa_cmd is None or sa_cmd.needs & disk.lacks:
             # field pointer 1: libiscsi reads this as "service action not implemented"
-            raise invalid_field_in_cdb(1, 4)
+            raise _refusal(sa_cmd, disk, invalid_field_in_cdb(1, 4))
         cmd = sa_cmd
     else:
         found = _BY_OPCODE.get(opcode)
-        if found is None or not found.offered(disk):
-            raise invalid_opcode()
+        if found is None or found.needs & disk.lacks:
+            raise _refusal(found, disk, invalid_opcode())
         cmd = found
     if len(cdb) < cmd.length:
         raise invalid_field_in_cdb(len(cdb) - 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from dataclasses import replace
 
 from earmark.scsi.mode_select import protected
 from earmark.scsi.plans import (
@@ -213,6 +214,17 @@ def _or_write(backing: Backing, plan: OrWritePlan, bs: int, io: IoRequest) -> No
 
 
 def _sanitize(backing: Backing, plan: SanitizePlan, bs: int, io: IoRequest) -> None:
+    """The unit answers NOT READY, SANITIZE IN PROGRESS while this runs (its Disk says
+    so: the sessions read it per command), and is itself again however it ends."""
+    unit = io.unit
+    unit.disk = replace(unit.disk, sanitizing=True)
+    try:
+        _erase(backing, plan, bs, io)
+    finally:
+        unit.disk = replace(unit.disk, sanitizing=False)
+
+
+def _erase(backing: Backing, plan: SanitizePlan, bs: int, io: IoRequest) -> None:
     if not plan.overwrite:
         backing.punch(0, backing.size)
         backing.sync()
