@@ -18,8 +18,11 @@ class Need(IntFlag):
 
     THIN = 1
     ATOMIC = 2
-    #: The medium, for any command but those a unit answers during a sanitize.
+    #: The medium, for any command but those a unit answers during a sanitize or
+    #: without its medium.
     MEDIUM = 4
+    #: A removable medium (PREVENT ALLOW MEDIUM REMOVAL).
+    REMOVABLE = 8
 
 
 @dataclass(slots=True, frozen=True)
@@ -54,6 +57,10 @@ class Disk:
     #: A SANITIZE is at work on the medium: every command that touches it, or the
     #: unit's state, answers NOT READY until it ends (SBC-4 4.11.2).
     sanitizing: bool = False
+    #: The medium can be ejected and loaded (START STOP UNIT with LOEJ): INQUIRY says
+    #: RMB. `ejected`: it is out, and commands that need it answer MEDIUM NOT PRESENT.
+    removable: bool = False
+    ejected: bool = False
     lacks: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -71,7 +78,8 @@ class Disk:
             raise ValueError("max_atomic_blocks must be between 0 and max_transfer_blocks")
         lacks = ((0 if self.thin_provisioning else Need.THIN)
                  | (0 if self.max_atomic_blocks else Need.ATOMIC)
-                 | (Need.MEDIUM if self.sanitizing else 0))
+                 | (Need.MEDIUM if self.sanitizing or self.ejected else 0)
+                 | (0 if self.removable else Need.REMOVABLE))
         object.__setattr__(self, "lacks", int(lacks))
 
     @property

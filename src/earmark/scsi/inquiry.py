@@ -27,7 +27,8 @@ def _ascii(text: str, width: int) -> bytes:
 
 def standard_inquiry(disk: Disk) -> bytes:
     """96 bytes, so ADDITIONAL LENGTH (91) covers the version descriptors at 58..73."""
-    head = bytes((0x00, 0x00, _VERSION_SPC4, _HISUP_RDF2, _STANDARD_LENGTH - 5, _3PC, 0,
+    rmb = 0x80 if disk.removable else 0
+    head = bytes((0x00, rmb, _VERSION_SPC4, _HISUP_RDF2, _STANDARD_LENGTH - 5, _3PC, 0,
                   _CMDQUE))
     ident = _ascii(VENDOR, 8) + _ascii(disk.product, 16) + _ascii(disk.revision, 4)
     descriptors = struct.pack(">8H", *_VERSION_DESCRIPTORS, *(0,) * 4)

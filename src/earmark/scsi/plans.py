@@ -182,10 +182,18 @@ class ModeSelectPlan:
     swp: bool
 
 
+@dataclass(slots=True, frozen=True)
+class MediumPlan:
+    """Load (`loaded`) or eject the unit's removable medium: its Disk's `ejected`
+    becomes `not loaded`; the file stays open, as a medium in its drive's tray."""
+
+    loaded: bool
+
+
 Plan = (
     ReadPlan | WritePlan | WriteSamePlan | UnmapPlan | SyncPlan | VerifyPlan
     | CompareAndWritePlan | OrWritePlan | CopyPlan | SanitizePlan | LbaStatusPlan
-    | ModeSelectPlan
+    | ModeSelectPlan | MediumPlan
 )
 Outcome = Reply | Plan
 

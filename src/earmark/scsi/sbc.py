@@ -28,6 +28,7 @@ from .plans import (
     CompareAndWritePlan,
     Extent,
     LbaStatusPlan,
+    MediumPlan,
     OrWritePlan,
     Outcome,
     ReadPlan,
@@ -57,6 +58,8 @@ from .sense import (
     invalid_opcode,
     lba_out_of_range,
     logical_unit_not_supported,
+    medium_not_present,
+    medium_removal_prevented,
     parameter_list_length_error,
     sanitize_in_progress,
     write_protected,
@@ -97,6 +100,7 @@ class _Command:
     data_out: _Length = _none
     thin_only: bool = False
     atomic_only: bool = False
+    removable_only: bool = False
     #: False for the commands a unit answers while its medium is busy (a sanitize).
     medium: bool = True
     #: What the command needs of a disk (`disk.Need`), against `Disk.lacks`: one test
@@ -104,7 +108,8 @@ class _Command:
     needs: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        needs = (Need.THIN if self.thin_only else 0) | (Need.ATOMIC if self.atomic_only else 0)
+        needs = ((Need.THIN if self.thin_only else 0) | (Need.ATOMIC if self.atomic_only else 0)
+                 | (Need.REMOVABLE if self.removable_only else 0))
         # Plain ints: an IntFlag's & is a Python call, this one is per command.
         object.__setattr__(self, "needs", int(needs | (Need.MEDIUM if self.medium else 0)))
 
@@ -464,12 +469,34 @@ def _mode_select(ten: bool) -> _Run:
 def _start_stop_unit(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
     """A fixed disk cannot eject; stopping it (START=0) flushes the write cache first,
     unless NO_FLUSH. The unit is not modelled as stopped afterwards: SBC lets any
-    medium-access command start it again, which is where it already is."""
+    medium-access command start it again, which is where it already is. A removable
+    medium is ejected (START=0) or loaded (START=1) by LOEJ, unless an I_T nexus
+    prevents its removal; the power condition, when given, wins over LOEJ (SBC-4 5.27)."""
     action = cdb[4]
-    if action & 0x02:
-        raise invalid_field_in_cdb(4, 1)  # LOEJ on a medium that is not removable
+    if action & 0x02 and not action >> 4:
+        if not disk.removable:
+            raise invalid_field_in_cdb(4, 1)  # LOEJ on a medium that is not removable
+        if ctx.reservations.preventing:
+            raise medium_removal_prevented()
+        load = bool(action & 0x01)
+        return MediumPlan(loaded=load) if load == disk.ejected else GOOD
+    if disk.ejected:
+        raise medium_not_present()
     if not action & 0x01 and not action & 0x04 and not action >> 4:
         return SyncPlan()
+    return GOOD
+
+
+def _prevent_allow(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+    """PREVENT 01b: this I_T nexus prevents the medium's removal until it allows it
+    again (00b) or the prevention ends as RESERVE(6) does (`Reservations.preventing`)."""
+    prevent = cdb[4] & 0x03
+    if prevent > 1:
+        raise invalid_field_in_cdb(4, 1)  # 10b, 11b: obsolete (for changers)
+    if prevent:
+        ctx.reservations.preventing.add(ctx.nexus)
+    else:
+        ctx.reservations.preventing.discard(ctx.nexus)
     return GOOD
 
 
@@ -679,7 +706,10 @@ def _other_table() -> dict[int, _Command]:
         Op.MODE_SELECT_10: _Command(10, _usage(Op.MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, 0xFF,
                                               0xFF, _C), _mode_select(True), data_out=_u16_at7),
         Op.START_STOP_UNIT: _Command(6, _usage(Op.START_STOP_UNIT, 0x01, 0, 0x0F, 0xF7, _C),
-                                    _start_stop_unit),
+                                    _start_stop_unit, medium=False),
+        Op.PREVENT_ALLOW_MEDIUM_REMOVAL: _Command(
+            6, _usage(Op.PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0x03, _C), _prevent_allow,
+            medium=False, removable_only=True),
         Op.READ_CAPACITY_10: _Command(10, _usage(Op.READ_CAPACITY_10, 0, *_FF4, 0, 0, 0x01, _C),
                                      _read_capacity_10, lambda cdb, disk: 8),
         Op.READ_DEFECT_DATA_10: _Command(10, _usage(Op.READ_DEFECT_DATA_10, 0, 0x1F, 0, 0, 0, 0,
@@ -744,9 +774,10 @@ _ALL: dict[tuple[int, int | None], _Command] = {
 
 
 def _refusal(cmd: _Command | None, disk: Disk, absent: ScsiError) -> ScsiError:
-    """Why a command the unit has cannot run now, or `absent`: it is not offered."""
+    """Why a command the unit has cannot run now (its medium is busy or out), or
+    `absent`: it is not offered."""
     if cmd is not None and cmd.offered(disk):
-        return sanitize_in_progress()  # the one state in which a medium is unavailable
+        return sanitize_in_progress() if disk.sanitizing else medium_not_present()
     return absent
 
 

@@ -331,5 +331,9 @@ def sanitize_in_progress() -> ScsiError:
     return ScsiError(SenseKey.NOT_READY, 0x04, 0x1B)
 
 
+def medium_removal_prevented() -> ScsiError:
+    return ScsiError(SenseKey.ILLEGAL_REQUEST, 0x53, 0x02)
+
+
 def medium_not_present() -> ScsiError:
     return ScsiError(SenseKey.NOT_READY, 0x3A, 0x00)

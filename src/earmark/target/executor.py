@@ -21,6 +21,7 @@ from earmark.scsi.plans import (
     CopyPlan,
     CopySegment,
     LbaStatusPlan,
+    MediumPlan,
     ModeSelectPlan,
     OrWritePlan,
     ReadPlan,
@@ -95,6 +96,8 @@ def run_io(io: IoRequest) -> bytes:
             _lba_status(backing, plan, bs, io)
         elif isinstance(plan, ModeSelectPlan):
             io.unit.disk = protected(io.unit.disk, plan.swp)  # the next command sees it
+        elif isinstance(plan, MediumPlan):
+            io.unit.disk = replace(io.unit.disk, ejected=not plan.loaded)
     except ScsiError as exc:
         return exc.sense()
     except (BackingError, OSError) as exc:
