@@ -7,7 +7,10 @@ Each target is given what the suite's groups need: a second path to the LUN for
 MultipathIO (earmark: a second portal, `--portal`; tgtd has one portal, so its second
 URL is the first again), and a read-only LUN for ReadOnly, in a second, short run of
 that suite alone (`--readonly`; tgtd: `readonly=1`) whose verdicts replace the first
-run's. Neither implements SANITIZE, so --allow-sanitize is given to neither.
+run's. Both are given --allow-sanitize: the LUNs are scratch files, and a target
+without SANITIZE says so in REPORT SUPPORTED OPERATION CODES, where the suite looks.
+Both serve the LUN as a removable medium (earmark: `--removable`; tgtd: `removable=1`),
+which the PreventAllow and StartStopUnit suites need.
 earmark runs as a user starts it, `python -m earmark.cli serve FILE --port P`,
 and must stop cleanly on SIGINT: a target that hangs or crashes under the suite
 fails the benchmark. The summary lists, test by test, what tgtd passes and
@@ -49,11 +52,11 @@ class ServeError(RuntimeError):
 def run_earmark(size: int, tests: str, workdir: Path) -> tuple[ConformanceResult, str]:
     """Run the suite against a fresh `earmark serve` with two portals (and the read-only
     suite against a read-only one); also return how they stopped."""
-    result, stopped = _earmark_run(size, tests, workdir, "earmark")
+    result, stopped = _earmark_run(size, tests, workdir, "earmark", "--removable")
     if not _selects(tests, READ_ONLY_SUITE):
         return result, stopped
     read_only, stopped_ro = _earmark_run(size, READ_ONLY_SUITE, workdir, "earmark-ro",
-                                         "--readonly")
+                                         "--readonly", "--removable")
     return merged(result, read_only), stopped if stopped_ro == "exit 0" else stopped_ro
 
 
@@ -70,7 +73,8 @@ def _earmark_run(size: int, tests: str, workdir: Path, name: str,
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
         try:
             second, url = _wait_for_urls(proc, log_path)
-            result = iscsi_test_cu(url, tests=tests, dataloss=True, second_url=second)
+            result = iscsi_test_cu(url, tests=tests, dataloss=True, allow_sanitize=True,
+                                   second_url=second)
         finally:
             stopped = _stop(proc)
     return result, stopped
@@ -131,12 +135,16 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 def run_tgtd(size: int, tests: str) -> ConformanceResult:
     with Tgtd(size) as tgtd:
         url = tgtd.url()
-        result = iscsi_test_cu(url, tests=tests, dataloss=True, second_url=url)
+        tgtd.tgtadm("--lld", "iscsi", "--op", "update", "--mode", "logicalunit", "--tid", "1",
+                    "--lun", "1", "--params", "removable=1")
+        result = iscsi_test_cu(url, tests=tests, dataloss=True, allow_sanitize=True,
+                               second_url=url)
         if not _selects(tests, READ_ONLY_SUITE):
             return result
         tgtd.tgtadm("--lld", "iscsi", "--op", "update", "--mode", "logicalunit", "--tid", "1",
                     "--lun", "1", "--params", "readonly=1")
-        read_only = iscsi_test_cu(url, tests=READ_ONLY_SUITE, dataloss=True, second_url=url)
+        read_only = iscsi_test_cu(url, tests=READ_ONLY_SUITE, dataloss=True,
+                                  allow_sanitize=True, second_url=url)
     return merged(result, read_only)
 
 

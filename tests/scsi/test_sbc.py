@@ -13,9 +13,11 @@ from earmark.scsi.plans import (
     GOOD,
     CompareAndWritePlan,
     Extent,
+    LbaStatusPlan,
     OrWritePlan,
     ReadPlan,
     Reply,
+    SanitizePlan,
     SyncPlan,
     UnmapPlan,
     VerifyPlan,
@@ -266,7 +268,7 @@ def test_naca_is_refused() -> None:
 
 
 def test_unknown_opcodes_and_service_actions() -> None:
-    for op in (0x01, 0x86, 0xA2, 0x15, 0x55, 0x1E):
+    for op in (0x01, 0x86, 0xA2, 0x1E):
         assert sense_of(execute(bytes((op,)) + bytes(15), THIN)) == BAD_OPCODE
     out = execute(bytes((0x9E, 0x1F)) + bytes(14), THIN)
     assert sense_of(out) == BAD_FIELD
@@ -342,8 +344,10 @@ def test_read_capacity() -> None:
 
 def test_get_lba_status() -> None:
     c = struct.pack(">BBQIBB", 0x9E, 0x12, 100, 24, 0, 0)
-    data = data_of(execute(c, THIN))
-    assert struct.unpack_from(">IIQIB", data) == (20, 0, 100, N - 100, 0)
+    assert execute(c, THIN) == LbaStatusPlan(100, 24)  # the backing store knows the rest
+    assert execute(struct.pack(">BBQIBB", 0x9E, 0x12, 7, 4096, 0, 0), THIN) == LbaStatusPlan(7, 24)
+    assert data_in_length(struct.pack(">BBQIBB", 0x9E, 0x12, 0, 4096, 0, 0), THIN) == 24
+    assert execute(struct.pack(">BBQIBB", 0x9E, 0x12, 100, 0, 0, 0), THIN) == Reply()
     for lba in (N, N + 1, 2**63, 2**64 - 1):
         assert sense_of(execute(struct.pack(">BBQIBB", 0x9E, 0x12, lba, 24, 0, 0), THIN)) == OOB
 
@@ -372,7 +376,10 @@ def test_mode_sense_all_pages_and_single() -> None:
 
 def test_mode_sense_page_control() -> None:
     changeable = data_of(execute(cdb.mode_sense_6(0x0A, pc=1, dbd=True), THIN))
-    assert changeable[4] == 0x0A and not any(changeable[6:])  # SWP not changeable
+    # Only SWP is changeable, and only on a unit its configuration left writable.
+    assert changeable[4] == 0x0A and changeable[8] == 0x08 and not any(changeable[9:])
+    fixed = data_of(execute(cdb.mode_sense_6(0x0A, pc=1, dbd=True), RO))
+    assert not any(fixed[6:])
     assert data_of(execute(cdb.mode_sense_6(0x3F, pc=2), THIN)) == data_of(
         execute(cdb.mode_sense_6(0x3F), THIN))
     assert sense_of(execute(cdb.mode_sense_6(0x3F, pc=3), THIN)) == (ILLEGAL, 0x3900)
@@ -502,7 +509,7 @@ def test_admission_lengths() -> None:
 
 
 _OUTCOMES = (Reply, ReadPlan, WritePlan, WriteSamePlan, UnmapPlan, SyncPlan, VerifyPlan,
-             CompareAndWritePlan, OrWritePlan)
+             CompareAndWritePlan, OrWritePlan, SanitizePlan, LbaStatusPlan)
 _KNOWN = [int(o) for o in cdb.Opcode]
 
 
@@ -523,6 +530,10 @@ def test_random_cdbs_never_raise(cdb_bytes: bytes, disk: Disk, data_out: bytes,
     assert isinstance(out, _OUTCOMES)
     if isinstance(out, Reply) and out.status == ScsiStatus.CHECK_CONDITION:
         parse_sense(out.sense)
+    elif isinstance(out, LbaStatusPlan):
+        assert out.lba < disk.num_blocks and 0 < out.length <= 24
+    elif isinstance(out, SanitizePlan):
+        assert not disk.read_only and (out.overwrite or disk.thin_provisioning)
     elif not isinstance(out, Reply | SyncPlan | UnmapPlan):
         assert out.nblocks > 0 and out.lba + out.nblocks <= disk.num_blocks
     assert data_in_length(cdb_bytes, disk) >= 0

@@ -255,6 +255,9 @@ class RecordingBacking:
     def punch(self, offset: int, length: int) -> None:
         self._inner.punch(offset, length)
 
+    def extent(self, offset: int) -> tuple[bool, int]:
+        return self._inner.extent(offset)
+
     def close(self) -> None:
         self._inner.close()
 

@@ -73,6 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="close its connection when the ping goes unanswered (default 30)")
     p.add_argument("--readonly", action="store_true",
                    help="serve the LUN(s) read-only: writes answer DATA PROTECT")
+    p.add_argument("--removable", action="store_true",
+                   help="serve the LUN(s) as removable media: START STOP UNIT ejects and loads")
     p.add_argument("--loop", choices=loops.LOOPS, default="auto",
                    help="event loop: uvloop if installed (auto, the default), or force one")
     p.add_argument("-v", "--verbose", action="store_true", help="log every session")
@@ -134,7 +136,8 @@ def _config(args: argparse.Namespace) -> ServeConfig:
     return from_options(args.file, args.config, size=args.size, address=args.address,
                         port=args.port, memory=args.memory, policy=args.policy, chap=args.chap,
                         chap_secret=chap_secret,
-                        readonly=args.readonly, login_timeout=args.login_timeout,
+                        readonly=args.readonly, removable=args.removable,
+                        login_timeout=args.login_timeout,
                         max_connections=args.max_connections, nop_interval=args.nop_interval,
                         nop_timeout=args.nop_timeout)
 

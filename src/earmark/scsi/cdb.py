@@ -38,6 +38,7 @@ class Opcode(IntEnum):
     READ_DEFECT_DATA_10 = 0x37
     WRITE_SAME_10 = 0x41
     UNMAP = 0x42
+    SANITIZE = 0x48
     MODE_SELECT_10 = 0x55
     MODE_SENSE_10 = 0x5A
     PERSISTENT_RESERVE_IN = 0x5E
@@ -69,6 +70,15 @@ class ServiceAction(IntEnum):
     GET_LBA_STATUS = 0x12  # of SERVICE ACTION IN (16)
     REPORT_SUPPORTED_OPERATION_CODES = 0x0C  # of MAINTENANCE IN
     EXTENDED_COPY_LID1 = 0x00  # of EXTENDED COPY
+
+
+class SanitizeAction(IntEnum):
+    """SANITIZE's service actions (SBC-4 5.30)."""
+
+    OVERWRITE = 0x01
+    BLOCK_ERASE = 0x02
+    CRYPTO_ERASE = 0x03
+    EXIT_FAILURE_MODE = 0x1F
 
 
 class VpdPage(IntEnum):

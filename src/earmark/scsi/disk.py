@@ -7,9 +7,22 @@ Disk, so the pages cannot disagree with each other or with what the commands do.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import IntFlag
 
 VENDOR = "EARMARK"
+
+
+class Need(IntFlag):
+    """What a command may need of a unit; `Disk.lacks` says which of them it lacks."""
+
+    THIN = 1
+    ATOMIC = 2
+    #: The medium, for any command but those a unit answers during a sanitize or
+    #: without its medium.
+    MEDIUM = 4
+    #: A removable medium (PREVENT ALLOW MEDIUM REMOVAL).
+    REMOVABLE = 8
 
 
 @dataclass(slots=True, frozen=True)
@@ -38,6 +51,17 @@ class Disk:
     #: WRITE ATOMIC (16) limit; 0: not offered. A target sets it only to what one
     #: command buffer holds, since atomicity rests on writing all of it at once.
     max_atomic_blocks: int = 0
+    #: Read-only by MODE SELECT (the control page's SWP), not by configuration: a unit
+    #: has both set then, and clearing SWP makes it writable again (`mode_select`).
+    soft_write_protect: bool = False
+    #: A SANITIZE is at work on the medium: every command that touches it, or the
+    #: unit's state, answers NOT READY until it ends (SBC-4 4.11.2).
+    sanitizing: bool = False
+    #: The medium can be ejected and loaded (START STOP UNIT with LOEJ): INQUIRY says
+    #: RMB. `ejected`: it is out, and commands that need it answer MEDIUM NOT PRESENT.
+    removable: bool = False
+    ejected: bool = False
+    lacks: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.block_size not in (512, 4096):
@@ -52,6 +76,11 @@ class Disk:
             raise ValueError("max_transfer_bytes must hold at least one block")
         if not 0 <= self.max_atomic_blocks <= self.max_transfer_blocks:
             raise ValueError("max_atomic_blocks must be between 0 and max_transfer_blocks")
+        lacks = ((0 if self.thin_provisioning else Need.THIN)
+                 | (0 if self.max_atomic_blocks else Need.ATOMIC)
+                 | (Need.MEDIUM if self.sanitizing or self.ejected else 0)
+                 | (0 if self.removable else Need.REMOVABLE))
+        object.__setattr__(self, "lacks", int(lacks))
 
     @property
     def max_transfer_blocks(self) -> int:

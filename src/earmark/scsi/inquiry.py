@@ -27,7 +27,8 @@ def _ascii(text: str, width: int) -> bytes:
 
 def standard_inquiry(disk: Disk) -> bytes:
     """96 bytes, so ADDITIONAL LENGTH (91) covers the version descriptors at 58..73."""
-    head = bytes((0x00, 0x00, _VERSION_SPC4, _HISUP_RDF2, _STANDARD_LENGTH - 5, _3PC, 0,
+    rmb = 0x80 if disk.removable else 0
+    head = bytes((0x00, rmb, _VERSION_SPC4, _HISUP_RDF2, _STANDARD_LENGTH - 5, _3PC, 0,
                   _CMDQUE))
     ident = _ascii(VENDOR, 8) + _ascii(disk.product, 16) + _ascii(disk.revision, 4)
     descriptors = struct.pack(">8H", *_VERSION_DESCRIPTORS, *(0,) * 4)
@@ -81,9 +82,11 @@ def _block_limits(disk: Disk) -> bytes:
     )
 
 
-def _block_device_characteristics() -> bytes:
-    # medium rotation rate 1: non-rotating medium
-    return struct.pack(">HBBB", 1, 0, 0, 0).ljust(0x3C, b"\0")
+def _block_device_characteristics(disk: Disk) -> bytes:
+    # Medium rotation rate 1: non-rotating medium. WABEREQ and WACEREQ 01b: after a
+    # BLOCK or CRYPTO ERASE (offered on thin units) reads succeed, returning zeros.
+    erased_reads = 0x50 if disk.thin_provisioning else 0
+    return struct.pack(">HBBB", 1, 0, erased_reads, 0).ljust(0x3C, b"\0")
 
 
 def _logical_block_provisioning() -> bytes:
@@ -104,7 +107,7 @@ def vpd_page(disk: Disk, code: int) -> bytes:
     elif code == VpdPage.BLOCK_LIMITS:
         payload = _block_limits(disk)
     elif code == VpdPage.BLOCK_DEVICE_CHARACTERISTICS:
-        payload = _block_device_characteristics()
+        payload = _block_device_characteristics(disk)
     else:
         payload = _logical_block_provisioning()
     return _page(code, payload)

@@ -1,9 +1,10 @@
 """MODE SENSE data: header, block descriptor and the caching, control and IE pages.
 
-Nothing is changeable (the changeable-values image is all zeros) and nothing is
-saved, so MODE SELECT has nothing to do and saved values are refused. The header's
-device-specific parameter carries WP for a read-only disk and DPOFUA, which
-initiators read to decide whether to send DPO/FUA at all.
+One bit is changeable: the control page's SWP (software write protect), which MODE
+SELECT sets on a writable unit to make it read-only until cleared (`mode_select`);
+nothing is saved, so saved values are refused. The header's device-specific
+parameter carries WP for a read-only disk and DPOFUA, which initiators read to
+decide whether to send DPO/FUA at all.
 """
 
 from __future__ import annotations
@@ -27,20 +28,39 @@ def _caching(disk: Disk) -> bytes:
     return bytes((CACHING, 0x12, wce)) + bytes(0x11)
 
 
-def _control() -> bytes:
+#: Byte 4 of the control page.
+SWP = 0x08
+
+
+def _control(disk: Disk) -> bytes:
     # GLTSD=1 (no log parameters saved); QUEUE ALGORITHM MODIFIER=1 (unrestricted
     # reordering: the target may run commands out of order); D_SENSE=0 (fixed sense);
     # busy timeout 0xFFFF (unlimited).
-    return bytes((CONTROL, 0x0A, 0x02, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0))
+    swp = SWP if disk.soft_write_protect else 0
+    return bytes((CONTROL, 0x0A, 0x02, 0x10, swp, 0, 0, 0, 0xFF, 0xFF, 0, 0))
+
+
+def changeable(disk: Disk, page: bytes) -> bytes:
+    """The changeable-values image of `page`: SWP on a unit not read-only by its
+    configuration, nothing else."""
+    image = bytearray(len(page))
+    image[:2] = page[:2]
+    if page[0] == CONTROL and (disk.soft_write_protect or not disk.read_only):
+        image[4] = SWP
+    return bytes(image)
 
 
 def _informational_exceptions() -> bytes:
     return bytes((INFORMATIONAL_EXCEPTIONS, 0x0A, 0x08)) + bytes(9)  # DEXCPT=1
 
 
+def current_pages(disk: Disk) -> dict[int, bytes]:
+    return {CACHING: _caching(disk), CONTROL: _control(disk),
+            INFORMATIONAL_EXCEPTIONS: _informational_exceptions()}
+
+
 def _pages(disk: Disk, page: int) -> list[bytes]:
-    table = {CACHING: _caching(disk), CONTROL: _control(),
-             INFORMATIONAL_EXCEPTIONS: _informational_exceptions()}
+    table = current_pages(disk)
     if page == ALL_PAGES:
         return list(table.values())
     if page not in table:
@@ -58,7 +78,7 @@ def mode_sense_data(
         raise invalid_field_in_cdb(3, 7)
     pages = _pages(disk, page)
     if pc == PC_CHANGEABLE:
-        pages = [p[:2] + bytes(len(p) - 2) for p in pages]
+        pages = [changeable(disk, p) for p in pages]
     dsp = (_WP if disk.read_only else 0) | _DPOFUA
     descriptor = b""
     if not dbd:

@@ -57,8 +57,8 @@ class WriteSamePlan:
     """Replicate one block over nblocks from lba.
 
     The block is the Data-Out buffer, or zeros when ndob. With unmap the runtime
-    punches the range instead of writing it when the block is all zeros (LBPRZ=1
-    makes that equivalent), and writes it otherwise (SBC-4 5.50).
+    punches the range whatever the block holds: SBC-4 5.50 lets the device server
+    unmap each block rather than write it, and with LBPRZ=1 they then read as zeros.
     """
 
     lba: int
@@ -145,9 +145,55 @@ class CopyPlan:
     segments: tuple[CopySegment, ...]
 
 
+@dataclass(slots=True, frozen=True)
+class SanitizePlan:
+    """SANITIZE the whole unit, then make it durable (SBC-4 4.11).
+
+    overwrite: write the initialization pattern (the `pattern` bytes of the Data-Out
+    parameter list from `pattern_at` on, repeated to fill each block) over every block,
+    `passes` times, inverted between passes when `invert`. Otherwise (BLOCK ERASE,
+    CRYPTO ERASE) deallocate every block: with LBPRZ=1 they read as zeros, and a
+    file backing keeps no key whose loss would be a crypto erase, so dropping the
+    blocks is the erase.
+    """
+
+    overwrite: bool
+    pattern_at: int = 0
+    pattern: int = 0
+    passes: int = 1
+    invert: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class LbaStatusPlan:
+    """GET LBA STATUS: one descriptor, from lba to where the backing store's
+    allocation changes (mapped or deallocated), as `length` bytes of Data-In (the
+    allocation length cut to the 24 bytes of one descriptor's parameter data)."""
+
+    lba: int
+    length: int
+
+
+@dataclass(slots=True, frozen=True)
+class ModeSelectPlan:
+    """Set or clear the unit's software write protection: its Disk becomes
+    `mode_select.protected(disk, swp)`."""
+
+    swp: bool
+
+
+@dataclass(slots=True, frozen=True)
+class MediumPlan:
+    """Load (`loaded`) or eject the unit's removable medium: its Disk's `ejected`
+    becomes `not loaded`; the file stays open, as a medium in its drive's tray."""
+
+    loaded: bool
+
+
 Plan = (
     ReadPlan | WritePlan | WriteSamePlan | UnmapPlan | SyncPlan | VerifyPlan
-    | CompareAndWritePlan | OrWritePlan | CopyPlan
+    | CompareAndWritePlan | OrWritePlan | CopyPlan | SanitizePlan | LbaStatusPlan
+    | ModeSelectPlan | MediumPlan
 )
 Outcome = Reply | Plan
 

@@ -124,7 +124,7 @@ def invalid_release() -> ScsiError:
 class Reservations:
     """The reservation state of one logical unit."""
 
-    __slots__ = ("generation", "holder", "keys", "legacy", "pr_type")
+    __slots__ = ("generation", "holder", "keys", "legacy", "pr_type", "preventing")
 
     def __init__(self) -> None:
         #: RESERVE(6) holder, if any.
@@ -137,6 +137,10 @@ class Reservations:
         self.pr_type: PrType | None = None
         #: PRgeneration: counts registration changes (SPC-4 6.15.2).
         self.generation = 0
+        #: The I_T nexuses preventing medium removal (PREVENT ALLOW MEDIUM REMOVAL):
+        #: kept here because a prevention ends as RESERVE(6) does, at I_T nexus loss
+        #: and at a reset (SBC-4 5.15), which the target tells this object about.
+        self.preventing: set[Nexus] = set()
 
     # --------------------------------------------------------------- conflicts
 
@@ -179,10 +183,12 @@ class Reservations:
         """The nexus logged out or its connection dropped (SPC-2: releases RESERVE)."""
         if self.legacy == nexus:
             self.legacy = None
+        self.preventing.discard(nexus)
 
     def reset(self) -> None:
-        """Logical unit reset: RESERVE(6) ends; persistent reservations stay."""
+        """Logical unit reset: RESERVE(6) and preventions end; persistent reservations stay."""
         self.legacy = None
+        self.preventing.clear()
 
     # ------------------------------------------------------- PERSISTENT RESERVE IN
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from . import rsoc, xcopy
-from .cdb import Opcode, ServiceAction
-from .disk import Disk
+from . import mode_select, rsoc, sanitize, xcopy
+from .cdb import Opcode, SanitizeAction, ServiceAction
+from .disk import Disk, Need
 from .inquiry import standard_inquiry, vpd_page
 from .lun import lun_to_u64
 from .mode import mode_sense_data
@@ -27,6 +27,8 @@ from .plans import (
     GOOD,
     CompareAndWritePlan,
     Extent,
+    LbaStatusPlan,
+    MediumPlan,
     OrWritePlan,
     Outcome,
     ReadPlan,
@@ -56,7 +58,10 @@ from .sense import (
     invalid_opcode,
     lba_out_of_range,
     logical_unit_not_supported,
+    medium_not_present,
+    medium_removal_prevented,
     parameter_list_length_error,
+    sanitize_in_progress,
     write_protected,
 )
 from .xcopy import CopyManager, CopySa
@@ -95,10 +100,21 @@ class _Command:
     data_out: _Length = _none
     thin_only: bool = False
     atomic_only: bool = False
+    removable_only: bool = False
+    #: False for the commands a unit answers while its medium is busy (a sanitize).
+    medium: bool = True
+    #: What the command needs of a disk (`disk.Need`), against `Disk.lacks`: one test
+    #: per command decides both whether it is offered and whether it can run now.
+    needs: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        needs = ((Need.THIN if self.thin_only else 0) | (Need.ATOMIC if self.atomic_only else 0)
+                 | (Need.REMOVABLE if self.removable_only else 0))
+        # Plain ints: an IntFlag's & is a Python call, this one is per command.
+        object.__setattr__(self, "needs", int(needs | (Need.MEDIUM if self.medium else 0)))
 
     def offered(self, disk: Disk) -> bool:
-        return (disk.thin_provisioning or not self.thin_only) and (
-            disk.max_atomic_blocks > 0 or not self.atomic_only)
+        return not self.needs & disk.lacks & ~Need.MEDIUM
 
 
 _S6 = struct.Struct(">BBHBB")
@@ -390,10 +406,13 @@ def _test_unit_ready(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
 
 
 def _request_sense(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
-    """No sense is ever pending: errors are reported with the command (autosense)."""
+    """No sense is pending but for the unit's state (a sanitize in progress): errors are
+    reported with the command (autosense)."""
+    key, code = ((SenseKey.NOT_READY, Asc.SANITIZE_IN_PROGRESS) if disk.sanitizing
+                 else (SenseKey.NO_SENSE, Asc.NO_ADDITIONAL_SENSE))
     if cdb[1] & 0x01:
-        return _cut(build_descriptor_sense(SenseKey.NO_SENSE, Asc.NO_ADDITIONAL_SENSE), cdb[4])
-    return _cut(build_fixed_sense(SenseKey.NO_SENSE, Asc.NO_ADDITIONAL_SENSE), cdb[4])
+        return _cut(build_descriptor_sense(key, code), cdb[4])
+    return _cut(build_fixed_sense(key, code), cdb[4])
 
 
 def _inquiry(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
@@ -440,15 +459,44 @@ def _mode_sense(ten: bool) -> _Run:
     return run
 
 
+def _mode_select(ten: bool) -> _Run:
+    def run(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+        return mode_select.plan(cdb, disk, ctx.data_out, ten=ten)
+
+    return run
+
+
 def _start_stop_unit(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
     """A fixed disk cannot eject; stopping it (START=0) flushes the write cache first,
     unless NO_FLUSH. The unit is not modelled as stopped afterwards: SBC lets any
-    medium-access command start it again, which is where it already is."""
+    medium-access command start it again, which is where it already is. A removable
+    medium is ejected (START=0) or loaded (START=1) by LOEJ, unless an I_T nexus
+    prevents its removal; the power condition, when given, wins over LOEJ (SBC-4 5.27)."""
     action = cdb[4]
-    if action & 0x02:
-        raise invalid_field_in_cdb(4, 1)  # LOEJ on a medium that is not removable
+    if action & 0x02 and not action >> 4:
+        if not disk.removable:
+            raise invalid_field_in_cdb(4, 1)  # LOEJ on a medium that is not removable
+        if ctx.reservations.preventing:
+            raise medium_removal_prevented()
+        load = bool(action & 0x01)
+        return MediumPlan(loaded=load) if load == disk.ejected else GOOD
+    if disk.ejected:
+        raise medium_not_present()
     if not action & 0x01 and not action & 0x04 and not action >> 4:
         return SyncPlan()
+    return GOOD
+
+
+def _prevent_allow(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+    """PREVENT 01b: this I_T nexus prevents the medium's removal until it allows it
+    again (00b) or the prevention ends as RESERVE(6) does (`Reservations.preventing`)."""
+    prevent = cdb[4] & 0x03
+    if prevent > 1:
+        raise invalid_field_in_cdb(4, 1)  # 10b, 11b: obsolete (for changers)
+    if prevent:
+        ctx.reservations.preventing.add(ctx.nexus)
+    else:
+        ctx.reservations.preventing.discard(ctx.nexus)
     return GOOD
 
 
@@ -465,15 +513,34 @@ def _read_capacity_16(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
     return _cut(data.ljust(32, b"\0"), _u32_at10(cdb, disk))
 
 
+#: GET LBA STATUS answers with one descriptor: its 8-byte header and 16 bytes.
+LBA_STATUS_BYTES = 24
+
+
 def _get_lba_status(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
-    """One descriptor from the LBA to the end: "mapped or unknown" (status 0h, SBC-4
-    5.7): the target keeps no map of which blocks the backing store deallocated."""
+    """Where the blocks from the LBA on stand is the backing store's to say (a file's
+    holes are deallocated blocks): a plan, answered by the executor with one descriptor
+    (SBC-4 5.7), as many as the initiator must expect at least."""
     lba = int.from_bytes(cdb[2:10], "big")
     if lba >= disk.num_blocks:
         raise lba_out_of_range()
-    count = min(disk.num_blocks - lba, 0xFFFFFFFF)
-    data = struct.pack(">II", 20, 0) + struct.pack(">QIBBH", lba, count, 0, 0, 0)
-    return _cut(data, _u32_at10(cdb, disk))
+    length = min(_u32_at10(cdb, disk), LBA_STATUS_BYTES)
+    return LbaStatusPlan(lba, length) if length else GOOD
+
+
+def lba_status(lba: int, nblocks: int, deallocated: bool) -> bytes:
+    """GET LBA STATUS parameter data: one descriptor of `nblocks` from `lba`
+    (capped at the field's 32 bits; the initiator asks again from where it ends)."""
+    return struct.pack(">IIQIBBH", LBA_STATUS_BYTES - 4, 0, lba, min(nblocks, 0xFFFFFFFF),
+                       1 if deallocated else 0, 0, 0)
+
+
+def _sanitize(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
+    return sanitize.plan(cdb, disk, ctx.data_out)
+
+
+def _sanitize_out(cdb: bytes, disk: Disk) -> int:
+    return sanitize.list_length(cdb)
 
 
 def _reserve_6(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
@@ -627,15 +694,22 @@ def _other_table() -> dict[int, _Command]:
         Op.TEST_UNIT_READY: _Command(6, _usage(Op.TEST_UNIT_READY, 0, 0, 0, 0, _C),
                                     _test_unit_ready),
         Op.REQUEST_SENSE: _Command(6, _usage(Op.REQUEST_SENSE, 0x01, 0, 0, 0xFF, _C),
-                                  _request_sense, _byte4),
+                                  _request_sense, _byte4, medium=False),
         Op.INQUIRY: _Command(6, _usage(Op.INQUIRY, 0x01, 0xFF, 0xFF, 0xFF, _C), _inquiry,
-                            _u16_at3),
+                            _u16_at3, medium=False),
         Op.MODE_SENSE_6: _Command(6, _usage(Op.MODE_SENSE_6, 0x08, 0xFF, 0xFF, 0xFF, _C),
                                  _mode_sense(False), _byte4),
         Op.MODE_SENSE_10: _Command(10, _usage(Op.MODE_SENSE_10, 0x18, 0xFF, 0xFF, 0, 0, 0,
                                              0xFF, 0xFF, _C), _mode_sense(True), _u16_at7),
+        Op.MODE_SELECT_6: _Command(6, _usage(Op.MODE_SELECT_6, 0x11, 0, 0, 0xFF, _C),
+                                  _mode_select(False), data_out=_byte4),
+        Op.MODE_SELECT_10: _Command(10, _usage(Op.MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, 0xFF,
+                                              0xFF, _C), _mode_select(True), data_out=_u16_at7),
         Op.START_STOP_UNIT: _Command(6, _usage(Op.START_STOP_UNIT, 0x01, 0, 0x0F, 0xF7, _C),
-                                    _start_stop_unit),
+                                    _start_stop_unit, medium=False),
+        Op.PREVENT_ALLOW_MEDIUM_REMOVAL: _Command(
+            6, _usage(Op.PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0x03, _C), _prevent_allow,
+            medium=False, removable_only=True),
         Op.READ_CAPACITY_10: _Command(10, _usage(Op.READ_CAPACITY_10, 0, *_FF4, 0, 0, 0x01, _C),
                                      _read_capacity_10, lambda cdb, disk: 8),
         Op.READ_DEFECT_DATA_10: _Command(10, _usage(Op.READ_DEFECT_DATA_10, 0, 0x1F, 0, 0, 0, 0,
@@ -649,8 +723,12 @@ def _other_table() -> dict[int, _Command]:
         Op.RESERVE_6: _Command(6, _usage(Op.RESERVE_6, 0, 0, 0, 0, _C), _reserve_6),
         Op.RELEASE_6: _Command(6, _usage(Op.RELEASE_6, 0, 0, 0, 0, _C), _release_6),
         Op.REPORT_LUNS: _Command(12, _usage(Op.REPORT_LUNS, 0, 0xFF, 0, 0, 0, *_FF4, 0, _C),
-                                _report_luns, _u32_at6),
+                                _report_luns, _u32_at6, medium=False),
     }
+
+
+#: The sanitize actions that leave every block deallocated: only on a thin unit.
+_DEALLOCATING = (SanitizeAction.BLOCK_ERASE, SanitizeAction.CRYPTO_ERASE)
 
 
 def _sa_table() -> dict[tuple[int, int], _Command]:
@@ -661,15 +739,18 @@ def _sa_table() -> dict[tuple[int, int], _Command]:
             _read_capacity_16, _u32_at10),
         (Op.SERVICE_ACTION_IN_16, SA.GET_LBA_STATUS): _Command(
             16, _usage(Op.SERVICE_ACTION_IN_16, SA.GET_LBA_STATUS, *_FF8, *_FF4, 0, _C),
-            _get_lba_status, _u32_at10),
+            _get_lba_status, lambda cdb, disk: min(_u32_at10(cdb, disk), LBA_STATUS_BYTES)),
         (Op.MAINTENANCE_IN, SA.REPORT_SUPPORTED_OPERATION_CODES): _Command(
             12, _usage(Op.MAINTENANCE_IN, SA.REPORT_SUPPORTED_OPERATION_CODES, 0x87, 0xFF,
                        0xFF, 0xFF, *_FF4, 0, _C),
-            _report_supported_opcodes, _u32_at6),
+            _report_supported_opcodes, _u32_at6, medium=False),
         (Op.EXTENDED_COPY, SA.EXTENDED_COPY_LID1): _Command(
             16, _usage(Op.EXTENDED_COPY, SA.EXTENDED_COPY_LID1, 0, 0, 0, 0, 0, 0, 0, 0,
                        *_FF4, 0, _C),
             _extended_copy, data_out=_extended_copy_out),
+        **{(Op.SANITIZE, sa): _Command(
+            10, _usage(Op.SANITIZE, 0xA0 | sa, 0, 0, 0, 0, 0, 0xFF, 0xFF, _C), _sanitize,
+            data_out=_sanitize_out, thin_only=sa in _DEALLOCATING) for sa in SanitizeAction},
         **{(Op.RECEIVE_COPY_RESULTS, sa): _Command(
             16, _usage(Op.RECEIVE_COPY_RESULTS, sa, 0xFF if sa == CopySa.COPY_STATUS else 0,
                        0, 0, 0, 0, 0, 0, 0, *_FF4, 0, _C),
@@ -692,6 +773,14 @@ _ALL: dict[tuple[int, int | None], _Command] = {
 }
 
 
+def _refusal(cmd: _Command | None, disk: Disk, absent: ScsiError) -> ScsiError:
+    """Why a command the unit has cannot run now (its medium is busy or out), or
+    `absent`: it is not offered."""
+    if cmd is not None and cmd.offered(disk):
+        return sanitize_in_progress() if disk.sanitizing else medium_not_present()
+    return absent
+
+
 def _lookup(cdb: bytes, disk: Disk) -> _Command:
     """The command for this CDB, or the sense saying why there is none."""
     if not cdb:
@@ -700,14 +789,15 @@ def _lookup(cdb: bytes, disk: Disk) -> _Command:
     if opcode in _SA_OPCODES:
         if len(cdb) < 2:
             raise invalid_field_in_cdb(1, 4)
-        cmd = _BY_SA.get((opcode, cdb[1] & 0x1F))
-        if cmd is None:
+        sa_cmd = _BY_SA.get((opcode, cdb[1] & 0x1F))
+        if sa_cmd is None or sa_cmd.needs & disk.lacks:
             # field pointer 1: libiscsi reads this as "service action not implemented"
-            raise invalid_field_in_cdb(1, 4)
+            raise _refusal(sa_cmd, disk, invalid_field_in_cdb(1, 4))
+        cmd = sa_cmd
     else:
         found = _BY_OPCODE.get(opcode)
-        if found is None or not found.offered(disk):
-            raise invalid_opcode()
+        if found is None or found.needs & disk.lacks:
+            raise _refusal(found, disk, invalid_opcode())
         cmd = found
     if len(cdb) < cmd.length:
         raise invalid_field_in_cdb(len(cdb) - 1)
@@ -763,7 +853,8 @@ RESERVATION_CONFLICT = Reply(b"", ScsiStatus.RESERVATION_CONFLICT)
 
 #: Opcodes whose Data-Out is a parameter list that decides what the command does:
 #: the target executes them only once all of it has arrived.
-PARAMETER_LISTS = frozenset((Opcode.UNMAP, Opcode.PERSISTENT_RESERVE_OUT, Opcode.EXTENDED_COPY))
+PARAMETER_LISTS = frozenset((Opcode.UNMAP, Opcode.PERSISTENT_RESERVE_OUT, Opcode.EXTENDED_COPY,
+                             Opcode.SANITIZE, Opcode.MODE_SELECT_6, Opcode.MODE_SELECT_10))
 
 
 def execute_without_lun(cdb: bytes, luns: Sequence[int]) -> Reply:

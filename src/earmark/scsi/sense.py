@@ -49,6 +49,7 @@ class Asc(IntEnum):
 
     NO_ADDITIONAL_SENSE = 0x0000
     LOGICAL_UNIT_NOT_READY = 0x0400
+    SANITIZE_IN_PROGRESS = 0x041B
     WRITE_ERROR = 0x0C00
     INVALID_FIELD_IN_INFORMATION_UNIT = 0x0E03
     UNRECOVERED_READ_ERROR = 0x1100
@@ -324,6 +325,14 @@ def space_allocation_failed(lba: int | None = None) -> ScsiError:
 def protocol_crc_error() -> ScsiError:
     """ABORTED COMMAND: the transport lost part of the command's data (a digest error)."""
     return ScsiError(SenseKey.ABORTED_COMMAND, 0x47, 0x05)
+
+
+def sanitize_in_progress() -> ScsiError:
+    return ScsiError(SenseKey.NOT_READY, 0x04, 0x1B)
+
+
+def medium_removal_prevented() -> ScsiError:
+    return ScsiError(SenseKey.ILLEGAL_REQUEST, 0x53, 0x02)
 
 
 def medium_not_present() -> ScsiError:

@@ -65,6 +65,9 @@ class SlowBacking:
     def punch(self, offset: int, length: int) -> None:
         self.inner.punch(offset, length)
 
+    def extent(self, offset: int) -> tuple[bool, int]:
+        return self.inner.extent(offset)
+
     def close(self) -> None:
         self.inner.close()
 

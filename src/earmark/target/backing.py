@@ -8,6 +8,8 @@ Deallocation (UNMAP, WRITE SAME with UNMAP) punches a hole with
 fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): the blocks then read as
 zeros, which is what the target promises with LBPRZ=1. Where the filesystem
 refuses to punch, zeros are written instead, so the promise holds either way.
+GET LBA STATUS asks the store which blocks are allocated (`extent`): a file's
+holes (SEEK_HOLE / SEEK_DATA) are the deallocated blocks.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ class Backing(Protocol):
 
     def punch(self, offset: int, length: int) -> None:
         """Deallocate the range; it reads as zeros afterwards."""
+
+    def extent(self, offset: int) -> tuple[bool, int]:
+        """Whether the byte at `offset` is allocated, and where (the byte offset) the
+        run of the same kind ends. A store that cannot tell says allocated to the end."""
 
     def close(self) -> None: ...
 
@@ -237,6 +243,20 @@ class FileBacking:
             self._fallocate = None  # this filesystem will not punch: stop asking
         self._write_zeros(offset, length)
 
+    def extent(self, offset: int) -> tuple[bool, int]:
+        _check_range(self._size, offset, 1)
+        try:
+            data = os.lseek(self._fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data from here to the end: one hole
+                return False, self._size
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                return True, self._size  # no map here (a block device, an old filesystem)
+            raise
+        if data > offset:
+            return False, min(data, self._size)
+        return True, min(os.lseek(self._fd, offset, os.SEEK_HOLE), self._size)
+
     def _write_zeros(self, offset: int, length: int) -> None:
         zeros = memoryview(bytes(min(length, _ZERO_CHUNK)))
         end = offset + length
@@ -289,6 +309,10 @@ class MemoryBacking:
     def punch(self, offset: int, length: int) -> None:
         _check_range(self.size, offset, length)
         self._data[offset:offset + length] = bytes(length)
+
+    def extent(self, offset: int) -> tuple[bool, int]:
+        _check_range(self.size, offset, 1)
+        return True, self.size  # memory keeps no map: "mapped or unknown"
 
     def close(self) -> None:
         """Nothing to release: the bytearray goes with the object."""

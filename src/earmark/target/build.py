@@ -138,13 +138,13 @@ def target_arena(memory: int) -> Arena:
 
 
 def disk(size: int, serial: str, *, block_size: int, config: SessionConfig,
-         write_cache: bool = True, read_only: bool = False) -> Disk:
+         write_cache: bool = True, read_only: bool = False, removable: bool = False) -> Disk:
     """The Disk a LUN of `size` bytes presents: its limits follow from one command
     buffer (`config.buffer_bytes`), which the target reserves before admitting a command.
     Without `write_cache` (WCE=0) every write is on stable storage before its status;
     `read_only` answers every write DATA PROTECT / WRITE PROTECTED (MODE SENSE says WP)."""
     return Disk(size // block_size, serial, block_size=block_size, write_cache=write_cache,
-                read_only=read_only,
+                read_only=read_only, removable=removable,
                 max_transfer_bytes=MAX_TRANSFER,
                 # WRITE SAME may cover no more than one transfer: initiators (libiscsi's
                 # tests among them) read and write a whole WRITE SAME range with one command.
@@ -160,7 +160,8 @@ def file_unit(lun: LunConfig, config: SessionConfig) -> LogicalUnit:
     backing = FileBacking(lun.file, block_size=BLOCK_SIZE, read_only=lun.readonly)
     serial = hashlib.sha256(os.fsencode(lun.file.resolve())).hexdigest()[:16]
     return LogicalUnit(lun.lun, disk(backing.size, serial, block_size=BLOCK_SIZE, config=config,
-                                     read_only=lun.readonly), backing)
+                                     read_only=lun.readonly, removable=lun.removable),
+                       backing)
 
 
 def _create(path: Path, size: int) -> None:

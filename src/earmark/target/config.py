@@ -23,6 +23,7 @@
     file = "disk1.img"           # relative to the config file
     size = "1G"                  # optional: create the file with this size if missing
     readonly = true              # optional: writes answer DATA PROTECT / WRITE PROTECTED
+    removable = true             # optional: a removable medium (RMB; START STOP UNIT ejects it)
 
 The file is checked whole before anything starts: a mistake is one line that
 names the file, the place and the fix (an unknown key says which keys exist).
@@ -54,6 +55,7 @@ class LunConfig:
     file: Path
     size: int | None
     readonly: bool = False
+    removable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,7 @@ IQN_PREFIX = "iqn.2026-11.org.earmark:"
 _SERVER_KEYS = {"address", "port", "memory", "policy", "login_timeout", "max_connections",
                 "nop_interval", "nop_timeout"}
 _TARGET_KEYS = {"iqn", "alias", "chap", "mutual", "initiators", "lun"}
-_LUN_KEYS = {"lun", "file", "size", "readonly"}
+_LUN_KEYS = {"lun", "file", "size", "readonly", "removable"}
 _CRED_KEYS = {"user", "secret", "secret_file"}
 POLICIES = ("reserve", "none")
 
@@ -156,6 +158,7 @@ def from_options(
     chap: str | None = None,
     chap_secret: str | None = None,
     readonly: bool = False,
+    removable: bool = False,
     login_timeout: float | None = None,
     max_connections: int | None = None,
     nop_interval: float | None = None,
@@ -163,7 +166,7 @@ def from_options(
 ) -> ServeConfig:
     """`earmark serve`'s command line as a config: FILE is one target with one LUN;
     --config reads the file, and the flags given override its [server] table (and
-    --readonly makes every LUN of it read-only). `--chap USER` alone takes `chap_secret`
+    --readonly and --removable apply to every LUN of it). `--chap USER` alone takes `chap_secret`
     (from the environment or a file: argv shows in every process listing)."""
     if (file is None) == (config is None):
         raise ConfigError("give either FILE (one LUN) or --config FILE.toml, not both or neither")
@@ -177,9 +180,11 @@ def from_options(
             cfg = replace(cfg, memory=parse_size(memory, "--memory"))
         if policy is not None:
             cfg = replace(cfg, policy=policy)
-        if readonly:
+        if readonly or removable:
             cfg = replace(cfg, targets=tuple(
-                replace(t, luns=tuple(replace(lun, readonly=True) for lun in t.luns))
+                replace(t, luns=tuple(replace(lun, readonly=lun.readonly or readonly,
+                                              removable=lun.removable or removable)
+                                      for lun in t.luns))
                 for t in cfg.targets))
     else:
         assert file is not None
@@ -193,7 +198,7 @@ def from_options(
                                   f"${SECRET_ENV} or --chap-secret-file: both non-empty")
             credentials = (user, secret)
         lun = LunConfig(0, file, parse_size(size, "--size") if size is not None else None,
-                        readonly)
+                        readonly, removable)
         target = TargetConfig(target_iqn(file), "", credentials, None, None, (lun,))
         cfg = ServeConfig(address or DEFAULT_ADDRESS, DEFAULT_PORT if port is None else port,
                           parse_size(memory or DEFAULT_MEMORY, "--memory"),
@@ -258,10 +263,11 @@ def _lun(raw: object, index: int, where: _Where, target: str) -> LunConfig:
     if not file.is_absolute():
         file = where.path.parent / file
     size = _size(table["size"], where, f"{place} size") if "size" in table else None
-    readonly = table.get("readonly", False)
-    if not isinstance(readonly, bool):
-        raise where.error(f"{place} readonly {readonly!r} must be true or false")
-    return LunConfig(number, file, size, readonly)
+    flags = {key: table.get(key, False) for key in ("readonly", "removable")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise where.error(f"{place} {key} {value!r} must be true or false")
+    return LunConfig(number, file, size, flags["readonly"], flags["removable"])
 
 
 class _Where:

@@ -5,20 +5,27 @@ The session cuts every plan into windows that fit the command's reserved buffer
 (reused window after window); this module does the I/O of one window and turns
 failures into sense data. The only memory it takes outside the arena is the
 scratch a comparison needs (VERIFY with BYTCHK, COMPARE AND WRITE, ORWRITE):
-bounded by one window, and those commands are rare.
+bounded by one window, and those commands are rare. A SANITIZE OVERWRITE writes the
+pattern straight from the parameter list in the command's buffer, as iovecs.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+from dataclasses import replace
 
+from earmark.scsi.mode_select import protected
 from earmark.scsi.plans import (
     CompareAndWritePlan,
     CopyPlan,
     CopySegment,
+    LbaStatusPlan,
+    MediumPlan,
+    ModeSelectPlan,
     OrWritePlan,
     ReadPlan,
+    SanitizePlan,
     SyncPlan,
     UnmapPlan,
     VerifyPlan,
@@ -26,6 +33,7 @@ from earmark.scsi.plans import (
     WriteSamePlan,
     first_mismatch,
 )
+from earmark.scsi.sbc import lba_status
 from earmark.scsi.sense import (
     ScsiError,
     miscompare,
@@ -36,7 +44,7 @@ from earmark.scsi.sense import (
 from earmark.scsi.xcopy import copy_aborted
 from earmark.target.backing import Backing, BackingError
 from earmark.target.events import IoRequest
-from earmark.target.segments import cut, total
+from earmark.target.segments import cut, fill, total
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,14 @@ def run_io(io: IoRequest) -> bytes:
                 _or_write(backing, plan, bs, io)
         elif isinstance(plan, CopyPlan):
             _copy(plan, io)
+        elif isinstance(plan, SanitizePlan):
+            _sanitize(backing, plan, bs, io)
+        elif isinstance(plan, LbaStatusPlan):
+            _lba_status(backing, plan, bs, io)
+        elif isinstance(plan, ModeSelectPlan):
+            io.unit.disk = protected(io.unit.disk, plan.swp)  # the next command sees it
+        elif isinstance(plan, MediumPlan):
+            io.unit.disk = replace(io.unit.disk, ejected=not plan.loaded)
     except ScsiError as exc:
         return exc.sense()
     except (BackingError, OSError) as exc:
@@ -130,10 +146,10 @@ def _verify(backing: Backing, plan: VerifyPlan, bs: int, io: IoRequest) -> None:
 
 
 def _write_same(backing: Backing, plan: WriteSamePlan, bs: int, io: IoRequest) -> None:
-    block = memoryview(bytes(bs)) if plan.ndob else memoryview(b"".join(io.views))
-    if plan.unmap and not any(block):
+    if plan.unmap:
         backing.punch(plan.lba * bs, plan.nblocks * bs)
         return
+    block = memoryview(bytes(bs)) if plan.ndob else memoryview(b"".join(io.views))
     # The same block repeated as iovecs: one pwritev per batch, no copy of the data.
     for first in range(0, plan.nblocks, _SAME_BATCH):
         n = min(_SAME_BATCH, plan.nblocks - first)
@@ -198,3 +214,43 @@ def _or_write(backing: Backing, plan: OrWritePlan, bs: int, io: IoRequest) -> No
     backing.write(offset, [memoryview(merged)])
     if plan.fua and io.last:
         backing.sync()
+
+
+def _sanitize(backing: Backing, plan: SanitizePlan, bs: int, io: IoRequest) -> None:
+    """The unit answers NOT READY, SANITIZE IN PROGRESS while this runs (its Disk says
+    so: the sessions read it per command), and is itself again however it ends."""
+    unit = io.unit
+    unit.disk = replace(unit.disk, sanitizing=True)
+    try:
+        _erase(backing, plan, bs, io)
+    finally:
+        unit.disk = replace(unit.disk, sanitizing=False)
+
+
+def _erase(backing: Backing, plan: SanitizePlan, bs: int, io: IoRequest) -> None:
+    if not plan.overwrite:
+        backing.punch(0, backing.size)
+        backing.sync()
+        return
+    pattern = cut(io.views, plan.pattern_at, plan.pattern_at + plan.pattern)
+    # One block as iovecs: the pattern repeated, the last copy cut to fit.
+    whole, part = divmod(bs, plan.pattern)
+    block = pattern * whole + cut(pattern, 0, part)
+    per_write = max(1, _SAME_BATCH // len(block))
+    nblocks = backing.size // bs
+    for done in range(plan.passes):
+        if done and plan.invert:
+            for view in pattern:
+                view[:] = bytes(b ^ 0xFF for b in view)
+        for first in range(0, nblocks, per_write):
+            backing.write(first * bs, block * min(per_write, nblocks - first))
+    backing.sync()
+
+
+def _lba_status(backing: Backing, plan: LbaStatusPlan, bs: int, io: IoRequest) -> None:
+    """One descriptor: a block is deallocated only if all of it is a hole."""
+    mapped, end = backing.extent(plan.lba * bs)
+    nblocks = (-(-end // bs) if mapped else end // bs) - plan.lba
+    if nblocks < 1:  # the hole ends inside the block: the rest of it is data
+        mapped, nblocks = True, 1
+    fill(io.views, lba_status(plan.lba, nblocks, not mapped)[:total(io.views)])

@@ -63,6 +63,7 @@ from earmark.scsi import sbc
 from earmark.scsi.plans import (
     CompareAndWritePlan,
     CopyPlan,
+    LbaStatusPlan,
     ReadPlan,
     Reply,
     WriteSamePlan,
@@ -477,7 +478,8 @@ class TargetSession:
             self._reply(task, pdu, outcome)
             return
         # A read moves its blocks (the plan has them: no second look at the CDB).
-        in_len = outcome.nblocks * disk.block_size if isinstance(outcome, ReadPlan) else 0
+        in_len = (outcome.nblocks * disk.block_size if isinstance(outcome, ReadPlan)
+                  else outcome.length if isinstance(outcome, LbaStatusPlan) else 0)
         task.plan = outcome
         if in_len:
             task.reading = True
