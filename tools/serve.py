@@ -130,7 +130,9 @@ class EarmarkServe:
     def _launch(self) -> bytes:
         """Start it; what it printed up to its URL (printed once it listens)."""
         # A file, not a pipe, for stderr: nobody drains it while the target runs.
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed by _end_hard)
+        # Appending: the child writes through this file description, whose offset reading
+        # it back moves; without O_APPEND its next line would land where a read left it.
+        self._stderr = tempfile.TemporaryFile("a+b")  # noqa: SIM115  (closed by _end_hard)
         argv = self._argv()
         proc = self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._stderr)
         assert proc.stdout is not None

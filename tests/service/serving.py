@@ -81,7 +81,9 @@ class Served:
 
 @contextmanager
 def serve(*args: str, env: Mapping[str, str] | None = None) -> Iterator[Served]:
-    with tempfile.TemporaryFile("w+") as stderr:
+    # Appending: the child writes through the same file description, whose offset the
+    # reads in `printed` move; without O_APPEND its next line would land where they left it.
+    with tempfile.TemporaryFile("a+") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "earmark.cli", "serve", *args],
                                 stdout=subprocess.PIPE, stderr=stderr, text=True,
                                 env={**os.environ, **(env or {})})
