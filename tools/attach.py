@@ -73,6 +73,11 @@ class EarmarkAttach:
         self.loop: str | None = None
 
     @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "earmark.cli", "attach", self.url,
                 str(self.mountpoint), *self.options]

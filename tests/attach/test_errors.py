@@ -62,6 +62,18 @@ def test_a_mountpoint_in_use(tmp_path: Path) -> None:
         assert not is_mounted(first.mountpoint)
 
 
+@pytest.mark.tcp  # earmark serve listens on loopback
+def test_memory_too_small_for_the_requests_in_flight(tmp_path: Path) -> None:
+    lun = tmp_path / "lun.img"
+    lun.write_bytes(bytes(1 << 20))
+    (tmp_path / "mnt").mkdir()
+    with EarmarkServe(lun) as serve:
+        refused(attach(serve.url, tmp_path / "mnt", "--memory", "1040KiB"),
+                "cannot hold 32 commands", tmp_path / "mnt")
+        refused(attach(serve.url, tmp_path / "mnt", "--memory", "128KiB"),
+                "the arena can never grant", tmp_path / "mnt")  # not even its receive buffer
+
+
 def test_detach_of_what_no_attach_serves(tmp_path: Path) -> None:
     proc = subprocess.run([*EARMARK, "detach", str(tmp_path)], capture_output=True, text=True,
                           timeout=30, check=False)

@@ -27,6 +27,7 @@ from earmark.attach.pinned import pin_memory
 from earmark.attach.serve import FuseServer, largest_write, slot_bytes
 from earmark.host.policy import Policy
 from earmark.memory import Arena, HostLevel
+from earmark.memory.arena import format_bytes
 from earmark.runtime.initiator_device import BlockDevice
 
 __all__ = ["SLOT_BYTES", "AttachOptions", "attach"]
@@ -54,6 +55,7 @@ async def attach(opts: AttachOptions, say: Callable[[str], None]) -> int:
     async with device:
         bs = device.block_size
         max_write = largest_write(SLOT_BYTES, bs)
+        _check_command_memory(device, opts, max_write + 2 * bs)
         slots_arena = Arena(SLOT_BYTES * (opts.requests + 1), name="fuse-requests")
         held = slots_arena.reserve_now(
             slots_arena.claim({HostLevel.PAGE: slots_arena.capacity}), owner="fuse-requests")
@@ -75,6 +77,22 @@ async def attach(opts: AttachOptions, say: Callable[[str], None]) -> int:
         finally:
             mount.close()
             held.release()
+
+
+def _check_command_memory(device: BlockDevice, opts: AttachOptions, largest: int) -> None:
+    """Under ``reserve`` every request in flight must get its command's memory at once:
+    the initiator's arena holds ``--requests`` of the largest command beside its receive
+    buffer, so no command waits for memory while its request holds a slot."""
+    if opts.policy is not Policy.RESERVE:
+        return
+    admission, arena = device.admission, device.arena
+    one = max(admission.claim(write, largest)[0].total for write in (False, True))
+    need = arena.committed + opts.requests * one
+    if need > arena.capacity:
+        raise ValueError(
+            f"--memory {format_bytes(arena.capacity)} cannot hold {opts.requests} commands of "
+            f"{format_bytes(largest)} ({format_bytes(one)} each) beside the receive buffer: "
+            f"give --memory {need} (bytes) or fewer --requests")
 
 
 async def _serve(opts: AttachOptions, server: FuseServer, mount: Mount, device: BlockDevice,

@@ -20,6 +20,7 @@ from earmark.attach.pinned import PinError
 from earmark.cli.ls import CREDENTIALS
 from earmark.host.policy import Policy
 from earmark.initiator.errors import InitiatorError
+from earmark.memory.errors import ArenaError
 from earmark.scsi.sense import ScsiError
 from earmark.units import parse_size
 
@@ -52,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
         opts = AttachOptions(args.url, args.mountpoint, args.loop, Policy(args.policy),
                              parse_size(args.memory, "--memory"), args.requests)
         return loops.run(attach(opts, say), loops.loop_name(args.event_loop))
-    except (InitiatorError, ScsiError, MountError, LoopError, PinError, ValueError,
-            OSError) as exc:
+    except (InitiatorError, ScsiError, ArenaError, MountError, LoopError, PinError,
+            ValueError, OSError) as exc:
         print(f"earmark attach: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
