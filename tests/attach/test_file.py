@@ -20,11 +20,15 @@ pytestmark = pytest.mark.tcp  # earmark serve listens on loopback
 _PUNCH_HOLE_KEEP_SIZE = 0x02 | 0x01
 
 
-@pytest.fixture
-def attached(tmp_path: Path) -> Iterator[tuple[EarmarkAttach, Path]]:
+@pytest.fixture(params=["reserve", "none"])
+def attached(tmp_path: Path,
+             request: pytest.FixtureRequest) -> Iterator[tuple[EarmarkAttach, Path]]:
+    """Under ``reserve`` requests come in buffers reserved before the mount; under
+    ``none`` each gets one allocated as it comes."""
     lun = tmp_path / "lun.img"
     lun.write_bytes(os.urandom(LUN_BYTES))
-    with EarmarkServe(lun) as serve, EarmarkAttach(serve.url, tmp_path / "mnt") as att:
+    with EarmarkServe(lun) as serve, EarmarkAttach(serve.url, tmp_path / "mnt", "--policy",
+                                                   request.param) as att:
         yield att, lun
 
 

@@ -25,6 +25,7 @@ from earmark.attach.loopdev import attach_loop, detach_loop
 from earmark.attach.mount import Mount, check_mountpoint, unmount
 from earmark.attach.pinned import pin_memory
 from earmark.attach.serve import FuseServer, largest_write, slot_bytes
+from earmark.attach.slots import AllocatedSlots, ReservedSlots, Slots
 from earmark.host.policy import Policy
 from earmark.memory import Arena, HostLevel
 from earmark.memory.arena import format_bytes
@@ -56,12 +57,14 @@ async def attach(opts: AttachOptions, say: Callable[[str], None]) -> int:
         bs = device.block_size
         max_write = largest_write(SLOT_BYTES, bs)
         _check_command_memory(device, opts, max_write + 2 * bs)
-        slots_arena = Arena(SLOT_BYTES * (opts.requests + 1), name="fuse-requests")
+        reserved = opts.policy is Policy.RESERVE
+        count = 1 + (opts.requests if reserved else 0)  # the merge buffer, the requests'
+        slots_arena = Arena(SLOT_BYTES * count, name="fuse-requests")
         held = slots_arena.reserve_now(
             slots_arena.claim({HostLevel.PAGE: slots_arena.capacity}), owner="fuse-requests")
         assert held is not None  # the arena is exactly this claim
-        buffers = [held.take(HostLevel.PAGE, SLOT_BYTES).view for _ in range(opts.requests + 1)]
-        if opts.policy is Policy.RESERVE:
+        buffers = [held.take(HostLevel.PAGE, SLOT_BYTES).view for _ in range(count)]
+        if reserved:
             warning = pin_memory()
             if warning is not None:
                 print(f"earmark attach: warning: {warning}", file=sys.stderr)
@@ -69,7 +72,9 @@ async def attach(opts: AttachOptions, say: Callable[[str], None]) -> int:
         try:
             fs = DiskFs(device.size, bs, uid=os.getuid(), gid=os.getgid(),
                         time=int(time.time()))
-            server = FuseServer(mount.fd, fs, device, buffers[:-1], buffers[-1])
+            slots: Slots = (ReservedSlots(buffers[1:]) if reserved
+                            else AllocatedSlots(SLOT_BYTES, opts.requests))
+            server = FuseServer(mount.fd, fs, device, slots, buffers[0])
             agreed = await server.handshake(max_write)
             assert slot_bytes(agreed.max_write, bs) <= SLOT_BYTES
             server.start()

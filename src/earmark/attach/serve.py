@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from earmark.attach import protocol as P
 from earmark.attach.fs import DISK, IO_OPS, DiskFs, Negotiated, covering, negotiate, punch_plan
 from earmark.attach.protocol import Op, Request
+from earmark.attach.slots import Slots
 from earmark.initiator.errors import InitiatorError
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.scsi.sense import ScsiError
@@ -42,19 +43,19 @@ def largest_write(slot: int, block_size: int) -> int:
 
 
 class FuseServer:
-    """Serves ``fs`` on the FUSE descriptor ``fd`` with ``device``, from ``slots``.
+    """Serves ``fs`` on the FUSE descriptor ``fd`` with ``device``, each request in a
+    buffer from ``slots``.
 
     ``scratch`` is the buffer a write of part of a block is merged in (read,
     modify, write of the whole blocks), one at a time.
     """
 
-    def __init__(self, fd: int, fs: DiskFs, device: BlockDevice, slots: list[memoryview],
+    def __init__(self, fd: int, fs: DiskFs, device: BlockDevice, slots: Slots,
                  scratch: memoryview) -> None:
         self._fd = fd
         self._fs = fs
         self._device = device
-        self._free = list(slots)
-        self._slots = len(slots)
+        self._slots = slots
         self._scratch = scratch
         self._merge = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
@@ -69,7 +70,8 @@ class FuseServer:
 
     async def handshake(self, max_write: int) -> Negotiated:
         """Answer the kernel's INIT (its first request), offering ``max_write``."""
-        slot = self._free[-1]
+        slot = self._slots.take()
+        assert slot is not None  # nothing is out yet
         readable = self._loop.create_future()
         self._loop.add_reader(self._fd, readable.set_result, None)
         try:
@@ -80,8 +82,9 @@ class FuseServer:
         req = P.parse(slot[_HEAD:], n)
         if req.op != Op.INIT:
             raise P.ProtocolError(f"the kernel's first FUSE request is {req.op}, not INIT")
-        agreed = negotiate(req, slot[_HEAD:], max_write, self._slots)
+        agreed = negotiate(req, slot[_HEAD:], max_write, self._slots.limit)
         self._reply(slot, req.unique, P.INIT_OUT.size, 0)
+        self._slots.give(slot)
         return agreed
 
     def start(self) -> None:
@@ -98,21 +101,21 @@ class FuseServer:
             self._loop.remove_reader(self._fd)
 
     def _readable(self) -> None:
-        free, fd = self._free, self._fd
-        while free:
-            slot = free[-1]
+        slots, fd = self._slots, self._fd
+        while (slot := slots.take()) is not None:
             try:
                 n = os.readv(fd, [slot[_HEAD:]])
             except (BlockingIOError, InterruptedError):
+                slots.give(slot)
                 return
             except OSError as exc:
+                slots.give(slot)
                 if exc.errno == errno.ENOENT:  # interrupted before we read it
                     continue
                 self._pause()
                 if not self.ended.done():  # ENODEV: unmounted
                     self.ended.set_result(None)
                 return
-            free.pop()
             self._handle(slot, n)
         self._pause()  # every slot busy: the kernel holds the rest until one is free
 
@@ -150,7 +153,7 @@ class FuseServer:
             self._done(slot)
 
     def _done(self, slot: memoryview) -> None:
-        self._free.append(slot)
+        self._slots.give(slot)
         if not self._reading:
             self._resume()
 
