@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +25,7 @@ from typing import IO
 
 from tools.peers import PeerError
 
-__all__ = ["EarmarkAttach", "is_mounted", "mounted", "run"]
+__all__ = ["EarmarkAttach", "abort_fuse", "is_mounted", "join_cgroup", "mounted", "run"]
 
 
 def run(*argv: str | Path) -> str:
@@ -55,6 +55,32 @@ def mounted(device: str | Path, path: Path, *options: str) -> Iterator[Path]:
             run("umount", path)
 
 
+def join_cgroup(group: Path) -> Callable[[], None]:
+    """A ``preexec_fn`` that puts the child in the cgroup ``group`` before it runs anything."""
+    procs = str(group / "cgroup.procs")
+
+    def enter() -> None:
+        with open(procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    return enter
+
+
+def abort_fuse(mountpoint: Path) -> None:
+    """End the FUSE connection at ``mountpoint`` (fusectl): every request it has fails at
+    once, even those a daemon stuck in the kernel will never answer."""
+    connections = Path("/sys/fs/fuse/connections")
+    if not is_mounted(connections):
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(connections)], check=False)
+    want = os.path.realpath(mountpoint)
+    with open("/proc/self/mountinfo") as info:
+        devices = [line.split(" ")[2] for line in info if line.split(" ")[4] == want]
+    for device in devices:
+        abort = connections / device.split(":")[1] / "abort"
+        if abort.exists():
+            abort.write_text("1")
+
+
 class EarmarkAttach:
     """`python -m earmark.cli attach URL MOUNTPOINT [options]`; a context manager.
 
@@ -62,8 +88,10 @@ class EarmarkAttach:
     """
 
     def __init__(self, url: str, mountpoint: Path, *options: str,
-                 start_timeout: float = 30.0) -> None:
+                 start_timeout: float = 30.0, cgroup: Path | None = None) -> None:
+        """``cgroup``: a cgroup v1 directory the daemon runs in from its start."""
         self.url = url
+        self._cgroup = cgroup
         self.mountpoint = mountpoint
         self.options = options
         self._start_timeout = start_timeout
@@ -71,6 +99,10 @@ class EarmarkAttach:
         self._stderr: IO[bytes] | None = None
         self.disk = mountpoint / "disk"
         self.loop: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     @property
     def pid(self) -> int:
@@ -85,8 +117,9 @@ class EarmarkAttach:
     def __enter__(self) -> EarmarkAttach:
         self.mountpoint.mkdir(exist_ok=True)
         self._stderr = tempfile.TemporaryFile()
+        enter = None if self._cgroup is None else join_cgroup(self._cgroup)
         proc = self._proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
-                                             stderr=self._stderr)
+                                             stderr=self._stderr, preexec_fn=enter)
         try:
             lines = self._lines(2 if "--loop" in self.options else 1)
         except BaseException:
@@ -152,7 +185,11 @@ class EarmarkAttach:
                     proc.wait(60)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-                    proc.wait()
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:  # stuck in the kernel on its own mount
+                        abort_fuse(self.mountpoint)
+                        proc.wait()
         finally:
             if proc is not None and proc.stdout is not None:
                 proc.stdout.close()
