@@ -38,7 +38,7 @@ def run(*argv: str | Path) -> str:
 
 
 def is_mounted(path: Path) -> bool:
-    want = os.path.realpath(path)
+    want = os.path.abspath(path)  # not realpath: no stat through a mount that may hang
     with open("/proc/self/mountinfo") as info:
         return any(line.split(" ")[4] == want for line in info)
 
@@ -72,7 +72,7 @@ def abort_fuse(mountpoint: Path) -> None:
     connections = Path("/sys/fs/fuse/connections")
     if not is_mounted(connections):
         subprocess.run(["mount", "-t", "fusectl", "fusectl", str(connections)], check=False)
-    want = os.path.realpath(mountpoint)
+    want = os.path.abspath(mountpoint)  # no stat through a hung mount
     with open("/proc/self/mountinfo") as info:
         devices = [line.split(" ")[2] for line in info if line.split(" ")[4] == want]
     for device in devices:

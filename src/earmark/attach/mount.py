@@ -90,7 +90,7 @@ async def unmount(path: Path) -> str | None:
 
 def mounted_by(path: Path, mountinfo: str) -> int | None:
     """The pid of the `earmark attach` serving ``path``, from /proc/self/mountinfo's text."""
-    want = os.path.realpath(path)
+    want = os.path.abspath(path)  # not realpath: no stat through a mount that may hang
     for line in mountinfo.splitlines():
         fields = line.split(" ")
         dash = fields.index("-")
