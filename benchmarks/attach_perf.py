@@ -4,13 +4,17 @@ fio (Debian's) with ``--ioengine=psync --direct=1``: 4 KiB random reads and writ
 depth 1, and 64 KiB sequential reads and writes, on MOUNTPOINT/disk of an `earmark attach`
 of an `earmark serve` LUN, and on that LUN's image file through a bindfs passthrough mount:
 FUSE with no network and no iSCSI, what any FUSE daemon on this machine can reach at best.
-The LUN is filled with real data first (``target_perf.make_lun``). Runs alternate earmark,
-bindfs, earmark, ... so a neighbour's burst on a shared machine hits both; the best of
-``--repeat`` runs counts for each. Goal: 4 KiB QD1 reads and writes at >= 0.5 of bindfs.
+The LUN is filled with real data first (``target_perf.make_lun``). A third column is the
+same I/O by earmark's asyncio initiator alone (`earmark bench --engine async --qd 1`, in
+this process): what `earmark attach` costs above the initiator it is carried by. Runs
+alternate earmark, bindfs, initiator, earmark, ... so a neighbour's burst on a shared
+machine hits all; the best of ``--repeat`` runs counts for each. Goal: 4 KiB QD1 reads and
+writes at >= 0.5 of bindfs.
 
     python benchmarks/attach_perf.py [--json] [--seconds 5] [--repeat 3]
 
-With --json the last line is one JSON object: {case: {earmark_iops, bindfs_iops, ratio}}.
+With --json the last line is one JSON object: {case: {earmark_iops, bindfs_iops, ratio,
+initiator_iops, of_initiator}}.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import argparse
 import json
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import earmark.cli.loops as loops
 import repo_root  # noqa: F401  (before tools: puts the repository root on sys.path)
+from earmark.sim.bench import run_bench
 from target_perf import LUN_BYTES, make_lun
 from tools.attach import EarmarkAttach, is_mounted, run
 from tools.serve import EarmarkServe
@@ -36,6 +42,11 @@ CASES = {
     "write_64k_qd1": ("write", 64 << 10),
 }
 GOALS = {"randread_4k_qd1": 0.5, "randwrite_4k_qd1": 0.5}
+
+
+def initiator_iops(url: str, rw: str, nbytes: int, seconds: int) -> int:
+    result = loops.run(run_bench(url, rw=rw, bs=nbytes, qd=1, seconds=seconds), loops.loop_name())
+    return round(result.iops)
 
 
 def fio_iops(path: Path, rw: str, nbytes: int, seconds: int) -> int:
@@ -74,20 +85,28 @@ def main() -> None:
         with EarmarkServe(lun) as target, \
                 EarmarkAttach(target.url, root / "attach") as attached, \
                 bindfs(lun.parent, root / "bindfs") as passthrough:
-            files = {"earmark": attached.disk, "bindfs": passthrough / lun.name}
+            sides: dict[str, Callable[[str, int], int]] = {
+                "earmark": lambda rw, n: fio_iops(attached.disk, rw, n, args.seconds),
+                "bindfs": lambda rw, n: fio_iops(passthrough / lun.name, rw, n, args.seconds),
+                "initiator": lambda rw, n: initiator_iops(target.url, rw, n, args.seconds),
+            }
             for name, (rw, nbytes) in CASES.items():
-                best = dict.fromkeys(files, 0)
+                best = dict.fromkeys(sides, 0)
                 for _ in range(args.repeat):
-                    for who, path in files.items():
-                        best[who] = max(best[who], fio_iops(path, rw, nbytes, args.seconds))
+                    for who, measure in sides.items():
+                        best[who] = max(best[who], measure(rw, nbytes))
                 ratio = best["earmark"] / best["bindfs"] if best["bindfs"] else 0.0
+                of_initiator = best["earmark"] / best["initiator"] if best["initiator"] else 0.0
                 result[name] = {"earmark_iops": best["earmark"], "bindfs_iops": best["bindfs"],
-                                "ratio": round(ratio, 3)}
+                                "ratio": round(ratio, 3), "initiator_iops": best["initiator"],
+                                "of_initiator": round(of_initiator, 3)}
                 goal = GOALS.get(name)
                 mark = "" if goal is None else "  (ok)" if ratio >= goal else \
                     f"  (below goal {goal})"
-                print(f"{name:18} earmark {best['earmark']:>8,} IOPS   "
-                      f"bindfs {best['bindfs']:>8,} IOPS   ratio {ratio:5.2f}{mark}", flush=True)
+                print(f"{name:18} earmark {best['earmark']:>7,} IOPS  bindfs "
+                      f"{best['bindfs']:>7,}  ratio {ratio:5.2f}{mark}   initiator alone "
+                      f"{best['initiator']:>7,} (earmark attach: {of_initiator:4.2f} of it)",
+                      flush=True)
     if args.json:
         print(json.dumps(result))
 

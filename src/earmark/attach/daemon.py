@@ -108,7 +108,6 @@ async def _serve(opts: AttachOptions, server: FuseServer, mount: Mount, device: 
         loop.add_signal_handler(sig, stop.set)
     disk = opts.mountpoint / DISK_NAME.decode()
     loop_dev: str | None = None
-    status = 0
     try:
         if opts.loop:
             loop_dev = await attach_loop(disk, device.block_size)
@@ -119,10 +118,12 @@ async def _serve(opts: AttachOptions, server: FuseServer, mount: Mount, device: 
         either: list[asyncio.Future[Any]] = [stopped, server.ended]
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        status = await _end(server, mount, device, loop_dev)
+    finally:  # a signal while ending changes nothing: ending is what it asks for
+        try:
+            status = await _end(server, mount, device, loop_dev)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
     return status
 
 
