@@ -100,6 +100,12 @@ class EarmarkAttach:
         self.disk = mountpoint / "disk"
         self.loop: str | None = None
 
+    def mkfs_ext4(self, *options: str) -> str:
+        """A new ext4 on the loop device (``--loop``); the device."""
+        assert self.loop is not None, "mkfs_ext4 needs earmark attach --loop"
+        run("mkfs.ext4", "-q", "-F", *options, self.loop)
+        return self.loop
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -114,11 +114,10 @@ def pressure_run(policy: str, work: Path, *, limit: int, files: int, mib: int,
         with memory_cgroup(limit) as group, EarmarkAttach(
                 target.url, work / "mnt", "--loop", "--policy", policy, *options,
                 cgroup=group) as attached:
-            assert attached.loop is not None
-            run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,nodiscard", attached.loop)
+            loop = attached.mkfs_ext4("-E", "lazy_itable_init=1,nodiscard")
             fs = work / "ext4"
             fs.mkdir()
-            run("mount", attached.loop, fs)
+            run("mount", loop, fs)
             try:
                 outcome, synced, seconds, stack = _write(group, fs, files, mib,
                                                          stall_after, attached)

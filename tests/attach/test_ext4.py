@@ -57,18 +57,17 @@ def target(lun: Path) -> Iterator[EarmarkServe]:
 
 def test_ext4_made_filled_checked_and_read_back(target: EarmarkServe, tmp_path: Path) -> None:
     with EarmarkAttach(target.url, tmp_path / "mnt", "--loop") as attached:
-        assert attached.loop is not None
-        run("mkfs.ext4", "-q", "-F", attached.loop)
-        with mounted(attached.loop, tmp_path / "ext4") as fs:
+        loop = attached.mkfs_ext4()
+        with mounted(loop, tmp_path / "ext4") as fs:
             files = write_tree(fs, "f", 40)
             os.sync()
-        run("fsck.ext4", "-fn", attached.loop)  # raises unless it exits 0: clean
-        with mounted(attached.loop, tmp_path / "ext4", "-o", "ro") as fs:
+        run("fsck.ext4", "-fn", loop)  # raises unless it exits 0: clean
+        with mounted(loop, tmp_path / "ext4", "-o", "ro") as fs:
             assert verify(fs, files) == []
         assert run(sys.executable, "-m", "earmark.cli", "detach", attached.mountpoint) == ""
         assert attached.wait() == 0
         assert not is_mounted(attached.mountpoint)
-        assert attached.loop not in run("losetup", "-a").split(":")
+        assert loop not in run("losetup", "-a").split(":")
 
 
 def test_the_mount_survives_the_target_killed_and_restarted_mid_write(
@@ -77,9 +76,8 @@ def test_the_mount_survives_the_target_killed_and_restarted_mid_write(
     serve = EarmarkServe(lun, port=port).start()
     try:
         with EarmarkAttach(serve.url, tmp_path / "mnt", "--loop") as attached:
-            assert attached.loop is not None
-            run("mkfs.ext4", "-q", "-F", attached.loop)
-            with mounted(attached.loop, tmp_path / "ext4") as fs:
+            loop = attached.mkfs_ext4()
+            with mounted(loop, tmp_path / "ext4") as fs:
                 synced = write_tree(fs, "before", 20)
                 os.sync()
                 writer = _Writer(fs)
@@ -93,8 +91,8 @@ def test_the_mount_survives_the_target_killed_and_restarted_mid_write(
                 assert writer.failure is None
                 os.sync()
                 synced.update(writer.files)
-            run("fsck.ext4", "-fn", attached.loop)
-            with mounted(attached.loop, tmp_path / "ext4", "-o", "ro") as fs:
+            run("fsck.ext4", "-fn", loop)
+            with mounted(loop, tmp_path / "ext4", "-o", "ro") as fs:
                 assert verify(fs, synced) == []
             assert attached.stop() == 0
     finally:
