@@ -43,8 +43,10 @@ class EarmarkServe:
     """
 
     def __init__(self, lun: str | os.PathLike[str], *options: str,
-                 start_timeout: float = 15.0) -> None:
+                 start_timeout: float = 15.0, port: int = 0) -> None:
+        """``port`` 0 takes a free one; another is for a target restarted where it was."""
         self.lun = Path(lun)
+        self._fixed_port = port
         self.options = tuple(options)
         self._start_timeout = start_timeout
         self._proc: subprocess.Popen[bytes] | None = None
@@ -75,13 +77,13 @@ class EarmarkServe:
         # A port taken between free_port() and the bind is a real race on a shared
         # machine; earmark serve then exits 2 saying so, and another port is tried.
         for attempt in range(5):
-            self.port = free_port()
+            self.port = self._fixed_port or free_port()
             try:
                 printed = self._launch()
                 break
             except PeerError as exc:
                 self._end_hard()
-                if _IN_USE not in exc.stderr or attempt == 4:
+                if _IN_USE not in exc.stderr or attempt == 4 or self._fixed_port:
                     raise
         url, arena = _URL.search(printed), _ARENA.search(printed)
         assert url is not None
