@@ -122,7 +122,7 @@ class EarmarkAttach:
 
     def __enter__(self) -> EarmarkAttach:
         self.mountpoint.mkdir(exist_ok=True)
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile("a+b")  # appending: see tools/serve.py
         enter = None if self._cgroup is None else join_cgroup(self._cgroup)
         proc = self._proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
                                              stderr=self._stderr, preexec_fn=enter)

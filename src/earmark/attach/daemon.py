@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ class AttachOptions:
     policy: Policy
     memory: int
     requests: int
+    #: Where to serve Prometheus figures (``--metrics``), or None.
+    metrics: tuple[str, int] | None = None
 
 
 async def attach(opts: AttachOptions, say: Callable[[str], None]) -> int:
@@ -78,10 +80,29 @@ async def attach(opts: AttachOptions, say: Callable[[str], None]) -> int:
             agreed = await server.handshake(max_write)
             assert slot_bytes(agreed.max_write, bs) <= SLOT_BYTES
             server.start()
-            return await _serve(opts, server, mount, device, say)
+            with _metrics(opts, device, server):
+                return await _serve(opts, server, mount, device, say)
         finally:
             mount.close()
             held.release()
+
+
+@contextlib.contextmanager
+def _metrics(opts: AttachOptions, device: BlockDevice, server: FuseServer) -> Iterator[None]:
+    """``--metrics``: the initiator's figures over HTTP while the LUN is attached."""
+    if opts.metrics is None:
+        yield
+        return
+    from earmark.service.initiator_metrics import InitiatorCollector  # prometheus-client
+    from earmark.service.metrics import MetricsServer
+
+    collector = InitiatorCollector(device, asyncio.get_running_loop(), lambda: server.in_flight)
+    http = MetricsServer(collector, *opts.metrics)
+    print(f"earmark attach: metrics at {http.url}", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        http.close()
 
 
 def _check_command_memory(device: BlockDevice, opts: AttachOptions, largest: int) -> None:

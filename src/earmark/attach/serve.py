@@ -68,6 +68,11 @@ class FuseServer:
             Op.READ: self._read, Op.WRITE: self._write, Op.FLUSH: self._flush,
             Op.FSYNC: self._flush, Op.FALLOCATE: self._fallocate}
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being served now."""
+        return len(self._tasks)
+
     async def handshake(self, max_write: int) -> Negotiated:
         """Answer the kernel's INIT (its first request), offering ``max_write``."""
         slot = self._slots.take()

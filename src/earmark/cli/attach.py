@@ -22,6 +22,7 @@ from earmark.host.policy import Policy
 from earmark.initiator.errors import InitiatorError
 from earmark.memory.errors import ArenaError
 from earmark.scsi.sense import ScsiError
+from earmark.service.address import parse_address
 from earmark.units import parse_size
 
 
@@ -39,6 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--memory", default="16MiB", help="the initiator's arena (default 16MiB)")
     p.add_argument("--requests", type=int, default=32,
                    help="FUSE requests in flight at once, each with its own buffer (default 32)")
+    p.add_argument("--metrics", metavar="ADDRESS:PORT",
+                   help="serve the initiator's Prometheus figures there (port 0: any free one)")
     p.add_argument("--event-loop", choices=loops.LOOPS, default="auto",
                    help="uvloop if installed (auto, the default), or force one")
 
@@ -50,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.requests < 1:
             raise ValueError("--requests must be at least 1")
+        metrics = None if args.metrics is None else parse_address(args.metrics, "--metrics")
         opts = AttachOptions(args.url, args.mountpoint, args.loop, Policy(args.policy),
-                             parse_size(args.memory, "--memory"), args.requests)
+                             parse_size(args.memory, "--memory"), args.requests, metrics)
         return loops.run(attach(opts, say), loops.loop_name(args.event_loop))
     except (InitiatorError, ScsiError, ArenaError, MountError, LoopError, PinError,
             ValueError, OSError) as exc:

@@ -182,10 +182,12 @@ async def _serve(server: TargetServer, cfg: ServeConfig, args: argparse.Namespac
                 raise UsageError(f"cannot listen on --portal {portal}: {exc.strerror}: pick "
                                  "another ADDRESS:PORT") from None
         if args.metrics is not None:
-            from earmark.service.metrics import MetricsServer  # prometheus-client: if asked
+            # prometheus-client: if asked
+            from earmark.service.metrics import MetricsServer, TargetCollector
 
             try:
-                metrics = MetricsServer(server, *parse_address(args.metrics, "--metrics"))
+                metrics = MetricsServer(TargetCollector(server),
+                                        *parse_address(args.metrics, "--metrics"))
             except OSError as exc:
                 raise UsageError(f"cannot serve metrics on {args.metrics}: {exc.strerror}: "
                                  "pick another --metrics ADDRESS:PORT") from None

@@ -1,4 +1,6 @@
-"""`earmark serve --metrics ADDRESS:PORT`: Prometheus figures, read when scraped.
+"""`earmark serve --metrics ADDRESS:PORT`: Prometheus figures, read when scraped (and the
+pieces `earmark attach --metrics` shares: the collector on a loop, the arena's figures, the
+HTTP server).
 
 Nothing is pushed on the hot path: the collector reads, at scrape time, what the target
 keeps anyway: the arena's books, the portal's connections and sessions, each LUN's and
@@ -25,6 +27,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from earmark.memory import Arena
 from earmark.runtime.server import TargetServer
 from earmark.scsi.cdb import Opcode
 from earmark.scsi.sense import ScsiStatus
@@ -85,50 +88,74 @@ def _tcp_bytes(transport: asyncio.BaseTransport | None) -> tuple[int, int] | Non
     return got, out
 
 
-class TargetCollector(Collector):
-    def __init__(self, server: TargetServer, timeout: float = 5.0) -> None:
-        self.server = server
+class LoopCollector(Collector):
+    """Figures read at scrape time on the loop that owns what they count: the scrape runs
+    on prometheus-client's HTTP thread, the snapshot on `loop`, in one go."""
+
+    def __init__(self, timeout: float = 5.0) -> None:
         self.timeout = timeout
-        self._bytes = _Bytes()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        raise NotImplementedError
 
     def collect(self) -> Iterator[Metric]:
-        future = asyncio.run_coroutine_threadsafe(self._snapshot(), self.server.loop)
+        future = asyncio.run_coroutine_threadsafe(self._snapshot(), self.loop)
         yield from future.result(self.timeout)
+
+    async def _snapshot(self) -> list[Metric]:
+        raise NotImplementedError
+
+
+def arena_metrics(prefix: str, arena: Arena, now: float) -> list[Metric]:
+    """An arena's books, whole and per level, as `{prefix}_arena_...` gauges."""
+    books = arena.gauges(now)
+    metrics: list[Metric] = [
+        GaugeMetricFamily(f"{prefix}_arena_capacity_bytes", "The arena.", value=arena.capacity),
+        GaugeMetricFamily(f"{prefix}_arena_free_bytes",
+                          "Arena bytes neither reserved nor allocated.",
+                          value=float(books["free"])),  # type: ignore[arg-type]
+        GaugeMetricFamily(f"{prefix}_arena_high_water_bytes",
+                          "The most of the arena ever committed.",
+                          value=float(books["high_water"])),  # type: ignore[arg-type]
+    ]
+    per_level = {
+        "reserved_bytes": "Bytes reserved at the level (drawn or not).",
+        "in_use_bytes": "Bytes drawn from reservations or allocated at the level.",
+        "high_water_bytes": "The most ever in use at the level.",
+        "waiters": "Claims waiting for the level's memory.",
+        "oldest_wait_seconds": "How long the oldest claim on the level has waited.",
+    }
+    families = {key: GaugeMetricFamily(f"{prefix}_arena_level_{key}", doc, labels=["level"])
+                for key, doc in per_level.items()}
+    levels: dict[str, dict[str, float | None]] = books["levels"]  # type: ignore[assignment]
+    for level, figures in levels.items():
+        for key, source in (("reserved_bytes", "reserved"), ("in_use_bytes", "in_use"),
+                            ("high_water_bytes", "high_water"), ("waiters", "waiters"),
+                            ("oldest_wait_seconds", "oldest_wait_s")):
+            families[key].add_metric([level], figures[source] or 0.0)
+    return metrics + list(families.values())
+
+
+class TargetCollector(LoopCollector):
+    def __init__(self, server: TargetServer, timeout: float = 5.0) -> None:
+        super().__init__(timeout)
+        self.server = server
+        self._bytes = _Bytes()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.server.loop
 
     async def _snapshot(self) -> list[Metric]:
         """Every figure, read on the loop."""
         server = self.server
         portal = server.portal
-        metrics: list[Metric] = []
-
-        def gauge(name: str, doc: str, value: float) -> None:
-            metrics.append(GaugeMetricFamily(f"earmark_target_{name}", doc, value=value))
 
         def counter(name: str, doc: str, value: float) -> None:
             metrics.append(CounterMetricFamily(f"earmark_target_{name}", doc, value=value))
 
-        arena = server.arena.gauges(server.loop.time())
-        gauge("arena_capacity_bytes", "The target's arena.", server.arena.capacity)
-        gauge("arena_free_bytes", "Arena bytes neither reserved nor allocated.",
-              float(arena["free"]))  # type: ignore[arg-type]
-        gauge("arena_high_water_bytes", "The most of the arena ever committed.",
-              float(arena["high_water"]))  # type: ignore[arg-type]
-        per_level = {
-            "reserved_bytes": "Bytes reserved at the level (drawn or not).",
-            "in_use_bytes": "Bytes drawn from reservations or allocated at the level.",
-            "high_water_bytes": "The most ever in use at the level.",
-            "waiters": "Claims waiting for the level's memory.",
-            "oldest_wait_seconds": "How long the oldest claim on the level has waited.",
-        }
-        families = {key: GaugeMetricFamily(f"earmark_target_arena_level_{key}", doc,
-                                           labels=["level"]) for key, doc in per_level.items()}
-        levels: dict[str, dict[str, float | None]] = arena["levels"]  # type: ignore[assignment]
-        for level, books in levels.items():
-            for key, source in (("reserved_bytes", "reserved"), ("in_use_bytes", "in_use"),
-                                ("high_water_bytes", "high_water"), ("waiters", "waiters"),
-                                ("oldest_wait_seconds", "oldest_wait_s")):
-                families[key].add_metric([level], books[source] or 0.0)
-        metrics += families.values()
+        metrics = arena_metrics("earmark_target", server.arena, server.loop.time())
 
         connections = list(server.connections.values())
         sessions = [c.session for c in connections if c.session is not None]
@@ -186,11 +213,12 @@ class TargetCollector(Collector):
 
 
 class MetricsServer:
-    """/metrics over HTTP on its own thread, for as long as the target serves."""
+    """/metrics over HTTP on its own thread, for as long as the target (or the attached
+    device) serves."""
 
-    def __init__(self, server: TargetServer, address: str, port: int) -> None:
+    def __init__(self, collector: Collector, address: str, port: int) -> None:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(TargetCollector(server))
+        registry.register(collector)
         self._http, self._thread = start_http_server(port, address, registry=registry)
         self.address = address
         self.port: int = self._http.server_address[1]
