@@ -16,6 +16,7 @@ import zlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
+from typing import Unpack
 
 from earmark.host.device import PageDevice
 from earmark.host.policy import Policy
@@ -24,6 +25,7 @@ from earmark.memory.levels import PAGE_BYTES
 from earmark.runtime.embedded import EmbeddedTarget, one_lun_server
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.target.backing import Backing, MemoryBacking
+from earmark.target.build import OneLun
 
 #: How long opening a session may take before the arena is blamed.
 _CONNECT_S = 30.0
@@ -36,6 +38,8 @@ class SlowBacking:
 
     The sleep runs on the target's I/O threads, like a slow disk or a congested
     path: the target answers late, the host's writeback memory stays held longer.
+    With no delay it only sends every write to the I/O threads: on the simulator,
+    that is the virtual-time loop's executor, whose disk model then delays it.
     """
 
     def __init__(self, inner: Backing, delay: float) -> None:
@@ -53,7 +57,8 @@ class SlowBacking:
         return self.inner.read_cached(offset, buffers)
 
     def write(self, offset: int, buffers: list[memoryview]) -> None:
-        time.sleep(self.delay)
+        if self.delay:
+            time.sleep(self.delay)
         self.inner.write(offset, buffers)
 
     def write_now(self, offset: int, buffers: list[memoryview]) -> bool:
@@ -128,8 +133,12 @@ class SimStack(_IscsiStack):
     """The target on the same virtual-time loop as the host, over its simulated network:
     every byte goes through the real initiator, codec, target session and admission."""
 
-    def __init__(self, lun_bytes: int) -> None:
-        self.server = one_lun_server(MemoryBacking(lun_bytes))
+    def __init__(self, lun_bytes: int, *, slow_disk: bool = False,
+                 **options: Unpack[OneLun]) -> None:
+        """``slow_disk``: writes go through the loop's executor (and its disk model)."""
+        self.backing = MemoryBacking(lun_bytes)
+        self.server = one_lun_server(SlowBacking(self.backing, 0.0) if slow_disk
+                                     else self.backing, **options)
 
     async def __aenter__(self) -> SimStack:
         await self.server.start()

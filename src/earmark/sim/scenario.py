@@ -1,0 +1,252 @@
+"""One simulated run from one seed: the configuration it draws, the run, and its oracles.
+
+A seed draws everything a run is (swarm testing: each seed its own configuration,
+since fixed configurations miss the rare deadlocks): writers 1..4096, host arena,
+pages, link latency, jitter, bandwidth, window and send buffer, target memory,
+backing latency, a fault mix and a schedule. The run is the real page cache,
+initiator and target on a virtual-time loop (:mod:`earmark.sim.stacks`), and
+its oracles are checked every time, whatever the policy:
+
+- no stall under ``reserve``: a deadlock there is a failure, with its cycle;
+- the host arena is never exceeded (its high-water mark against its capacity);
+- no acknowledged and flushed write is lost: once fsync returned, the target's
+  disk holds, for every page, the last write acknowledged (the reference model
+  is what the writers were told was written);
+- reads return the latest acknowledged write: a sample of the pages read back
+  through a new session;
+- the run ends within a bound of virtual time (faults stop, work finishes).
+
+Same seed, same run, same trace hash, in any process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import random
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+
+from earmark.host.policy import HostTuning, Policy
+from earmark.host.watermarks import emergency_bytes
+from earmark.memory import Arena
+from earmark.memory.levels import PAGE_BYTES
+from earmark.runtime.virtualtime import run_virtual
+from earmark.sim.faults import LinkFaults
+from earmark.sim.links import LinkShape, Trace
+from earmark.sim.schedule import ReadyQueue, Schedule
+from earmark.sim.stacks import SimStack
+from earmark.sim.workload import RunResult, Workload, run_writers
+
+__all__ = ["Outcome", "Scenario", "Violation", "run_scenario"]
+
+#: The LUN every run writes to: room for 4096 writers' slices of a few pages each.
+LUN_BYTES = 64 << 20
+#: Pages read back through a new session at most (the disk itself is checked whole).
+READ_SAMPLE = 32
+#: The bound of virtual time a run may take: past it, something never finished.
+HORIZON_S = 600.0
+
+
+class Violation(enum.Enum):
+    """What an oracle found; a deadlock under a policy other than reserve is an outcome,
+    not a violation (that is what those policies are for)."""
+
+    STALL = "stall under reserve"
+    ARENA = "arena exceeded"
+    LOST = "acknowledged write lost"
+    STALE_READ = "read not the latest acknowledged write"
+    UNBOUNDED = "did not finish in bounded time"
+    ERROR = "the run failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Disk:
+    """The target's backing latency: exponential around `mean_s`, with spikes."""
+
+    mean_s: float
+    spike_p: float
+    spike_s: float
+    seed: int
+
+    def delays(self) -> DiskDelays:
+        return DiskDelays(self)
+
+
+class DiskDelays:
+    """The seeded draws of one run's disk: what the loop's executor asks per I/O."""
+
+    __slots__ = ("_disk", "_rng")
+
+    def __init__(self, disk: Disk) -> None:
+        self._disk = disk
+        self._rng = random.Random(disk.seed)
+
+    def __call__(self) -> float:
+        d, rng = self._disk, self._rng
+        spike = rng.random() * d.spike_s if d.spike_p and rng.random() < d.spike_p else 0.0
+        return rng.expovariate(1 / d.mean_s) + spike
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    seed: int
+    policy: Policy
+    writers: int
+    total_pages: int
+    arena_bytes: int
+    link: LinkShape
+    target_memory: int
+    disk: Disk | None
+    schedule: Schedule
+
+    @classmethod
+    def draw(cls, seed: int, policy: Policy, *, faults: bool = True) -> Scenario:
+        """The run seed `seed` stands for (the same for every policy, so they compare)."""
+        rng = random.Random(seed)
+        writers = min(4096, int(2 ** rng.uniform(0, 12)))
+        latency = _log_uniform(rng, 20e-6, 5e-3)
+        spikes, partitions, slow_disk = (faults and rng.random() < 0.3 for _ in range(3))
+        link = LinkShape(
+            latency=latency,
+            bandwidth=_log_uniform(rng, 10e6, 2.5e9),
+            jitter=rng.choice((0.0, latency * rng.random())),
+            window=rng.choice((0, int(_log_uniform(rng, 16 << 10, 4 << 20)))),
+            sndbuf=int(_log_uniform(rng, 4 << 10, 1 << 20)),
+            faults=LinkFaults.draw(rng, 5.0, spikes=spikes, partitions=partitions),
+            seed=seed,
+        )
+        disk = Disk(_log_uniform(rng, 10e-6, 5e-3), rng.random() * 0.02 * slow_disk,
+                    rng.uniform(0.01, 0.3), seed) if rng.random() < 0.5 else None
+        return cls(
+            seed=seed, policy=policy, writers=writers,
+            total_pages=max(writers, int(_log_uniform(rng, 256, 4096))),
+            arena_bytes=rng.choice((2, 3, 4, 6, 8)) << 20,
+            link=link,
+            target_memory=rng.choice((16, 32, 64, 128)) << 20,
+            disk=disk,
+            schedule=rng.choice(list(Schedule)),
+        )
+
+    def with_policy(self, policy: Policy) -> Scenario:
+        return replace(self, policy=policy)
+
+    def arena(self) -> Arena:
+        emergency = emergency_bytes(self.arena_bytes) if self.policy is Policy.MEMPOOL else 0
+        return Arena(self.arena_bytes, emergency=emergency, name="host arena")
+
+    def as_json(self) -> dict[str, object]:
+        out = asdict(self)
+        out["policy"], out["schedule"] = self.policy.value, self.schedule.value
+        return out
+
+
+@dataclass(slots=True)
+class Outcome:
+    seed: int
+    policy: str
+    outcome: str  # "completed" | "deadlocked" | "failed"
+    cycle: str | None
+    violations: list[Violation]
+    lost_writes: int
+    mbps: float
+    virtual_s: float
+    events: int
+    trace_hash: str
+    trace: list[str] | None = field(default=None, repr=False)
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.violations)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "seed": self.seed, "policy": self.policy, "outcome": self.outcome,
+            "cycle": self.cycle, "violations": [v.name for v in self.violations],
+            "lost_writes": self.lost_writes, "mbps": round(self.mbps, 3),
+            "virtual_s": round(self.virtual_s, 6), "events": self.events,
+            "trace_hash": self.trace_hash, "error": self.error,
+        }
+
+
+def run_scenario(sc: Scenario, *, readable: bool = False) -> Outcome:
+    """Run `sc` on a fresh virtual-time loop and check every oracle."""
+    trace = Trace(readable=readable)
+    ready = ReadyQueue(sc.schedule, sc.seed)
+    link = sc.link
+
+    async def main() -> Outcome:
+        loop = asyncio.get_running_loop()
+        async with SimStack(LUN_BYTES, slow_disk=sc.disk is not None,
+                            memory=sc.target_memory) as stack:
+            try:
+                async with asyncio.timeout(HORIZON_S):
+                    return await _checked(sc, stack, trace)
+            except TimeoutError:
+                return _outcome(sc, trace, "failed", None, [Violation.UNBOUNDED],
+                                seconds=loop.time())
+
+    try:
+        return run_virtual(main, ready=ready, trace=trace,
+                           disk=None if sc.disk is None else sc.disk.delays(),
+                           latency=link.latency, bandwidth=link.bandwidth, jitter=link.jitter,
+                           window=link.window, sndbuf=link.sndbuf, faults=link.faults,
+                           seed=link.seed)
+    except Exception as exc:  # a run that failed is a finding, with its seed to replay
+        out = _outcome(sc, trace, "failed", None, [Violation.ERROR], seconds=0.0)
+        out.error = f"{type(exc).__name__}: {exc}"
+        return out
+
+
+async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
+    arena = sc.arena()
+    work = Workload(writers=sc.writers, pages_per_writer=max(1, sc.total_pages // sc.writers),
+                    span_pages=LUN_BYTES // PAGE_BYTES, seed=sc.seed)
+    async with stack.open(arena, sc.policy) as device:
+        result = await run_writers(arena, device, sc.policy, work, HostTuning())
+    violations: list[Violation] = []
+    if result.peak_arena_bytes > arena.capacity:
+        violations.append(Violation.ARENA)
+    lost = 0
+    if result.outcome == "completed":
+        lost = _lost_writes(stack, result.expected)
+        if lost:
+            violations.append(Violation.LOST)
+        elif not await _reads_latest(stack, result, sc.seed):
+            violations.append(Violation.STALE_READ)
+    elif sc.policy is Policy.RESERVE:
+        violations.append(Violation.STALL)
+    out = _outcome(sc, trace, result.outcome, result.cycle, violations,
+                   seconds=result.seconds, mbps=result.mbps)
+    out.lost_writes = lost
+    return out
+
+
+def _lost_writes(stack: SimStack, expected: dict[int, int]) -> int:
+    """Pages whose content on the target's disk is not the last acknowledged write."""
+    page = bytearray(PAGE_BYTES)
+    view = [memoryview(page)]
+    lost = 0
+    for index, crc in expected.items():
+        stack.backing.readinto(index * PAGE_BYTES, view)
+        lost += zlib.crc32(page) != crc
+    return lost
+
+
+async def _reads_latest(stack: SimStack, result: RunResult, seed: int) -> bool:
+    pages = sorted(result.expected)
+    sample = random.Random(seed).sample(pages, min(READ_SAMPLE, len(pages)))
+    return await stack.verify({index: result.expected[index] for index in sample})
+
+
+def _outcome(sc: Scenario, trace: Trace, outcome: str, cycle: str | None,
+             violations: list[Violation], *, seconds: float, mbps: float = 0.0) -> Outcome:
+    return Outcome(seed=sc.seed, policy=sc.policy.value, outcome=outcome, cycle=cycle,
+                   violations=violations, lost_writes=0, mbps=mbps, virtual_s=seconds,
+                   events=trace.events, trace_hash=trace.hexdigest(), trace=trace.lines)
+
+
+def _log_uniform(rng: random.Random, low: float, high: float) -> float:
+    return math.exp(rng.uniform(math.log(low), math.log(high)))
