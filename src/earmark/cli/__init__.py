@@ -25,7 +25,7 @@ class Subcommand(Protocol):
 
 
 #: In the order ``earmark --help`` lists them.
-COMMANDS = ("demo", "serve", "ls", "bench", "check")
+COMMANDS = ("demo", "serve", "ls", "bench", "check", "sim")
 
 
 def command(name: str) -> Subcommand:
