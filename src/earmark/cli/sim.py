@@ -37,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     swarm.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
     swarm.add_argument("--first", type=int, default=0, help="the first seed (default 0)")
     swarm.add_argument("--no-faults", action="store_true", help="draw no faults")
+    swarm.add_argument("--quick", action="store_true",
+                       help="draw fewer pages and smaller arenas (a short swarm)")
     sweep = sub.add_parser("sweep", help="writers x arena x latency per policy: CSV and PNG")
     sweep.add_argument("--writers", default="1,16,256,4096", metavar="N[,N...]")
     sweep.add_argument("--arenas", default="2MiB,4MiB,8MiB", metavar="SIZE[,SIZE...]")
@@ -103,7 +105,7 @@ def _with_bar(err: Console, label: str, total: int) -> tuple[Progress, object]:
 
 def _swarm(args: argparse.Namespace, policies: list[Policy], err: Console) -> int:
     jobs = swarm_jobs(range(args.first, args.first + args.seeds), policies,
-                      faults=not args.no_faults)
+                      faults=not args.no_faults, quick=args.quick)
     start = time.perf_counter()
     bar, task = _with_bar(err, "swarm", len(jobs))
     failing = 0

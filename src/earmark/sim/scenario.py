@@ -41,10 +41,13 @@ from earmark.sim.workload import RunResult, Workload, run_writers
 
 __all__ = ["Outcome", "Scenario", "Violation", "run_scenario"]
 
-#: The LUN every run writes to: room for 4096 writers' slices of a few pages each.
-LUN_BYTES = 64 << 20
+#: The LUN every run writes to: a page or more for each of up to 4096 writers.
+LUN_BYTES = 16 << 20
 #: Pages read back through a new session at most (the disk itself is checked whole).
 READ_SAMPLE = 32
+#: What a seed draws pages and host arenas (MiB) from: in full, and `quick`.
+_PAGES = {False: (256, 4096), True: (320, 1024)}
+_ARENAS_MIB = {False: (2, 3, 4, 6, 8), True: (2, 2, 3, 3, 4)}
 #: The bound of virtual time a run may take: past it, something never finished.
 HORIZON_S = 600.0
 
@@ -102,8 +105,11 @@ class Scenario:
     schedule: Schedule
 
     @classmethod
-    def draw(cls, seed: int, policy: Policy, *, faults: bool = True) -> Scenario:
-        """The run seed `seed` stands for (the same for every policy, so they compare)."""
+    def draw(cls, seed: int, policy: Policy, *, faults: bool = True,
+             quick: bool = False) -> Scenario:
+        """The run seed `seed` stands for (the same for every policy, so they compare);
+        `quick`: fewer pages in smaller arenas (still past what the arena holds), for a
+        swarm that must be short."""
         rng = random.Random(seed)
         writers = min(4096, int(2 ** rng.uniform(0, 12)))
         latency = _log_uniform(rng, 20e-6, 5e-3)
@@ -121,8 +127,8 @@ class Scenario:
                     rng.uniform(0.01, 0.3), seed) if rng.random() < 0.5 else None
         return cls(
             seed=seed, policy=policy, writers=writers,
-            total_pages=max(writers, int(_log_uniform(rng, 256, 4096))),
-            arena_bytes=rng.choice((2, 3, 4, 6, 8)) << 20,
+            total_pages=max(writers, int(_log_uniform(rng, *_PAGES[quick]))),
+            arena_bytes=rng.choice(_ARENAS_MIB[quick]) << 20,
             link=link,
             target_memory=rng.choice((16, 32, 64, 128)) << 20,
             disk=disk,

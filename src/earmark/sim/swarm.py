@@ -24,9 +24,10 @@ FIRST_FAILING = 5
 Done = Callable[[Outcome], None]
 
 
-def swarm_jobs(seeds: Iterable[int], policies: Iterable[Policy], *,
-               faults: bool = True) -> list[Scenario]:
-    return [Scenario.draw(seed, policy, faults=faults) for policy in policies for seed in seeds]
+def swarm_jobs(seeds: Iterable[int], policies: Iterable[Policy], *, faults: bool = True,
+               quick: bool = False) -> list[Scenario]:
+    return [Scenario.draw(seed, policy, faults=faults, quick=quick)
+            for policy in policies for seed in seeds]
 
 
 def run_jobs(jobs: list[Scenario], *, workers: int = 1, done: Done | None = None) -> list[Outcome]:
