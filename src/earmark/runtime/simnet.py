@@ -19,9 +19,9 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from earmark.sim.links import END, Address, Inbox, Link, LinkShape, Listeners, Trace
+from earmark.sim.links import END, Address, Inbox, Link, LinkShape, Listeners, SimServer, Trace
 
-__all__ = ["SimNetwork", "SimServer", "SimTransport"]
+__all__ = ["SimNetwork", "SimTransport"]
 
 
 class SimTransport(asyncio.Transport):
@@ -127,34 +127,31 @@ class SimTransport(asyncio.Transport):
     def _drain(self) -> None:
         """Hand queued bytes to the protocol until it has them all or pauses reading; the
         window update for what it took goes back to the sender."""
-        taken = self._inbox.taken
-        self._hand_over()
-        if self._inbox.taken > taken and self.peer is not None:
-            self._loop.call_at(self._loop.time() + self._out.shape.latency, self.peer._window,
-                               self._inbox.taken - taken)
-
-    def _hand_over(self) -> None:
-        protocol = self._protocol
-        inbox = self._inbox
-        for data in inbox.chunks():
-            if self._gone:
-                inbox.unread(data)
-                return
-            if isinstance(protocol, asyncio.BufferedProtocol):
-                view = memoryview(data)
-                at = 0
-                while at < len(view):
-                    if inbox.paused or self._gone:
-                        inbox.unread(bytes(view[at:]))
-                        return
-                    buf = memoryview(protocol.get_buffer(len(view) - at)).cast("B")
-                    n = min(len(buf), len(view) - at)
-                    buf[:n] = view[at : at + n]
-                    at += n
-                    protocol.buffer_updated(n)
-            else:
-                assert isinstance(protocol, asyncio.Protocol)
-                protocol.data_received(data)
+        protocol, inbox, taken = self._protocol, self._inbox, self._inbox.taken
+        try:
+            for data in inbox.chunks():
+                if self._gone:
+                    inbox.unread(data)
+                    return
+                if isinstance(protocol, asyncio.BufferedProtocol):
+                    view = memoryview(data)
+                    at = 0
+                    while at < len(view):
+                        if inbox.paused or self._gone:
+                            inbox.unread(bytes(view[at:]))
+                            return
+                        buf = memoryview(protocol.get_buffer(len(view) - at)).cast("B")
+                        n = min(len(buf), len(view) - at)
+                        buf[:n] = view[at : at + n]
+                        at += n
+                        protocol.buffer_updated(n)
+                else:
+                    assert isinstance(protocol, asyncio.Protocol)
+                    protocol.data_received(data)
+        finally:
+            if inbox.taken > taken and self.peer is not None:
+                self._loop.call_at(self._loop.time() + self._out.shape.latency,
+                                   self.peer._window, inbox.taken - taken)
 
     def _remote_closed(self) -> None:
         if self._gone:
@@ -177,36 +174,6 @@ class SimTransport(asyncio.Transport):
             self._protocol.connection_lost(exc)
 
 
-class _SimSocket:
-    """What ``Server.sockets`` is asked for: the listening address."""
-
-    def __init__(self, address: Address) -> None:
-        self._address = address
-
-    def getsockname(self) -> Address:
-        return self._address
-
-
-class SimServer:
-    """A listener on the simulated network; what ``create_server`` returns there."""
-
-    def __init__(self, network: SimNetwork, address: Address,
-                 factory: Callable[[], asyncio.BaseProtocol]) -> None:
-        self._network = network
-        self.address = address
-        self.factory = factory
-        self.sockets = [_SimSocket(address)]
-        self._serving = True
-
-    def close(self) -> None:
-        if self._serving:
-            self._serving = False
-            self._network.unlisten(self.address)
-
-    async def wait_closed(self) -> None:
-        return None
-
-
 class SimNetwork:
     """Every listener and connection of one simulation."""
 
@@ -224,10 +191,7 @@ class SimNetwork:
 
     def listen(self, host: str, port: int,
                factory: Callable[[], asyncio.BaseProtocol]) -> SimServer:
-        return SimServer(self, self.listeners.listen(host, port, factory), factory)
-
-    def unlisten(self, address: Address) -> None:
-        self.listeners.unlisten(address)
+        return SimServer(self.listeners, self.listeners.listen(host, port, factory))
 
     async def connect(self, factory: Callable[[], asyncio.BaseProtocol], host: str,
                       port: int) -> tuple[SimTransport, asyncio.BaseProtocol]:

@@ -1,28 +1,28 @@
 """A virtual-time asyncio loop: the simulator's clock, for the same stack that runs on TCP.
 
 Timers fire in order, instantly: when nothing is ready, the loop jumps its clock
-to the next timer instead of sleeping. Which ready callback runs next is the
-seeded choice of its ready queue (:mod:`earmark.sim.schedule`; FIFO, as asyncio's,
-by default), so a run with the same inputs and seeds is the same run every time —
-a deadlock found once is found again, in milliseconds rather than minutes.
+to the next timer instead of sleeping. Its ready queue (:mod:`earmark.sim.schedule`)
+picks which ready callback runs next, from a seed, so a run with the same inputs and
+seeds is the same run every time — a deadlock found once is found again, in
+milliseconds rather than minutes.
 
 Only in-process work may run on it: a real socket would never become ready. So
 its ``create_connection`` and ``create_server`` go to its simulated network
 (:mod:`earmark.runtime.simnet`), and ``run_in_executor`` runs the function at
-once on the loop (the target's backing I/O; its result is due after the delay the
-``disk`` model draws, if one is given), which keeps the run single-threaded and
-its order fixed.
+once on the loop (the target's backing I/O; the result is due after what the
+``disk`` model draws), which keeps the run single-threaded and its order fixed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import selectors
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from earmark.runtime.simnet import SimNetwork, SimServer, SimTransport
-from earmark.sim.links import LinkShape, Trace
+from earmark.runtime.simnet import SimNetwork, SimTransport
+from earmark.sim.links import LinkShape, SimServer, Trace
 from earmark.sim.schedule import ReadyQueue
 
 T = TypeVar("T")
@@ -53,8 +53,7 @@ class _JumpingSelector(selectors.DefaultSelector):
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self, *, ready: ReadyQueue | None = None, trace: Trace | None = None,
-                 disk: Callable[[], float] | None = None, **shape: Any) -> None:
-        """``shape``: every simulated link's :class:`~earmark.sim.links.LinkShape` fields."""
+                 disk: Callable[[], float] | None = None, **shape: Any) -> None:  # LinkShape
         selector = _JumpingSelector()
         super().__init__(selector)
         selector.loop = self
@@ -80,13 +79,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     ) -> asyncio.Future[T]:
         done: asyncio.Future[T] = self.create_future()
         try:
-            outcome: tuple[Callable[[Any], None], Any] = (done.set_result, func(*args))
+            settle = functools.partial(done.set_result, func(*args))
         except Exception as exc:
-            outcome = (done.set_exception, exc)
-        if self.disk is None:
-            outcome[0](outcome[1])
-        else:
-            self.call_later(self.disk(), lambda: done.done() or outcome[0](outcome[1]))
+            settle = functools.partial(done.set_exception, exc)
+        self.call_later(self.disk(), lambda: done.done() or settle()) if self.disk else settle()
         return done
 
     def time(self) -> float:

@@ -22,7 +22,7 @@ import random
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from earmark.sim.faults import NO_FAULTS, LinkFaults
 
@@ -281,3 +281,31 @@ class Listeners(Generic[L]):
             raise ConnectionRefusedError(111, f"nothing listens on {host}:{port} "
                                               "(simulated network)")
         return listener
+
+
+class _SimSocket:
+    """What ``Server.sockets`` is asked for: the listening address."""
+
+    def __init__(self, address: Address) -> None:
+        self._address = address
+
+    def getsockname(self) -> Address:
+        return self._address
+
+
+class SimServer:
+    """A listener on the simulated network; what ``create_server`` returns there."""
+
+    def __init__(self, listeners: Listeners[Any], address: Address) -> None:
+        self._listeners = listeners
+        self.address = address
+        self.sockets = [_SimSocket(address)]
+        self._serving = True
+
+    def close(self) -> None:
+        if self._serving:
+            self._serving = False
+            self._listeners.unlisten(self.address)
+
+    async def wait_closed(self) -> None:
+        return None
