@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     swarm = sub.add_parser("swarm", help="many seeds, each its own configuration")
     swarm.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
     swarm.add_argument("--first", type=int, default=0, help="the first seed (default 0)")
-    swarm.add_argument("--no-faults", action="store_true", help="draw no faults")
+    swarm.add_argument("--no-faults", action="store_true", help="draw no faults at all")
+    swarm.add_argument("--no-resets", action="store_true", help="draw no connection resets")
+    swarm.add_argument("--no-io-errors", action="store_true", help="draw no disk I/O errors")
     swarm.add_argument("--quick", action="store_true",
                        help="draw fewer pages and smaller arenas (a short swarm)")
     sweep = sub.add_parser("sweep", help="writers x arena x latency per policy: CSV and PNG")
@@ -57,6 +60,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     err = Console(file=sys.stderr)
+    # The faults are drawn on purpose: the target's warnings about them are the run's own.
+    logging.getLogger("earmark").setLevel(logging.ERROR)
     try:
         if args.sim_command == "run":
             return _run(args, Policy(args.policy))
@@ -105,7 +110,8 @@ def _with_bar(err: Console, label: str, total: int) -> tuple[Progress, object]:
 
 def _swarm(args: argparse.Namespace, policies: list[Policy], err: Console) -> int:
     jobs = swarm_jobs(range(args.first, args.first + args.seeds), policies,
-                      faults=not args.no_faults, quick=args.quick)
+                      faults=not args.no_faults, resets=not args.no_resets,
+                      io_errors=not args.no_io_errors, quick=args.quick)
     start = time.perf_counter()
     bar, task = _with_bar(err, "swarm", len(jobs))
     failing = 0
@@ -119,11 +125,12 @@ def _swarm(args: argparse.Namespace, policies: list[Policy], err: Console) -> in
         outcomes = run_jobs(jobs, workers=args.workers, done=done)
     summary = summarise(outcomes)
     table = Table(title=f"earmark sim swarm: seeds {args.first}..{args.first + args.seeds - 1}")
-    for column in ("policy", "runs", "deadlocks", "lost writes", "violations",
-                   "first failing seeds"):
+    for column in ("policy", "runs", "deadlocks", "I/O errors", "reconnects", "lost writes",
+                   "violations", "first failing seeds"):
         table.add_column(column, justify="left" if column in ("policy",) else "right")
     for s in summary:
-        table.add_row(s.policy, str(s.runs), str(s.deadlocks), str(s.lost_writes),
+        table.add_row(s.policy, str(s.runs), str(s.deadlocks), str(s.io_errors),
+                      str(s.reconnects), str(s.lost_writes),
                       f"[red]{s.violations}[/]" if s.violations else "0",
                       ", ".join(map(str, s.failing)) or "-")
     Console(file=sys.stderr if args.json else sys.stdout).print(table)

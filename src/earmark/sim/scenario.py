@@ -32,7 +32,10 @@ from earmark.host.policy import HostTuning, Policy
 from earmark.host.watermarks import emergency_bytes
 from earmark.memory import Arena
 from earmark.memory.levels import PAGE_BYTES
+from earmark.runtime.initiator_device import BlockDevice
 from earmark.runtime.virtualtime import run_virtual
+from earmark.scsi.sense import ScsiError, SenseKey
+from earmark.sim.disk import Disk
 from earmark.sim.faults import LinkFaults
 from earmark.sim.links import LinkShape, Trace
 from earmark.sim.schedule import ReadyQueue, Schedule
@@ -48,6 +51,10 @@ READ_SAMPLE = 32
 #: What a seed draws pages and host arenas (MiB) from: in full, and `quick`.
 _PAGES = {False: (256, 4096), True: (320, 1024)}
 _ARENAS_MIB = {False: (2, 3, 4, 6, 8), True: (2, 2, 3, 3, 4)}
+#: How an I/O error of the target's disk reaches the initiator.
+_DISK_FAILED = (SenseKey.MEDIUM_ERROR, SenseKey.HARDWARE_ERROR)
+#: Logins a device may try again after a reset.
+_ATTEMPTS = 5
 #: The bound of virtual time a run may take: past it, something never finished.
 HORIZON_S = 600.0
 
@@ -65,34 +72,6 @@ class Violation(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Disk:
-    """The target's backing latency: exponential around `mean_s`, with spikes."""
-
-    mean_s: float
-    spike_p: float
-    spike_s: float
-    seed: int
-
-    def delays(self) -> DiskDelays:
-        return DiskDelays(self)
-
-
-class DiskDelays:
-    """The seeded draws of one run's disk: what the loop's executor asks per I/O."""
-
-    __slots__ = ("_disk", "_rng")
-
-    def __init__(self, disk: Disk) -> None:
-        self._disk = disk
-        self._rng = random.Random(disk.seed)
-
-    def __call__(self) -> float:
-        d, rng = self._disk, self._rng
-        spike = rng.random() * d.spike_s if d.spike_p and rng.random() < d.spike_p else 0.0
-        return rng.expovariate(1 / d.mean_s) + spike
-
-
-@dataclass(frozen=True, slots=True)
 class Scenario:
     seed: int
     policy: Policy
@@ -103,10 +82,12 @@ class Scenario:
     target_memory: int
     disk: Disk | None
     schedule: Schedule
+    #: When the initiator's connection is reset (virtual s): it must reconnect and redo.
+    resets: tuple[float, ...] = ()
 
     @classmethod
-    def draw(cls, seed: int, policy: Policy, *, faults: bool = True,
-             quick: bool = False) -> Scenario:
+    def draw(cls, seed: int, policy: Policy, *, faults: bool = True, resets: bool = True,
+             io_errors: bool = True, quick: bool = False) -> Scenario:
         """The run seed `seed` stands for (the same for every policy, so they compare);
         `quick`: fewer pages in smaller arenas (still past what the arena holds), for a
         swarm that must be short."""
@@ -125,7 +106,7 @@ class Scenario:
         )
         disk = Disk(_log_uniform(rng, 10e-6, 5e-3), rng.random() * 0.02 * slow_disk,
                     rng.uniform(0.01, 0.3), seed) if rng.random() < 0.5 else None
-        return cls(
+        scenario = cls(
             seed=seed, policy=policy, writers=writers,
             total_pages=max(writers, int(_log_uniform(rng, *_PAGES[quick]))),
             arena_bytes=rng.choice(_ARENAS_MIB[quick]) << 20,
@@ -133,7 +114,13 @@ class Scenario:
             target_memory=rng.choice((16, 32, 64, 128)) << 20,
             disk=disk,
             schedule=rng.choice(list(Schedule)),
+            # Drawn last, so that the draws above stay what they were before these came.
+            resets=tuple(sorted(rng.uniform(0, 0.5) for _ in range(rng.randint(1, 2))))
+            if faults and resets and rng.random() < 0.3 else (),
         )
+        if disk is not None and faults and io_errors and rng.random() < 0.2:
+            scenario = replace(scenario, disk=replace(disk, error_p=_log_uniform(rng, 1e-4, 1e-2)))
+        return scenario
 
     def with_policy(self, policy: Policy) -> Scenario:
         return replace(self, policy=policy)
@@ -152,7 +139,7 @@ class Scenario:
 class Outcome:
     seed: int
     policy: str
-    outcome: str  # "completed" | "deadlocked" | "failed"
+    outcome: str  # "completed" | "deadlocked" | "io-error" (reported) | "failed"
     cycle: str | None
     violations: list[Violation]
     lost_writes: int
@@ -160,6 +147,7 @@ class Outcome:
     virtual_s: float
     events: int
     trace_hash: str
+    reconnects: int = 0
     trace: list[str] | None = field(default=None, repr=False)
     error: str | None = None
 
@@ -173,7 +161,7 @@ class Outcome:
             "cycle": self.cycle, "violations": [v.name for v in self.violations],
             "lost_writes": self.lost_writes, "mbps": round(self.mbps, 3),
             "virtual_s": round(self.virtual_s, 6), "events": self.events,
-            "trace_hash": self.trace_hash, "error": self.error,
+            "trace_hash": self.trace_hash, "reconnects": self.reconnects, "error": self.error,
         }
 
 
@@ -185,7 +173,7 @@ def run_scenario(sc: Scenario, *, readable: bool = False) -> Outcome:
 
     async def main() -> Outcome:
         loop = asyncio.get_running_loop()
-        async with SimStack(LUN_BYTES, slow_disk=sc.disk is not None,
+        async with SimStack(LUN_BYTES, wrap=None if sc.disk is None else sc.disk.backing,
                             memory=sc.target_memory) as stack:
             try:
                 async with asyncio.timeout(HORIZON_S):
@@ -210,8 +198,19 @@ async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
     arena = sc.arena()
     work = Workload(writers=sc.writers, pages_per_writer=max(1, sc.total_pages // sc.writers),
                     span_pages=LUN_BYTES // PAGE_BYTES, seed=sc.seed)
-    async with stack.open(arena, sc.policy) as device:
-        result = await run_writers(arena, device, sc.policy, work, HostTuning())
+    async with stack.open(arena, sc.policy, attempts=_ATTEMPTS if sc.resets else 1) as device:
+        resets = asyncio.get_running_loop().create_task(_reset(device, sc.resets))
+        try:
+            result = await run_writers(arena, device, sc.policy, work, HostTuning())
+        except ScsiError as exc:
+            if sc.disk is None or not sc.disk.error_p or exc.key not in _DISK_FAILED:
+                raise
+            # The disk failed a write and fsync said so: what is owed, with no claim on
+            # the data to check (which pages the failed writes held is not known here).
+            return _outcome(sc, trace, "io-error", None, [], seconds=0.0)
+        finally:
+            resets.cancel()
+        reconnects = device.reconnects
     violations: list[Violation] = []
     if result.peak_arena_bytes > arena.capacity:
         violations.append(Violation.ARENA)
@@ -226,8 +225,18 @@ async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
         violations.append(Violation.STALL)
     out = _outcome(sc, trace, result.outcome, result.cycle, violations,
                    seconds=result.seconds, mbps=result.mbps)
-    out.lost_writes = lost
+    out.lost_writes, out.reconnects = lost, reconnects
     return out
+
+
+async def _reset(device: BlockDevice, at: tuple[float, ...]) -> None:
+    """Reset the initiator's connection at each of `at` (virtual s), as a peer's RST would."""
+    loop = asyncio.get_running_loop()
+    for when in at:
+        await asyncio.sleep(max(0.0, when - loop.time()))
+        stream = device.stream
+        if stream is not None and stream.transport is not None:
+            stream.transport.abort()
 
 
 def _lost_writes(stack: SimStack, expected: dict[int, int]) -> int:

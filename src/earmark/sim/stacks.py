@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Unpack
 
-from earmark.host.device import PageDevice
 from earmark.host.policy import Policy
 from earmark.memory import Arena
 from earmark.memory.levels import PAGE_BYTES
@@ -79,11 +78,13 @@ class _IscsiStack:
 
     url = ""
 
-    def open(self, arena: Arena, policy: Policy) -> AbstractAsyncContextManager[PageDevice]:
+    def open(self, arena: Arena, policy: Policy, *,
+             attempts: int = 1) -> AbstractAsyncContextManager[BlockDevice]:
+        """A session on `arena`; `attempts`: logins it may try again after losing it."""
         @asynccontextmanager
-        async def opened() -> AsyncIterator[PageDevice]:
+        async def opened() -> AsyncIterator[BlockDevice]:
             device = BlockDevice(self.url, arena=arena, policy=policy,
-                                 reconnect_timeout=5, max_attempts=1)
+                                 reconnect_timeout=5, max_attempts=attempts)
             try:
                 async with asyncio.timeout(_CONNECT_S):
                     await device.connect()
@@ -133,12 +134,12 @@ class SimStack(_IscsiStack):
     """The target on the same virtual-time loop as the host, over its simulated network:
     every byte goes through the real initiator, codec, target session and admission."""
 
-    def __init__(self, lun_bytes: int, *, slow_disk: bool = False,
+    def __init__(self, lun_bytes: int, *, wrap: Callable[[Backing], Backing] | None = None,
                  **options: Unpack[OneLun]) -> None:
-        """``slow_disk``: writes go through the loop's executor (and its disk model)."""
+        """``wrap``: the disk the target sees, around the memory that holds the data."""
         self.backing = MemoryBacking(lun_bytes)
-        self.server = one_lun_server(SlowBacking(self.backing, 0.0) if slow_disk
-                                     else self.backing, **options)
+        self.server = one_lun_server(self.backing if wrap is None else wrap(self.backing),
+                                     **options)
 
     async def __aenter__(self) -> SimStack:
         await self.server.start()

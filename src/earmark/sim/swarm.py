@@ -24,10 +24,9 @@ FIRST_FAILING = 5
 Done = Callable[[Outcome], None]
 
 
-def swarm_jobs(seeds: Iterable[int], policies: Iterable[Policy], *, faults: bool = True,
-               quick: bool = False) -> list[Scenario]:
-    return [Scenario.draw(seed, policy, faults=faults, quick=quick)
-            for policy in policies for seed in seeds]
+def swarm_jobs(seeds: Iterable[int], policies: Iterable[Policy], **draw: bool) -> list[Scenario]:
+    """``draw``: :meth:`Scenario.draw`'s switches (faults, resets, io_errors, quick)."""
+    return [Scenario.draw(seed, policy, **draw) for policy in policies for seed in seeds]
 
 
 def run_jobs(jobs: list[Scenario], *, workers: int = 1, done: Done | None = None) -> list[Outcome]:
@@ -56,6 +55,9 @@ class PolicySummary:
     policy: str
     runs: int = 0
     deadlocks: int = 0
+    #: Runs the disk failed a write in, and fsync said so (owed, not a violation).
+    io_errors: int = 0
+    reconnects: int = 0
     lost_writes: int = 0
     violations: int = 0
     failing: list[int] = field(default_factory=list)
@@ -63,6 +65,8 @@ class PolicySummary:
     def add(self, outcome: Outcome) -> None:
         self.runs += 1
         self.deadlocks += outcome.outcome == "deadlocked"
+        self.io_errors += outcome.outcome == "io-error"
+        self.reconnects += outcome.reconnects
         self.lost_writes += outcome.lost_writes
         if outcome.failed:
             self.violations += 1
@@ -71,6 +75,7 @@ class PolicySummary:
 
     def as_json(self) -> dict[str, object]:
         return {"policy": self.policy, "runs": self.runs, "deadlocks": self.deadlocks,
+                "io_errors": self.io_errors, "reconnects": self.reconnects,
                 "lost_writes": self.lost_writes, "violations": self.violations,
                 "first_failing_seeds": self.failing}
 
