@@ -31,23 +31,23 @@ def swarm_jobs(seeds: Iterable[int], policies: Iterable[Policy], **draw: bool) -
 
 def run_jobs(jobs: list[Scenario], *, workers: int = 1, done: Done | None = None) -> list[Outcome]:
     """Every job's outcome, in the jobs' order; `done` is called as each finishes."""
-    outcomes = list(_outcomes(jobs, workers))
-    order = {(job.seed, job.policy.value): i for i, job in enumerate(jobs)}
     ordered: list[Outcome | None] = [None] * len(jobs)
-    for outcome in outcomes:
-        ordered[order[(outcome.seed, outcome.policy)]] = outcome
+    for i, outcome in _outcomes(jobs, workers):
+        ordered[i] = outcome
         if done is not None:
             done(outcome)
     return [o for o in ordered if o is not None]
 
 
-def _outcomes(jobs: list[Scenario], workers: int) -> Iterator[Outcome]:
+def _outcomes(jobs: list[Scenario], workers: int) -> Iterator[tuple[int, Outcome]]:
+    """(index of the job, its outcome), as they finish."""
     if workers <= 1:
-        yield from map(run_scenario, jobs)
+        yield from enumerate(map(run_scenario, jobs))
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        for future in as_completed([pool.submit(run_scenario, job) for job in jobs]):
-            yield future.result()
+        index = {pool.submit(run_scenario, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(index):
+            yield index[future], future.result()
 
 
 @dataclass(slots=True)

@@ -99,8 +99,8 @@ def draw_png(grid: Sequence[Cell], path: Path) -> None:
     latencies = sorted({c.latency_s for c in grid})
     writers = sorted({c.writers for c in grid})
     arenas = sorted({c.arena_bytes for c in grid})
-    fig, axes = plt.subplots(len(policies), len(latencies), squeeze=False,
-                             figsize=(3.2 * len(latencies), 2.6 * len(policies)))
+    fig, axes = plt.subplots(len(policies), len(latencies), squeeze=False, layout="constrained",
+                             figsize=(1.2 + 3.0 * len(latencies), 0.6 + 2.3 * len(policies)))
     by_key = {(c.policy, c.latency_s, c.writers, c.arena_bytes): c for c in grid}
     image = None
     for row, policy in enumerate(policies):
