@@ -56,6 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         q.add_argument("--policies", default=",".join(x.value for x in Policy),
                        metavar="P[,P...]", help="policies (default: all)")
         q.add_argument("--workers", type=int, default=1, help="local processes (default 1)")
+        q.add_argument("--cluster", metavar="ADDRESS",
+                       help="run the seeds on this dask.distributed scheduler instead "
+                            "(pip install 'earmark[cluster]')")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,7 +125,7 @@ def _swarm(args: argparse.Namespace, policies: list[Policy], err: Console) -> in
         bar.update(task, advance=1, note=f"{failing} failing")  # type: ignore[arg-type]
 
     with bar:
-        outcomes = run_jobs(jobs, workers=args.workers, done=done)
+        outcomes = run_jobs(jobs, workers=args.workers, cluster=args.cluster, done=done)
     summary = summarise(outcomes)
     table = Table(title=f"earmark sim swarm: seeds {args.first}..{args.first + args.seeds - 1}")
     for column in ("policy", "runs", "deadlocks", "I/O errors", "reconnects", "lost writes",
@@ -144,7 +147,7 @@ def _sweep(args: argparse.Namespace, grid: Grid, err: Console) -> int:
     jobs = grid.jobs()
     bar, task = _with_bar(err, "sweep", len(jobs))
     with bar:
-        outcomes = run_jobs(jobs, workers=args.workers,
+        outcomes = run_jobs(jobs, workers=args.workers, cluster=args.cluster,
                             done=lambda _: bar.update(task, advance=1))  # type: ignore[arg-type]
     grid_cells = cells(jobs, outcomes)
     write_csv(grid_cells, args.csv)

@@ -29,10 +29,13 @@ def swarm_jobs(seeds: Iterable[int], policies: Iterable[Policy], **draw: bool) -
     return [Scenario.draw(seed, policy, **draw) for policy in policies for seed in seeds]
 
 
-def run_jobs(jobs: list[Scenario], *, workers: int = 1, done: Done | None = None) -> list[Outcome]:
-    """Every job's outcome, in the jobs' order; `done` is called as each finishes."""
+def run_jobs(jobs: list[Scenario], *, workers: int = 1, cluster: str | None = None,
+             done: Done | None = None) -> list[Outcome]:
+    """Every job's outcome, in the jobs' order; `done` is called as each finishes. The jobs
+    run on `workers` local processes, or on the dask.distributed scheduler at `cluster`."""
     ordered: list[Outcome | None] = [None] * len(jobs)
-    for i, outcome in _outcomes(jobs, workers):
+    runs = _outcomes(jobs, workers) if cluster is None else _on_cluster(jobs, cluster)
+    for i, outcome in runs:
         ordered[i] = outcome
         if done is not None:
             done(outcome)
@@ -48,6 +51,16 @@ def _outcomes(jobs: list[Scenario], workers: int) -> Iterator[tuple[int, Outcome
         index = {pool.submit(run_scenario, job): i for i, job in enumerate(jobs)}
         for future in as_completed(index):
             yield index[future], future.result()
+
+
+def _on_cluster(jobs: list[Scenario], address: str) -> Iterator[tuple[int, Outcome]]:
+    from distributed import Client, as_completed  # the cluster extra: only this needs it
+
+    with Client(address) as client:  # type: ignore[no-untyped-call]
+        futures = client.map(run_scenario, jobs, pure=False)
+        index = {future.key: i for i, future in enumerate(futures)}
+        for future, outcome in as_completed(futures, with_results=True):  # type: ignore[no-untyped-call]
+            yield index[future.key], outcome
 
 
 @dataclass(slots=True)
