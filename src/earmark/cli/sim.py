@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     swarm.add_argument("--quick", action="store_true",
                        help="draw fewer pages and smaller arenas (a short swarm)")
     sweep = sub.add_parser("sweep", help="writers x arena x latency per policy: CSV and PNG")
-    sweep.add_argument("--writers", default="1,16,256,4096", metavar="N[,N...]")
+    sweep.add_argument("--writers", default="1,16,256,2048,4096", metavar="N[,N...]")
+    sweep.add_argument("--pages", type=int, default=4096,
+                       help="4 KiB pages per run, split among the writers (default 4096)")
     sweep.add_argument("--arenas", default="2MiB,4MiB,8MiB", metavar="SIZE[,SIZE...]")
     sweep.add_argument("--latencies", default="0.00005,0.0005,0.005", metavar="S[,S...]",
                        help="one-way link latencies in seconds")
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         grid = Grid(writers=[int(w) for w in args.writers.split(",")],
                     arenas=[parse_size(a, "--arenas") for a in args.arenas.split(",")],
                     latencies=[float(s) for s in args.latencies.split(",")],
-                    policies=policies, seeds=args.seeds)
+                    policies=policies, seeds=args.seeds, total_pages=args.pages)
     except (ValueError, SizeError) as exc:
         err.print(f"earmark sim: {exc}")
         return 2
@@ -105,6 +108,10 @@ def _run(args: argparse.Namespace, policy: Policy) -> int:
     return 1 if outcome.failed else 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _with_bar(err: Console, label: str, total: int) -> tuple[Progress, object]:
     bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[note]}"), console=err, transient=True)
@@ -117,17 +124,24 @@ def _swarm(args: argparse.Namespace, policies: list[Policy], err: Console) -> in
                       io_errors=not args.no_io_errors, quick=args.quick)
     start = time.perf_counter()
     bar, task = _with_bar(err, "swarm", len(jobs))
-    failing = 0
+    finished: list[Outcome] = []
 
     def done(outcome: Outcome) -> None:
-        nonlocal failing
-        failing += outcome.failed
+        finished.append(outcome)
+        failing = sum(o.failed for o in finished)
         bar.update(task, advance=1, note=f"{failing} failing")  # type: ignore[arg-type]
 
+    interrupted = False
+    signal.signal(signal.SIGTERM, _interrupt)
     with bar:
-        outcomes = run_jobs(jobs, workers=args.workers, cluster=args.cluster, done=done)
-    summary = summarise(outcomes)
-    table = Table(title=f"earmark sim swarm: seeds {args.first}..{args.first + args.seeds - 1}")
+        try:
+            run_jobs(jobs, workers=args.workers, cluster=args.cluster, done=done)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the summary of the runs that finished
+            interrupted = True
+    order = [p.value for p in policies]
+    summary = summarise(sorted(finished, key=lambda o: (order.index(o.policy), o.seed)))
+    title = f"earmark sim swarm: seeds {args.first}..{args.first + args.seeds - 1}"
+    table = Table(title=title + (f" (interrupted: {len(finished)} runs)" if interrupted else ""))
     for column in ("policy", "runs", "deadlocks", "I/O errors", "reconnects", "lost writes",
                    "violations", "first failing seeds"):
         table.add_column(column, justify="left" if column in ("policy",) else "right")
@@ -138,7 +152,7 @@ def _swarm(args: argparse.Namespace, policies: list[Policy], err: Console) -> in
                       ", ".join(map(str, s.failing)) or "-")
     Console(file=sys.stderr if args.json else sys.stdout).print(table)
     if args.json:
-        print(json.dumps({"policies": [s.as_json() for s in summary],
+        print(json.dumps({"policies": [s.as_json() for s in summary], "interrupted": interrupted,
                           "wall_s": round(time.perf_counter() - start, 1)}))
     return 1 if any(s.violations for s in summary) else 0
 

@@ -47,10 +47,13 @@ def _outcomes(jobs: list[Scenario], workers: int) -> Iterator[tuple[int, Outcome
     if workers <= 1:
         yield from enumerate(map(run_scenario, jobs))
         return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    try:
         index = {pool.submit(run_scenario, job): i for i, job in enumerate(jobs)}
         for future in as_completed(index):
             yield index[future], future.result()
+    finally:  # interrupted: what has not started never will
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _on_cluster(jobs: list[Scenario], address: str) -> Iterator[tuple[int, Outcome]]:
