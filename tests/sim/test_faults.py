@@ -108,3 +108,16 @@ def test_a_disk_error_reaches_fsync_and_a_disk_that_drops_writes_is_caught(
     caught = run_scenario(failing)
     assert caught.outcome == "completed" and caught.lost_writes > 0
     assert Violation.LOST in caught.violations
+
+
+@pytest.mark.parametrize(("cut", "fate"), [(17.0, "completed"), (30.0, "session-lost")])
+def test_a_partition_past_the_nop_timeout_reconnects_after_it_or_gives_up_and_says_so(
+    cut: float, fate: str,
+) -> None:
+    # NOP-Out after 5 s of silence, 10 s for its answer, then 5 s to log in again.
+    sc = _base()
+    faults = LinkFaults(partitions=((0.02, 0.02 + cut),))
+    outcome = run_scenario(dataclasses.replace(sc, link=dataclasses.replace(sc.link,
+                                                                            faults=faults)))
+    assert outcome.outcome == fate and not outcome.violations
+    assert outcome.reconnects == (fate == "completed")

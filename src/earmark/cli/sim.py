@@ -41,6 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     swarm.add_argument("--no-faults", action="store_true", help="draw no faults at all")
     swarm.add_argument("--no-resets", action="store_true", help="draw no connection resets")
     swarm.add_argument("--no-io-errors", action="store_true", help="draw no disk I/O errors")
+    swarm.add_argument("--no-timeouts", action="store_true",
+                       help="draw no partitions long enough for the initiator to time out")
     swarm.add_argument("--quick", action="store_true",
                        help="draw fewer pages and smaller arenas (a short swarm)")
     sweep = sub.add_parser("sweep", help="writers x arena x latency per policy: CSV and PNG")
@@ -121,7 +123,8 @@ def _with_bar(err: Console, label: str, total: int) -> tuple[Progress, object]:
 def _swarm(args: argparse.Namespace, policies: list[Policy], err: Console) -> int:
     jobs = swarm_jobs(range(args.first, args.first + args.seeds), policies,
                       faults=not args.no_faults, resets=not args.no_resets,
-                      io_errors=not args.no_io_errors, quick=args.quick)
+                      io_errors=not args.no_io_errors, timeouts=not args.no_timeouts,
+                      quick=args.quick)
     start = time.perf_counter()
     bar, task = _with_bar(err, "swarm", len(jobs))
     finished: list[Outcome] = []
@@ -142,12 +145,12 @@ def _swarm(args: argparse.Namespace, policies: list[Policy], err: Console) -> in
     summary = summarise(sorted(finished, key=lambda o: (order.index(o.policy), o.seed)))
     title = f"earmark sim swarm: seeds {args.first}..{args.first + args.seeds - 1}"
     table = Table(title=title + (f" (interrupted: {len(finished)} runs)" if interrupted else ""))
-    for column in ("policy", "runs", "deadlocks", "I/O errors", "reconnects", "lost writes",
-                   "violations", "first failing seeds"):
+    for column in ("policy", "runs", "deadlocks", "I/O errors", "sessions lost", "reconnects",
+                   "lost writes", "violations", "first failing seeds"):
         table.add_column(column, justify="left" if column in ("policy",) else "right")
     for s in summary:
         table.add_row(s.policy, str(s.runs), str(s.deadlocks), str(s.io_errors),
-                      str(s.reconnects), str(s.lost_writes),
+                      str(s.sessions_lost), str(s.reconnects), str(s.lost_writes),
                       f"[red]{s.violations}[/]" if s.violations else "0",
                       ", ".join(map(str, s.failing)) or "-")
     Console(file=sys.stderr if args.json else sys.stdout).print(table)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from earmark.host.policy import HostTuning, Policy
 from earmark.host.watermarks import emergency_bytes
+from earmark.initiator.errors import SessionLostError
 from earmark.memory import Arena
 from earmark.memory.levels import PAGE_BYTES
 from earmark.runtime.initiator_device import BlockDevice
@@ -53,7 +54,11 @@ _PAGES = {False: (256, 4096), True: (320, 1024)}
 _ARENAS_MIB = {False: (2, 3, 4, 6, 8), True: (2, 2, 3, 3, 4)}
 #: How an I/O error of the target's disk reaches the initiator.
 _DISK_FAILED = (SenseKey.MEDIUM_ERROR, SenseKey.HARDWARE_ERROR)
-#: Logins a device may try again after a reset.
+#: A partition that outlasts the initiator's NOP-Out timeout (5 s idle, then 10 s): it
+#: declares the connection dead, and then either logs in again once the partition heals
+#: or, past its reconnect timeout, gives the session up (which the writers must hear).
+_LONG_CUT_S = (16.0, 24.0)
+#: Logins a device may try again after losing its connection (a reset, a timeout).
 _ATTEMPTS = 5
 #: The bound of virtual time a run may take: past it, something never finished.
 HORIZON_S = 600.0
@@ -87,7 +92,7 @@ class Scenario:
 
     @classmethod
     def draw(cls, seed: int, policy: Policy, *, faults: bool = True, resets: bool = True,
-             io_errors: bool = True, quick: bool = False) -> Scenario:
+             io_errors: bool = True, timeouts: bool = True, quick: bool = False) -> Scenario:
         """The run seed `seed` stands for (the same for every policy, so they compare);
         `quick`: fewer pages in smaller arenas (still past what the arena holds), for a
         swarm that must be short."""
@@ -120,6 +125,11 @@ class Scenario:
         )
         if disk is not None and faults and io_errors and rng.random() < 0.2:
             scenario = replace(scenario, disk=replace(disk, error_p=_log_uniform(rng, 1e-4, 1e-2)))
+        if faults and timeouts and rng.random() < 0.1:  # long enough for NOP-Out to time out
+            at = rng.uniform(0.0, 0.3)
+            cuts = (*link.faults.partitions, (at, at + rng.uniform(*_LONG_CUT_S)))
+            scenario = replace(scenario, link=replace(link, faults=replace(
+                link.faults, partitions=tuple(sorted(cuts)))))
         return scenario
 
     def with_policy(self, policy: Policy) -> Scenario:
@@ -139,7 +149,9 @@ class Scenario:
 class Outcome:
     seed: int
     policy: str
-    outcome: str  # "completed" | "deadlocked" | "io-error" (reported) | "failed"
+    #: "completed" | "deadlocked" | "io-error", "session-lost" (reported to the writers) |
+    #: "failed"
+    outcome: str
     cycle: str | None
     violations: list[Violation]
     lost_writes: int
@@ -196,9 +208,11 @@ def run_scenario(sc: Scenario, *, readable: bool = False) -> Outcome:
 
 async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
     arena = sc.arena()
+    # The watchdog (no memory moved for stall_s) must outwait the longest partition.
+    cut = max((end - start for start, end in sc.link.faults.partitions), default=0.0)
     work = Workload(writers=sc.writers, pages_per_writer=max(1, sc.total_pages // sc.writers),
-                    span_pages=LUN_BYTES // PAGE_BYTES, seed=sc.seed)
-    async with stack.open(arena, sc.policy, attempts=_ATTEMPTS if sc.resets else 1) as device:
+                    span_pages=LUN_BYTES // PAGE_BYTES, seed=sc.seed, stall_s=10.0 + cut)
+    async with stack.open(arena, sc.policy, attempts=_ATTEMPTS) as device:
         resets = asyncio.get_running_loop().create_task(_reset(device, sc.resets))
         try:
             result = await run_writers(arena, device, sc.policy, work, HostTuning())
@@ -208,6 +222,11 @@ async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
             # The disk failed a write and fsync said so: what is owed, with no claim on
             # the data to check (which pages the failed writes held is not known here).
             return _outcome(sc, trace, "io-error", None, [], seconds=0.0)
+        except SessionLostError:
+            if cut <= _LONG_CUT_S[0]:
+                raise
+            # A partition outlasted the initiator's patience: it gave up, and said so.
+            return _outcome(sc, trace, "session-lost", None, [], seconds=0.0)
         finally:
             resets.cancel()
         reconnects = device.reconnects

@@ -73,6 +73,8 @@ class PolicySummary:
     deadlocks: int = 0
     #: Runs the disk failed a write in, and fsync said so (owed, not a violation).
     io_errors: int = 0
+    #: Runs a partition outlasted the initiator's reconnect timeout in, reported so.
+    sessions_lost: int = 0
     reconnects: int = 0
     lost_writes: int = 0
     violations: int = 0
@@ -82,6 +84,7 @@ class PolicySummary:
         self.runs += 1
         self.deadlocks += outcome.outcome == "deadlocked"
         self.io_errors += outcome.outcome == "io-error"
+        self.sessions_lost += outcome.outcome == "session-lost"
         self.reconnects += outcome.reconnects
         self.lost_writes += outcome.lost_writes
         if outcome.failed:
@@ -91,7 +94,8 @@ class PolicySummary:
 
     def as_json(self) -> dict[str, object]:
         return {"policy": self.policy, "runs": self.runs, "deadlocks": self.deadlocks,
-                "io_errors": self.io_errors, "reconnects": self.reconnects,
+                "io_errors": self.io_errors, "sessions_lost": self.sessions_lost,
+                "reconnects": self.reconnects,
                 "lost_writes": self.lost_writes, "violations": self.violations,
                 "first_failing_seeds": self.failing}
 
