@@ -110,3 +110,16 @@ def test_without_its_receive_buffer_reservation_reserve_fails_and_the_seed_repla
     assert failed.cycle is not None and "WIRE" in failed.cycle
     again = run_scenario(Scenario.draw(failed.seed, Policy.RESERVE, quick=True))
     assert again.as_json() == failed.as_json()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(6 * 3600)
+def test_ten_thousand_seeds_under_reserve_no_deadlock_no_loss_no_violation() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "earmark.cli", "sim", "swarm", "--seeds", "10000", "--policies",
+         "reserve", "--workers", str(os.cpu_count() or 1), "--json"],
+        capture_output=True, text=True, timeout=6 * 3600)
+    (reserve,) = json.loads(done.stdout.strip().splitlines()[-1])["policies"]
+    assert (reserve["runs"], reserve["deadlocks"], reserve["lost_writes"],
+            reserve["violations"]) == (10000, 0, 0, 0), reserve
+    assert done.returncode == 0
