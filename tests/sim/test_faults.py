@@ -86,6 +86,12 @@ def test_resets_make_the_initiator_reconnect_and_lose_nothing() -> None:
     assert outcome.reconnects >= 1
 
 
+def test_a_target_that_crashes_and_restarts_is_logged_in_to_again_and_nothing_is_lost() -> None:
+    outcome = run_scenario(_base(crashes=(0.01,)))
+    assert outcome.outcome == "completed" and not outcome.violations
+    assert outcome.reconnects == 1
+
+
 def test_a_partition_holds_the_run_until_it_heals() -> None:
     sc = _base(schedule=Schedule.PCT)
     cut = LinkFaults(partitions=((0.05, 2.0),))  # the writers run from about 5 ms on

@@ -41,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     swarm.add_argument("--no-faults", action="store_true", help="draw no faults at all")
     swarm.add_argument("--no-resets", action="store_true", help="draw no connection resets")
     swarm.add_argument("--no-io-errors", action="store_true", help="draw no disk I/O errors")
+    swarm.add_argument("--no-crashes", action="store_true", help="draw no target crashes")
     swarm.add_argument("--no-timeouts", action="store_true",
                        help="draw no partitions long enough for the initiator to time out")
     swarm.add_argument("--quick", action="store_true",
@@ -124,6 +125,7 @@ def _swarm(args: argparse.Namespace, policies: list[Policy], err: Console) -> in
     jobs = swarm_jobs(range(args.first, args.first + args.seeds), policies,
                       faults=not args.no_faults, resets=not args.no_resets,
                       io_errors=not args.no_io_errors, timeouts=not args.no_timeouts,
+                      crashes=not args.no_crashes,
                       quick=args.quick)
     start = time.perf_counter()
     bar, task = _with_bar(err, "swarm", len(jobs))

@@ -89,10 +89,13 @@ class Scenario:
     schedule: Schedule
     #: When the initiator's connection is reset (virtual s): it must reconnect and redo.
     resets: tuple[float, ...] = ()
+    #: When the target crashes and restarts (virtual s): the same, to a target that forgot.
+    crashes: tuple[float, ...] = ()
 
     @classmethod
     def draw(cls, seed: int, policy: Policy, *, faults: bool = True, resets: bool = True,
-             io_errors: bool = True, timeouts: bool = True, quick: bool = False) -> Scenario:
+             io_errors: bool = True, timeouts: bool = True, crashes: bool = True,
+             quick: bool = False) -> Scenario:
         """The run seed `seed` stands for (the same for every policy, so they compare);
         `quick`: fewer pages in smaller arenas (still past what the arena holds), for a
         swarm that must be short."""
@@ -130,6 +133,8 @@ class Scenario:
             cuts = (*link.faults.partitions, (at, at + rng.uniform(*_LONG_CUT_S)))
             scenario = replace(scenario, link=replace(link, faults=replace(
                 link.faults, partitions=tuple(sorted(cuts)))))
+        if faults and crashes and rng.random() < 0.1:
+            scenario = replace(scenario, crashes=(rng.uniform(0.0, 0.3),))
         return scenario
 
     def with_policy(self, policy: Policy) -> Scenario:
@@ -213,7 +218,7 @@ async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
     work = Workload(writers=sc.writers, pages_per_writer=max(1, sc.total_pages // sc.writers),
                     span_pages=LUN_BYTES // PAGE_BYTES, seed=sc.seed, stall_s=10.0 + cut)
     async with stack.open(arena, sc.policy, attempts=_ATTEMPTS) as device:
-        resets = asyncio.get_running_loop().create_task(_reset(device, sc.resets))
+        resets = asyncio.get_running_loop().create_task(_reset(device, stack, sc))
         try:
             result = await run_writers(arena, device, sc.policy, work, HostTuning())
         except ScsiError as exc:
@@ -248,13 +253,16 @@ async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
     return out
 
 
-async def _reset(device: BlockDevice, at: tuple[float, ...]) -> None:
-    """Reset the initiator's connection at each of `at` (virtual s), as a peer's RST would."""
+async def _reset(device: BlockDevice, stack: SimStack, sc: Scenario) -> None:
+    """Reset the initiator's connection (as a peer's RST would) and crash the target at
+    their times (virtual s)."""
     loop = asyncio.get_running_loop()
-    for when in at:
+    for when, crash in sorted([(t, False) for t in sc.resets] + [(t, True) for t in sc.crashes]):
         await asyncio.sleep(max(0.0, when - loop.time()))
         stream = device.stream
-        if stream is not None and stream.transport is not None:
+        if crash:
+            await stack.crash()
+        elif stream is not None and stream.transport is not None:
             stream.transport.abort()
 
 

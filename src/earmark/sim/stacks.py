@@ -138,8 +138,18 @@ class SimStack(_IscsiStack):
                  **options: Unpack[OneLun]) -> None:
         """``wrap``: the disk the target sees, around the memory that holds the data."""
         self.backing = MemoryBacking(lun_bytes)
-        self.server = one_lun_server(self.backing if wrap is None else wrap(self.backing),
-                                     **options)
+        self._disk = self.backing if wrap is None else wrap(self.backing)
+        self._options = options
+        self.server = one_lun_server(self._disk, **options)
+
+    async def crash(self) -> None:
+        """The target process dies and starts again on the same port: its sessions, commands
+        in flight and memory are gone; the disk (write-through) keeps what it was given."""
+        port = self.server.port
+        await self.server.stop(grace=0)
+        self.server = one_lun_server(self._disk, **self._options)
+        self.server.port = port
+        await self.server.start()
 
     async def __aenter__(self) -> SimStack:
         await self.server.start()
