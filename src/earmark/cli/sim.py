@@ -47,9 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     swarm.add_argument("--quick", action="store_true",
                        help="draw fewer pages and smaller arenas (a short swarm)")
     sweep = sub.add_parser("sweep", help="writers x arena x latency per policy: CSV and PNG")
-    sweep.add_argument("--writers", default="1,16,256,2048,4096", metavar="N[,N...]")
-    sweep.add_argument("--pages", type=int, default=4096,
-                       help="4 KiB pages per run, split among the writers (default 4096)")
+    sweep.add_argument("--writers", default="1,16,256,4096", metavar="N[,N...]")
+    sweep.add_argument("--pages", type=int, default=2048,
+                       help="4 KiB pages per run (at least one a writer; default 2048)")
     sweep.add_argument("--arenas", default="2MiB,4MiB,8MiB", metavar="SIZE[,SIZE...]")
     sweep.add_argument("--latencies", default="0.00005,0.0005,0.005", metavar="S[,S...]",
                        help="one-way link latencies in seconds")

@@ -27,12 +27,12 @@ _LINK = LinkShape(bandwidth=1.25e9, window=256 << 10, sndbuf=64 << 10)
 
 @dataclass(frozen=True, slots=True)
 class Grid:
-    writers: Sequence[int] = (1, 16, 256, 2048, 4096)
+    writers: Sequence[int] = (1, 16, 256, 4096)
     arenas: Sequence[int] = (2 << 20, 4 << 20, 8 << 20)
     latencies: Sequence[float] = (50e-6, 500e-6, 5e-3)
     policies: Sequence[Policy] = tuple(Policy)
     seeds: int = 2
-    total_pages: int = 4096
+    total_pages: int = 2048
 
     def jobs(self) -> list[Scenario]:
         return [
