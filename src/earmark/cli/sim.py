@@ -100,8 +100,8 @@ def _run(args: argparse.Namespace, policy: Policy) -> int:
     for line in outcome.trace or ():
         out.print(line, highlight=False)
     out.print(f"[bold]{outcome.outcome}[/] in {outcome.virtual_s:.3f} virtual s, "
-              f"{outcome.mbps:.1f} MB/s, {outcome.events} deliveries, trace "
-              f"{outcome.trace_hash}")
+              f"{outcome.mbps:.1f} MB/s, {outcome.events} deliveries, "
+              f"{outcome.reconnects} reconnects, trace {outcome.trace_hash}", soft_wrap=True)
     if outcome.cycle:
         out.print(outcome.cycle, soft_wrap=True)
     for v in outcome.violations:
