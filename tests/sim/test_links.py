@@ -83,6 +83,9 @@ def test_a_partition_holds_every_byte_until_it_heals() -> None:
     assert _sent(link, 2.0, 10) == [(3.00100001, 10)]
     with pytest.raises(ValueError, match="in order"):
         LinkFaults(partitions=((2.0, 3.0), (0.0, 1.0)))
+    # A long partition with a short one inside it, and one starting before it heals.
+    overlapping = LinkFaults(partitions=((1.0, 20.0), (1.5, 2.0), (19.0, 25.0)))
+    assert overlapping.heals(3.0) == 25.0 and overlapping.heals(0.5) == 0.5
 
 
 def test_a_paused_reader_leaves_arrivals_queued_until_it_resumes() -> None:

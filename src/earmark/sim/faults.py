@@ -9,7 +9,6 @@ replays exactly.
 
 from __future__ import annotations
 
-import bisect
 import random
 from dataclasses import dataclass
 
@@ -39,13 +38,13 @@ class LinkFaults:
         return 0.0
 
     def heals(self, now: float) -> float:
-        """When a byte written at `now` may leave (now, unless a partition holds it)."""
-        if not self.partitions:
-            return now
-        i = bisect.bisect_right(self.partitions, (now, float("inf"))) - 1
-        if i >= 0 and self.partitions[i][0] <= now < self.partitions[i][1]:
-            return self.partitions[i][1]
-        return now
+        """When a byte written at `now` may leave (now, unless a partition holds it; one
+        that overlaps the next heals when that one does)."""
+        at = now
+        for start, end in self.partitions:
+            if start <= at < end:
+                at = end
+        return at
 
     @classmethod
     def draw(cls, rng: random.Random, horizon: float, *, spikes: bool,

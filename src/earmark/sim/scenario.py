@@ -137,9 +137,6 @@ class Scenario:
             scenario = replace(scenario, crashes=(rng.uniform(0.0, 0.3),))
         return scenario
 
-    def with_policy(self, policy: Policy) -> Scenario:
-        return replace(self, policy=policy)
-
     def arena(self) -> Arena:
         emergency = emergency_bytes(self.arena_bytes) if self.policy is Policy.MEMPOOL else 0
         return Arena(self.arena_bytes, emergency=emergency, name="host arena")
