@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from earmark.host.policy import HostTuning, Policy
 from earmark.host.watermarks import emergency_bytes
-from earmark.initiator.errors import SessionLostError
+from earmark.initiator.errors import LoginError, SessionLostError
 from earmark.memory import Arena
 from earmark.memory.levels import PAGE_BYTES
 from earmark.runtime.initiator_device import BlockDevice
@@ -192,6 +192,12 @@ def run_scenario(sc: Scenario, *, readable: bool = False) -> Outcome:
             try:
                 async with asyncio.timeout(HORIZON_S):
                     return await _checked(sc, stack, trace)
+            except (SessionLostError, LoginError):
+                if _longest_cut(sc) <= _LONG_CUT_S[0]:
+                    raise
+                # A partition outlasted the initiator's patience: it gave up (the session
+                # lost, or the login to open or get it back timed out), and said so.
+                return _outcome(sc, trace, "session-lost", None, [], seconds=loop.time())
             except TimeoutError:
                 return _outcome(sc, trace, "failed", None, [Violation.UNBOUNDED],
                                 seconds=loop.time())
@@ -211,9 +217,9 @@ def run_scenario(sc: Scenario, *, readable: bool = False) -> Outcome:
 async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
     arena = sc.arena()
     # The watchdog (no memory moved for stall_s) must outwait the longest partition.
-    cut = max((end - start for start, end in sc.link.faults.partitions), default=0.0)
     work = Workload(writers=sc.writers, pages_per_writer=max(1, sc.total_pages // sc.writers),
-                    span_pages=LUN_BYTES // PAGE_BYTES, seed=sc.seed, stall_s=10.0 + cut)
+                    span_pages=LUN_BYTES // PAGE_BYTES, seed=sc.seed,
+                    stall_s=10.0 + _longest_cut(sc))
     async with stack.open(arena, sc.policy, attempts=_ATTEMPTS) as device:
         resets = asyncio.get_running_loop().create_task(_reset(device, stack, sc))
         try:
@@ -224,11 +230,6 @@ async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
             # The disk failed a write and fsync said so: what is owed, with no claim on
             # the data to check (which pages the failed writes held is not known here).
             return _outcome(sc, trace, "io-error", None, [], seconds=0.0)
-        except SessionLostError:
-            if cut <= _LONG_CUT_S[0]:
-                raise
-            # A partition outlasted the initiator's patience: it gave up, and said so.
-            return _outcome(sc, trace, "session-lost", None, [], seconds=0.0)
         finally:
             resets.cancel()
         reconnects = device.reconnects
@@ -285,6 +286,10 @@ def _outcome(sc: Scenario, trace: Trace, outcome: str, cycle: str | None,
     return Outcome(seed=sc.seed, policy=sc.policy.value, outcome=outcome, cycle=cycle,
                    violations=violations, lost_writes=0, mbps=mbps, virtual_s=seconds,
                    events=trace.events, trace_hash=trace.hexdigest(), trace=trace.lines)
+
+
+def _longest_cut(sc: Scenario) -> float:
+    return max((end - start for start, end in sc.link.faults.partitions), default=0.0)
 
 
 def _log_uniform(rng: random.Random, low: float, high: float) -> float:
