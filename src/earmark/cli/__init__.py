@@ -25,7 +25,7 @@ class Subcommand(Protocol):
 
 
 #: In the order ``earmark --help`` lists them.
-COMMANDS = ("demo", "serve", "admin", "ls", "bench", "check", "attach", "detach")
+COMMANDS = ("demo", "serve", "admin", "ls", "bench", "check", "sim", "attach", "detach")
 
 
 def command(name: str) -> Subcommand:

@@ -6,10 +6,11 @@ calls (``create_connection``, ``create_server``); on a
 the same runtime code (BufferedProtocols, pause/resume of reading, batching
 writers) runs unchanged on a network that is only timers.
 
-The links' model (latency, bandwidth, what waits for a paused reader, who
-listens) is :mod:`earmark.sim.links`; this module only schedules its answers on
-the loop and hands bytes to the protocols. A sender is never blocked: its bytes
-are held outside every arena, as the kernel's would be.
+The links' model (latency, jitter, bandwidth, windows and send buffers, faults,
+what waits for a paused reader, who listens) is :mod:`earmark.sim.links`; this
+module only schedules its answers on the loop and carries them to the protocols
+(bytes, ``pause_writing``, ``resume_writing``). Bytes a sender wrote are held
+outside every arena, as the kernel's would be.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from earmark.sim.links import Address, Inbox, Link, Listeners
+from earmark.sim.links import END, Address, Inbox, Link, LinkShape, Listeners, SimServer, Trace
 
-__all__ = ["SimNetwork", "SimServer", "SimTransport"]
+__all__ = ["SimNetwork", "SimTransport"]
 
 
 class SimTransport(asyncio.Transport):
@@ -37,7 +38,7 @@ class SimTransport(asyncio.Transport):
         self._protocol = protocol
         self._extra = {"sockname": local, "peername": remote}
         self.peer: SimTransport | None = None
-        self._link = Link(network.latency, network.bandwidth)  # our outgoing direction
+        self._out = Link(network.shape, network.listeners.link_number())
         self._closing = False
         self._gone = False  # connection_lost delivered
         self._inbox = Inbox()
@@ -60,13 +61,15 @@ class SimTransport(asyncio.Transport):
         peer = self.peer
         if not data or peer is None:
             return
-        self._loop.call_at(self._link.send(self._loop.time(), len(data)), peer._arrive, data)
+        if self._out.write(self._loop.time(), data):
+            self._protocol.pause_writing()
+        self._network.wake(peer, self._out)
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self._out.buffered()
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
+        self._out.limits(high, low)
 
     def is_reading(self) -> bool:
         return not self._inbox.paused
@@ -85,51 +88,70 @@ class SimTransport(asyncio.Transport):
         self._closing = True
         peer = self.peer
         if peer is not None:
-            self._loop.call_at(self._link.end(self._loop.time()), peer._remote_closed)
+            self._out.write(self._loop.time(), END)
+            self._network.wake(peer, self._out)
         self._loop.call_soon(self._lost, None)
 
     def abort(self) -> None:
         """Reset: nothing more is delivered either way."""
         self._closing = True
         self._inbox.reset()
+        self._out.reset()
         peer = self.peer
         if peer is not None and not peer._gone:
             peer._closing = True
             peer._inbox.reset()
+            peer._out.reset()
             self._loop.call_soon(peer._lost, ConnectionResetError("connection reset by peer"))
         self._loop.call_soon(self._lost, None)
 
     # ------------------------------------------------------------ receiving
 
-    def _arrive(self, data: bytes) -> None:
-        if self._gone or self._closing:
-            return
-        if self._inbox.arrive(data):
-            self._drain()
+    def _arrive(self, link: Link) -> None:
+        now = self._loop.time()
+        for data in link.arrived(now):
+            self._network.trace.delivered(now, link.number, data)
+            if not data:
+                self._remote_closed()
+            elif not (self._gone or self._closing) and self._inbox.arrive(data):
+                self._drain()
+        self._network.wake(self, link)
+
+    def _window(self, nbytes: int) -> None:
+        """The peer read `nbytes` of ours: the window update has arrived."""
+        if self._out.opened(self._loop.time(), nbytes) and not self._gone:
+            self._protocol.resume_writing()
+        if self.peer is not None:
+            self._network.wake(self.peer, self._out)
 
     def _drain(self) -> None:
-        """Hand queued bytes to the protocol until it has them all or pauses reading."""
-        protocol = self._protocol
-        inbox = self._inbox
-        for data in inbox.chunks():
-            if self._gone:
-                inbox.unread(data)
-                return
-            if isinstance(protocol, asyncio.BufferedProtocol):
-                view = memoryview(data)
-                at = 0
-                while at < len(view):
-                    if inbox.paused or self._gone:
-                        inbox.unread(bytes(view[at:]))
-                        return
-                    buf = memoryview(protocol.get_buffer(len(view) - at)).cast("B")
-                    n = min(len(buf), len(view) - at)
-                    buf[:n] = view[at : at + n]
-                    at += n
-                    protocol.buffer_updated(n)
-            else:
-                assert isinstance(protocol, asyncio.Protocol)
-                protocol.data_received(data)
+        """Hand queued bytes to the protocol until it has them all or pauses reading; the
+        window update for what it took goes back to the sender."""
+        protocol, inbox, taken = self._protocol, self._inbox, self._inbox.taken
+        try:
+            for data in inbox.chunks():
+                if self._gone:
+                    inbox.unread(data)
+                    return
+                if isinstance(protocol, asyncio.BufferedProtocol):
+                    view = memoryview(data)
+                    at = 0
+                    while at < len(view):
+                        if inbox.paused or self._gone:
+                            inbox.unread(bytes(view[at:]))
+                            return
+                        buf = memoryview(protocol.get_buffer(len(view) - at)).cast("B")
+                        n = min(len(buf), len(view) - at)
+                        buf[:n] = view[at : at + n]
+                        at += n
+                        protocol.buffer_updated(n)
+                else:
+                    assert isinstance(protocol, asyncio.Protocol)
+                    protocol.data_received(data)
+        finally:
+            if inbox.taken > taken and self.peer is not None:
+                self._loop.call_at(self._loop.time() + self._out.shape.latency,
+                                   self.peer._window, inbox.taken - taken)
 
     def _remote_closed(self) -> None:
         if self._gone:
@@ -152,60 +174,30 @@ class SimTransport(asyncio.Transport):
             self._protocol.connection_lost(exc)
 
 
-class _SimSocket:
-    """What ``Server.sockets`` is asked for: the listening address."""
-
-    def __init__(self, address: Address) -> None:
-        self._address = address
-
-    def getsockname(self) -> Address:
-        return self._address
-
-
-class SimServer:
-    """A listener on the simulated network; what ``create_server`` returns there."""
-
-    def __init__(self, network: SimNetwork, address: Address,
-                 factory: Callable[[], asyncio.BaseProtocol]) -> None:
-        self._network = network
-        self.address = address
-        self.factory = factory
-        self.sockets = [_SimSocket(address)]
-        self._serving = True
-
-    def close(self) -> None:
-        if self._serving:
-            self._serving = False
-            self._network.unlisten(self.address)
-
-    async def wait_closed(self) -> None:
-        return None
-
-
 class SimNetwork:
     """Every listener and connection of one simulation."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, latency: float = 50e-6,
-                 bandwidth: float = 1.25e9) -> None:
-        """``latency`` one way, in seconds; ``bandwidth`` in bytes per second."""
-        self._shape = Link(latency, bandwidth)  # checks them; every connection's links copy it
+    def __init__(self, loop: asyncio.AbstractEventLoop, shape: LinkShape, trace: Trace) -> None:
         self.loop = loop
-        self.latency = latency
-        self.bandwidth = bandwidth
-        self._listeners: Listeners[Callable[[], asyncio.BaseProtocol]] = Listeners()
+        self.shape = shape
+        self.trace = trace
+        self.listeners: Listeners[Callable[[], asyncio.BaseProtocol]] = Listeners()
+
+    def wake(self, receiver: SimTransport, link: Link) -> None:
+        """Have `receiver` take `link`'s next arrivals when they are due."""
+        at = link.wake()
+        if at is not None:
+            self.loop.call_at(at, receiver._arrive, link)
 
     def listen(self, host: str, port: int,
                factory: Callable[[], asyncio.BaseProtocol]) -> SimServer:
-        return SimServer(self, self._listeners.listen(host, port, factory), factory)
-
-    def unlisten(self, address: Address) -> None:
-        self._listeners.unlisten(address)
+        return SimServer(self.listeners, self.listeners.listen(host, port, factory))
 
     async def connect(self, factory: Callable[[], asyncio.BaseProtocol], host: str,
                       port: int) -> tuple[SimTransport, asyncio.BaseProtocol]:
-        await asyncio.sleep(self._shape.handshake())
-        server_factory = self._listeners.connect(host, port)
-        local = (host, self._listeners.port())
+        await asyncio.sleep(self.shape.handshake())
+        server_factory = self.listeners.connect(host, port)
+        local = (host, self.listeners.port())
         client = factory()
         server = server_factory()
         ours = SimTransport(self, client, local, (host, port))

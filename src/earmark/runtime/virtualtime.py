@@ -1,25 +1,29 @@
 """A virtual-time asyncio loop: the simulator's clock, for the same stack that runs on TCP.
 
 Timers fire in order, instantly: when nothing is ready, the loop jumps its clock
-to the next timer instead of sleeping. asyncio runs ready callbacks in FIFO
-order, so a run with the same inputs (and seeds) is the same run every time —
-a deadlock found once is found again, in milliseconds rather than minutes.
+to the next timer instead of sleeping. Its ready queue (:mod:`earmark.sim.schedule`)
+picks which ready callback runs next, from a seed, so a run with the same inputs and
+seeds is the same run every time — a deadlock found once is found again, in
+milliseconds rather than minutes.
 
 Only in-process work may run on it: a real socket would never become ready. So
 its ``create_connection`` and ``create_server`` go to its simulated network
 (:mod:`earmark.runtime.simnet`), and ``run_in_executor`` runs the function at
-once on the loop (the target's backing I/O), which keeps the run single-threaded
-and its order fixed.
+once on the loop (the target's backing I/O; the result is due after what the
+``disk`` model draws), which keeps the run single-threaded and its order fixed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import selectors
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from earmark.runtime.simnet import SimNetwork, SimServer, SimTransport
+from earmark.runtime.simnet import SimNetwork, SimTransport
+from earmark.sim.links import LinkShape, SimServer, Trace
+from earmark.sim.schedule import ReadyQueue
 
 T = TypeVar("T")
 
@@ -48,13 +52,15 @@ class _JumpingSelector(selectors.DefaultSelector):
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    def __init__(self, *, latency: float = 50e-6, bandwidth: float = 1.25e9) -> None:
-        """``latency`` (one way, seconds) and ``bandwidth`` (bytes/s) of every simulated link."""
+    def __init__(self, *, ready: ReadyQueue | None = None, trace: Trace | None = None,
+                 disk: Callable[[], float] | None = None, **shape: Any) -> None:  # LinkShape
         selector = _JumpingSelector()
         super().__init__(selector)
         selector.loop = self
         self._now = 0.0
-        self.network = SimNetwork(self, latency=latency, bandwidth=bandwidth)
+        self._ready = ReadyQueue() if ready is None else ready
+        self.disk = disk
+        self.network = SimNetwork(self, LinkShape(**shape), Trace() if trace is None else trace)
 
     async def create_connection(  # type: ignore[override]
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None = None,
@@ -73,9 +79,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     ) -> asyncio.Future[T]:
         done: asyncio.Future[T] = self.create_future()
         try:
-            done.set_result(func(*args))
+            settle = functools.partial(done.set_result, func(*args))
         except Exception as exc:
-            done.set_exception(exc)
+            settle = functools.partial(done.set_exception, exc)
+        self.call_later(self.disk(), lambda: done.done() or settle()) if self.disk else settle()
         return done
 
     def time(self) -> float:
@@ -90,9 +97,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self._now += seconds
 
 
-def run_virtual(main: Callable[[], Awaitable[T]], **network: float) -> T:
-    """asyncio.run on virtual time (``network``: the simulated links' latency, bandwidth)."""
-    loop = VirtualTimeLoop(**network)
+def run_virtual(main: Callable[[], Awaitable[T]], **loop_options: Any) -> T:
+    """asyncio.run on virtual time (``loop_options``: :class:`VirtualTimeLoop`'s)."""
+    loop = VirtualTimeLoop(**loop_options)
     try:
         return loop.run_until_complete(main())
     finally:

@@ -13,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
+from typing import Unpack
 
-from earmark.host.device import PageDevice
 from earmark.host.policy import Policy
 from earmark.memory import Arena
 from earmark.memory.levels import PAGE_BYTES
 from earmark.runtime.embedded import EmbeddedTarget, one_lun_server
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.target.backing import Backing, MemoryBacking
+from earmark.target.build import OneLun
 
 #: How long opening a session may take before the arena is blamed.
 _CONNECT_S = 30.0
@@ -36,6 +37,8 @@ class SlowBacking:
 
     The sleep runs on the target's I/O threads, like a slow disk or a congested
     path: the target answers late, the host's writeback memory stays held longer.
+    With no delay it only sends every write to the I/O threads: on the simulator,
+    that is the virtual-time loop's executor, whose disk model then delays it.
     """
 
     def __init__(self, inner: Backing, delay: float) -> None:
@@ -53,7 +56,8 @@ class SlowBacking:
         return self.inner.read_cached(offset, buffers)
 
     def write(self, offset: int, buffers: list[memoryview]) -> None:
-        time.sleep(self.delay)
+        if self.delay:
+            time.sleep(self.delay)
         self.inner.write(offset, buffers)
 
     def write_now(self, offset: int, buffers: list[memoryview]) -> bool:
@@ -77,11 +81,13 @@ class _IscsiStack:
 
     url = ""
 
-    def open(self, arena: Arena, policy: Policy) -> AbstractAsyncContextManager[PageDevice]:
+    def open(self, arena: Arena, policy: Policy, *,
+             attempts: int = 1) -> AbstractAsyncContextManager[BlockDevice]:
+        """A session on `arena`; `attempts`: logins it may try again after losing it."""
         @asynccontextmanager
-        async def opened() -> AsyncIterator[PageDevice]:
+        async def opened() -> AsyncIterator[BlockDevice]:
             device = BlockDevice(self.url, arena=arena, policy=policy,
-                                 reconnect_timeout=5, max_attempts=1)
+                                 reconnect_timeout=5, max_attempts=attempts)
             try:
                 async with asyncio.timeout(_CONNECT_S):
                     await device.connect()
@@ -131,8 +137,22 @@ class SimStack(_IscsiStack):
     """The target on the same virtual-time loop as the host, over its simulated network:
     every byte goes through the real initiator, codec, target session and admission."""
 
-    def __init__(self, lun_bytes: int) -> None:
-        self.server = one_lun_server(MemoryBacking(lun_bytes))
+    def __init__(self, lun_bytes: int, *, wrap: Callable[[Backing], Backing] | None = None,
+                 **options: Unpack[OneLun]) -> None:
+        """``wrap``: the disk the target sees, around the memory that holds the data."""
+        self.backing = MemoryBacking(lun_bytes)
+        self._disk = self.backing if wrap is None else wrap(self.backing)
+        self._options = options
+        self.server = one_lun_server(self._disk, **options)
+
+    async def crash(self) -> None:
+        """The target process dies and starts again on the same port: its sessions, commands
+        in flight and memory are gone; the disk (write-through) keeps what it was given."""
+        port = self.server.port
+        await self.server.stop(grace=0)
+        self.server = one_lun_server(self._disk, **self._options)
+        self.server.port = port
+        await self.server.start()
 
     async def __aenter__(self) -> SimStack:
         await self.server.start()
