@@ -24,9 +24,9 @@ import json
 from rich.console import Console
 
 from earmark.host.policy import Policy
-from earmark.runtime.virtualtime import run_virtual
 from earmark.sim.demo import DemoConfig, Row, live
 from earmark.sim.stacks import SimStack, TcpStack
+from earmark.sim.virtualtime import run_virtual
 
 POLICIES = (Policy.MEMPOOL, Policy.THROTTLE, Policy.RESERVE)
 Figures = dict[str, float | None]

@@ -27,9 +27,9 @@ from typing import Any
 from earmark.host.policy import HostTuning, Policy
 from earmark.memory import Arena
 from earmark.memory.levels import PAGE_BYTES
-from earmark.runtime.virtualtime import run_virtual
 from earmark.sim.schedule import ReadyQueue
 from earmark.sim.stacks import SimStack
+from earmark.sim.virtualtime import run_virtual
 from earmark.sim.workload import RunResult, Workload, run_writers
 
 LUN_BYTES = 64 << 20

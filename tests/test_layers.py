@@ -84,3 +84,11 @@ def test_the_checks_see_the_whole_package() -> None:
     assert "earmark.runtime.connection" in edges
     assert "earmark.target.session" in edges["earmark.runtime.connection"]
     assert any(folder(m) == "runtime" for m in edges["earmark.cli.serve"])
+
+
+def test_runtime_needs_nothing_of_the_simulator() -> None:
+    """runtime/ carries real sockets, clocks and threads; the virtual-time loop and the
+    simulated network are the simulator's, beside the models they carry out."""
+    offenders = sorted(f"{name} imports {dep}" for name, deps in graph().items()
+                       if folder(name) == "runtime" for dep in deps if folder(dep) == "sim")
+    assert not offenders, offenders

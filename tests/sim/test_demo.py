@@ -12,9 +12,9 @@ from rich.console import Console
 
 from earmark.host.policy import Policy
 from earmark.memory.levels import PAGE_BYTES
-from earmark.runtime.virtualtime import run_virtual
 from earmark.sim.demo import DemoConfig, Row, live, render, run_matrix
 from earmark.sim.stacks import SimStack, TcpStack
+from earmark.sim.virtualtime import run_virtual
 
 
 @pytest.mark.tcp

@@ -10,11 +10,11 @@ import os
 import pytest
 
 from earmark.host.policy import Policy
-from earmark.runtime.virtualtime import run_virtual
 from earmark.sim.disk import Disk, FailingBacking
 from earmark.sim.faults import LinkFaults
 from earmark.sim.scenario import Scenario, Violation, run_scenario
 from earmark.sim.schedule import Schedule
+from earmark.sim.virtualtime import run_virtual
 
 
 def _base(seed: int = 3, **changes: object) -> Scenario:

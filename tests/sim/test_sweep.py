@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from earmark.host.policy import Policy
-from earmark.runtime.virtualtime import run_virtual
 from earmark.sim.demo import DemoConfig, run_matrix
 from earmark.sim.stacks import SimStack
+from earmark.sim.virtualtime import run_virtual
 
 # (seed, one-way latency s, bandwidth B/s): loopback-like, a LAN, a slow thin link.
 SHAPES = [(1, 50e-6, 1.25e9), (2, 200e-6, 125e6), (3, 2e-3, 12.5e6), (4, 50e-6, 1.25e9),

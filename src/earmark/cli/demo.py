@@ -9,9 +9,9 @@ import sys
 from rich.console import Console
 
 from earmark.host.policy import HostTuning, Policy
-from earmark.runtime.virtualtime import run_virtual
 from earmark.sim.demo import DemoConfig, Row, live, print_json, render
 from earmark.sim.stacks import SimStack, TcpStack
+from earmark.sim.virtualtime import run_virtual
 from earmark.units import SizeError, parse_size
 
 

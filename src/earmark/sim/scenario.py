@@ -34,13 +34,13 @@ from earmark.initiator.errors import LoginError, SessionLostError
 from earmark.memory import Arena
 from earmark.memory.levels import PAGE_BYTES
 from earmark.runtime.initiator_device import BlockDevice
-from earmark.runtime.virtualtime import run_virtual
 from earmark.scsi.sense import ScsiError, SenseKey
 from earmark.sim.disk import Disk
 from earmark.sim.faults import LinkFaults
 from earmark.sim.links import LinkShape, Trace
 from earmark.sim.schedule import ReadyQueue, Schedule
 from earmark.sim.stacks import SimStack
+from earmark.sim.virtualtime import run_virtual
 from earmark.sim.workload import RunResult, Workload, run_writers
 
 __all__ = ["Outcome", "Scenario", "Violation", "run_scenario"]

@@ -11,7 +11,7 @@ import pytest
 from earmark.host.modeldevice import ModelDevice
 from earmark.host.policy import Policy
 from earmark.memory import Arena
-from earmark.runtime.virtualtime import StalledError, run_virtual
+from earmark.sim.virtualtime import StalledError, run_virtual
 from earmark.sim.workload import Workload, run_writers
 
 

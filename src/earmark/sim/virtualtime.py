@@ -8,7 +8,7 @@ milliseconds rather than minutes.
 
 Only in-process work may run on it: a real socket would never become ready. So
 its ``create_connection`` and ``create_server`` go to its simulated network
-(:mod:`earmark.runtime.simnet`), and ``run_in_executor`` runs the function at
+(:mod:`earmark.sim.simnet`), and ``run_in_executor`` runs the function at
 once on the loop (the target's backing I/O; the result is due after what the
 ``disk`` model draws), which keeps the run single-threaded and its order fixed.
 """
@@ -21,9 +21,9 @@ import selectors
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from earmark.runtime.simnet import SimNetwork, SimTransport
 from earmark.sim.links import LinkShape, SimServer, Trace
 from earmark.sim.schedule import ReadyQueue
+from earmark.sim.simnet import SimNetwork, SimTransport
 
 T = TypeVar("T")
 

@@ -10,9 +10,9 @@ import pytest
 
 from earmark.host.policy import Policy
 from earmark.runtime.initiator_device import BlockDevice
-from earmark.runtime.virtualtime import run_virtual
 from earmark.sim.demo import DemoConfig, run_matrix
 from earmark.sim.stacks import SimStack
+from earmark.sim.virtualtime import run_virtual
 
 
 class Listener:

@@ -2,7 +2,7 @@
 
 The initiator and the target open connections and listen with the loop's own
 calls (``create_connection``, ``create_server``); on a
-:class:`~earmark.runtime.virtualtime.VirtualTimeLoop` those calls land here, so
+:class:`~earmark.sim.virtualtime.VirtualTimeLoop` those calls land here, so
 the same runtime code (BufferedProtocols, pause/resume of reading, batching
 writers) runs unchanged on a network that is only timers.
 
