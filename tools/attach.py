@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from tools.captured import captured_text
 from tools.peers import PeerError
 
 __all__ = ["EarmarkAttach", "abort_fuse", "is_mounted", "join_cgroup", "mounted", "run"]
@@ -122,7 +123,7 @@ class EarmarkAttach:
 
     def __enter__(self) -> EarmarkAttach:
         self.mountpoint.mkdir(exist_ok=True)
-        self._stderr = tempfile.TemporaryFile("a+b")  # appending: see tools/serve.py
+        self._stderr = tempfile.TemporaryFile()
         enter = None if self._cgroup is None else join_cgroup(self._cgroup)
         proc = self._proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
                                              stderr=self._stderr, preexec_fn=enter)
@@ -156,8 +157,7 @@ class EarmarkAttach:
     def stderr(self) -> str:
         if self._stderr is None:
             return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
+        return captured_text(self._stderr)
 
     def wait(self, timeout: float = 60.0) -> int:
         """Its exit status, once it exited (after `earmark detach` or a signal)."""

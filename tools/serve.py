@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from tools.captured import captured_text
 from tools.peers import PeerError, free_port
 
 __all__ = ["EarmarkServe"]
@@ -132,9 +133,7 @@ class EarmarkServe:
     def _launch(self) -> bytes:
         """Start it; what it printed up to its URL (printed once it listens)."""
         # A file, not a pipe, for stderr: nobody drains it while the target runs.
-        # Appending: the child writes through this file description, whose offset reading
-        # it back moves; without O_APPEND its next line would land where a read left it.
-        self._stderr = tempfile.TemporaryFile("a+b")  # noqa: SIM115  (closed by _end_hard)
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed by _end_hard)
         argv = self._argv()
         proc = self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._stderr)
         assert proc.stdout is not None
@@ -161,8 +160,7 @@ class EarmarkServe:
     def _stderr_text(self) -> str:
         if self._stderr is None:
             return ""
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
+        return captured_text(self._stderr)
 
     def _end_hard(self) -> None:
         proc, self._proc = self._proc, None

@@ -17,11 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from tools.captured import captured_text
+
 
 @dataclass
 class Served:
     proc: subprocess.Popen[str]
-    stderr: IO[str]
+    stderr: IO[bytes]
     #: Every stdout line read so far.
     out: list[str] = field(default_factory=list)
     #: Its stdout, line by line, from a thread (None: it closed), so a wait has a bound.
@@ -66,8 +68,7 @@ class Served:
 
     def printed(self) -> str:
         """Everything printed on stdout and stderr so far."""
-        self.stderr.seek(0)
-        return "".join(self.out) + self.stderr.read()
+        return "".join(self.out) + captured_text(self.stderr)
 
     def stop(self) -> str:
         """SIGTERM, then everything it printed; it must have exited 0."""
@@ -81,9 +82,7 @@ class Served:
 
 @contextmanager
 def serve(*args: str, env: Mapping[str, str] | None = None) -> Iterator[Served]:
-    # Appending: the child writes through the same file description, whose offset the
-    # reads in `printed` move; without O_APPEND its next line would land where they left it.
-    with tempfile.TemporaryFile("a+") as stderr:
+    with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "earmark.cli", "serve", *args],
                                 stdout=subprocess.PIPE, stderr=stderr, text=True,
                                 env={**os.environ, **(env or {})})
