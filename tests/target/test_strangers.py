@@ -11,6 +11,7 @@ import asyncio
 import gc
 import os
 import socket
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -123,18 +124,28 @@ def test_connections_are_freed_when_they_close_not_by_the_cyclic_collector(
         _connect(target.server.port, 8, strangers)
         _connect(target.server.port, 2, strangers, first=b"\x43\x87\x00")
         _good_initiator(target.url)  # a whole session's life: login, I/O, logout
-        conns = [weakref.ref(o) for o in gc.get_objects() if isinstance(o, TargetConnection)]
+        conns = [o for o in gc.get_objects() if isinstance(o, TargetConnection)]
         assert len(conns) >= len(strangers)
+        # Each connection's death is the event: its finalizer runs on the target's thread
+        # the moment refcounting frees it (never, with the collector off, if in a cycle).
+        alive = len(conns)
+        all_gone = threading.Event()
+        lock = threading.Lock()
+
+        def gone() -> None:
+            nonlocal alive
+            with lock:
+                alive -= 1
+                if not alive:
+                    all_gone.set()
+
+        for conn in conns:
+            weakref.finalize(conn, gone)
+        del conns, conn
         for sock in strangers:
             sock.close()
-
-        async def all_freed() -> None:
-            await arena_settled(target, idle)
-            async with asyncio.timeout(10):
-                while any(ref() is not None for ref in conns):
-                    await asyncio.sleep(0.01)
-
-        asyncio.run(all_freed())
+        asyncio.run(arena_settled(target, idle))
+        assert all_gone.wait(10), f"{alive} closed connections were never freed"
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
         left = {f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage}
