@@ -4,12 +4,17 @@ mempool and throttle are what people run today (Linux's emergency reserves and i
 throttling, modelled as strong as Linux makes them: `earmark.host.policy`). Each writer
 count runs the demo's workload through the page cache, earmark's initiator and an
 embedded earmark target, on real TCP and on the simulator, with the demo's arena; the
-three policies alternate, ``--repeats`` rounds each, and the best run of each counts
-(noise only ever slows a run down). A baseline that deadlocks there has no figure
-(null): the comparison is only made where it completes. Reserve must complete and
-verify everywhere. Goal: vs_mempool and vs_throttle >= 0.95 wherever they exist.
+three policies alternate, ``--repeats`` rounds each, the order turning one place each
+round so no policy always runs first or last, and the best run of each counts (noise
+only ever slows a run down). A run writes ``--pages`` pages (8 times the arena by
+default): the demo's 2,048 pages are two arenas' worth, so a run that short measures
+mostly the first fill, which no policy has to wait for, and the final fsync, and a
+0.2-second run on TCP moves with every neighbour on a shared machine. A baseline that
+deadlocks there has no figure (null): the comparison is only made where it completes.
+Reserve must complete and verify everywhere. Goal: vs_mempool and vs_throttle >= 0.95
+wherever they exist.
 
-    python benchmarks/policy_cost.py [--json] [--repeats 3] [--writers 1,4,16,64]
+    python benchmarks/policy_cost.py [--json] [--repeats 5] [--pages 8192] [--writers 1,4,16,64]
 
 With --json the last line is {"tcp": {"1": {"reserve_mbps", "mempool_mbps",
 "throttle_mbps", "vs_mempool", "vs_throttle"}, ...}, "sim": {...}}.
@@ -62,7 +67,8 @@ def measure(where: str, writers: int, args: argparse.Namespace) -> Figures:
     best: dict[Policy, float | None] = {}
     quiet = Console(quiet=True)
     for round_ in range(args.repeats):
-        config = DemoConfig(writers=[writers], policies=list(POLICIES),
+        turn = round_ % len(POLICIES)
+        config = DemoConfig(writers=[writers], policies=list(POLICIES[turn:] + POLICIES[:turn]),
                             total_pages=args.pages, seed=round_ + 1)
         if where == "tcp":
             with TcpStack(config.lun_bytes) as tcp:
@@ -84,8 +90,9 @@ def measure(where: str, writers: int, args: argparse.Namespace) -> Figures:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds per policy (default 3)")
-    parser.add_argument("--pages", type=int, default=2048, help="pages per run (the demo's)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per policy (default 5)")
+    parser.add_argument("--pages", type=int, default=8192,
+                        help="pages per run (default 8192: 8 times the demo's 4 MiB arena)")
     parser.add_argument("--writers", default="1,4,16,64", help="writer counts (1,4,16,64)")
     args = parser.parse_args()
     counts = [int(w) for w in args.writers.split(",")]
