@@ -32,7 +32,7 @@ def test_mapped_stores_reach_the_device_at_msync_while_writers_fill_the_arena() 
         device = ModelDevice(arena, 8 << 20, latency=0.002)
         cache = PageCache(arena, device, Policy.RESERVE)
         cache.start()
-        stop = asyncio.Event()
+        stop, full = asyncio.Event(), asyncio.Event()
         dirtied = 0
 
         async def filler(w: int) -> None:
@@ -44,10 +44,12 @@ def test_mapped_stores_reach_the_device_at_msync_while_writers_fill_the_arena() 
                                    owner=f"filler-{w}")
                 n += 1
                 dirtied += 1
+                if dirtied >= 200 and arena.available() <= 8 * 1024:  # the arena is full
+                    full.set()
 
         fillers = [asyncio.ensure_future(filler(w)) for w in range(8)]
-        while dirtied < 200 or arena.available() > 8 * 1024:  # the arena is full
-            await asyncio.sleep(0.001)
+        async with asyncio.timeout(30):
+            await full.wait()
         mapped = await cache.map(4 * PAGE_BYTES, 4 * PAGE_BYTES, owner="mapper")
         page_claim = arena.cost(PAGE_BYTES) + share_per_page(device)
         blocked = 0

@@ -65,12 +65,20 @@ def test_a_stalled_receive_allocation_pauses_the_reader_and_is_named(
             pages = await arena.allocate_charge(
                 HostLevel.PAGE, arena.free() - task_bytes - 64, owner="cache")
             arena.waits.set_passive("cache", freed_by=("wb",), holds="dirty pages")
+            queued = asyncio.Event()
+
+            def still_queued() -> None:
+                """Shrinkers are called as someone queues, in order: this one after the
+                initiator's own, so whoever is still queued waits for real."""
+                if arena.waiting:
+                    queued.set()
+
+            arena.add_shrinker(still_queued)
             write = asyncio.create_task(
                 dev.write_pages(0, [memoryview(bytearray(4096))], owner="wb"))
-            for _ in range(500):
-                if arena.waiting:
-                    break
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(10):
+                await queued.wait()
+            arena.remove_shrinker(still_queued)
             stream = dev.stream
             transport = stream.transport if stream is not None else None
             assert isinstance(transport, asyncio.Transport)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import earmark
 from earmark.initiator.errors import AuthenticationFailedError
 from earmark.runtime.initiator_device import discover
 from tests.targets import shuffled_spans
-from tools.peers import free_port, port_accepts
+from tools.serve import EarmarkServe
 
 pytestmark = pytest.mark.tcp
 
@@ -28,27 +25,8 @@ CHAP = ("serve-user", "serve-secret-0123")
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     path = tmp_path_factory.mktemp("serve") / "disk.img"
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "earmark.cli", "serve", str(path), "--size", "8M", "--port",
-         str(port), "--chap", f"{CHAP[0]}:{CHAP[1]}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not port_accepts(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"earmark serve did not start: {err}")
-            time.sleep(0.05)
-        yield port, path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with EarmarkServe(path, "--size", "8M", "--chap", f"{CHAP[0]}:{CHAP[1]}") as served:
+        yield served.port, path
 
 
 def test_discovery_pattern_and_chap_against_earmark_serve(served: tuple[int, Path]) -> None:

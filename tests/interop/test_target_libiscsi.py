@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from earmark.runtime.embedded import EmbeddedTarget
+from tests.arena_settled import arena_settled_from_thread
 from tests.targets import embedded_with
 from tools import peers
 
@@ -32,10 +31,7 @@ def test_libiscsi_tools_see_the_disk(embedded_target: EmbeddedTarget) -> None:
     (found,) = peers.iscsi_ls(f"iscsi://127.0.0.1:{embedded_target.server.port}")
     assert found.iqn == IQN
     # Every connection gave its receive buffer and slots back.
-    deadline = time.monotonic() + 5
-    while embedded_target.server.arena.committed and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert embedded_target.server.arena.committed == 0
+    arena_settled_from_thread(embedded_target, 0)
 
 
 @pytest.mark.peers

@@ -18,7 +18,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -217,11 +216,11 @@ def test_serve_on_uvloop_logs_in_reads_and_stops_cleanly(lun: Path) -> None:
         assert peers.iscsi_perf(url, blocks=8, queue_depth=4, seconds=1).iops > 0
     finally:
         proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if proc.poll() is None:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
     err = proc.stderr.read() if proc.stderr else ""
     assert proc.returncode == 0, err
     assert "Traceback" not in err
