@@ -25,6 +25,7 @@ from earmark.initiator.session import InitiatorSession, Timeouts
 from earmark.memory import Arena
 from earmark.runtime.initiator_device import BlockDevice, discover
 from earmark.scsi.sense import ScsiError, SenseKey
+from tests.tally import Tally, count_calls
 from tests.targets import TgtdSpec, shuffled_spans, tgtd_with
 from tools.peers import Tgtd, free_port
 
@@ -272,15 +273,15 @@ def kill_restart_workload(tmp_path: Path, *, kills: int, writers: int, settle: i
 
     async def main() -> tuple[dict[int, bytes], int, BlockDevice]:
         acked: dict[int, bytes] = {}
-        done = 0
+        done = Tally()
         stop = asyncio.Event()
         url = f"iscsi://127.0.0.1:{port}/{running[0].iqn}/1"
         dev = BlockDevice(url, reconnect_timeout=30,
                           timeouts=Timeouts(command=5, nop_interval=1, nop_timeout=3))
+        reconnected = count_calls(dev, "reconnected")
         async with dev:
 
             async def writer(k: int) -> None:
-                nonlocal done
                 rng = random.Random(k)
                 # Each writer owns its blocks and has one write in flight, so the
                 # last acknowledged write of a block is what the disk must hold.
@@ -290,20 +291,18 @@ def kill_restart_workload(tmp_path: Path, *, kills: int, writers: int, settle: i
                     data = os.urandom(4096)
                     await dev.write(block * 4096, data)
                     acked[block] = data
-                    done += 1
+                    done.add()
 
             tasks = [asyncio.ensure_future(writer(k)) for k in range(writers)]
             before = 0
             for n in range(kills):
-                mark = done
                 async with asyncio.timeout(30):  # writes under way before the kill
-                    while done < mark + settle:
-                        await asyncio.sleep(0.01)
-                before = before or done
+                    await done.reach(done.count + settle)
+                before = before or done.count
                 await asyncio.to_thread(kill_and_restart)
-                mark = done
-                while dev.reconnects <= n or done < mark + settle:
-                    await asyncio.sleep(0.05)
+                mark = done.count
+                await reconnected.reach(n + 1)  # the session is back
+                await done.reach(mark + settle)  # and writes go on
             stop.set()
             await asyncio.gather(*tasks)
             for block, data in acked.items():
@@ -333,15 +332,15 @@ def test_stalled_target_times_out_and_the_command_completes_after_reconnect(
     async def main() -> BlockDevice:
         dev = BlockDevice(tgtd.url(), login_timeout=1.0, reconnect_timeout=30,
                           timeouts=Timeouts(command=1.0, nop_interval=5, nop_timeout=5, abort=0.5))
+        lost = count_calls(dev, "lost")
         async with dev:
             data = os.urandom(65536)
             os.kill(pid, signal.SIGSTOP)
             try:
                 write = asyncio.ensure_future(dev.write(1 << 20, data))
                 async with asyncio.timeout(30):  # the write timed out, the abort too: dropped
-                    while dev.failure is None:
-                        await asyncio.sleep(0.01)
-                assert not write.done()
+                    await lost.reach(1)
+                assert dev.failure is not None and not write.done()
             finally:
                 os.kill(pid, signal.SIGCONT)
             await asyncio.wait_for(write, 30)
