@@ -28,6 +28,10 @@ from earmark.iscsi.pdu import Pdu
 __all__ = ["InitiatorStream", "discover", "exchange", "log_in_again", "open_stream"]
 
 
+def _gone(stream: InitiatorStream, reason: str) -> None:
+    """A lost stream's loss, told again: nobody listens any more."""
+
+
 class InitiatorStream(PduStream, asyncio.BufferedProtocol):
     """A :class:`PduStream` as an asyncio protocol: reads as the loop says data came."""
 
@@ -48,7 +52,12 @@ class InitiatorStream(PduStream, asyncio.BufferedProtocol):
         self._arrived.set()
         if not self.closed.done():
             self.closed.set_result(None)
-        self._on_lost(self, self.failed)
+        on_lost, self._on_lost = self._on_lost, _gone
+        on_lost(self, self.failed)
+        # Nothing more comes: let go of the device. A stream is a cycle of its own (the
+        # framer's callbacks are its methods), and through it a closed device, with its
+        # arena, would live until the next full garbage collection.
+        self.sink = None
 
     def eof_received(self) -> bool | None:
         return False

@@ -14,6 +14,7 @@ only its own commands can free is the receive deadlock.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import cast
 
 from earmark.initiator.admission import Admitted
@@ -28,10 +29,12 @@ __all__ = ["StallingReader"]
 class StallingReader:
     """The stream's ``admit`` hook, and the wait it starts when memory is short."""
 
-    __slots__ = ("_granted", "_stall", "driver", "name")
+    __slots__ = ("_driver", "_granted", "_stall", "name")
 
     def __init__(self, driver: Driver[InitiatorStream], name: str) -> None:
-        self.driver = driver
+        # Weakly: the device keeps its reader, and a cycle would keep a closed device
+        # (and its arena) until the next full garbage collection.
+        self._driver = weakref.ref(driver)
         #: Who waits, in the deadlock detector's words, while the reader is stalled.
         self.name = name
         self._stall: asyncio.Task[None] | None = None
@@ -45,7 +48,8 @@ class StallingReader:
     def admit(self, bhs: memoryview) -> bool:
         """Whether the PDU with this BHS may be read now (False: the stream pauses)."""
         granted, self._granted = self._granted, None
-        driver = self.driver
+        driver = self._driver()
+        assert driver is not None  # the device's stream calls it: the device is there
         session = driver.session
         cmd = cast("Admitted | None", session.answering(bhs) if session is not None else None)
         nbytes = driver.admission.on_arrival(cmd, bhs, granted)
@@ -58,11 +62,13 @@ class StallingReader:
         return True
 
     async def _receive_when_granted(self, stream: InitiatorStream, nbytes: int) -> None:
-        arena = self.driver.arena
+        driver = self._driver()
+        assert driver is not None  # it stops this wait as it closes
+        arena = driver.arena
         with arena.memalloc():
             granted = await arena.allocate_charge(HostLevel.WIRE, nbytes, owner=self.name)
         self._stall = None
-        if stream is not self.driver.stream or stream.failed is not None:
+        if stream is not driver.stream or stream.failed is not None:
             granted.free()
             return
         self._granted = granted  # for the PDU the stream stopped at: it parses that first
