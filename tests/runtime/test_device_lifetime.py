@@ -1,11 +1,13 @@
-"""A closed device goes with its last reference: no reference cycle keeps it, and its
-arena (16 MiB by default), alive until the next full garbage collection. Sixty
-devices opened and closed in turn held 300 MB more than one before this."""
+"""A device's end: its close waits for the commands in flight, and a closed device goes
+with its last reference: no reference cycle keeps it, and its arena (16 MiB by default),
+alive until the next full garbage collection. Sixty devices opened and closed in turn
+held 300 MB more than one before this."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import weakref
 from collections.abc import Iterator
 
@@ -14,6 +16,7 @@ import pytest
 from earmark.host.policy import Policy
 from earmark.runtime.embedded import EmbeddedTarget
 from earmark.runtime.initiator_device import BlockDevice
+from earmark.target.backing import MemoryBacking
 
 
 @pytest.fixture
@@ -42,3 +45,40 @@ def test_a_closed_device_and_its_arena_go_with_the_last_reference(
         assert arena() is None
 
     asyncio.run(main())
+
+
+class GatedBacking(MemoryBacking):
+    """Writes wait at a gate the test opens (a disk that answers when told)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def write_now(self, offset: int, buffers: list[memoryview]) -> bool:
+        return False  # not on the target's loop: on its I/O threads, through write()
+
+    def write(self, offset: int, buffers: list[memoryview]) -> None:
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        super().write(offset, buffers)
+
+
+@pytest.mark.tcp
+def test_close_waits_for_the_commands_in_flight() -> None:
+    backing = GatedBacking(1 << 20)
+    with EmbeddedTarget(backing) as target:
+        async def main() -> None:
+            dev = BlockDevice(target.url)
+            await dev.connect()
+            write = asyncio.ensure_future(dev.write(8192, b"w" * 4096))
+            await asyncio.to_thread(backing.entered.wait, 30)  # in the backing's hands
+            close = asyncio.ensure_future(dev.close())
+            await asyncio.sleep(0)  # the close has begun: it waits for the write
+            assert not close.done()
+            backing.gate.set()
+            await close
+            await write  # answered, not failed by the close
+        asyncio.run(main())
+    back = memoryview(bytearray(4096))
+    backing.readinto(8192, [back])
+    assert back == b"w" * 4096

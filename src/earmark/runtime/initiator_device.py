@@ -129,10 +129,9 @@ class BlockDevice(Driver[InitiatorStream]):
             return
         stream = self.stream
         if stream is not None and stream.failed is None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.timeouts.command):
-                    while not self.idle:
-                        await asyncio.sleep(0.01)
+            answers = [cast("_Issued", cmd).future for cmd in self.unanswered()]
+            if answers:  # their answers end the wait, or a command's time does
+                await asyncio.wait(answers, timeout=self.timeouts.command)
         logged_out = self._logged_out = asyncio.get_running_loop().create_future()
         stream = self.stream
         if self.log_out() and not self.logged_out:
