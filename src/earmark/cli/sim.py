@@ -42,6 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     swarm.add_argument("--no-resets", action="store_true", help="draw no connection resets")
     swarm.add_argument("--no-io-errors", action="store_true", help="draw no disk I/O errors")
     swarm.add_argument("--no-crashes", action="store_true", help="draw no target crashes")
+    swarm.add_argument("--no-volatile", action="store_true",
+                       help="crashes keep every write (a write-through disk, no volatile cache)")
     swarm.add_argument("--no-timeouts", action="store_true",
                        help="draw no partitions long enough for the initiator to time out")
     swarm.add_argument("--quick", action="store_true",
@@ -125,7 +127,7 @@ def _swarm(args: argparse.Namespace, policies: list[Policy], err: Console) -> in
     jobs = swarm_jobs(range(args.first, args.first + args.seeds), policies,
                       faults=not args.no_faults, resets=not args.no_resets,
                       io_errors=not args.no_io_errors, timeouts=not args.no_timeouts,
-                      crashes=not args.no_crashes,
+                      crashes=not args.no_crashes, volatile=not args.no_volatile,
                       quick=args.quick)
     start = time.perf_counter()
     bar, task = _with_bar(err, "swarm", len(jobs))
@@ -147,12 +149,14 @@ def _swarm(args: argparse.Namespace, policies: list[Policy], err: Console) -> in
     summary = summarise(sorted(finished, key=lambda o: (order.index(o.policy), o.seed)))
     title = f"earmark sim swarm: seeds {args.first}..{args.first + args.seeds - 1}"
     table = Table(title=title + (f" (interrupted: {len(finished)} runs)" if interrupted else ""))
-    for column in ("policy", "runs", "deadlocks", "I/O errors", "sessions lost", "reconnects",
+    for column in ("policy", "runs", "deadlocks", "I/O errors", "sessions lost", "caches lost",
+                   "reconnects",
                    "lost writes", "violations", "first failing seeds"):
         table.add_column(column, justify="left" if column in ("policy",) else "right")
     for s in summary:
         table.add_row(s.policy, str(s.runs), str(s.deadlocks), str(s.io_errors),
-                      str(s.sessions_lost), str(s.reconnects), str(s.lost_writes),
+                      str(s.sessions_lost), str(s.caches_lost), str(s.reconnects),
+                      str(s.lost_writes),
                       f"[red]{s.violations}[/]" if s.violations else "0",
                       ", ".join(map(str, s.failing)) or "-")
     Console(file=sys.stderr if args.json else sys.stdout).print(table)

@@ -123,10 +123,14 @@ class Driver(DeviceBase, Generic[S]):
         if session.completed:
             done = session.take_completed()
             retry = None
+            writes = 0
             for cmd in done:
-                if cmd.error is not None and self.send_again(cmd):
+                if cmd.error is None:
+                    writes += cmd.write_data is not None
+                elif self.send_again(cmd):
                     retry = retry or []
                     retry.append(cmd)
+            self.durability.acked += writes
             if retry:
                 now = self.clock()
                 for cmd in retry:

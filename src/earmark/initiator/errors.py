@@ -76,3 +76,10 @@ class CommandRejectedError(InitiatorError):
     def __init__(self, reason: int) -> None:
         super().__init__(f"target rejected the command PDU (reason 0x{reason:02x})")
         self.reason = reason
+
+
+class CacheLostError(InitiatorError):
+    """The target powered on again (a unit attention said so) while writes it had
+    acknowledged were not yet covered by a flush: its volatile cache may have held them,
+    so the flush that would have made them durable cannot vouch for them (fsync's EIO,
+    as Linux reports a lost writeback once). Write them again to have them."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from earmark.initiator.durability import Durability
 from earmark.initiator.errors import (
     CommandAbortedError,
     CommandTimeoutError,
@@ -84,6 +85,8 @@ class Recovery:
         self.reconnects = 0
         self.reissued = 0
         self.aborts = 0
+        #: Which acknowledged writes a flush may vouch for (a target that powered on).
+        self.durability = Durability()
 
     def send_again(self, cmd: Command) -> bool:
         """Whether a finished command is to be sent again on the same session, its error
@@ -92,6 +95,7 @@ class Recovery:
         that the target aborted (ABORT TASK) goes again while it has attempts left."""
         error = cmd.error
         if isinstance(error, ScsiError):
+            self.durability.attention(error)
             again = (error.key == SenseKey.UNIT_ATTENTION
                      and cmd.attempts < self.max_attempts + _UA_RETRIES)
         else:

@@ -185,8 +185,10 @@ class BlockDevice(Driver[InitiatorStream]):
                                    for one, part in self.plan(offset, view, True)))
 
     async def flush(self, *, owner: str | None = None) -> None:
-        """SYNCHRONIZE CACHE of the whole LUN."""
+        """SYNCHRONIZE CACHE of the whole LUN (CacheLostError: it cannot vouch for them all)."""
+        covers = self.durability.acked
         await self.execute(C.synchronize_cache_16(), owner=owner, reserve=owner is None)
+        self.durability.flushed(covers)
 
     async def discard(self, offset: int, length: int) -> None:
         """UNMAP the range (the target may then read it back as zeros or as before)."""

@@ -87,8 +87,10 @@ class SyncBlockDevice(Driver[PduStream]):
             self.execute(one, write_data=part)
 
     def flush(self) -> None:
-        """SYNCHRONIZE CACHE of the whole LUN."""
+        """SYNCHRONIZE CACHE of the whole LUN (CacheLostError: it cannot vouch for them all)."""
+        covers = self.durability.acked
         self.execute(C.synchronize_cache_16())
+        self.durability.flushed(covers)
 
     def discard(self, offset: int, length: int) -> None:
         """UNMAP the range (the target may then read it back as zeros or as before)."""

@@ -12,6 +12,9 @@ its oracles are checked every time, whatever the policy:
 - no acknowledged and flushed write is lost: once fsync returned, the target's
   disk holds, for every page, the last write acknowledged (the reference model
   is what the writers were told was written);
+- a disk with a volatile write cache keeps its contract through every crash
+  (:mod:`earmark.sim.disk_model`'s rule), and a crash that lost acknowledged
+  writes no flush had covered is reported by fsync (``cache-lost``), not hidden;
 - reads return the latest acknowledged write: a sample of the pages read back
   through a new session;
 - the run ends within a bound of virtual time (faults stop, work finishes).
@@ -30,18 +33,21 @@ from dataclasses import asdict, dataclass, field, replace
 
 from earmark.host.policy import HostTuning, Policy
 from earmark.host.watermarks import emergency_bytes
-from earmark.initiator.errors import LoginError, SessionLostError
+from earmark.initiator.errors import CacheLostError, LoginError, SessionLostError
 from earmark.memory import Arena
 from earmark.memory.levels import PAGE_BYTES
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.scsi.sense import ScsiError, SenseKey
 from earmark.sim.disk import Disk
+from earmark.sim.disk_model import DiskModel
 from earmark.sim.faults import LinkFaults
 from earmark.sim.links import LinkShape, Trace
 from earmark.sim.schedule import ReadyQueue, Schedule
 from earmark.sim.stacks import SimStack
 from earmark.sim.virtualtime import run_virtual
+from earmark.sim.volatile import Loss, VolatileCache
 from earmark.sim.workload import RunResult, Workload, run_writers
+from earmark.target.backing import Backing
 
 __all__ = ["Outcome", "Scenario", "Violation", "run_scenario"]
 
@@ -73,6 +79,7 @@ class Violation(enum.Enum):
     LOST = "acknowledged write lost"
     STALE_READ = "read not the latest acknowledged write"
     UNBOUNDED = "did not finish in bounded time"
+    DURABLE = "disk read older than its last flush, or never written"
     ERROR = "the run failed"
 
 
@@ -91,11 +98,14 @@ class Scenario:
     resets: tuple[float, ...] = ()
     #: When the target crashes and restarts (virtual s): the same, to a target that forgot.
     crashes: tuple[float, ...] = ()
+    #: The target's disk has a volatile write cache, and a crash loses this of it (None:
+    #: write-through).
+    cache: Loss | None = None
 
     @classmethod
     def draw(cls, seed: int, policy: Policy, *, faults: bool = True, resets: bool = True,
              io_errors: bool = True, timeouts: bool = True, crashes: bool = True,
-             quick: bool = False) -> Scenario:
+             volatile: bool = True, quick: bool = False) -> Scenario:
         """The run seed `seed` stands for (the same for every policy, so they compare);
         `quick`: fewer pages in smaller arenas (still past what the arena holds), for a
         swarm that must be short."""
@@ -135,6 +145,8 @@ class Scenario:
                 link.faults, partitions=tuple(sorted(cuts)))))
         if faults and crashes and rng.random() < 0.1:
             scenario = replace(scenario, crashes=(rng.uniform(0.0, 0.3),))
+            if volatile:
+                scenario = replace(scenario, cache=rng.choice(list(Loss)))
         return scenario
 
     def arena(self) -> Arena:
@@ -144,6 +156,7 @@ class Scenario:
     def as_json(self) -> dict[str, object]:
         out = asdict(self)
         out["policy"], out["schedule"] = self.policy.value, self.schedule.value
+        out["cache"] = None if self.cache is None else self.cache.value
         return out
 
 
@@ -187,11 +200,20 @@ def run_scenario(sc: Scenario, *, readable: bool = False) -> Outcome:
 
     async def main() -> Outcome:
         loop = asyncio.get_running_loop()
-        async with SimStack(LUN_BYTES, wrap=None if sc.disk is None else sc.disk.backing,
-                            memory=sc.target_memory) as stack:
+        cache: VolatileCache | None = None
+
+        def wrap(medium: Backing) -> Backing:
+            nonlocal cache
+            inner: Backing = medium
+            if sc.cache is not None:
+                inner = cache = VolatileCache(medium, sc.cache, sc.seed, DiskModel())
+            return inner if sc.disk is None else sc.disk.backing(inner)
+
+        async with SimStack(LUN_BYTES, wrap=wrap, memory=sc.target_memory,
+                            power_on=sc.cache is not None) as stack:
             try:
                 async with asyncio.timeout(HORIZON_S):
-                    return await _checked(sc, stack, trace)
+                    return await _checked(sc, stack, trace, cache)
             except (SessionLostError, LoginError):
                 if _longest_cut(sc) <= _LONG_CUT_S[0]:
                     raise
@@ -214,14 +236,17 @@ def run_scenario(sc: Scenario, *, readable: bool = False) -> Outcome:
         return out
 
 
-async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
+async def _checked(sc: Scenario, stack: SimStack, trace: Trace,
+                   cache: VolatileCache | None) -> Outcome:
     arena = sc.arena()
+    violations: list[Violation] = []
     # The watchdog (no memory moved for stall_s) must outwait the longest partition.
     work = Workload(writers=sc.writers, pages_per_writer=max(1, sc.total_pages // sc.writers),
                     span_pages=LUN_BYTES // PAGE_BYTES, seed=sc.seed,
                     stall_s=10.0 + _longest_cut(sc))
     async with stack.open(arena, sc.policy, attempts=_ATTEMPTS) as device:
-        resets = asyncio.get_running_loop().create_task(_reset(device, stack, sc))
+        resets = asyncio.get_running_loop().create_task(
+            _reset(device, stack, sc, cache, violations))
         try:
             result = await run_writers(arena, device, sc.policy, work, HostTuning())
         except ScsiError as exc:
@@ -230,10 +255,19 @@ async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
             # The disk failed a write and fsync said so: what is owed, with no claim on
             # the data to check (which pages the failed writes held is not known here).
             return _outcome(sc, trace, "io-error", None, [], seconds=0.0)
+        except CacheLostError:
+            if cache is None:
+                raise
+            # The target lost writes it had acknowledged, no flush covering them, and
+            # fsync said so: what is owed. The disk itself must still keep its contract.
+            owed = _outcome(sc, trace, "cache-lost", None, [*violations, *_broken(cache)],
+                            seconds=0.0)
+            owed.reconnects = device.reconnects
+            return owed
         finally:
             resets.cancel()
         reconnects = device.reconnects
-    violations: list[Violation] = []
+    violations += _broken(cache)
     if result.peak_arena_bytes > arena.capacity:
         violations.append(Violation.ARENA)
     lost = 0
@@ -251,17 +285,32 @@ async def _checked(sc: Scenario, stack: SimStack, trace: Trace) -> Outcome:
     return out
 
 
-async def _reset(device: BlockDevice, stack: SimStack, sc: Scenario) -> None:
+async def _reset(device: BlockDevice, stack: SimStack, sc: Scenario,
+                 cache: VolatileCache | None, violations: list[Violation]) -> None:
     """Reset the initiator's connection (as a peer's RST would) and crash the target at
-    their times (virtual s)."""
+    their times (virtual s); after a crash the disk's contract must hold (`violations`)."""
     loop = asyncio.get_running_loop()
     for when, crash in sorted([(t, False) for t in sc.resets] + [(t, True) for t in sc.crashes]):
         await asyncio.sleep(max(0.0, when - loop.time()))
         stream = device.stream
         if crash:
-            await stack.crash()
+            await stack.crash(cache)
+            violations += _broken(cache)
         elif stream is not None and stream.transport is not None:
             stream.transport.abort()
+
+
+def _broken(cache: VolatileCache | None) -> list[Violation]:
+    """DURABLE if a page of the disk, read as the target would, breaks the model's rule."""
+    if cache is None:
+        return []
+
+    def read(index: int) -> bytes:
+        page = bytearray(PAGE_BYTES)
+        cache.readinto(index * PAGE_BYTES, [memoryview(page)])
+        return bytes(page)
+
+    return [Violation.DURABLE] if cache.model.broken(read) else []
 
 
 def _lost_writes(stack: SimStack, expected: dict[int, int]) -> int:

@@ -23,6 +23,7 @@ from earmark.memory import Arena
 from earmark.memory.levels import PAGE_BYTES
 from earmark.runtime.embedded import EmbeddedTarget, one_lun_server
 from earmark.runtime.initiator_device import BlockDevice
+from earmark.sim.volatile import VolatileCache
 from earmark.target.backing import Backing, MemoryBacking
 from earmark.target.build import OneLun
 
@@ -145,11 +146,19 @@ class SimStack(_IscsiStack):
         self._options = options
         self.server = one_lun_server(self._disk, **options)
 
-    async def crash(self) -> None:
+    async def crash(self, power: VolatileCache | None = None) -> None:
         """The target process dies and starts again on the same port: its sessions, commands
-        in flight and memory are gone; the disk (write-through) keeps what it was given."""
+        in flight and memory are gone, nothing it had yet to send leaves; the disk keeps
+        what it was given (write-through) or, with `power`, what a power cut leaves."""
         port = self.server.port
+        for conn in self.server.connections.values():
+            if conn.transport is not None:
+                conn.transport.abort()
+        if power is not None:
+            power.cut()
         await self.server.stop(grace=0)
+        if power is not None:
+            power.restore()
         self.server = one_lun_server(self._disk, **self._options)
         self.server.port = port
         await self.server.start()

@@ -25,7 +25,8 @@ Done = Callable[[Outcome], None]
 
 
 def swarm_jobs(seeds: Iterable[int], policies: Iterable[Policy], **draw: bool) -> list[Scenario]:
-    """``draw``: :meth:`Scenario.draw`'s switches (faults, resets, io_errors, quick)."""
+    """``draw``: :meth:`Scenario.draw`'s switches (faults, resets, io_errors, timeouts,
+    crashes, volatile, quick)."""
     return [Scenario.draw(seed, policy, **draw) for policy in policies for seed in seeds]
 
 
@@ -75,6 +76,8 @@ class PolicySummary:
     io_errors: int = 0
     #: Runs a partition outlasted the initiator's reconnect timeout in, reported so.
     sessions_lost: int = 0
+    #: Runs a crash lost acknowledged writes no flush had covered in, and fsync said so.
+    caches_lost: int = 0
     reconnects: int = 0
     lost_writes: int = 0
     violations: int = 0
@@ -85,6 +88,7 @@ class PolicySummary:
         self.deadlocks += outcome.outcome == "deadlocked"
         self.io_errors += outcome.outcome == "io-error"
         self.sessions_lost += outcome.outcome == "session-lost"
+        self.caches_lost += outcome.outcome == "cache-lost"
         self.reconnects += outcome.reconnects
         self.lost_writes += outcome.lost_writes
         if outcome.failed:
@@ -95,6 +99,7 @@ class PolicySummary:
     def as_json(self) -> dict[str, object]:
         return {"policy": self.policy, "runs": self.runs, "deadlocks": self.deadlocks,
                 "io_errors": self.io_errors, "sessions_lost": self.sessions_lost,
+                "caches_lost": self.caches_lost,
                 "reconnects": self.reconnects,
                 "lost_writes": self.lost_writes, "violations": self.violations,
                 "first_failing_seeds": self.failing}

@@ -97,6 +97,7 @@ class OneLun(TypedDict, total=False):
     write_cache: bool
     readonly: bool
     limits: PortalLimits
+    power_on: bool
 
 
 def one_lun(backing: Backing, *, serial: str = "EMBEDDED", **options: Unpack[OneLun]
@@ -118,14 +119,18 @@ def embedded(
     readonly: bool = False,
     limits: PortalLimits = DEFAULT_LIMITS,
     port: int = 0,
+    power_on: bool = False,
 ) -> TargetSetup:
     """One target, LUN n on `backings[n]`, on loopback (port 0: a free one); `write_cache`
     False serves them with WCE=0 (every write synced before its status). LUN n > 0 has
-    serial `serial`-n: multipath tools tell LUNs apart by it."""
+    serial `serial`-n: multipath tools tell LUNs apart by it. `power_on`: each LUN tells
+    every I_T nexus once that it powered on (a backing whose volatile cache a restart of
+    the target may lose: the initiator must then not trust a flush for earlier writes)."""
     config = SessionConfig(policy=policy)
     units = {
         n: LogicalUnit(n, disk(b.size, f"{serial}-{n}" if n else serial, block_size=block_size,
-                               config=config, write_cache=write_cache, read_only=readonly), b)
+                               config=config, write_cache=write_cache, read_only=readonly), b,
+                       powered_on=set() if power_on else None)
         for n, b in enumerate(backings)
     }
     return TargetSetup((TargetSpec(TargetEntry(iqn, chap=chap), units),),

@@ -211,7 +211,7 @@ class TargetSession:
         self.blocked: AllocRequest | None = None
         self.closed = False
         for unit in self.units.values():
-            unit.sessions.add(self)
+            unit.join(self, self.nexus)
 
     # ------------------------------------------------------------------ outputs
 

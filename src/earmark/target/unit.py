@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from earmark.scsi.disk import Disk
 from earmark.scsi.reservations import Reservations
-from earmark.scsi.sense import ScsiError
+from earmark.scsi.sense import ScsiError, SenseKey
 from earmark.scsi.xcopy import CopyManager
 from earmark.target.backing import Backing
 from earmark.target.counters import UnitCounters
@@ -37,6 +37,18 @@ class LogicalUnit:
     #: next command (SAM-5 5.14): the latest only, which is all a reset or a resize needs.
     sessions: set[object] = field(default_factory=set)
     attention: dict[object, ScsiError] = field(default_factory=dict)
+    #: The I_T nexuses told that the unit powered on (POWER ON OCCURRED, once each, SAM-5
+    #: 6.3.2): an initiator learns that the writes a restart's volatile cache held may be
+    #: gone. None: a unit that does not say it (its data outlives the process).
+    powered_on: set[object] | None = None
+
+    def join(self, session: object, nexus: object) -> None:
+        """A session opens on the LUN: the first of its nexus hears of the power on."""
+        self.sessions.add(session)
+        told = self.powered_on
+        if told is not None and nexus not in told:
+            told.add(nexus)
+            self.attention[session] = ScsiError(SenseKey.UNIT_ATTENTION, 0x29, 0x01)
 
     def tell_all(self, error: ScsiError) -> None:
         """A unit attention for every session on the LUN (a reset, a new capacity)."""
