@@ -60,7 +60,9 @@ class FuseServer:
         self._merge = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
         self._reading = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: The tasks serving block I/O, by request; each leaves as it ends, not through a
+        #: done callback, which would cost every request one more turn of the loop.
+        self._tasks: dict[int, asyncio.Task[None]] = {}
         #: Done when the kernel ended the connection (unmounted).
         self.ended: asyncio.Future[None] = self._loop.create_future()
         self.io_errors = 0
@@ -106,23 +108,25 @@ class FuseServer:
             self._loop.remove_reader(self._fd)
 
     def _readable(self) -> None:
-        slots, fd = self._slots, self._fd
-        while (slot := slots.take()) is not None:
-            try:
-                n = os.readv(fd, [slot[_HEAD:]])
-            except (BlockingIOError, InterruptedError):
-                slots.give(slot)
-                return
-            except OSError as exc:
-                slots.give(slot)
-                if exc.errno == errno.ENOENT:  # interrupted before we read it
-                    continue
+        """One request a call: the loop calls again while /dev/fuse has more (readiness is
+        level-triggered), so no read is made to find it empty, which at queue depth 1 was
+        a third system call for every request."""
+        slots = self._slots
+        slot = slots.take()
+        if slot is None:
+            self._pause()  # every slot busy: the kernel holds the rest until one is free
+            return
+        try:
+            n = os.readv(self._fd, [slot[_HEAD:]])
+        except OSError as exc:
+            slots.give(slot)
+            # EAGAIN, ENOENT: the request was interrupted, and went, before we read it.
+            if exc.errno not in (errno.EAGAIN, errno.EINTR, errno.ENOENT):  # ENODEV: unmounted
                 self._pause()
-                if not self.ended.done():  # ENODEV: unmounted
+                if not self.ended.done():
                     self.ended.set_result(None)
-                return
-            self._handle(slot, n)
-        self._pause()  # every slot busy: the kernel holds the rest until one is free
+            return
+        self._handle(slot, n)
 
     def _handle(self, slot: memoryview, n: int) -> None:
         req = P.parse(slot[_HEAD:], n)
@@ -130,9 +134,7 @@ class FuseServer:
         if op in P.NO_REPLY:
             self._done(slot)
         elif op in IO_OPS and req.nodeid == DISK:
-            task = self._loop.create_task(self._serve_io(slot, req))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[req.unique] = self._loop.create_task(self._serve_io(slot, req))
         else:
             body, error = self._fs.answer(req, slot[_HEAD:])
             self._reply(slot, req.unique, body, error)
@@ -155,6 +157,7 @@ class FuseServer:
                 P.pack_header(slot, req.unique, size, error)
                 self._send([slot[:_HEAD], slot[at:at + size]])
         finally:
+            del self._tasks[req.unique]
             self._done(slot)
 
     def _done(self, slot: memoryview) -> None:
@@ -231,7 +234,7 @@ class FuseServer:
     async def drain(self) -> None:
         """Until every request in flight is answered."""
         while self._tasks:
-            await asyncio.wait(set(self._tasks))
+            await asyncio.wait(list(self._tasks.values()))
 
 
 class _Errno(Exception):
