@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import time
 from collections.abc import Awaitable, Callable
 
 from earmark.attach import protocol as P
 from earmark.attach.fs import DISK, IO_OPS, DiskFs, Negotiated, covering, negotiate, punch_plan
+from earmark.attach.poll import Poll
 from earmark.attach.protocol import Op, Request
 from earmark.attach.slots import Slots
 from earmark.initiator.errors import InitiatorError
@@ -47,17 +49,19 @@ class FuseServer:
     buffer from ``slots``.
 
     ``scratch`` is the buffer a write of part of a block is merged in (read,
-    modify, write of the whole blocks), one at a time.
+    modify, write of the whole blocks), one at a time. With ``poll`` the loop is kept
+    turning, not sleeping, for a while after each request and each reply.
     """
 
     def __init__(self, fd: int, fs: DiskFs, device: BlockDevice, slots: Slots,
-                 scratch: memoryview) -> None:
+                 scratch: memoryview, poll: Poll | None = None) -> None:
         self._fd = fd
         self._fs = fs
         self._device = device
         self._slots = slots
         self._scratch = scratch
         self._merge = asyncio.Lock()
+        self._poll = poll
         self._loop = asyncio.get_running_loop()
         self._reading = False
         #: The tasks serving block I/O, by request; each leaves as it ends, not through a
@@ -127,6 +131,19 @@ class FuseServer:
                     self.ended.set_result(None)
             return
         self._handle(slot, n)
+        if self._poll is not None:
+            self._woke()
+
+    def _woke(self) -> None:
+        assert self._poll is not None
+        if self._poll.event(time.perf_counter()):
+            self._loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        """A callback ready to run keeps the loop from sleeping in epoll: it polls."""
+        assert self._poll is not None
+        if self._poll.turn(time.perf_counter()):
+            self._loop.call_soon(self._turn)
 
     def _handle(self, slot: memoryview, n: int) -> None:
         req = P.parse(slot[_HEAD:], n)
@@ -159,6 +176,8 @@ class FuseServer:
         finally:
             del self._tasks[req.unique]
             self._done(slot)
+            if self._poll is not None:
+                self._woke()
 
     def _done(self, slot: memoryview) -> None:
         self._slots.give(slot)
