@@ -6,8 +6,10 @@ than the work it wakes for. Polling for a short window after each request or ans
 (as Linux's hybrid polling does for fast disks) keeps the daemon awake for the next
 one. It only pays while a CPU is free for it: polling on a CPU another process needs
 delays that process, here the target or the application the daemon serves. So the
-window is bounded, and a poll that finds itself preempted (a turn of the loop far
-longer than a turn takes) stops polling for a while.
+window is bounded, and polling goes on only while it pays: a poll that ran out its
+window with nothing coming (the answer was slower than the window, as it is when the
+CPUs are short) or that finds itself preempted (a turn of the loop far longer than a
+turn takes) stops polling for a while.
 
 Sans-I/O: times in, a yes or no out.
 """
@@ -19,8 +21,8 @@ __all__ = ["Poll"]
 PREEMPTED = 200e-6
 """A turn of the polling loop takes a few microseconds; one this long means another
 process had our CPU."""
-REST = 1.0
-"""Seconds without polling after being preempted."""
+REST = 0.1
+"""Seconds without polling after a poll that did not pay."""
 
 
 class Poll:
@@ -49,9 +51,9 @@ class Poll:
 
     def turn(self, now: float) -> bool:
         """One turn of the loop while polling: whether to go on."""
-        preempted = now - self._last_turn > PREEMPTED
+        wasted = now - self._last_turn > PREEMPTED or now >= self._until
         self._last_turn = now
-        if preempted:
+        if wasted:
             self._rest_until = now + REST
-        self.polling = not preempted and now < self._until
+        self.polling = not wasted
         return self.polling

@@ -45,8 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--poll", type=int, default=0, metavar="MICROSECONDS",
                    help="after each request and reply, keep polling that long before "
                         "sleeping, saving wake-ups at queue depth 1 for up to one busy CPU "
-                        "while requests flow (default 0: never; it stops for 1 s when "
-                        "another process needs the CPU)")
+                        "while requests flow (default 0: never; it stops for 0.1 s after a "
+                        "poll that saw nothing come or lost its CPU to another process)")
     p.add_argument("--event-loop", choices=loops.LOOPS, default="auto",
                    help="uvloop if installed (auto, the default), or force one")
 
