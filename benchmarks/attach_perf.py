@@ -9,12 +9,13 @@ same I/O by earmark's asyncio initiator alone (`earmark bench --engine async --q
 this process): what `earmark attach` costs above the initiator it is carried by. Runs
 alternate earmark, bindfs, initiator, earmark, ... so a neighbour's burst on a shared
 machine hits all; the best of ``--repeat`` runs counts for each. Goal: 4 KiB QD1 reads and
-writes at >= 0.5 of bindfs.
+writes at >= 0.5 of bindfs. With ``--poll US`` a fourth side, `earmark attach --poll US`
+(the daemon polls instead of sleeping between requests), is measured in the same turns.
 
-    python benchmarks/attach_perf.py [--json] [--seconds 5] [--repeat 3]
+    python benchmarks/attach_perf.py [--json] [--seconds 5] [--repeat 3] [--poll 200]
 
 With --json the last line is one JSON object: {case: {earmark_iops, bindfs_iops, ratio,
-initiator_iops, of_initiator}}.
+initiator_iops, of_initiator}}, and with --poll also poll_iops and poll_ratio (of bindfs).
 """
 
 from __future__ import annotations
@@ -69,12 +70,24 @@ def bindfs(source: Path, mountpoint: Path) -> Iterator[Path]:
             subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
 
 
+@contextmanager
+def polled(poll: int, url: str, mountpoint: Path) -> Iterator[EarmarkAttach | None]:
+    """`earmark attach --poll POLL` of the same LUN, or None when ``poll`` is 0."""
+    if not poll:
+        yield None
+        return
+    with EarmarkAttach(url, mountpoint, "--poll", str(poll)) as attached:
+        yield attached
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     parser.add_argument("--seconds", type=int, default=5, help="seconds per run (default 5)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per side and workload; the best counts (default 3)")
+    parser.add_argument("--poll", type=int, default=0, metavar="US",
+                        help="also measure earmark attach --poll US (default 0: do not)")
     args = parser.parse_args()
     result: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="earmark-attach-perf-") as tmp:
@@ -84,12 +97,16 @@ def main() -> None:
         make_lun(lun)
         with EarmarkServe(lun) as target, \
                 EarmarkAttach(target.url, root / "attach") as attached, \
-                bindfs(lun.parent, root / "bindfs") as passthrough:
+                bindfs(lun.parent, root / "bindfs") as passthrough, \
+                polled(args.poll, target.url, root / "polled") as polling:
             sides: dict[str, Callable[[str, int], int]] = {
                 "earmark": lambda rw, n: fio_iops(attached.disk, rw, n, args.seconds),
                 "bindfs": lambda rw, n: fio_iops(passthrough / lun.name, rw, n, args.seconds),
                 "initiator": lambda rw, n: initiator_iops(target.url, rw, n, args.seconds),
             }
+            if polling is not None:
+                disk = polling.disk
+                sides["poll"] = lambda rw, n: fio_iops(disk, rw, n, args.seconds)
             for name, (rw, nbytes) in CASES.items():
                 best = dict.fromkeys(sides, 0)
                 for _ in range(args.repeat):
@@ -97,16 +114,24 @@ def main() -> None:
                         best[who] = max(best[who], measure(rw, nbytes))
                 ratio = best["earmark"] / best["bindfs"] if best["bindfs"] else 0.0
                 of_initiator = best["earmark"] / best["initiator"] if best["initiator"] else 0.0
-                result[name] = {"earmark_iops": best["earmark"], "bindfs_iops": best["bindfs"],
-                                "ratio": round(ratio, 3), "initiator_iops": best["initiator"],
-                                "of_initiator": round(of_initiator, 3)}
+                row = result[name] = {
+                    "earmark_iops": best["earmark"], "bindfs_iops": best["bindfs"],
+                    "ratio": round(ratio, 3), "initiator_iops": best["initiator"],
+                    "of_initiator": round(of_initiator, 3)}
                 goal = GOALS.get(name)
                 mark = "" if goal is None else "  (ok)" if ratio >= goal else \
                     f"  (below goal {goal})"
+                also = ""
+                if "poll" in best:
+                    row["poll_iops"] = best["poll"]
+                    row["poll_ratio"] = round(best["poll"] / best["bindfs"], 3) \
+                        if best["bindfs"] else 0.0
+                    also = (f"   --poll {args.poll}: {best['poll']:>7,} "
+                            f"(ratio {row['poll_ratio']:4.2f})")
                 print(f"{name:18} earmark {best['earmark']:>7,} IOPS  bindfs "
                       f"{best['bindfs']:>7,}  ratio {ratio:5.2f}{mark}   initiator alone "
-                      f"{best['initiator']:>7,} (earmark attach: {of_initiator:4.2f} of it)",
-                      flush=True)
+                      f"{best['initiator']:>7,} (earmark attach: {of_initiator:4.2f} of it)"
+                      f"{also}", flush=True)
     if args.json:
         print(json.dumps(result))
 

@@ -20,15 +20,18 @@ pytestmark = pytest.mark.tcp  # earmark serve listens on loopback
 _PUNCH_HOLE_KEEP_SIZE = 0x02 | 0x01
 
 
-@pytest.fixture(params=["reserve", "none"])
+@pytest.fixture(params=[("--policy", "reserve"), ("--policy", "none"),
+                        ("--policy", "reserve", "--poll", "300")],
+                ids=["reserve", "none", "poll"])
 def attached(tmp_path: Path,
              request: pytest.FixtureRequest) -> Iterator[tuple[EarmarkAttach, Path]]:
     """Under ``reserve`` requests come in buffers reserved before the mount; under
-    ``none`` each gets one allocated as it comes."""
+    ``none`` each gets one allocated as it comes; with ``--poll`` the loop polls between
+    requests."""
     lun = tmp_path / "lun.img"
     lun.write_bytes(os.urandom(LUN_BYTES))
-    with EarmarkServe(lun) as serve, EarmarkAttach(serve.url, tmp_path / "mnt", "--policy",
-                                                   request.param) as att:
+    with EarmarkServe(lun) as serve, EarmarkAttach(serve.url, tmp_path / "mnt",
+                                                   *request.param) as att:
         yield att, lun
 
 

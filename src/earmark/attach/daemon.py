@@ -24,6 +24,7 @@ from earmark.attach.fs import DISK_NAME, DiskFs
 from earmark.attach.loopdev import attach_loop, detach_loop
 from earmark.attach.mount import Mount, check_mountpoint, unmount
 from earmark.attach.pinned import pin_memory
+from earmark.attach.poll import Poll
 from earmark.attach.serve import FuseServer, largest_write, slot_bytes
 from earmark.attach.slots import AllocatedSlots, ReservedSlots, Slots
 from earmark.host.policy import Policy
@@ -48,6 +49,8 @@ class AttachOptions:
     requests: int
     #: Where to serve Prometheus figures (``--metrics``), or None.
     metrics: tuple[str, int] | None = None
+    #: Seconds to poll for after each request and reply (``--poll``); 0: sleep at once.
+    poll: float = 0.0
 
 
 async def attach(opts: AttachOptions, say: Callable[[str], None]) -> int:
@@ -76,7 +79,8 @@ async def attach(opts: AttachOptions, say: Callable[[str], None]) -> int:
                         time=int(time.time()))
             slots: Slots = (ReservedSlots(buffers[1:]) if reserved
                             else AllocatedSlots(SLOT_BYTES, opts.requests))
-            server = FuseServer(mount.fd, fs, device, slots, buffers[0])
+            server = FuseServer(mount.fd, fs, device, slots, buffers[0],
+                                Poll(opts.poll) if opts.poll else None)
             agreed = await server.handshake(max_write)
             assert slot_bytes(agreed.max_write, bs) <= SLOT_BYTES
             server.start()

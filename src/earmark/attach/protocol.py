@@ -116,21 +116,31 @@ class ProtocolError(Exception):
     """The kernel sent what this module cannot parse (a short read, a bad length)."""
 
 
+_HEAD = struct.Struct("<IIQQ")  # IN_HEADER's len, opcode, unique, nodeid
+_RANGE = struct.Struct("<8xQI")  # read_in's and write_in's offset and size, after fh
+_WRITE = int(Op.WRITE)
+_RANGED = frozenset({int(Op.READ), _WRITE, int(Op.READDIR)})
+_DATA_AT = IN_HEADER.size + WRITE_IN_BYTES
+
+
 def parse(buf: memoryview, n: int) -> Request:
-    """The request of ``n`` bytes the kernel wrote at the start of ``buf``."""
+    """The request of ``n`` bytes the kernel wrote at the start of ``buf``.
+
+    READ and WRITE, the requests of every block I/O, come first and with the fewest
+    steps: at queue depth 1 this runs once an I/O."""
     if n < IN_HEADER.size:
         raise ProtocolError(f"a FUSE request of {n} B is shorter than its header")
-    length, op, unique, nodeid, *_ = IN_HEADER.unpack_from(buf)
+    length, op, unique, nodeid = _HEAD.unpack_from(buf)
     if length != n:
         raise ProtocolError(f"a FUSE request says {length} B but {n} B were read")
     at = IN_HEADER.size
+    if op in _RANGED:
+        offset, size = _RANGE.unpack_from(buf, at)
+        if op == _WRITE and _DATA_AT + size > n:
+            raise ProtocolError(f"a FUSE write of {size} B came in {n} B")
+        return Request(op, unique, nodeid, offset, size, 0, _DATA_AT)
     req = Request(op, unique, nodeid)
-    if op in (Op.READ, Op.WRITE, Op.READDIR):
-        _, req.offset, req.size, _ = READ_IN.unpack_from(buf, at)
-        req.data_at = at + WRITE_IN_BYTES
-        if op == Op.WRITE and req.data_at + req.size > n:
-            raise ProtocolError(f"a FUSE write of {req.size} B came in {n} B")
-    elif op == Op.FALLOCATE:
+    if op == Op.FALLOCATE:
         _, req.offset, req.size, req.flags = FALLOCATE_IN.unpack_from(buf, at)
     elif op == Op.FSYNC:
         _, req.flags = FSYNC_IN.unpack_from(buf, at)

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import time
 from collections.abc import Awaitable, Callable
 
 from earmark.attach import protocol as P
 from earmark.attach.fs import DISK, IO_OPS, DiskFs, Negotiated, covering, negotiate, punch_plan
+from earmark.attach.poll import Poll
 from earmark.attach.protocol import Op, Request
 from earmark.attach.slots import Slots
 from earmark.initiator.errors import InitiatorError
@@ -47,20 +49,24 @@ class FuseServer:
     buffer from ``slots``.
 
     ``scratch`` is the buffer a write of part of a block is merged in (read,
-    modify, write of the whole blocks), one at a time.
+    modify, write of the whole blocks), one at a time. With ``poll`` the loop is kept
+    turning, not sleeping, for a while after each request and each reply.
     """
 
     def __init__(self, fd: int, fs: DiskFs, device: BlockDevice, slots: Slots,
-                 scratch: memoryview) -> None:
+                 scratch: memoryview, poll: Poll | None = None) -> None:
         self._fd = fd
         self._fs = fs
         self._device = device
         self._slots = slots
         self._scratch = scratch
         self._merge = asyncio.Lock()
+        self._poll = poll
         self._loop = asyncio.get_running_loop()
         self._reading = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: The tasks serving block I/O, by request; each leaves as it ends, not through a
+        #: done callback, which would cost every request one more turn of the loop.
+        self._tasks: dict[int, asyncio.Task[None]] = {}
         #: Done when the kernel ended the connection (unmounted).
         self.ended: asyncio.Future[None] = self._loop.create_future()
         self.io_errors = 0
@@ -106,23 +112,38 @@ class FuseServer:
             self._loop.remove_reader(self._fd)
 
     def _readable(self) -> None:
-        slots, fd = self._slots, self._fd
-        while (slot := slots.take()) is not None:
-            try:
-                n = os.readv(fd, [slot[_HEAD:]])
-            except (BlockingIOError, InterruptedError):
-                slots.give(slot)
-                return
-            except OSError as exc:
-                slots.give(slot)
-                if exc.errno == errno.ENOENT:  # interrupted before we read it
-                    continue
+        """One request a call: the loop calls again while /dev/fuse has more (readiness is
+        level-triggered), so no read is made to find it empty, which at queue depth 1 was
+        a third system call for every request."""
+        slots = self._slots
+        slot = slots.take()
+        if slot is None:
+            self._pause()  # every slot busy: the kernel holds the rest until one is free
+            return
+        try:
+            n = os.readv(self._fd, [slot[_HEAD:]])
+        except OSError as exc:
+            slots.give(slot)
+            # EAGAIN, ENOENT: the request was interrupted, and went, before we read it.
+            if exc.errno not in (errno.EAGAIN, errno.EINTR, errno.ENOENT):  # ENODEV: unmounted
                 self._pause()
-                if not self.ended.done():  # ENODEV: unmounted
+                if not self.ended.done():
                     self.ended.set_result(None)
-                return
-            self._handle(slot, n)
-        self._pause()  # every slot busy: the kernel holds the rest until one is free
+            return
+        self._handle(slot, n)
+        if self._poll is not None:
+            self._woke()
+
+    def _woke(self) -> None:
+        assert self._poll is not None
+        if self._poll.event(time.perf_counter()):
+            self._loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        """A callback ready to run keeps the loop from sleeping in epoll: it polls."""
+        assert self._poll is not None
+        if self._poll.turn(time.perf_counter()):
+            self._loop.call_soon(self._turn)
 
     def _handle(self, slot: memoryview, n: int) -> None:
         req = P.parse(slot[_HEAD:], n)
@@ -130,9 +151,7 @@ class FuseServer:
         if op in P.NO_REPLY:
             self._done(slot)
         elif op in IO_OPS and req.nodeid == DISK:
-            task = self._loop.create_task(self._serve_io(slot, req))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[req.unique] = self._loop.create_task(self._serve_io(slot, req))
         else:
             body, error = self._fs.answer(req, slot[_HEAD:])
             self._reply(slot, req.unique, body, error)
@@ -155,7 +174,10 @@ class FuseServer:
                 P.pack_header(slot, req.unique, size, error)
                 self._send([slot[:_HEAD], slot[at:at + size]])
         finally:
+            del self._tasks[req.unique]
             self._done(slot)
+            if self._poll is not None:
+                self._woke()
 
     def _done(self, slot: memoryview) -> None:
         self._slots.give(slot)
@@ -231,7 +253,7 @@ class FuseServer:
     async def drain(self) -> None:
         """Until every request in flight is answered."""
         while self._tasks:
-            await asyncio.wait(set(self._tasks))
+            await asyncio.wait(list(self._tasks.values()))
 
 
 class _Errno(Exception):
