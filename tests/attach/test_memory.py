@@ -30,9 +30,12 @@ def test_under_reserve_every_page_is_locked_before_the_mount(
             "--requests", "8") as attached:
         arenas_kib = (8 << 10) + 9 * SLOT_BYTES // 1024
         vm_locked = status_kib(attached.pid, "VmLck")
+        oom_adj = int(Path(f"/proc/{attached.pid}/oom_score_adj").read_text())
         if locked:
             assert vm_locked >= arenas_kib
             assert vm_locked >= status_kib(attached.pid, "VmRSS") * 0.9  # all of it, bar races
+            # Never the OOM killer's choice, or it said why not (no CAP_SYS_RESOURCE).
+            assert oom_adj == -1000 or "oom_score_adj -1000" in attached.stderr, attached.stderr
         else:
-            assert vm_locked == 0
+            assert vm_locked == 0 and oom_adj == 0
         assert attached.stop() == 0

@@ -70,8 +70,7 @@ async def attach(opts: AttachOptions, say: Callable[[str], None]) -> int:
         assert held is not None  # the arena is exactly this claim
         buffers = [held.take(HostLevel.PAGE, SLOT_BYTES).view for _ in range(count)]
         if reserved:
-            warning = pin_memory()
-            if warning is not None:
+            for warning in pin_memory():
                 print(f"earmark attach: warning: {warning}", file=sys.stderr)
         mount = Mount.make(opts.mountpoint, max_read=max_write)
         try:
