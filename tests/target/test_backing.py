@@ -73,6 +73,28 @@ def test_scatter_gather_round_trip(tmp_path: Path) -> None:
         store.close()
 
 
+def test_a_short_pwritev_is_finished_where_it_stopped(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """One pwritev usually takes the whole write; when it takes less (a signal can cut
+    it short), the rest is written where it stopped, not the whole again."""
+    store = FileBacking(make(tmp_path, 1 << 20))
+    real = os.pwritev
+
+    def at_most_150(fd: int, buffers: list[memoryview], offset: int) -> int:
+        first = bytes(b"".join(bytes(b) for b in buffers)[:150])
+        return real(fd, [memoryview(first)], offset)
+
+    monkeypatch.setattr(os, "pwritev", at_most_150)
+    parts = [memoryview(bytes([i + 1]) * (100 * (i + 1))) for i in range(5)]  # 1,500 B
+    store.write(8192, parts)
+    monkeypatch.undo()
+    out = memoryview(bytearray(1500 + 512))
+    store.readinto(8192, [out])
+    assert bytes(out[:1500]) == b"".join(bytes(p) for p in parts)
+    assert bytes(out[1500:]) == bytes(512)  # nothing past the end of the write
+    store.close()
+
+
 def test_punch_reads_zeros_and_keeps_size(tmp_path: Path) -> None:
     for store in stores(tmp_path):
         store.write(0, [memoryview(b"\xa6" * 65536)])

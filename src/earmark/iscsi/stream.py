@@ -79,11 +79,11 @@ def receive_buffer_bytes(mrdsl: int, pdus: int) -> int:
     size we accept, rounded up to a power of two so the arena hands it out as one run.
 
     The framer needs one: a segment that is not placed must fit whole. The target
-    asks for one: it takes every connection's buffer from the arena its commands
-    share, and every Data-Out still arriving is placed in its command's buffer. The
-    initiator asks for two: its buffer holds batches of small Data-In parsed in
-    place, and with two a whole PDU still fits after a partial one without
-    compacting on every read.
+    asks for two (``earmark.target.portal.RECV_PDUS``): Data-Out is placed in its
+    command's buffer, but immediate data is not, and with room for one a stream of
+    such writes is read one PDU per read. The initiator asks for two: its buffer
+    holds batches of small Data-In parsed in place, and with two a whole PDU still
+    fits after a partial one without compacting on every read.
     """
     return 1 << (pdus * _largest_pdu(mrdsl) - 1).bit_length()
 

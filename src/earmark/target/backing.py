@@ -201,8 +201,12 @@ class FileBacking:
     def write(self, offset: int, buffers: list[memoryview]) -> None:
         total = sum(map(len, buffers))
         _check_range(self._size, offset, total)
-        done = 0
-        rest = [b for b in buffers if len(b)]
+        # Every small write the loop does comes here: one pwritev that takes it all is
+        # the usual case, and the loop below is only for the rest of a short one.
+        done = os.pwritev(self._fd, buffers, offset) if len(buffers) <= _IOV_MAX else 0
+        if done == total:
+            return
+        rest = _advance([b for b in buffers if len(b)], done)
         while rest:
             n = os.pwritev(self._fd, rest[:_IOV_MAX], offset + done)
             done += n

@@ -46,6 +46,12 @@ from earmark.target.unit import LogicalUnit
 SLOT_BYTES = 256
 #: What the target accepts per PDU (MaxRecvDataSegmentLength it declares).
 RECV_SEGMENT = 65536
+#: Whole largest PDUs a connection's receive buffer holds (256 KiB for two). A write's
+#: immediate data is not placed (its command is not parsed yet), so with room for one
+#: (128 KiB), 64 KiB writes at depth are read one PDU per read and answered one
+#: status per writev; with two, a read takes up to three of them and their statuses
+#: leave in one writev (measured: 0.38 reads and 0.6 writevs per command).
+RECV_PDUS = 2
 #: The one portal group this target has: login and SendTargets both name it.
 PORTAL_GROUP_TAG = 1
 #: TSIHs are 16 bits, and 0 on the wire means "a new session".
@@ -106,7 +112,7 @@ class TargetPortal:
         *,
         arena: Arena,
         config: SessionConfig,
-        recv_bytes: int = receive_buffer_bytes(RECV_SEGMENT, pdus=1),
+        recv_bytes: int = receive_buffer_bytes(RECV_SEGMENT, pdus=RECV_PDUS),
         max_slots: int = 64,
         limits: PortalLimits = DEFAULT_LIMITS,
     ) -> None:
@@ -114,7 +120,7 @@ class TargetPortal:
         self.arena = arena
         self.config = config
         self.max_slots = max_slots
-        #: A connection's receive buffer, held for its life (the largest PDU it accepts).
+        #: A connection's receive buffer, held for its life (`RECV_PDUS` of the largest).
         self.recv_bytes = recv_bytes
         #: One command slot: its descriptor and its data buffer.
         self.slot_claim: Mapping[int, int] = {
