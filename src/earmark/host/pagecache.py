@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 
 from earmark.host.device import PageDevice
 from earmark.host.dirty_throttle import DirtyThrottle
@@ -645,13 +644,11 @@ class PageCache:
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _task: self._kick.set())
 
-    @contextmanager
-    def _flusher_wait(self, wakers: tuple[str, ...], now: float) -> Iterator[None]:
+    def _flusher_wait(self, wakers: tuple[str, ...],
+                      now: float) -> AbstractContextManager[object]:
         if not wakers:
-            yield
-            return
-        with self.arena.waits.waiting(FLUSHER, "its writebacks", wakers=wakers, now=now):
-            yield
+            return nullcontext()
+        return self.arena.waits.waiting(FLUSHER, "its writebacks", wakers=wakers, now=now)
 
     def _check_range(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.device.size:
