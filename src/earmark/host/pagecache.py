@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import AbstractContextManager, nullcontext
 
 from earmark.host.device import PageDevice
 from earmark.host.dirty_throttle import DirtyThrottle
@@ -627,10 +627,15 @@ class PageCache:
                 self._kick.clear()
                 # At full depth the flusher waits on its own writebacks; idle, on nothing.
                 wakers = tuple(sorted(self._writebacks)) if busy else ()
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
-                with self._flusher_wait(wakers, loop.time()), suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
+                # Woken by a kick or, a second on, by a timer that kicks (to look at the
+                # dirty pages' age again): cheaper than asyncio.timeout on a wait made
+                # every few writes, and it cannot swallow a cancel as 3.11's wait_for can.
+                tick = loop.call_at(loop.time() + 1.0, self._kick.set)
+                try:
+                    with self._flusher_wait(wakers, loop.time()):
                         await self._kick.wait()
+                finally:
+                    tick.cancel()
                 continue
             run, res = self._take_run()
             self._writeback_seq += 1
