@@ -19,11 +19,14 @@ import asyncio
 import functools
 import selectors
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from earmark.sim.links import LinkShape, SimServer, Trace
 from earmark.sim.schedule import ReadyQueue
 from earmark.sim.simnet import SimNetwork, SimTransport
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 T = TypeVar("T")
 
@@ -40,11 +43,23 @@ class _JumpingSelector(selectors.DefaultSelector):
     def __init__(self) -> None:
         super().__init__()
         self.loop: VirtualTimeLoop | None = None
+        self._registered = 0  # kept here: asking get_map() costs two calls a loop step
+
+    def register(self, fileobj: FileDescriptorLike, events: int,
+                 data: Any = None) -> selectors.SelectorKey:
+        key = super().register(fileobj, events, data)
+        self._registered += 1
+        return key
+
+    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        key = super().unregister(fileobj)
+        self._registered -= 1
+        return key
 
     def select(
         self, timeout: float | None = None
     ) -> list[tuple[selectors.SelectorKey, int]]:
-        ready = super().select(0) if self.get_map() else []
+        ready = super().select(0) if self._registered else []
         if ready or timeout == 0 or self.loop is None:
             return ready
         if timeout is None:
