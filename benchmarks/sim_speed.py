@@ -9,7 +9,8 @@ itself, from the open session to the last fsync: the stack's start-up (building 
 target's LUN and arena, logging in) is not counted, and the default run is long
 enough to be in its steady state. ``--workers N`` runs N such runs at once,
 one per local process (seeds 1..N), and adds their rates up over the pool's wall time
-(start-ups included): what a swarm gets from N cores. Goals (issue 14): >= 100,000 events/s and >= 30,000 simulated writes/s.
+(start-ups included): what a swarm gets from N cores. Goals (issue 14): >= 100,000
+events/s and >= 30,000 simulated writes/s.
 
     python benchmarks/sim_speed.py [--json] [--writers 64] [--pages 32768] [--workers 1]
 
