@@ -17,6 +17,7 @@ from earmark.host.pagecache import PageCache
 from earmark.host.policy import HostTuning, Policy
 from earmark.memory import Arena, HostLevel, OverdrawError
 from earmark.memory.levels import PAGE_BYTES
+from earmark.sim.virtualtime import run_virtual
 
 KIB = 1024
 #: Writeback only when asked (fsync) or when the test says: no background threshold,
@@ -87,6 +88,27 @@ def test_background_writeback_starts_only_above_the_background_share() -> None:
 
     run_cache(test, arena=128 * KIB,
               tuning=HostTuning(background_ratio=0.125, dirty_expire_s=3600.0))
+
+
+def test_an_expired_dirty_page_is_written_back_with_nothing_else_to_wake_the_flusher() -> None:
+    """The idle flusher looks again every second, on the loop's clock (virtual here): a
+    page dirty for longer than dirty_expire_s goes out though no threshold is crossed."""
+    async def main() -> tuple[int, int]:
+        a = Arena(1 << 20)
+        device = ModelDevice(a, 1 << 20)
+        cache = PageCache(a, device, Policy.RESERVE,
+                          HostTuning(background_ratio=1.0, dirty_expire_s=2.0))
+        cache.start()
+        try:
+            await dirty(cache, 3)
+            await asyncio.sleep(1.5)  # virtual: looked at 1 s, not expired yet
+            before = device.writes
+            await asyncio.sleep(1.0)  # looked at 2 s: expired, written back
+            return before, device.writes
+        finally:
+            await cache.close()
+
+    assert run_virtual(main) == (0, 1)
 
 
 def test_after_fsync_new_dirty_pages_wait_for_their_own_writeback() -> None:

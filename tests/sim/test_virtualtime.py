@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import socket
 from typing import Any
 
 import pytest
@@ -13,6 +14,19 @@ from earmark.host.policy import Policy
 from earmark.memory import Arena
 from earmark.sim.virtualtime import StalledError, run_virtual
 from earmark.sim.workload import Workload, run_writers
+
+
+def _kernel_waits(patch: pytest.MonkeyPatch) -> list[float | None]:
+    """The timeouts the loop's selector asks the kernel to wait for, from now on."""
+    waits: list[float | None] = []
+    real_select = selectors.DefaultSelector.select
+
+    def select(self: selectors.DefaultSelector, timeout: float | None = None) -> Any:
+        waits.append(timeout)
+        return real_select(self, timeout)
+
+    patch.setattr(selectors.DefaultSelector, "select", select)
+    return waits
 
 
 def test_an_hour_of_sleeping_takes_no_time_and_keeps_order() -> None:
@@ -26,19 +40,39 @@ def test_an_hour_of_sleeping_takes_no_time_and_keeps_order() -> None:
         await asyncio.gather(sleeper("b", 3600), sleeper("a", 1800), sleeper("c", 3600))
         return asyncio.get_running_loop().time()
 
-    waits: list[float | None] = []
-    real_select = selectors.DefaultSelector.select
+    with pytest.MonkeyPatch.context() as patch:
+        waits = _kernel_waits(patch)
+        assert run_virtual(main) == 3600
+    # The hour passed in jumps, and with no file descriptor to look at the loop never
+    # asked the kernel (no self-pipe either).
+    assert waits == []
+    assert order == ["a@1800", "b@3600", "c@3600"]
 
-    def select(self: selectors.DefaultSelector, timeout: float | None = None) -> Any:
-        waits.append(timeout)
-        return real_select(self, timeout)
+
+def test_a_real_descriptor_is_looked_at_without_waiting() -> None:
+    async def main() -> tuple[bytes, float]:
+        loop = asyncio.get_running_loop()
+        here, there = socket.socketpair()
+        got: asyncio.Future[bytes] = loop.create_future()
+
+        def readable() -> None:
+            if not got.done():
+                got.set_result(here.recv(8))
+
+        try:
+            loop.add_reader(here.fileno(), readable)
+            await asyncio.sleep(60)  # jumps: the kernel is asked, never waited on
+            there.send(b"ping")
+            return await asyncio.wait_for(got, 3600), loop.time()
+        finally:
+            loop.remove_reader(here.fileno())
+            here.close()
+            there.close()
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(selectors.DefaultSelector, "select", select)
-        assert run_virtual(main) == 3600
-    # The hour passed in jumps: the loop looked at its sockets without ever waiting on them.
+        waits = _kernel_waits(patch)
+        assert run_virtual(main) == (b"ping", 60)
     assert waits and all(timeout == 0 for timeout in waits), waits
-    assert order == ["a@1800", "b@3600", "c@3600"]
 
 
 def test_a_stuck_simulation_says_so() -> None:

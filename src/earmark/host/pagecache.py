@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, nullcontext
 
 from earmark.host.device import PageDevice
 from earmark.host.dirty_throttle import DirtyThrottle
@@ -628,10 +627,15 @@ class PageCache:
                 self._kick.clear()
                 # At full depth the flusher waits on its own writebacks; idle, on nothing.
                 wakers = tuple(sorted(self._writebacks)) if busy else ()
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
-                with self._flusher_wait(wakers, loop.time()), suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
+                # Woken by a kick or, a second on, by a timer that kicks (to look at the
+                # dirty pages' age again): cheaper than asyncio.timeout on a wait made
+                # every few writes, and it cannot swallow a cancel as 3.11's wait_for can.
+                tick = loop.call_at(loop.time() + 1.0, self._kick.set)
+                try:
+                    with self._flusher_wait(wakers, loop.time()):
                         await self._kick.wait()
+                finally:
+                    tick.cancel()
                 continue
             run, res = self._take_run()
             self._writeback_seq += 1
@@ -645,13 +649,11 @@ class PageCache:
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _task: self._kick.set())
 
-    @contextmanager
-    def _flusher_wait(self, wakers: tuple[str, ...], now: float) -> Iterator[None]:
+    def _flusher_wait(self, wakers: tuple[str, ...],
+                      now: float) -> AbstractContextManager[object]:
         if not wakers:
-            yield
-            return
-        with self.arena.waits.waiting(FLUSHER, "its writebacks", wakers=wakers, now=now):
-            yield
+            return nullcontext()
+        return self.arena.waits.waiting(FLUSHER, "its writebacks", wakers=wakers, now=now)
 
     def _check_range(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.device.size:

@@ -10,8 +10,7 @@ draw on it without it being passed by hand.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -27,6 +26,23 @@ _CURRENT: ContextVar[Reservation | None] = ContextVar("earmark_reservation", def
 
 class NoReservationError(ArenaError):
     """A deeper layer asked for the current reservation where none was handed down."""
+
+
+class _Active:
+    """`Reservation.active`'s context: a plain class, since a generator-based context
+    manager costs several times as much and every writeback and command enters one."""
+
+    __slots__ = ("_res", "_token")
+
+    def __init__(self, res: Reservation) -> None:
+        self._res = res
+
+    def __enter__(self) -> Reservation:
+        self._token = _CURRENT.set(self._res)
+        return self._res
+
+    def __exit__(self, *_: object) -> None:
+        _CURRENT.reset(self._token)
 
 
 def current_reservation() -> Reservation:
@@ -100,14 +116,9 @@ class Reservation:
         """Bytes this reservation keeps from the arena: left to draw plus drawn."""
         return self.left + self.held_total
 
-    @contextmanager
-    def active(self) -> Iterator[Reservation]:
+    def active(self) -> _Active:
         """Make this the current reservation for the enclosed code (and tasks it starts)."""
-        token = _CURRENT.set(self)
-        try:
-            yield self
-        finally:
-            _CURRENT.reset(token)
+        return _Active(self)
 
     def __repr__(self) -> str:
         names = self.arena.levels
