@@ -131,3 +131,11 @@ def test_swarm_seeds_that_draw_the_crash_with_a_volatile_cache_meet_every_oracle
     assert summary.caches_lost > 0
     again = run_scenario(jobs[0])
     assert again.as_json() == outcomes[0].as_json()
+
+
+def test_a_reset_before_the_first_command_after_a_crash_still_reports_the_lost_cache() -> None:
+    """Seed 8815 of the 10,000-seed swarm: the target crashed, the initiator logged in
+    again, and a connection reset ended that session before any command heard POWER ON;
+    the reinstated session heard nothing, fsync succeeded and 141 writes were lost."""
+    out = run_scenario(Scenario.draw(8815, Policy.RESERVE))
+    assert out.outcome == "cache-lost" and out.violations == [] and out.lost_writes == 0

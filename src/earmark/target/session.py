@@ -464,7 +464,7 @@ class TargetSession:
             return
         unit.counters.commands[cdb[0]] += 1
         if unit.attention and self in unit.attention and cdb[0] not in _NO_ATTENTION:
-            self._reply(task, pdu, Reply.error(unit.attention.pop(self)))
+            self._reply(task, pdu, Reply.error(unit.heard(self, self.nexus)))
             return
         disk = unit.disk
         out_len = sbc.data_out_length(cdb, disk)

@@ -13,6 +13,9 @@ from earmark.target.backing import Backing
 from earmark.target.counters import UnitCounters
 from earmark.target.loop_io import LoopWrites
 
+#: POWER ON OCCURRED (SAM-5 6.3.2): the unit attention a restart owes every I_T nexus.
+_POWER_ON = ScsiError(SenseKey.UNIT_ATTENTION, 0x29, 0x01)
+
 
 @dataclass(slots=True, eq=False)
 class LogicalUnit:
@@ -43,17 +46,27 @@ class LogicalUnit:
     powered_on: set[object] | None = None
 
     def join(self, session: object, nexus: object) -> None:
-        """A session opens on the LUN: the first of its nexus hears of the power on."""
+        """A session opens on the LUN: if its nexus has not heard of the power on yet, its
+        next command does. Not yet heard: a session that ends before it sends one (a
+        reset right after the restart) leaves the nexus to hear it on the next session,
+        or the initiator would never learn that its unflushed writes may be gone."""
         self.sessions.add(session)
         told = self.powered_on
         if told is not None and nexus not in told:
-            told.add(nexus)
-            self.attention[session] = ScsiError(SenseKey.UNIT_ATTENTION, 0x29, 0x01)
+            self.attention[session] = _POWER_ON
+
+    def heard(self, session: object, nexus: object) -> ScsiError:
+        """The unit attention `session`'s command is answered with, now delivered."""
+        error = self.attention.pop(session)
+        if error is _POWER_ON and self.powered_on is not None:
+            self.powered_on.add(nexus)
+        return error
 
     def tell_all(self, error: ScsiError) -> None:
         """A unit attention for every session on the LUN (a reset, a new capacity)."""
         for session in self.sessions:
-            self.attention[session] = error
+            if self.attention.get(session) is not _POWER_ON:  # which says it all already
+                self.attention[session] = error
 
     def __post_init__(self) -> None:
         self.loop_writes = LoopWrites(self.number)
