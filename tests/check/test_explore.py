@@ -48,12 +48,18 @@ def test_the_other_policies_deadlock_on_some_schedule(config: Config) -> None:
 
 def test_mempool_survives_while_its_pool_covers_every_writeback() -> None:
     """The mechanism's own promise: the pool holds every writeback's request and task
-    at once plus one receive buffer, so one writeback can always finish. One unit less,
-    with ordinary memory full of dirty pages, and every writeback is stuck."""
-    for writers, arena, writebacks in itertools.product((1, 2, 3), (14, 21), (1, 2, 3)):
+    at once plus one receive buffer, so one writeback can always finish. Every writeback
+    counts: the flusher's, and those the writers start themselves in direct reclaim,
+    which may use the pool too (PF_MEMALLOC). A pool sized for the flusher's alone, with
+    ordinary memory full of dirty pages, leaves every writeback stuck."""
+    for writers, arena, writebacks in itertools.product((1, 2, 3), (21, 28), (1, 2, 3)):
         config = Config(Policy.MEMPOOL, writers, 3, arena, writebacks,
-                        emergency=2 * writebacks + 1)
+                        emergency=2 * (writebacks + writers) + 1)
         assert explore(config).deadlock is None, config
+    flusher_only = Config(Policy.MEMPOOL, writers=2, pages=3, arena=21, writebacks=1,
+                          emergency=2 * 1 + 1)
+    verdict = explore(flusher_only)
+    assert verdict.deadlock is not None and "writes a request back itself" in verdict.deadlock
     short = Config(Policy.MEMPOOL, writers=2, pages=3, arena=16 + 4, writebacks=2, emergency=4)
     assert explore(short).deadlock is not None
 
@@ -109,7 +115,7 @@ def test_reserve_with_merging_books_one_fixed_part_per_request_and_never_deadloc
     states = reachable(config)
     for state in states:
         assert state.used == requests_booked(config, state), state
-    assert any(n > 1 for state in states for _, n in state.slots)
+    assert any(n > 1 for state in states for _, n, _ in state.slots)
     assert explore(config).deadlock is None
 
 

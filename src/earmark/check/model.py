@@ -32,8 +32,12 @@ several writers. A request's request, task and receive units are its fixed part,
 one per request whatever its length (its Data-Out headers are in the task's unit
 here); under ``reserve`` a page that starts a run reserves them, one that joins a
 run reserves only its page, and one that bridges two runs gives one set back.
-(The page cache's writers that would wait write a request back themselves, on
-that request's reservation: more writeback slots, which this model keeps fixed.)
+A writer whose next page does not fit while pages are dirty writes a request back
+itself, as the page cache's writers do (direct reclaim under ``none``, ``mempool`` and
+``throttle``, with PF_MEMALLOC so that ``mempool``'s may use the emergency units; under
+``reserve`` on that request's own reservation, before it waits at admission). It
+dirties nothing more until that request completes. These writebacks come on top of the
+``writebacks`` slots, one per writer at most.
 
 A state is a tuple (hashable, so the explorer never visits one twice); a
 transition is a (words, next state) pair.
@@ -51,8 +55,8 @@ from earmark.host.dirty_throttle import (
 )
 from earmark.host.policy import Policy
 
-__all__ = ["PAGE", "Config", "State", "describe", "initial", "is_done", "requests_booked",
-           "steps"]
+__all__ = ["FLUSHER", "PAGE", "Config", "State", "describe", "initial", "is_done",
+           "requests_booked", "steps"]
 
 PAGE = 4
 """Units of one page; each descriptor (request, task, receive buffer) is one unit."""
@@ -62,6 +66,8 @@ _CLAIM = PAGE + _WRITEBACK  # what `reserve` takes when a page starts a request
 # Writeback slot stages, by index into State.slots.
 _NEED_REQUEST, _NEED_TASK, _IN_FLIGHT, _NEED_RECEIVE = range(4)
 _STAGE_WORDS = ("a request", "a task descriptor", "the target's answer", "a receive buffer")
+FLUSHER = -1
+"""The writer field of a writeback the flusher started."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +113,10 @@ class State:
     """Pages dirtied since anyone looked (``throttle``; counted only when it can matter)."""
     dirty: int
     """Dirty pages no writeback has taken yet."""
-    slots: tuple[tuple[int, int], ...]
-    """Writebacks as (stage, pages), sorted; stages: need a request, need a task, in
-    flight, need a receive buffer."""
+    slots: tuple[tuple[int, int, int], ...]
+    """Writebacks as (stage, pages, writer), sorted; stages: need a request, need a task,
+    in flight, need a receive buffer; writer: the writer writing it back itself, or
+    ``FLUSHER``."""
     used: int
     """Units committed."""
     where: int = 0
@@ -121,7 +128,10 @@ def initial(config: Config) -> State:
                  (config.ratelimit,) * config.writers, 0, 0, (), 0)
 
 
-def _with(state: State, dirty: int, slots: tuple[tuple[int, int], ...], used: int,
+Slot = tuple[int, int, int]
+
+
+def _with(state: State, dirty: int, slots: tuple[Slot, ...], used: int,
           where: int | None = None) -> State:
     """`state` after a writeback step: the writers' books unchanged."""
     return State(state.left, state.since_check, state.pause, state.shared, dirty, slots, used,
@@ -137,8 +147,7 @@ def _fits(config: Config, state: State, units: int, memalloc: bool) -> bool:
     return state.used + units <= limit
 
 
-def _move(slots: tuple[tuple[int, int], ...], src: tuple[int, int] | None,
-          dst: tuple[int, int] | None) -> tuple[tuple[int, int], ...]:
+def _move(slots: tuple[Slot, ...], src: Slot | None, dst: Slot | None) -> tuple[Slot, ...]:
     out = list(slots)
     if src is not None:
         out.remove(src)
@@ -172,22 +181,36 @@ def requests_booked(config: Config, state: State) -> int:
     """What ``reserve`` holds for the dirty pages and the requests writeback can form
     from them and has formed: exactly their pages and one fixed part each."""
     dirty_runs = len(list(_runs(config, state.where))) if config.merge > 1 else state.dirty
-    in_flight = sum(pages for _, pages in state.slots)
+    in_flight = sum(pages for _, pages, _ in state.slots)
     return PAGE * (state.dirty + in_flight) + _WRITEBACK * (dirty_runs + len(state.slots))
+
+
+def _takes(config: Config, state: State) -> Iterator[tuple[str, int, int]]:
+    """Every request a writeback could take now: (its pages in words, how many, which
+    pages stay dirty)."""
+    if config.merge == 1:
+        if state.dirty:
+            yield "a dirty page", 1, 0
+        return
+    for first, pages in _runs(config, state.where):
+        run = ((1 << pages) - 1) << first
+        yield f"pages {first}..{first + pages - 1}", pages, state.where & ~run
 
 
 def steps(config: Config, state: State) -> Iterator[tuple[str, State]]:
     """Every transition enabled in ``state``, in words."""
     reserve = config.policy is Policy.RESERVE
     merging = config.merge > 1
-    in_writeback = sum(pages for _, pages in state.slots)
+    start = _IN_FLIGHT if reserve else _NEED_REQUEST
+    in_writeback = sum(pages for _, pages, _ in state.slots)
+    writing_back = {writer for _, _, writer in state.slots}
     dirty_total = state.dirty + in_writeback
     throttle = config.policy is Policy.THROTTLE
     over = dirty_total > config.dirty_limit
     shared_limit = global_ratelimit_pages(config.dirty_limit)
     count_shared = throttle and config.writers * config.pages >= shared_limit
     for i, left in enumerate(state.left):
-        if not left:
+        if not left or i in writing_back:
             continue
         since, pause, shared = state.since_check[i], state.pause[i], state.shared
         if throttle:
@@ -201,7 +224,12 @@ def steps(config: Config, state: State) -> Iterator[tuple[str, State]]:
         joins = _dirty_neighbours(config, state.where, page) if merging else 0
         cost = PAGE + (_WRITEBACK if reserve and not joins else 0)
         if not _fits(config, state, cost, False):
-            continue  # waits for memory (holding nothing)
+            # It would wait for memory (holding nothing): first it writes a request back.
+            for words, pages, where in _takes(config, state):
+                yield (f"writer-{i} would wait for memory and writes {words} back itself",
+                       _with(state, state.dirty - pages,
+                             _move(state.slots, None, (start, pages, i)), state.used, where))
+            continue
         if reserve and joins == 2:
             cost -= _WRITEBACK  # it bridges two requests into one: a fixed part goes back
         words = ""
@@ -214,37 +242,31 @@ def steps(config: Config, state: State) -> Iterator[tuple[str, State]]:
                      shared + 1 if count_shared else 0,
                      state.dirty + 1, state.slots, state.used + cost,
                      state.where | 1 << page if merging else 0))
-    start = _IN_FLIGHT if reserve else _NEED_REQUEST
-    if state.dirty and len(state.slots) < config.writebacks:
-        if not merging:
-            yield ("a writeback takes a dirty page",
-                   _with(state, state.dirty - 1, _move(state.slots, None, (start, 1)),
-                         state.used))
-        for first, pages in _runs(config, state.where) if merging else ():
-            run = ((1 << pages) - 1) << first
-            yield (f"a writeback takes pages {first}..{first + pages - 1}",
-                   _with(state, state.dirty - pages, _move(state.slots, None, (start, pages)),
-                         state.used, state.where & ~run))
-    held = set(state.slots)
-    if reserve:
-        for stage, pages in held:
-            yield ("the target answers a writeback; its pages and reservation are freed",
-                   _with(state, state.dirty, _move(state.slots, (stage, pages), None),
-                         state.used - PAGE * pages - _WRITEBACK))
-        return
+    flushing = sum(1 for _, _, writer in state.slots if writer == FLUSHER)
+    if flushing < config.writebacks:
+        for words, pages, where in _takes(config, state):
+            yield (f"a writeback takes {words}",
+                   _with(state, state.dirty - pages,
+                         _move(state.slots, None, (start, pages, FLUSHER)), state.used, where))
     memalloc = config.policy is Policy.MEMPOOL
-    for stage, pages in held:
-        slot = (stage, pages)
+    for slot in set(state.slots):
+        stage, pages, writer = slot
+        who = "a writeback" if writer == FLUSHER else f"writer-{writer}'s writeback"
+        if reserve:
+            yield (f"the target answers {who}; its pages and reservation are freed",
+                   _with(state, state.dirty, _move(state.slots, slot, None),
+                         state.used - PAGE * pages - _WRITEBACK))
+            continue
         if stage in (_NEED_REQUEST, _NEED_TASK) and _fits(config, state, 1, memalloc):
-            yield (f"a writeback gets {_STAGE_WORDS[stage]}",
-                   _with(state, state.dirty, _move(state.slots, slot, (stage + 1, pages)),
-                         state.used + 1))
+            yield (f"{who} gets {_STAGE_WORDS[stage]}",
+                   _with(state, state.dirty,
+                         _move(state.slots, slot, (stage + 1, pages, writer)), state.used + 1))
         if stage == _IN_FLIGHT:
-            yield ("the target answers a writeback",
-                   _with(state, state.dirty, _move(state.slots, slot, (_NEED_RECEIVE, pages)),
-                         state.used))
+            yield (f"the target answers {who}",
+                   _with(state, state.dirty,
+                         _move(state.slots, slot, (_NEED_RECEIVE, pages, writer)), state.used))
         if stage == _NEED_RECEIVE and _fits(config, state, 1, memalloc):
-            yield ("a writeback gets its receive buffer, completes, and its pages are freed",
+            yield (f"{who} gets its receive buffer, completes, and its pages are freed",
                    _with(state, state.dirty, _move(state.slots, slot, None),
                          state.used - PAGE * pages - _WRITEBACK + 1))
 
@@ -252,13 +274,17 @@ def steps(config: Config, state: State) -> Iterator[tuple[str, State]]:
 def describe(config: Config, state: State) -> str:
     """A stuck state in words: who waits for what, and how full memory is."""
     parts = []
+    own = {writer: stage for stage, _, writer in state.slots if writer != FLUSHER}
     for i, left in enumerate(state.left):
-        if left:
+        if i in own:
+            parts.append(f"writer-{i} writes a request back itself and waits for "
+                         f"{_STAGE_WORDS[own[i]]} ({left} pages to go)")
+        elif left:
             parts.append(f"writer-{i} waits for memory ({left} pages to go)")
     if state.dirty:
         parts.append(f"{state.dirty} dirty pages wait for a writeback slot")
     for stage in range(len(_STAGE_WORDS)):
-        count = sum(1 for at, _ in state.slots if at == stage)
+        count = sum(1 for at, _, writer in state.slots if at == stage and writer == FLUSHER)
         if count:
             parts.append(f"{count} writeback(s) hold their pages and wait for "
                          f"{_STAGE_WORDS[stage]}")
