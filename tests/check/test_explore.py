@@ -10,7 +10,7 @@ import pytest
 
 from earmark import cli
 from earmark.check.explore import explore
-from earmark.check.model import Config, State, initial, is_done, requests_booked, steps
+from earmark.check.model import FLUSHER, Config, State, initial, is_done, requests_booked, steps
 from earmark.host.policy import Policy
 
 
@@ -129,3 +129,17 @@ def test_with_merging_the_other_policies_still_deadlock(config: Config) -> None:
     assert verdict.deadlock is not None, verdict.summary()
     assert "requests of up to 2 pages" in verdict.summary()
     replay(config, verdict.trace)
+
+
+@pytest.mark.parametrize(("used", "writes_back"), [(12, True), (17, False)])
+def test_a_writer_writes_back_itself_only_while_half_the_pool_is_free(
+        used: int, writes_back: bool) -> None:
+    """Memory short of the pool (12 of 20 units, pool 8) is three dirty pages. A writer
+    whose fourth page does not fit writes one back itself while more than 4 units are
+    free; with 3 free (a writeback holding 5 of the pool) it is throttled and only
+    waits (Linux's allow_direct_reclaim)."""
+    config = Config(Policy.MEMPOOL, writers=1, pages=4, arena=20, writebacks=1, emergency=8)
+    slots = () if used == 12 else ((2, 1, FLUSHER),)
+    state = State((1,), (0,), (1,), 0, 3 if used == 12 else 2, slots, used)
+    words = [w for w, _ in steps(config, state)]
+    assert any("back itself" in w for w in words) is writes_back, words

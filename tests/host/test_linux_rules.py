@@ -14,7 +14,8 @@ from earmark.host.modeldevice import ModelDevice
 from earmark.host.pagecache import PageCache
 from earmark.host.policy import Policy
 from earmark.host.watermarks import emergency_bytes, min_free_kbytes
-from earmark.memory import Arena
+from earmark.memory import Arena, HostLevel
+from earmark.memory.arena import allow_direct_reclaim
 from earmark.memory.levels import PAGE_BYTES
 from earmark.memory.waits import WaitKind
 from earmark.sim.demo import DemoConfig
@@ -130,11 +131,63 @@ def test_min_free_kbytes(memory_kib: int, kib: int) -> None:
     assert emergency_bytes(memory_kib * 1024) == kib * 1024
 
 
+@pytest.mark.parametrize(("free", "reserve", "allowed"), [
+    # wmark_ok = free_pages > pfmemalloc_reserve / 2 (integer division)
+    (129, 256, True), (128, 256, False), (0, 256, False),
+    (3, 5, True), (2, 5, False),  # 5 / 2 = 2
+    (0, 0, True),  # no reserve: nothing to keep (none, throttle, reserve)
+])
+def test_direct_reclaim_stops_at_half_the_reserve(free: int, reserve: int,
+                                                  allowed: bool) -> None:
+    assert allow_direct_reclaim(free, reserve) is allowed
+
+
+@pytest.mark.parametrize(("pool_in_use", "reclaims"), [(2 * 1024, True), (5 * 1024, False)])
+def test_a_reclaimer_writes_back_only_while_half_the_pool_is_left(
+        pool_in_use: int, reclaims: bool) -> None:
+    """A 64 KiB arena with an 8 KiB pool, its 56 KiB of ordinary memory all dirty pages.
+    A writer wants one more page: with 2 KiB of the pool in use (6 KiB free, above 4) it
+    writes a dirty page back itself; with 5 KiB in use (3 KiB free) it is throttled and
+    waits for memory without starting any writeback."""
+
+    async def main() -> tuple[bool, int]:
+        arena = Arena(64 * 1024, emergency=8 * 1024)
+        device = GatedDevice(arena, 8 << 20)
+        cache = PageCache(arena, device, Policy.MEMPOOL)  # not started: no flusher
+        for i in range(14):
+            await cache.pwrite(i * 2 * PAGE_BYTES, bytes(PAGE_BYTES), owner="w")
+        with arena.memalloc():
+            held = await arena.allocate(HostLevel.WIRE, pool_in_use, owner="receive")
+        writer = asyncio.create_task(
+            cache.pwrite(100 * PAGE_BYTES, bytes(PAGE_BYTES), owner="late"))
+        blocked = await wait_for(lambda: cache.inflight > 0 or arena.waiting)
+        started = cache.inflight
+        writer.cancel()
+        held.free()
+        device.gate.set()
+        await asyncio.gather(writer, return_exceptions=True)
+        await cache.close()
+        return blocked, started
+
+    blocked, started = asyncio.run(main())
+    assert blocked, "the writer neither wrote back nor waited"
+    assert started == (1 if reclaims else 0)
+
+
 def test_the_demos_mempool_pool_is_the_min_watermark_of_its_arena() -> None:
     config = DemoConfig()
     assert config.arena_bytes == 4 << 20
     assert config.arena_for(Policy.MEMPOOL).emergency == 256 * 1024
     assert config.arena_for(Policy.THROTTLE).emergency == 0
+
+
+async def wait_for(what: Callable[[], bool]) -> bool:
+    """Let the loop run until `what` holds (False if it never does)."""
+    for _ in range(100_000):
+        if what():
+            return True
+        await asyncio.sleep(0)
+    return False
 
 
 class GatedDevice(ModelDevice):
@@ -155,13 +208,6 @@ def test_the_page_cache_counts_pages_under_writeback_as_dirty() -> None:
     the device's gate is shut); a second writer looks after 14 pages (the shared counter,
     16, counts 2 left from the first), then at the margin's square root, 2, 2, 1, 1, 1, 1:
     at 52 pages dirty or in writeback it waits."""
-
-    async def wait_for(what: Callable[[], bool]) -> bool:
-        for _ in range(100_000):
-            if what():
-                return True
-            await asyncio.sleep(0)
-        return False
 
     async def main() -> tuple[int, bool]:
         arena = Arena(1 << 20)

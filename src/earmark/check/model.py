@@ -34,8 +34,9 @@ here); under ``reserve`` a page that starts a run reserves them, one that joins 
 run reserves only its page, and one that bridges two runs gives one set back.
 A writer whose next page does not fit while pages are dirty writes a request back
 itself, as the page cache's writers do (direct reclaim under ``none``, ``mempool`` and
-``throttle``, with PF_MEMALLOC so that ``mempool``'s may use the emergency units; under
-``reserve`` on that request's own reservation, before it waits at admission). It
+``throttle``, with PF_MEMALLOC so that ``mempool``'s may use the emergency units, but
+not once they are half gone: Linux's throttle_direct_reclaim; under ``reserve`` on that
+request's own reservation, before it waits at admission). It
 dirties nothing more until that request completes. These writebacks come on top of the
 ``writebacks`` slots, one per writer at most.
 
@@ -54,6 +55,7 @@ from earmark.host.dirty_throttle import (
     global_ratelimit_pages,
 )
 from earmark.host.policy import Policy
+from earmark.memory.arena import allow_direct_reclaim
 
 __all__ = ["FLUSHER", "PAGE", "Config", "State", "describe", "initial", "is_done",
            "requests_booked", "steps"]
@@ -224,8 +226,11 @@ def steps(config: Config, state: State) -> Iterator[tuple[str, State]]:
         joins = _dirty_neighbours(config, state.where, page) if merging else 0
         cost = PAGE + (_WRITEBACK if reserve and not joins else 0)
         if not _fits(config, state, cost, False):
-            # It would wait for memory (holding nothing): first it writes a request back.
-            for words, pages, where in _takes(config, state):
+            # It would wait for memory (holding nothing): first it writes a request back,
+            # unless the emergency units are half gone (throttled: it only waits).
+            free = config.arena - state.used
+            for words, pages, where in _takes(config, state) if allow_direct_reclaim(
+                    free, config.emergency) else ():
                 yield (f"writer-{i} would wait for memory and writes {words} back itself",
                        _with(state, state.dirty - pages,
                              _move(state.slots, None, (start, pages, i)), state.used, where))

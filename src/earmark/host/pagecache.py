@@ -500,11 +500,17 @@ class PageCache:
         return PAGE_BYTES
 
     async def _direct_reclaim(self, level: int, nbytes: int) -> int:
-        """The allocating task reclaims: clean pages first, else it writes dirty ones back."""
+        """The allocating task reclaims: clean pages first, else it writes dirty ones back,
+        unless the emergency pool is half gone (Linux's throttle_direct_reclaim): then it
+        wakes the flusher, as a throttled task wakes kswapd, and waits for what writeback
+        frees. (Evicting clean pages costs no memory: kswapd would, at once.)"""
         freed = 0
         while freed < nbytes and self.clean:
             freed += self._evict(next(iter(self.clean.values())))
         if freed >= nbytes or not self.dirty:
+            return freed
+        if not self.arena.direct_reclaim_allowed():
+            self._kick.set()
             return freed
         task = asyncio.current_task()
         name = task.get_name() if task is not None else "reclaim"

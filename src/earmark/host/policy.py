@@ -23,9 +23,12 @@ class Policy(Enum):
     use: PF_MEMALLOC for reclaimers (set in __perform_reclaim) and the flusher, and
     mempool_alloc's preallocated elements for bios and requests. The reserve is what
     Linux keeps below its min watermarks (host/watermarks.py: 256 KiB of the demo's
-    4 MiB arena). A fixed reserve is drained when enough concurrent writebacks and
-    reclaimers each hold part of what they need: in the demo (`--sim`, seed 1) it
-    holds up to 1024 writers and breaks at 2048."""
+    4 MiB arena). Reclaimers are throttled as Linux's throttle_direct_reclaim throttles
+    them: none starts once free memory is down to half the reserve, so what is left of
+    it goes to the writebacks already at work. In the demo (`--sim`) that holds every
+    writer count we ran, to 16,384 (unthrottled, it broke at 2048). A fixed reserve is
+    still drained when the writebacks in flight need more than it holds: `earmark
+    check` finds those schedules."""
 
     THROTTLE = "throttle"
     """NONE plus dirty limits as Linux's balance_dirty_pages (host/dirty_throttle.py):

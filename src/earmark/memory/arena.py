@@ -50,6 +50,15 @@ Validator = Callable[["Arena", str, list[int], bool], None]
 """Called as (arena, owner, levels asked, is_reservation) before any wait or reservation."""
 
 
+def allow_direct_reclaim(free: int, reserve: int) -> bool:
+    """Linux's allow_direct_reclaim (mm/vmscan.c): a task may reclaim for an ordinary
+    allocation while free memory is above half the PF_MEMALLOC reserve. Below that,
+    throttle_direct_reclaim makes it wait for kswapd instead, so that what is left of
+    the reserve goes to the reclaimers already at work (swap over NFS, 2012). With no
+    reserve there is nothing to keep."""
+    return not reserve or 2 * free > reserve
+
+
 def format_bytes(n: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size and n % (size // 16) == 0:
@@ -547,6 +556,9 @@ class Arena:
 
     def free(self) -> int:
         return self.capacity - self.committed
+
+    def direct_reclaim_allowed(self) -> bool:
+        return allow_direct_reclaim(self.capacity - self.committed, self.emergency)
 
     def available(self) -> int:
         """What an ordinary request could be granted now: free memory short of the
