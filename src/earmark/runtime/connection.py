@@ -336,9 +336,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         loop = self._loop
         while (event := session.next_event()) is not None:
             if isinstance(event, IoRequest):
-                start = self._stopwatch()
-                if run_on_loop(event, start):
-                    event.unit.loop_writes.took(self._stopwatch() - start, start)
+                if run_on_loop(event, self._stopwatch):
                     session.io_done(event, b"")
                 else:
                     self._io_running += 1

@@ -64,8 +64,10 @@ from earmark.scsi.plans import (
     CompareAndWritePlan,
     CopyPlan,
     LbaStatusPlan,
+    Outcome,
     ReadPlan,
     Reply,
+    WritePlan,
     WriteSamePlan,
 )
 from earmark.scsi.reservations import Nexus
@@ -319,10 +321,10 @@ class TargetSession:
         """One PDU from the initiator; `placed` if its data was read where `placement` said."""
         self._last_rx = now
         try:
-            if isinstance(pdu, DataOut):
-                self._data_out(pdu, placed)
-            elif isinstance(pdu, ScsiCommand):
+            if isinstance(pdu, ScsiCommand):
                 self._command(pdu)
+            elif isinstance(pdu, DataOut):
+                self._data_out(pdu, placed)
             elif isinstance(pdu, NopOut):
                 self._nop_out(pdu)
             elif isinstance(pdu, TaskMgmtRequest):
@@ -467,13 +469,27 @@ class TargetSession:
             self._reply(task, pdu, Reply.error(unit.heard(self, self.nexus)))
             return
         disk = unit.disk
-        out_len = sbc.data_out_length(cdb, disk)
-        if out_len:
-            self._write_command(task, pdu, unit, out_len)
-            return
-        outcome = sbc.execute(cdb, disk, luns=self.luns, edtl=pdu.expected_data_transfer_length,
+        if cdb[0] in sbc.PARAMETER_LISTS:  # those execute once their list is here
+            list_len = sbc.data_out_length(cdb, disk)
+            if list_len:
+                self._write_command(task, pdu, None, list_len)
+                return
+        # Only commands with Data-Out check the EDTL (WRITE SAME, COMPARE AND WRITE):
+        # theirs is the write direction's.
+        outcome = sbc.execute(cdb, disk, luns=self.luns,
+                              edtl=pdu.expected_data_transfer_length if pdu.write else 0,
                               nexus=self.nexus, reservations=unit.reservations,
                               copies=unit.copies)
+        # One look at the CDB: a read's or a write's plan says how much Data-Out comes.
+        if isinstance(outcome, ReadPlan):
+            out_len = 0
+        elif isinstance(outcome, WritePlan):
+            out_len = outcome.nblocks * disk.block_size
+        else:
+            out_len = sbc.data_out_length(cdb, disk)
+        if out_len:
+            self._write_command(task, pdu, outcome, out_len)
+            return
         if isinstance(outcome, Reply):
             self._reply(task, pdu, outcome)
             return
@@ -509,8 +525,10 @@ class TargetSession:
         else:
             self._respond(task, ScsiStatus.GOOD, b"", moved=0)
 
-    def _write_command(self, task: Task, pdu: ScsiCommand, unit: LogicalUnit,
+    def _write_command(self, task: Task, pdu: ScsiCommand, outcome: Outcome | None,
                        out_len: int) -> None:
+        """`outcome` is what the CDB does (None for a parameter list: it executes once
+        the list is here)."""
         edtl = pdu.expected_data_transfer_length if pdu.write else 0
         task.edtl, task.spdtl = edtl, out_len
         unsolicited = len(pdu.data) if pdu.final else min(self.params.first_burst_length, edtl)
@@ -521,14 +539,10 @@ class TargetSession:
             )
         if unsolicited > len(pdu.data):
             task.unsolicited = Sequence(len(pdu.data), unsolicited)
-        if pdu.cdb[0] not in sbc.PARAMETER_LISTS:  # those execute once the list is here
-            outcome = sbc.execute(pdu.cdb, unit.disk, luns=self.luns, edtl=edtl,
-                                  nexus=self.nexus, reservations=unit.reservations,
-                                  copies=unit.copies)
-            if isinstance(outcome, Reply):
-                self._respond(task, ScsiStatus(outcome.status), outcome.sense, moved=0)
-                return
-            task.plan = outcome
+        if isinstance(outcome, Reply):
+            self._respond(task, ScsiStatus(outcome.status), outcome.sense, moved=0)
+            return
+        task.plan = outcome
         # EDTL below the CDB's length: write only what the initiator sends and report
         # the overflow (FCP-4 9.4.2 a); above it: take the CDB's length, underflow.
         task.xfer = min(edtl, out_len)
@@ -542,7 +556,8 @@ class TargetSession:
                 self._take_data(task, 0, memoryview(pdu.data), placed=False)
             else:
                 task.stash = memoryview(pdu.data)
-        self._issue_r2ts(task)
+        if task.next_r2t < task.end:  # not all of the window came with the command
+            self._issue_r2ts(task)
         self._maybe_write(task)
 
     # ------------------------------------------------------------------ windows
