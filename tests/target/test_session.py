@@ -469,3 +469,34 @@ def test_a_read_or_write_plan_says_how_much_data_out_its_command_has() -> None:
                 assert (opcode, sbc.data_out_length(cdb, disk)) == (opcode, expected)
     # READ and WRITE (6, 10, 12, 16), WRITE AND VERIFY (10, 12, 16), WRITE ATOMIC (16)
     assert planned == {0x08, 0x0A, 0x28, 0x2A, 0x2E, 0x88, 0x8A, 0x8E, 0x9C, 0xA8, 0xAA, 0xAE}
+
+
+def test_a_read_done_while_data_in_is_paused_keeps_its_answer_until_released() -> None:
+    """The transport is full (`data_in_paused`): a read whose I/O is done sends nothing
+    and keeps its slot's buffer; released, it answers whole; an ABORT TASK or the
+    connection's end gives its slot back at once."""
+    rig = Rig(slots=2)
+    rig.backing.write(0, [memoryview(b"r" * 4096)])
+    rig.session.data_in_paused = True
+    assert rig.command(cdbs.read_10(0, 8), edtl=4096, read=True, itt=0x71) == []
+    assert rig.session.answers_held == 1 and 0x71 in rig.session.tasks
+    rig.session.release_data_in()  # still paused: nothing
+    assert rig.pump() == [] and rig.session.answers_held == 1
+    rig.session.data_in_paused = False
+    rig.session.release_data_in()
+    (resp,) = rig.pump()
+    assert isinstance(resp, DataIn) and resp.status_present and bytes(resp.data) == b"r" * 4096
+    assert rig.session.answers_held == 0 and not rig.session.tasks
+    # Held again, then aborted: answered at once, its slot back (the next command fits).
+    rig.session.data_in_paused = True
+    assert rig.command(cdbs.read_10(0, 8), edtl=4096, read=True, itt=0x72) == []
+    (resp,) = rig.send(TaskMgmtRequest(function=TmfFunction.ABORT_TASK, itt=0x73,
+                                       referenced_task_tag=0x72, cmd_sn=3, ref_cmd_sn=2,
+                                       immediate=True))
+    assert isinstance(resp, TaskMgmtResponse) and resp.response == TmfResponse.FUNCTION_COMPLETE
+    assert rig.session.answers_held == 0 and not rig.session.tasks
+    # Held, then the connection ends: every slot comes back to be released.
+    assert rig.command(cdbs.read_10(0, 8), edtl=4096, read=True, itt=0x74) == []
+    assert rig.command(cdbs.read_10(8, 8), edtl=4096, read=True, itt=0x75) == []
+    assert rig.session.answers_held == 2
+    assert len(rig.session.close()) == 2

@@ -129,6 +129,7 @@ class TargetSession:
         "_events",
         "_free",
         "_held",
+        "_held_answers",
         "_held_tmf",
         "_last_rx",
         "_next_ttt",
@@ -140,6 +141,7 @@ class TargetSession:
         "closed",
         "config",
         "counters",
+        "data_in_paused",
         "exp_cmd_sn",
         "luns",
         "max_cmd_sn",
@@ -211,6 +213,12 @@ class TargetSession:
         self._ping: tuple[int, float] | None = None
         #: A blocking allocation the reader must wait for before reading on (`none`).
         self.blocked: AllocRequest | None = None
+        #: The transport holds more unsent bytes than it should (the initiator reads
+        #: slower than we answer): the runtime says so. Meanwhile a read whose I/O is
+        #: done keeps its answer in its slot's buffer, in the arena (`_held_answers`),
+        #: instead of handing it to the transport, which would copy it out of the arena.
+        self.data_in_paused = False
+        self._held_answers: deque[tuple[IoRequest, bytes]] = deque()
         self.closed = False
         for unit in self.units.values():
             unit.join(self, self.nexus)
@@ -350,6 +358,10 @@ class TargetSession:
     def io_done(self, io: IoRequest, sense: bytes) -> None:
         """The runtime finished `io`; `sense` is empty on success."""
         task = io.task
+        if self.data_in_paused and task.reading and not task.aborted:
+            # Still in flight: its buffer holds the answer until `release_data_in`.
+            self._held_answers.append((io, sense))
+            return
         task.in_flight = False
         if isinstance(io.plan, CopyPlan):
             io.unit.copies.finish(self.nexus, io.plan, ok=not sense)
@@ -369,6 +381,18 @@ class TargetSession:
                 self._respond(task, ScsiStatus.GOOD, b"", moved=task.xfer)
             return
         self._next_window(task)
+
+    @property
+    def answers_held(self) -> int:
+        """Reads whose answers wait for `release_data_in`."""
+        return len(self._held_answers)
+
+    def release_data_in(self) -> None:
+        """The transport has room again (`data_in_paused` is off): answer the oldest
+        read held meanwhile. One at a time, so the runtime sends each answer before the
+        next and stops when the transport fills up again."""
+        if not self.data_in_paused and self._held_answers:
+            self.io_done(*self._held_answers.popleft())
 
     def allocated(self, req: AllocRequest, buffer: Buffer) -> None:
         """`--policy none`: the buffer asked for by `req` was granted."""
@@ -919,6 +943,9 @@ class TargetSession:
         self.tasks.pop(task.itt, None)
         if self.blocked is not None and self.blocked.task is task:
             self.blocked = None
+        for held in [h for h in self._held_answers if h[0].task is task]:
+            self._held_answers.remove(held)
+            self.io_done(*held)  # its I/O is over and its answer moot: its slot comes back
         self._release(task)
 
     def _logout(self, pdu: LogoutRequest) -> None:
