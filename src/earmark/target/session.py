@@ -423,18 +423,12 @@ class TargetSession:
 
     # ------------------------------------------------------------- CmdSN window
 
-    def _in_window(self, cmd_sn: int, immediate: bool) -> bool:
-        if immediate:
-            return True
-        if cmd_sn == self.exp_cmd_sn:  # the usual case: in the window unless it is closed
-            return sn_diff(cmd_sn, self.max_cmd_sn) <= 0
-        return sn_diff(cmd_sn, self.exp_cmd_sn) >= 0 and sn_diff(cmd_sn, self.max_cmd_sn) <= 0
-
     def _advance(self, cmd_sn: int, immediate: bool, uses_slot: bool) -> bool:
-        """Take a non-immediate PDU's CmdSN; False if it must be ignored (RFC 7143 §4.2.2.1)."""
+        """Take a non-immediate PDU's CmdSN; False if it must be ignored (RFC 7143 §4.2.2.1).
+        A command (`uses_slot`) must also be in the window: not past MaxCmdSN."""
         if immediate:
             return True
-        if cmd_sn != self.exp_cmd_sn:
+        if cmd_sn != self.exp_cmd_sn or (uses_slot and sn_diff(cmd_sn, self.max_cmd_sn) > 0):
             # Out of the window, or a gap: one connection delivers in order, so a gap
             # means the command before it was dropped. Ignore it, as the RFC says.
             log.debug("%s: ignoring CmdSN %d (ExpCmdSN %d, MaxCmdSN %d)", self.name, cmd_sn,
@@ -462,11 +456,10 @@ class TargetSession:
     # ----------------------------------------------------------------- commands
 
     def _command(self, pdu: ScsiCommand) -> None:
-        # Every command passes here: fields are read once into locals, and the usual
-        # case (the next CmdSN, not immediate) skips the serial-number arithmetic.
+        # Every command passes here: fields are read once into locals.
         cmd_sn, immediate, itt, cdb = pdu.cmd_sn, pdu.immediate, pdu.itt, pdu.cdb
         # Outside the window (closed: ExpCmdSN too), or a gap: ignored, ExpCmdSN stays.
-        if not self._in_window(cmd_sn, immediate) or not self._advance(cmd_sn, immediate, True):
+        if not self._advance(cmd_sn, immediate, True):
             return
         tasks = self.tasks
         if itt in tasks or itt == RESERVED_TAG:
@@ -586,12 +579,6 @@ class TargetSession:
 
     # ------------------------------------------------------------------ windows
 
-    def _window_size(self, task: Task) -> int:
-        cap = self.config.buffer_bytes
-        if task.plan is not None and isinstance(task.plan, _WHOLE) and task.xfer > cap:
-            raise ProtocolError(f"{task.xfer} B of Data-Out do not fit one {cap} B buffer")
-        return min(task.xfer, cap)
-
     def _first_window(self, task: Task) -> None:
         """Set up the buffer for the transfer's first window (start reading into it)."""
         if self.config.policy is AdmissionPolicy.NONE:
@@ -605,7 +592,10 @@ class TargetSession:
                 first = min(task.next_r2t, task.xfer)
                 self._alloc(task, 0, first, blocking=True)
             return
-        size = self._window_size(task)
+        cap = self.config.buffer_bytes
+        if task.plan is not None and isinstance(task.plan, _WHOLE) and task.xfer > cap:
+            raise ProtocolError(f"{task.xfer} B of Data-Out do not fit one {cap} B buffer")
+        size = min(task.xfer, cap)
         task.start, task.end = 0, size
         if size:
             slot = task.slot
@@ -656,7 +646,7 @@ class TargetSession:
                 return
         task.in_flight = True
         self._events.append(IoRequest(task, unit, plan, task.start, views,
-                                      last=task.end >= task.xfer))
+                                      task.end >= task.xfer))
 
     def _start_copy(self, task: Task, plan: CopyPlan) -> None:
         """EXTENDED COPY moves its blocks through one buffer reused chunk by chunk: the
