@@ -134,7 +134,7 @@ def run(unit: LogicalUnit, plan: Plan, data: bytes = b"") -> bytes:
     task = Task(1, 1, 0, unit, b"", None)
     task.xfer = len(data)
     io = IoRequest(task, unit, plan, 0, views, last=True)
-    assert not run_on_loop(io, 0.0)
+    assert not run_on_loop(io, lambda: 0.0)
     assert run_io(io) == b""
     return bytes(views[0])
 

@@ -43,6 +43,10 @@ class Recording(MemoryBacking):
         return super().read_cached(offset, buffers)
 
 
+def _zero() -> float:
+    return 0.0
+
+
 def _unit(backing: MemoryBacking) -> LogicalUnit:
     return LogicalUnit(3, Disk(SIZE // BS, "serial", block_size=BS), backing)
 
@@ -57,11 +61,11 @@ def _io(unit: LogicalUnit, plan: Plan, nbytes: int, *, offset: int = 0,
 def test_small_plain_writes_and_reads_run_on_the_loop() -> None:
     backing = Recording()
     unit = _unit(backing)
-    assert run_on_loop(_io(unit, WritePlan(8, 8), 4096), now=0.0)
+    assert run_on_loop(_io(unit, WritePlan(8, 8), 4096), clock=_zero)
     view = memoryview(bytearray(4096))
     backing.readinto(8 * BS, [view])
     assert bytes(view) == b"w" * 4096
-    assert run_on_loop(_io(unit, ReadPlan(8, 8), 4096), now=0.0)
+    assert run_on_loop(_io(unit, ReadPlan(8, 8), 4096), clock=_zero)
     assert backing.calls == ["write_now", "read_cached"]
 
 
@@ -75,26 +79,52 @@ def test_small_plain_writes_and_reads_run_on_the_loop() -> None:
 ], ids=["fua", "atomic", "large", "later-window", "not-last", "sync"])
 def test_what_never_runs_on_the_loop(plan: Plan, nbytes: int, offset: int, last: bool) -> None:
     backing = Recording()
-    assert not run_on_loop(_io(_unit(backing), plan, nbytes, offset=offset, last=last), now=0.0)
+    assert not run_on_loop(_io(_unit(backing), plan, nbytes, offset=offset, last=last), clock=_zero)
     assert backing.calls == []
 
 
 def test_a_refused_or_failing_write_goes_to_the_threads() -> None:
     refusing = Recording(now_ok=False)
-    assert not run_on_loop(_io(_unit(refusing), WritePlan(0, 8), 4096), now=0.0)
+    assert not run_on_loop(_io(_unit(refusing), WritePlan(0, 8), 4096), clock=_zero)
     assert refusing.calls == ["write_now"]
     # Outside the LUN: BackingError, which run_io on a thread turns into sense data.
-    assert not run_on_loop(_io(_unit(Recording()), WritePlan(SIZE // BS, 8), 4096), now=0.0)
+    assert not run_on_loop(_io(_unit(Recording()), WritePlan(SIZE // BS, 8), 4096), clock=_zero)
 
 
 def test_a_closed_gate_sends_writes_to_the_threads_but_not_reads() -> None:
     backing = Recording()
     unit = _unit(backing)
     unit.loop_writes.closed_until = 10.0
-    assert not run_on_loop(_io(unit, WritePlan(0, 8), 4096), now=9.0)
-    assert run_on_loop(_io(unit, ReadPlan(0, 8), 4096), now=9.0)
-    assert run_on_loop(_io(unit, WritePlan(0, 8), 4096), now=10.0)
+    assert not run_on_loop(_io(unit, WritePlan(0, 8), 4096), clock=lambda: 9.0)
+    assert run_on_loop(_io(unit, ReadPlan(0, 8), 4096), clock=lambda: 9.0)
+    assert run_on_loop(_io(unit, WritePlan(0, 8), 4096), clock=lambda: 10.0)
     assert backing.calls == ["read_cached", "write_now"]
+
+
+class Slow(Recording):
+    """Every call takes 0.2 s of `clock`: more than a tenth of the gate's window."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = 0.0
+
+    def write_now(self, offset: int, buffers: list[memoryview]) -> bool:
+        self.clock += 0.2
+        return super().write_now(offset, buffers)
+
+    def read_cached(self, offset: int, buffers: list[memoryview]) -> bool:
+        self.clock += 0.2
+        return super().read_cached(offset, buffers)
+
+
+def test_the_loop_times_its_writes_not_its_reads() -> None:
+    backing = Slow()
+    unit = _unit(backing)
+    assert run_on_loop(_io(unit, ReadPlan(0, 8), 4096), clock=lambda: backing.clock)
+    assert unit.loop_writes.closings == 0  # a read from the page cache waits for no disk
+    assert run_on_loop(_io(unit, WritePlan(0, 8), 4096), clock=lambda: backing.clock)
+    assert unit.loop_writes.closings == 1  # the write's 0.2 s: writes go to the threads
+    assert not run_on_loop(_io(unit, WritePlan(0, 8), 4096), clock=lambda: backing.clock)
 
 
 def test_quick_writes_and_a_few_slow_ones_keep_the_loop_open() -> None:

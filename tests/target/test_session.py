@@ -435,3 +435,68 @@ def test_extended_copy_moves_overlapping_blocks_through_one_buffer(policy: Admis
     assert struct.unpack(">IBHBI", status.data) == (8, 0, 1, 0, n * BS)
     if policy is AdmissionPolicy.NONE:
         assert rig.arena.committed == 0  # both buffers went back with the command
+
+
+
+def _cdbs(opcode: int, lba: int, nblocks: int) -> list[bytes]:
+    """CDBs of the size its opcode's group gives it (SAM-5 5.2), with this LBA and
+    transfer length where READ and WRITE of that size keep them (and WRITE ATOMIC(16)
+    its own)."""
+    group = opcode >> 5
+    if group == 0:
+        return [struct.pack(">BBHBB", opcode, lba >> 16, lba & 0xFFFF, nblocks, 0)]
+    if group in (1, 2):
+        return [struct.pack(">BBIBHB", opcode, 0, lba, 0, nblocks, 0)]
+    if group == 5:
+        return [struct.pack(">BBIIBB", opcode, 0, lba, nblocks, 0, 0)]
+    return [struct.pack(">BBQIBB", opcode, 0, lba, nblocks, 0, 0),
+            struct.pack(">BBQHHBB", opcode, 0, lba, 0, nblocks, 0, 0)]
+
+
+def test_a_read_or_write_plan_says_how_much_data_out_its_command_has() -> None:
+    """The session looks at a CDB once: a ReadPlan's command has no Data-Out, a
+    WritePlan's has its blocks (what `sbc.data_out_length` would say)."""
+    from earmark.scsi import sbc
+    from earmark.scsi.plans import ReadPlan, WritePlan
+    disk = Disk(1 << 16, "S1", block_size=BS, max_atomic_blocks=8)
+    planned = set()
+    for opcode in range(256):
+        for cdb in _cdbs(opcode, 8, 4):
+            outcome = sbc.execute(cdb, disk, edtl=4 * BS)
+            if isinstance(outcome, ReadPlan | WritePlan):
+                planned.add(opcode)
+                expected = outcome.nblocks * BS if isinstance(outcome, WritePlan) else 0
+                assert (opcode, sbc.data_out_length(cdb, disk)) == (opcode, expected)
+    # READ and WRITE (6, 10, 12, 16), WRITE AND VERIFY (10, 12, 16), WRITE ATOMIC (16)
+    assert planned == {0x08, 0x0A, 0x28, 0x2A, 0x2E, 0x88, 0x8A, 0x8E, 0x9C, 0xA8, 0xAA, 0xAE}
+
+
+def test_a_read_done_while_data_in_is_paused_keeps_its_answer_until_released() -> None:
+    """The transport is full (`data_in_paused`): a read whose I/O is done sends nothing
+    and keeps its slot's buffer; released, it answers whole; an ABORT TASK or the
+    connection's end gives its slot back at once."""
+    rig = Rig(slots=2)
+    rig.backing.write(0, [memoryview(b"r" * 4096)])
+    rig.session.data_in_paused = True
+    assert rig.command(cdbs.read_10(0, 8), edtl=4096, read=True, itt=0x71) == []
+    assert rig.session.answers_held == 1 and 0x71 in rig.session.tasks
+    rig.session.release_data_in()  # still paused: nothing
+    assert rig.pump() == [] and rig.session.answers_held == 1
+    rig.session.data_in_paused = False
+    rig.session.release_data_in()
+    (resp,) = rig.pump()
+    assert isinstance(resp, DataIn) and resp.status_present and bytes(resp.data) == b"r" * 4096
+    assert rig.session.answers_held == 0 and not rig.session.tasks
+    # Held again, then aborted: answered at once, its slot back (the next command fits).
+    rig.session.data_in_paused = True
+    assert rig.command(cdbs.read_10(0, 8), edtl=4096, read=True, itt=0x72) == []
+    (resp,) = rig.send(TaskMgmtRequest(function=TmfFunction.ABORT_TASK, itt=0x73,
+                                       referenced_task_tag=0x72, cmd_sn=3, ref_cmd_sn=2,
+                                       immediate=True))
+    assert isinstance(resp, TaskMgmtResponse) and resp.response == TmfResponse.FUNCTION_COMPLETE
+    assert rig.session.answers_held == 0 and not rig.session.tasks
+    # Held, then the connection ends: every slot comes back to be released.
+    assert rig.command(cdbs.read_10(0, 8), edtl=4096, read=True, itt=0x74) == []
+    assert rig.command(cdbs.read_10(8, 8), edtl=4096, read=True, itt=0x75) == []
+    assert rig.session.answers_held == 2
+    assert len(rig.session.close()) == 2

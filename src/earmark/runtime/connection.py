@@ -260,13 +260,19 @@ class TargetConnection(asyncio.BufferedProtocol):
             log.info("%s: rejecting a PDU: %s", self.name, exc.reason)
 
     def pause_writing(self) -> None:
-        """The initiator reads slower than we answer: stop reading commands, so the bytes
-        queued for it (outside the arena) stop growing with every command admitted."""
+        """The initiator reads slower than we answer: stop reading commands, and hold the
+        answers of reads, so the bytes queued for it (outside the arena) stop growing."""
         self._write_paused = True
+        if self.session is not None:
+            self.session.data_in_paused = True
         self._stop_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if (session := self.session) is not None:  # each held answer sent before the next
+            session.data_in_paused = False
+            while session.answers_held and not self._write_paused and not self._closing:
+                self._guarded(session.release_data_in)
         if not self._closing:
             self._resume()
 
@@ -336,9 +342,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         loop = self._loop
         while (event := session.next_event()) is not None:
             if isinstance(event, IoRequest):
-                start = self._stopwatch()
-                if run_on_loop(event, start):
-                    event.unit.loop_writes.took(self._stopwatch() - start, start)
+                if run_on_loop(event, self._stopwatch):
                     session.io_done(event, b"")
                 else:
                     self._io_running += 1
@@ -371,13 +375,7 @@ class TargetConnection(asyncio.BufferedProtocol):
                 if not self._io_running:
                     self._drained()
                 return
-            if fut.cancelled():
-                sense = core.FAILED_IO_SENSE
-            elif fut.exception() is not None:
-                log.error("%s: backing I/O failed: %r", self.name, fut.exception())
-                sense = core.FAILED_IO_SENSE
-            else:
-                sense = fut.result()
+            sense = core.io_sense(self.name, fut)
             self._guarded(lambda: session.io_done(io, sense))
             self._resume()
 

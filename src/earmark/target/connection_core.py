@@ -9,6 +9,9 @@ none` allocation. Each is asked at most once per event, never per PDU.
 
 from __future__ import annotations
 
+import logging
+from typing import Protocol
+
 from earmark.iscsi.errors import DigestError, ProtocolError
 from earmark.memory import Buffer, Reservation
 from earmark.memory.levels import TargetLevel
@@ -20,6 +23,8 @@ from earmark.target.session import TargetSession
 #: What a command whose backing I/O raised or was cancelled answers: the I/O never
 #: said what failed, so the target reports its own failure (INTERNAL TARGET FAILURE).
 FAILED_IO_SENSE = ScsiError(SenseKey.HARDWARE_ERROR, 0x44, 0x00).sense()
+
+log = logging.getLogger(__name__)
 
 
 class ConnectionMemory:
@@ -105,6 +110,28 @@ class ConnectionMemory:
         waits = self._portal.arena.waits
         waits.clear_passive(self._name)
         waits.clear_passive(f"{self._name}/cmds")
+
+
+class IoOutcome(Protocol):
+    """How a backing I/O on a thread ended (an asyncio future of its sense data)."""
+
+    def cancelled(self) -> bool: ...
+
+    def exception(self) -> BaseException | None: ...
+
+    def result(self) -> bytes: ...
+
+
+def io_sense(name: str, outcome: IoOutcome) -> bytes:
+    """What the command answers for its backing I/O: the sense `run_io` returned (b""
+    on success), or `FAILED_IO_SENSE` when the I/O raised (logged) or was cancelled."""
+    if outcome.cancelled():
+        return FAILED_IO_SENSE
+    exc = outcome.exception()
+    if exc is not None:
+        log.error("%s: backing I/O failed: %r", name, exc)
+        return FAILED_IO_SENSE
+    return outcome.result()
 
 
 def _one_run(buffer: Buffer) -> Buffer | None:

@@ -24,6 +24,7 @@ done again there (both are idempotent).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -91,10 +92,11 @@ class LoopWrites:
         self.stalled = 0.0
 
 
-def run_on_loop(io: IoRequest, now: float) -> bool:
+def run_on_loop(io: IoRequest, clock: Callable[[], float]) -> bool:
     """Do `io` now, on the caller's thread, if it is small and needs no wait for a disk
     (see the module docstring). True: done, with success. False: nothing done that
-    counts; hand it to `run_io` on a thread."""
+    counts; hand it to `run_io` on a thread. `clock` times the writes for the unit's
+    `LoopWrites` (a read here cannot wait for a disk, so only writes are timed)."""
     plan = io.plan
     if io.offset or not io.last or io.task.xfer > INLINE_BYTES:
         return False
@@ -102,9 +104,14 @@ def run_on_loop(io: IoRequest, now: float) -> bool:
     try:
         if isinstance(plan, ReadPlan):
             return unit.backing.read_cached(plan.lba * unit.disk.block_size, io.views)
-        if (isinstance(plan, WritePlan) and not plan.fua and not plan.atomic
-                and not unit.out_of_space and unit.loop_writes.open(now)):
-            return unit.backing.write_now(plan.lba * unit.disk.block_size, io.views)
+        if isinstance(plan, WritePlan) and not plan.fua and not plan.atomic:
+            gate, now = unit.loop_writes, clock()
+            if unit.out_of_space or not gate.open(now):
+                return False
+            try:
+                return unit.backing.write_now(plan.lba * unit.disk.block_size, io.views)
+            finally:
+                gate.took(clock() - now, now)
     except (BackingError, OSError):
         pass
     return False

@@ -64,8 +64,10 @@ from earmark.scsi.plans import (
     CompareAndWritePlan,
     CopyPlan,
     LbaStatusPlan,
+    Outcome,
     ReadPlan,
     Reply,
+    WritePlan,
     WriteSamePlan,
 )
 from earmark.scsi.reservations import Nexus
@@ -127,6 +129,7 @@ class TargetSession:
         "_events",
         "_free",
         "_held",
+        "_held_answers",
         "_held_tmf",
         "_last_rx",
         "_next_ttt",
@@ -138,6 +141,7 @@ class TargetSession:
         "closed",
         "config",
         "counters",
+        "data_in_paused",
         "exp_cmd_sn",
         "luns",
         "max_cmd_sn",
@@ -209,6 +213,12 @@ class TargetSession:
         self._ping: tuple[int, float] | None = None
         #: A blocking allocation the reader must wait for before reading on (`none`).
         self.blocked: AllocRequest | None = None
+        #: The transport holds more unsent bytes than it should (the initiator reads
+        #: slower than we answer): the runtime says so. Meanwhile a read whose I/O is
+        #: done keeps its answer in its slot's buffer, in the arena (`_held_answers`),
+        #: instead of handing it to the transport, which would copy it out of the arena.
+        self.data_in_paused = False
+        self._held_answers: deque[tuple[IoRequest, bytes]] = deque()
         self.closed = False
         for unit in self.units.values():
             unit.join(self, self.nexus)
@@ -319,10 +329,10 @@ class TargetSession:
         """One PDU from the initiator; `placed` if its data was read where `placement` said."""
         self._last_rx = now
         try:
-            if isinstance(pdu, DataOut):
-                self._data_out(pdu, placed)
-            elif isinstance(pdu, ScsiCommand):
+            if isinstance(pdu, ScsiCommand):
                 self._command(pdu)
+            elif isinstance(pdu, DataOut):
+                self._data_out(pdu, placed)
             elif isinstance(pdu, NopOut):
                 self._nop_out(pdu)
             elif isinstance(pdu, TaskMgmtRequest):
@@ -348,6 +358,10 @@ class TargetSession:
     def io_done(self, io: IoRequest, sense: bytes) -> None:
         """The runtime finished `io`; `sense` is empty on success."""
         task = io.task
+        if self.data_in_paused and task.reading and not task.aborted:
+            # Still in flight: its buffer holds the answer until `release_data_in`.
+            self._held_answers.append((io, sense))
+            return
         task.in_flight = False
         if isinstance(io.plan, CopyPlan):
             io.unit.copies.finish(self.nexus, io.plan, ok=not sense)
@@ -367,6 +381,18 @@ class TargetSession:
                 self._respond(task, ScsiStatus.GOOD, b"", moved=task.xfer)
             return
         self._next_window(task)
+
+    @property
+    def answers_held(self) -> int:
+        """Reads whose answers wait for `release_data_in`."""
+        return len(self._held_answers)
+
+    def release_data_in(self) -> None:
+        """The transport has room again (`data_in_paused` is off): answer the oldest
+        read held meanwhile. One at a time, so the runtime sends each answer before the
+        next and stops when the transport fills up again."""
+        if not self.data_in_paused and self._held_answers:
+            self.io_done(*self._held_answers.popleft())
 
     def allocated(self, req: AllocRequest, buffer: Buffer) -> None:
         """`--policy none`: the buffer asked for by `req` was granted."""
@@ -397,18 +423,12 @@ class TargetSession:
 
     # ------------------------------------------------------------- CmdSN window
 
-    def _in_window(self, cmd_sn: int, immediate: bool) -> bool:
-        if immediate:
-            return True
-        if cmd_sn == self.exp_cmd_sn:  # the usual case: in the window unless it is closed
-            return sn_diff(cmd_sn, self.max_cmd_sn) <= 0
-        return sn_diff(cmd_sn, self.exp_cmd_sn) >= 0 and sn_diff(cmd_sn, self.max_cmd_sn) <= 0
-
     def _advance(self, cmd_sn: int, immediate: bool, uses_slot: bool) -> bool:
-        """Take a non-immediate PDU's CmdSN; False if it must be ignored (RFC 7143 §4.2.2.1)."""
+        """Take a non-immediate PDU's CmdSN; False if it must be ignored (RFC 7143 §4.2.2.1).
+        A command (`uses_slot`) must also be in the window: not past MaxCmdSN."""
         if immediate:
             return True
-        if cmd_sn != self.exp_cmd_sn:
+        if cmd_sn != self.exp_cmd_sn or (uses_slot and sn_diff(cmd_sn, self.max_cmd_sn) > 0):
             # Out of the window, or a gap: one connection delivers in order, so a gap
             # means the command before it was dropped. Ignore it, as the RFC says.
             log.debug("%s: ignoring CmdSN %d (ExpCmdSN %d, MaxCmdSN %d)", self.name, cmd_sn,
@@ -436,11 +456,10 @@ class TargetSession:
     # ----------------------------------------------------------------- commands
 
     def _command(self, pdu: ScsiCommand) -> None:
-        # Every command passes here: fields are read once into locals, and the usual
-        # case (the next CmdSN, not immediate) skips the serial-number arithmetic.
+        # Every command passes here: fields are read once into locals.
         cmd_sn, immediate, itt, cdb = pdu.cmd_sn, pdu.immediate, pdu.itt, pdu.cdb
         # Outside the window (closed: ExpCmdSN too), or a gap: ignored, ExpCmdSN stays.
-        if not self._in_window(cmd_sn, immediate) or not self._advance(cmd_sn, immediate, True):
+        if not self._advance(cmd_sn, immediate, True):
             return
         tasks = self.tasks
         if itt in tasks or itt == RESERVED_TAG:
@@ -467,13 +486,27 @@ class TargetSession:
             self._reply(task, pdu, Reply.error(unit.heard(self, self.nexus)))
             return
         disk = unit.disk
-        out_len = sbc.data_out_length(cdb, disk)
-        if out_len:
-            self._write_command(task, pdu, unit, out_len)
-            return
-        outcome = sbc.execute(cdb, disk, luns=self.luns, edtl=pdu.expected_data_transfer_length,
+        if cdb[0] in sbc.PARAMETER_LISTS:  # those execute once their list is here
+            list_len = sbc.data_out_length(cdb, disk)
+            if list_len:
+                self._write_command(task, pdu, None, list_len)
+                return
+        # Only commands with Data-Out check the EDTL (WRITE SAME, COMPARE AND WRITE):
+        # theirs is the write direction's.
+        outcome = sbc.execute(cdb, disk, luns=self.luns,
+                              edtl=pdu.expected_data_transfer_length if pdu.write else 0,
                               nexus=self.nexus, reservations=unit.reservations,
                               copies=unit.copies)
+        # One look at the CDB: a read's or a write's plan says how much Data-Out comes.
+        if isinstance(outcome, ReadPlan):
+            out_len = 0
+        elif isinstance(outcome, WritePlan):
+            out_len = outcome.nblocks * disk.block_size
+        else:
+            out_len = sbc.data_out_length(cdb, disk)
+        if out_len:
+            self._write_command(task, pdu, outcome, out_len)
+            return
         if isinstance(outcome, Reply):
             self._reply(task, pdu, outcome)
             return
@@ -509,8 +542,10 @@ class TargetSession:
         else:
             self._respond(task, ScsiStatus.GOOD, b"", moved=0)
 
-    def _write_command(self, task: Task, pdu: ScsiCommand, unit: LogicalUnit,
+    def _write_command(self, task: Task, pdu: ScsiCommand, outcome: Outcome | None,
                        out_len: int) -> None:
+        """`outcome` is what the CDB does (None for a parameter list: it executes once
+        the list is here)."""
         edtl = pdu.expected_data_transfer_length if pdu.write else 0
         task.edtl, task.spdtl = edtl, out_len
         unsolicited = len(pdu.data) if pdu.final else min(self.params.first_burst_length, edtl)
@@ -521,14 +556,10 @@ class TargetSession:
             )
         if unsolicited > len(pdu.data):
             task.unsolicited = Sequence(len(pdu.data), unsolicited)
-        if pdu.cdb[0] not in sbc.PARAMETER_LISTS:  # those execute once the list is here
-            outcome = sbc.execute(pdu.cdb, unit.disk, luns=self.luns, edtl=edtl,
-                                  nexus=self.nexus, reservations=unit.reservations,
-                                  copies=unit.copies)
-            if isinstance(outcome, Reply):
-                self._respond(task, ScsiStatus(outcome.status), outcome.sense, moved=0)
-                return
-            task.plan = outcome
+        if isinstance(outcome, Reply):
+            self._respond(task, ScsiStatus(outcome.status), outcome.sense, moved=0)
+            return
+        task.plan = outcome
         # EDTL below the CDB's length: write only what the initiator sends and report
         # the overflow (FCP-4 9.4.2 a); above it: take the CDB's length, underflow.
         task.xfer = min(edtl, out_len)
@@ -542,16 +573,11 @@ class TargetSession:
                 self._take_data(task, 0, memoryview(pdu.data), placed=False)
             else:
                 task.stash = memoryview(pdu.data)
-        self._issue_r2ts(task)
+        if task.next_r2t < task.end:  # not all of the window came with the command
+            self._issue_r2ts(task)
         self._maybe_write(task)
 
     # ------------------------------------------------------------------ windows
-
-    def _window_size(self, task: Task) -> int:
-        cap = self.config.buffer_bytes
-        if task.plan is not None and isinstance(task.plan, _WHOLE) and task.xfer > cap:
-            raise ProtocolError(f"{task.xfer} B of Data-Out do not fit one {cap} B buffer")
-        return min(task.xfer, cap)
 
     def _first_window(self, task: Task) -> None:
         """Set up the buffer for the transfer's first window (start reading into it)."""
@@ -566,7 +592,10 @@ class TargetSession:
                 first = min(task.next_r2t, task.xfer)
                 self._alloc(task, 0, first, blocking=True)
             return
-        size = self._window_size(task)
+        cap = self.config.buffer_bytes
+        if task.plan is not None and isinstance(task.plan, _WHOLE) and task.xfer > cap:
+            raise ProtocolError(f"{task.xfer} B of Data-Out do not fit one {cap} B buffer")
+        size = min(task.xfer, cap)
         task.start, task.end = 0, size
         if size:
             slot = task.slot
@@ -617,7 +646,7 @@ class TargetSession:
                 return
         task.in_flight = True
         self._events.append(IoRequest(task, unit, plan, task.start, views,
-                                      last=task.end >= task.xfer))
+                                      task.end >= task.xfer))
 
     def _start_copy(self, task: Task, plan: CopyPlan) -> None:
         """EXTENDED COPY moves its blocks through one buffer reused chunk by chunk: the
@@ -904,6 +933,9 @@ class TargetSession:
         self.tasks.pop(task.itt, None)
         if self.blocked is not None and self.blocked.task is task:
             self.blocked = None
+        for held in [h for h in self._held_answers if h[0].task is task]:
+            self._held_answers.remove(held)
+            self.io_done(*held)  # its I/O is over and its answer moot: its slot comes back
         self._release(task)
 
     def _logout(self, pdu: LogoutRequest) -> None:
