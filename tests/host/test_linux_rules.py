@@ -142,38 +142,6 @@ def test_direct_reclaim_stops_at_half_the_reserve(free: int, reserve: int,
     assert allow_direct_reclaim(free, reserve) is allowed
 
 
-@pytest.mark.parametrize(("pool_in_use", "reclaims"), [(2 * 1024, True), (5 * 1024, False)])
-def test_a_reclaimer_writes_back_only_while_half_the_pool_is_left(
-        pool_in_use: int, reclaims: bool) -> None:
-    """A 64 KiB arena with an 8 KiB pool, its 56 KiB of ordinary memory all dirty pages.
-    A writer wants one more page: with 2 KiB of the pool in use (6 KiB free, above 4) it
-    writes a dirty page back itself; with 5 KiB in use (3 KiB free) it is throttled and
-    waits for memory without starting any writeback."""
-
-    async def main() -> tuple[bool, int]:
-        arena = Arena(64 * 1024, emergency=8 * 1024)
-        device = GatedDevice(arena, 8 << 20)
-        cache = PageCache(arena, device, Policy.MEMPOOL)  # not started: no flusher
-        for i in range(14):
-            await cache.pwrite(i * 2 * PAGE_BYTES, bytes(PAGE_BYTES), owner="w")
-        with arena.memalloc():
-            held = await arena.allocate(HostLevel.WIRE, pool_in_use, owner="receive")
-        writer = asyncio.create_task(
-            cache.pwrite(100 * PAGE_BYTES, bytes(PAGE_BYTES), owner="late"))
-        blocked = await wait_for(lambda: cache.inflight > 0 or arena.waiting)
-        started = cache.inflight
-        writer.cancel()
-        held.free()
-        device.gate.set()
-        await asyncio.gather(writer, return_exceptions=True)
-        await cache.close()
-        return blocked, started
-
-    blocked, started = asyncio.run(main())
-    assert blocked, "the writer neither wrote back nor waited"
-    assert started == (1 if reclaims else 0)
-
-
 def test_the_demos_mempool_pool_is_the_min_watermark_of_its_arena() -> None:
     config = DemoConfig()
     assert config.arena_bytes == 4 << 20
@@ -202,6 +170,14 @@ class GatedDevice(ModelDevice):
         await super().write_pages(offset, pages, owner=owner)
 
 
+async def end(cache: PageCache, device: GatedDevice, writer: asyncio.Task[None]) -> None:
+    """Cancel the writer, open the device's gate and close the cache."""
+    writer.cancel()
+    device.gate.set()
+    await asyncio.gather(writer, return_exceptions=True)
+    await cache.close()
+
+
 def test_the_page_cache_counts_pages_under_writeback_as_dirty() -> None:
     """balance_dirty_pages compares NR_FILE_DIRTY + NR_WRITEBACK with the threshold. A 1 MiB
     arena at 20 % is int(209715.2) // 4096 = 51 pages. 30 pages go to writeback (and stay:
@@ -221,12 +197,38 @@ def test_the_page_cache_counts_pages_under_writeback_as_dirty() -> None:
         throttled = await wait_for(lambda: any(
             w.waiter == "w" and w.kind is WaitKind.AGENT for w in arena.waits.waits()))
         pages = len(cache.pages)
-        writer.cancel()
-        device.gate.set()
-        await asyncio.gather(writer, return_exceptions=True)
-        await cache.close()
+        await end(cache, device, writer)
         return pages, throttled
 
     pages, throttled = asyncio.run(main())
     assert throttled, "the writer never waited for the dirty count"
     assert pages == 52
+
+
+@pytest.mark.parametrize(("pool_in_use", "reclaims"), [(2 * 1024, True), (5 * 1024, False)])
+def test_a_reclaimer_writes_back_only_while_half_the_pool_is_left(
+        pool_in_use: int, reclaims: bool) -> None:
+    """A 64 KiB arena with an 8 KiB pool, its 56 KiB of ordinary memory all dirty pages.
+    A writer wants one more page: with 2 KiB of the pool in use (6 KiB free, above 4) it
+    writes a dirty page back itself; with 5 KiB in use (3 KiB free) it is throttled and
+    waits for memory without starting any writeback."""
+
+    async def main() -> tuple[bool, int]:
+        arena = Arena(64 * 1024, emergency=8 * 1024)
+        device = GatedDevice(arena, 8 << 20)
+        cache = PageCache(arena, device, Policy.MEMPOOL)  # not started: no flusher
+        for i in range(14):
+            await cache.pwrite(i * 2 * PAGE_BYTES, bytes(PAGE_BYTES), owner="w")
+        with arena.memalloc():
+            held = await arena.allocate(HostLevel.WIRE, pool_in_use, owner="receive")
+        writer = asyncio.create_task(
+            cache.pwrite(100 * PAGE_BYTES, bytes(PAGE_BYTES), owner="late"))
+        blocked = await wait_for(lambda: cache.inflight > 0 or arena.waiting)
+        started = cache.inflight
+        held.free()
+        await end(cache, device, writer)
+        return blocked, started
+
+    blocked, started = asyncio.run(main())
+    assert blocked, "the writer neither wrote back nor waited"
+    assert started == (1 if reclaims else 0)
