@@ -120,8 +120,9 @@ class FuseServer:
         if slot is None:
             self._pause()  # every slot busy: the kernel holds the rest until one is free
             return
+        body = slot[_HEAD:]
         try:
-            n = os.readv(self._fd, [slot[_HEAD:]])
+            n = os.readv(self._fd, [body])
         except OSError as exc:
             slots.give(slot)
             # EAGAIN, ENOENT: the request was interrupted, and went, before we read it.
@@ -130,7 +131,16 @@ class FuseServer:
                 if not self.ended.done():
                     self.ended.set_result(None)
             return
-        self._handle(slot, n)
+        req = P.parse(body, n)
+        op = req.op
+        if op in P.NO_REPLY:
+            self._done(slot)
+        elif op in IO_OPS and req.nodeid == DISK:
+            self._tasks[req.unique] = self._loop.create_task(self._serve_io(slot, req))
+        else:
+            size, error = self._fs.answer(req, body)
+            self._reply(slot, req.unique, size, error)
+            self._done(slot)
         if self._poll is not None:
             self._woke()
 
@@ -144,18 +154,6 @@ class FuseServer:
         assert self._poll is not None
         if self._poll.turn(time.perf_counter()):
             self._loop.call_soon(self._turn)
-
-    def _handle(self, slot: memoryview, n: int) -> None:
-        req = P.parse(slot[_HEAD:], n)
-        op = req.op
-        if op in P.NO_REPLY:
-            self._done(slot)
-        elif op in IO_OPS and req.nodeid == DISK:
-            self._tasks[req.unique] = self._loop.create_task(self._serve_io(slot, req))
-        else:
-            body, error = self._fs.answer(req, slot[_HEAD:])
-            self._reply(slot, req.unique, body, error)
-            self._done(slot)
 
     async def _serve_io(self, slot: memoryview, req: Request) -> None:
         try:
@@ -200,12 +198,15 @@ class FuseServer:
 
     async def _read(self, req: Request, slot: memoryview) -> tuple[int, int]:
         fs = self._fs
-        size = max(0, min(req.size, fs.size - req.offset))
-        if size == 0:
+        offset = req.offset
+        size = fs.size - offset  # what is left of the disk, if less than asked
+        if req.size < size:
+            size = req.size
+        if size <= 0:
             return _HEAD, 0
-        start, length = covering(req.offset, size, fs.block_size)
+        start, length = covering(offset, size, fs.block_size)
         await self._device.readinto(start, slot[_HEAD:_HEAD + length])
-        return _HEAD + req.offset - start, size
+        return _HEAD + offset - start, size
 
     async def _write(self, req: Request, slot: memoryview) -> tuple[int, int]:
         fs = self._fs

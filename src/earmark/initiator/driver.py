@@ -140,7 +140,9 @@ class Driver(DeviceBase, Generic[S]):
             self.deliver(done)
         if session.logout_response is not None:
             self.logged_out_now()
-        stream.write(session.data_to_send())
+        out = session.data_to_send()
+        if out:  # most batches answer nothing: no call to write none
+            stream.write(out)
         failure = session.failure
         if failure is not None:
             stream.abort(failure.reason, failure.kind)

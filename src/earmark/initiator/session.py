@@ -318,18 +318,18 @@ class InitiatorSession:
     def _issue(self, cmd: Command, now: float) -> None:
         data = cmd.write_data
         length = cmd.length
-        immediate = min(self._immediate_limit, length) if data is not None else 0
-        cmd.cmd_sn = self.cmd_sn
-        self.cmd_sn = (self.cmd_sn + 1) & _MASK
+        sn = cmd.cmd_sn = self.cmd_sn
+        self.cmd_sn = (sn + 1) & _MASK
         cmd.deadline = now + self.timeouts.command
         cmd.attempts += 1
-        self._tasks[cmd.itt] = cmd
+        itt = cmd.itt
+        self._tasks[itt] = cmd
         cdb = cmd.cdb
         if data is None and len(cdb) <= 16:
             # No data segment and no AHS: the BHS is all there is, packed at once.
             header = scsi_command_bhs(
-                0x01, 0xC1 if cmd.read_into is not None else 0x81, 0, cmd.lun, cmd.itt,
-                length, cmd.cmd_sn, self.exp_stat_sn, cdb,
+                0x01, 0xC1 if cmd.read_into is not None else 0x81, 0, cmd.lun, itt,
+                length, sn, self.exp_stat_sn, cdb,
             )
             if self.params.header_digest:
                 header += header_digest(header)
@@ -343,6 +343,7 @@ class InitiatorSession:
         if data is None:
             self._send(pdu)
             return
+        immediate = min(self._immediate_limit, length)
         unsolicited = min(self._unsolicited_limit, length)
         pdu.final = unsolicited <= immediate
         self._send_with(pdu, _segment(data, 0, immediate))

@@ -253,8 +253,8 @@ class BlockDevice(Driver[InitiatorStream]):
                                  self.receiver if self._reader.stalled else None)
 
     def deliver(self, done: list[Command]) -> None:
-        for cmd in cast("list[_Issued]", done):
-            future = cmd.future
+        for cmd in done:  # each an _Issued: typing.cast would be one more call a batch
+            future = cmd.future  # type: ignore[attr-defined]
             if not future.done():
                 future.set_result(None)
 
