@@ -78,6 +78,10 @@ class PageCache:
         self.pages: dict[int, Page] = {}
         self.clean: OrderedDict[int, Page] = OrderedDict()  # LRU first
         self.dirty: OrderedDict[int, Page] = OrderedDict()  # oldest dirtied first
+        # A page is in `dirty` exactly while it is dirty and not under writeback (taking
+        # it for writeback takes it out): what request merging asks of a neighbour, so
+        # the dict answers it itself, with no Python frame per neighbour.
+        self._is_dirty = self.dirty.__contains__
         self.inflight = 0
         self._writeback_pages = 0  # pages taken by writebacks not yet clean (NR_WRITEBACK)
         self._changed = asyncio.Event()  # a page became clean, or writeback finished
@@ -314,8 +318,8 @@ class PageCache:
                 if page.dirty:
                     continue
                 if share is not None:
-                    starts = self._starts_request(page.index)
-                    self._book_dirty(page.index, share, self._page_books[starts], starts)
+                    joins = self._joins(page.index)
+                    self._book_dirty(joins, share, self._page_books[not joins], not joins)
                 self._mark_dirty(page, owner)
                 dirtied.append(page)
             if share is not None:
@@ -356,11 +360,12 @@ class PageCache:
         (always when it must be read first: its neighbours may change meanwhile)."""
         page = self.pages.get(index)
         reads = page is None and not whole
-        starts = reads or self._starts_request(index)
+        starts = reads or not self._joins(index)
         res = await self._admit(self._dirty_claims[page is None, reads, starts], owner)
         now = self.pages.get(index)
+        joins = self._joins(index)
         if (now is not page or (now is not None and (now.dirty or now.writeback))
-                or (not starts and self._starts_request(index))):
+                or (not starts and not joins)):
             res.release()
             return None
         if page is None:
@@ -372,7 +377,8 @@ class PageCache:
                     buf.free()
                     res.release()
                     return None
-            self._book_dirty(index, res, self._page_books[starts], starts)
+                joins = self._joins(index)  # its neighbours may have changed meanwhile
+            self._book_dirty(joins, res, self._page_books[starts], starts)
             if reads:  # the read's share goes back; the page stays
                 res.release(self._leftover(res))
             res.handoff(CACHE)
@@ -380,20 +386,20 @@ class PageCache:
             self._insert(page)
         else:
             res.handoff(CACHE)
-            self._book_dirty(index, res, None, starts)
+            self._book_dirty(joins, res, None, starts)
         self._mark_dirty(page, owner)
         return page
 
-    def _starts_request(self, index: int) -> bool:
-        return not dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
+    def _joins(self, index: int) -> int:
+        """How many requests page `index` joins if it becomes dirty now (0: it starts one)."""
+        return dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
 
-    def _book_dirty(self, index: int, source: Reservation, share: Claim | None,
+    def _book_dirty(self, joins: int, source: Reservation, share: Claim | None,
                     has_fixed: bool) -> None:
         """The page's share (its increment, and a fixed part if `has_fixed`) moves from
         `source` into the books (`share` of it, or all of it when None); a page that
-        joins a request gives its fixed part back, one that bridges two requests gives
-        one of theirs back too."""
-        joins = dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
+        joins a request (`joins`: `_joins` of it, just before it becomes dirty) gives
+        its fixed part back, one that bridges two requests gives one of theirs back too."""
         assert has_fixed or joins, "a page that starts a request reserved its fixed part"
         books = self._books
         if books is None:
@@ -478,18 +484,21 @@ class PageCache:
         One that would wait writes the oldest dirty request back first, as direct
         reclaim does under the other policies: on that request's own reservation
         (so it waits for the device, never for memory)."""
-        self._make_room(claim.total)
-        if self.dirty and (self.arena.waiting or self.arena.available() < claim.total):
+        room = self._make_room(claim.total)
+        if self.dirty and (not room or self.arena.waiting):
             await self._write_run(*self._take_run(), owner=owner)
             self._make_room(claim.total)
         return await self.arena.reserve(claim, owner=owner)
 
-    def _make_room(self, need: int) -> None:
-        """Evict clean pages until `need` bytes are free; kick writeback if that is short."""
-        while self.arena.available() < need and self.clean:
-            self._evict(next(iter(self.clean.values())))
-        if self.arena.available() < need:
+    def _make_room(self, need: int) -> bool:
+        """Evict clean pages until `need` bytes are free; kick writeback if that is short.
+        Whether they are free."""
+        arena, clean = self.arena, self.clean
+        while (short := arena.available() < need) and clean:
+            self._evict(next(iter(clean.values())))
+        if short:
             self._kick.set()
+        return not short
 
     def _evict(self, page: Page) -> int:
         del self.clean[page.index]
@@ -557,10 +566,6 @@ class PageCache:
         for page in run:
             page.writeback = True
         self._writeback_pages += len(run)
-
-    def _is_dirty(self, index: int) -> bool:
-        page = self.pages.get(index)
-        return page is not None and page.dirty and not page.writeback
 
     async def _write_run(self, run: list[Page], res: Reservation | None, *, owner: str) -> None:
         """One request: under `reserve` it draws only on `res`, under the others it
