@@ -90,6 +90,8 @@ class PageCache:
         self._flusher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._throttle: DirtyThrottle | None = None
+        #: More dirty pages than this and background writeback starts (dirty_background_ratio).
+        self._background_pages = self.tuning.background_ratio * arena.capacity / PAGE_BYTES
         if policy is Policy.THROTTLE:
             thresh = int(self.tuning.dirty_ratio * arena.capacity) // PAGE_BYTES
             self._throttle = DirtyThrottle(thresh)
@@ -382,8 +384,7 @@ class PageCache:
             if reads:  # the read's share goes back; the page stays
                 res.release(self._leftover(res))
             res.handoff(CACHE)
-            page = Page(index, buf, res)
-            self._insert(page)
+            page = self.pages[index] = Page(index, buf, res)  # dirty at once, never clean
         else:
             res.handoff(CACHE)
             self._book_dirty(joins, res, None, starts)
@@ -473,7 +474,7 @@ class PageCache:
         self.dirty[page.index] = page
         if self._throttle is not None:
             self._throttle.dirtied(owner)
-        if len(self.dirty) * PAGE_BYTES > self.tuning.background_ratio * self.arena.capacity:
+        if len(self.dirty) > self._background_pages:
             self._kick.set()
 
     # ---- pressure ------------------------------------------------------------------
@@ -488,20 +489,23 @@ class PageCache:
         if self.dirty and (not room or self.arena.waiting):
             await self._write_run(*self._take_run(), owner=owner)
             self._make_room(claim.total)
-        return await self.arena.reserve(claim, owner=owner)
+        # Granted at once nearly always (room was just made): no coroutine for that.
+        res = self.arena.reserve_now(claim, owner=owner)
+        return res if res is not None else await self.arena.reserve(claim, owner=owner)
 
     def _make_room(self, need: int) -> bool:
         """Evict clean pages until `need` bytes are free; kick writeback if that is short.
         Whether they are free."""
         arena, clean = self.arena, self.clean
         while (short := arena.available() < need) and clean:
-            self._evict(next(iter(clean.values())))
+            self._evict_oldest()
         if short:
             self._kick.set()
         return not short
 
-    def _evict(self, page: Page) -> int:
-        del self.clean[page.index]
+    def _evict_oldest(self) -> int:
+        """The least recently used clean page leaves the cache; the bytes it frees."""
+        _, page = self.clean.popitem(last=False)
         del self.pages[page.index]
         page.buf.free()
         if page.memory is not None:
@@ -512,14 +516,14 @@ class PageCache:
         """The allocating task reclaims: clean pages first, else it writes dirty ones back."""
         freed = 0
         while freed < nbytes and self.clean:
-            freed += self._evict(next(iter(self.clean.values())))
+            freed += self._evict_oldest()
         if freed >= nbytes or not self.dirty:
             return freed
         task = asyncio.current_task()
         name = task.get_name() if task is not None else "reclaim"
         await self._write_run(*self._take_run(), owner=name)
         while freed < nbytes and self.clean:
-            freed += self._evict(next(iter(self.clean.values())))
+            freed += self._evict_oldest()
         return freed
 
     async def _balance_dirty_pages(self, owner: str) -> None:
@@ -546,11 +550,9 @@ class PageCache:
     def _take_run(self) -> tuple[list[Page], Reservation | None]:
         """The request of the oldest dirty page (host/requests.py), marked under
         writeback, and under `reserve` its reservation, taken off the books."""
-        first = next(iter(self.dirty.values()))
-        span = run_around(first.index, self._is_dirty, self.tuning.max_request_pages)
-        run = [self.pages[i] for i in span]
-        for page in run:
-            del self.dirty[page.index]
+        dirty = self.dirty
+        span = run_around(next(iter(dirty)), self._is_dirty, self.tuning.max_request_pages)
+        run = [dirty.pop(i) for i in span]
         self._start_writeback(run)
         books = self._books
         if books is None:
@@ -618,7 +620,7 @@ class PageCache:
             return False
         if self._sync_wanted or self.arena.waiting:
             return True
-        if len(self.dirty) * PAGE_BYTES > self.tuning.background_ratio * self.arena.capacity:
+        if len(self.dirty) > self._background_pages:
             return True
         oldest = next(iter(self.dirty.values()))
         return now - oldest.dirtied_at >= self.tuning.dirty_expire_s

@@ -196,7 +196,8 @@ class Arena:
 
         For a caller with no event loop to wait on (the blocking initiator, whose
         thread owns its arena): it asks, and either holds everything the work
-        needs or knows at once that it cannot have it.
+        needs or knows at once that it cannot have it. And for a hot path that
+        awaits `reserve` only when this says no (a coroutine costs more than the grant).
         """
         claim = claims if isinstance(claims, Claim) else Claim(claims, self.levels)
         if self.validator is not None:
