@@ -18,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import mmap
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from enum import IntEnum
 
@@ -55,6 +54,20 @@ def format_bytes(n: int) -> str:
         if n >= size and n % (size // 16) == 0:
             return f"{n / size:g} {unit}"
     return f"{n} B"
+
+
+class _Memalloc:
+    """`Arena.memalloc`'s context: a plain class, since a generator-based context manager
+    costs several times as much and every received PDU of the allocating policies and
+    every writeback under mempool enters one."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _MEMALLOC.set(True)
+
+    def __exit__(self, *_: object) -> None:
+        _MEMALLOC.reset(self._token)
 
 
 class _Waiter:
@@ -259,15 +272,10 @@ class Arena:
             return self._plain_charge(level, nbytes, owner)
         return None
 
-    @contextmanager
-    def memalloc(self) -> Iterator[None]:
+    def memalloc(self) -> _Memalloc:
         """Mark the enclosed code as a reclaim/receive path (PF_MEMALLOC): it may use the
         emergency pool."""
-        token = _MEMALLOC.set(True)
-        try:
-            yield
-        finally:
-            _MEMALLOC.reset(token)
+        return _Memalloc()
 
     async def _allocate(
         self,
