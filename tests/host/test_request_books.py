@@ -113,6 +113,34 @@ def test_a_partial_write_reserves_a_fixed_part_and_gives_it_back_when_it_joins()
     run_books(test)
 
 
+class GatedReads(ModelDevice):
+    """Reads that wait for the test: what becomes dirty meanwhile is the test's choice."""
+
+    def __init__(self, arena: Arena, size: int, **options: int) -> None:
+        super().__init__(arena, size, **options)
+        self.reading = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def read_page(self, offset: int, page: memoryview, *, owner: str) -> None:
+        self.reading.set()
+        await self.gate.wait()
+        await super().read_page(offset, page, owner=owner)
+
+
+def test_a_partial_write_books_the_neighbours_its_read_found_dirty_when_it_ended() -> None:
+    async def test(cache: PageCache, device: ModelDevice, exact: Callable[[], None]) -> None:
+        assert isinstance(device, GatedReads)
+        partial = asyncio.ensure_future(cache.pwrite(10, b"x", owner="p"))  # reads page 0
+        await device.reading.wait()
+        await write(cache, 1)  # starts a request while page 0 is read
+        device.gate.set()
+        await partial  # page 0 joins it: its fixed part goes back
+        exact()
+        assert requests_of(set(cache.dirty)) == 1
+
+    run_books(test, GatedReads)
+
+
 class FailingDevice(ModelDevice):
     async def write_pages(self, offset: int, pages: list[memoryview], *, owner: str) -> None:
         raise OSError("medium error")

@@ -78,6 +78,10 @@ class PageCache:
         self.pages: dict[int, Page] = {}
         self.clean: OrderedDict[int, Page] = OrderedDict()  # LRU first
         self.dirty: OrderedDict[int, Page] = OrderedDict()  # oldest dirtied first
+        # A page is in `dirty` exactly while it is dirty and not under writeback (taking
+        # it for writeback takes it out): what request merging asks of a neighbour, so
+        # the dict answers it itself, with no Python frame per neighbour.
+        self._is_dirty = self.dirty.__contains__
         self.inflight = 0
         self._writeback_pages = 0  # pages taken by writebacks not yet clean (NR_WRITEBACK)
         self._changed = asyncio.Event()  # a page became clean, or writeback finished
@@ -86,6 +90,8 @@ class PageCache:
         self._flusher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._throttle: DirtyThrottle | None = None
+        #: More dirty pages than this and background writeback starts (dirty_background_ratio).
+        self._background_pages = self.tuning.background_ratio * arena.capacity / PAGE_BYTES
         if policy is Policy.THROTTLE:
             thresh = int(self.tuning.dirty_ratio * arena.capacity) // PAGE_BYTES
             self._throttle = DirtyThrottle(thresh)
@@ -314,8 +320,8 @@ class PageCache:
                 if page.dirty:
                     continue
                 if share is not None:
-                    starts = self._starts_request(page.index)
-                    self._book_dirty(page.index, share, self._page_books[starts], starts)
+                    joins = self._joins(page.index)
+                    self._book_dirty(joins, share, self._page_books[not joins], not joins)
                 self._mark_dirty(page, owner)
                 dirtied.append(page)
             if share is not None:
@@ -356,11 +362,12 @@ class PageCache:
         (always when it must be read first: its neighbours may change meanwhile)."""
         page = self.pages.get(index)
         reads = page is None and not whole
-        starts = reads or self._starts_request(index)
+        starts = reads or not self._joins(index)
         res = await self._admit(self._dirty_claims[page is None, reads, starts], owner)
         now = self.pages.get(index)
+        joins = self._joins(index)
         if (now is not page or (now is not None and (now.dirty or now.writeback))
-                or (not starts and self._starts_request(index))):
+                or (not starts and not joins)):
             res.release()
             return None
         if page is None:
@@ -372,28 +379,28 @@ class PageCache:
                     buf.free()
                     res.release()
                     return None
-            self._book_dirty(index, res, self._page_books[starts], starts)
+                joins = self._joins(index)  # its neighbours may have changed meanwhile
+            self._book_dirty(joins, res, self._page_books[starts], starts)
             if reads:  # the read's share goes back; the page stays
                 res.release(self._leftover(res))
             res.handoff(CACHE)
-            page = Page(index, buf, res)
-            self._insert(page)
+            page = self.pages[index] = Page(index, buf, res)  # dirty at once, never clean
         else:
             res.handoff(CACHE)
-            self._book_dirty(index, res, None, starts)
+            self._book_dirty(joins, res, None, starts)
         self._mark_dirty(page, owner)
         return page
 
-    def _starts_request(self, index: int) -> bool:
-        return not dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
+    def _joins(self, index: int) -> int:
+        """How many requests page `index` joins if it becomes dirty now (0: it starts one)."""
+        return dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
 
-    def _book_dirty(self, index: int, source: Reservation, share: Claim | None,
+    def _book_dirty(self, joins: int, source: Reservation, share: Claim | None,
                     has_fixed: bool) -> None:
         """The page's share (its increment, and a fixed part if `has_fixed`) moves from
         `source` into the books (`share` of it, or all of it when None); a page that
-        joins a request gives its fixed part back, one that bridges two requests gives
-        one of theirs back too."""
-        joins = dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
+        joins a request (`joins`: `_joins` of it, just before it becomes dirty) gives
+        its fixed part back, one that bridges two requests gives one of theirs back too."""
         assert has_fixed or joins, "a page that starts a request reserved its fixed part"
         books = self._books
         if books is None:
@@ -467,7 +474,7 @@ class PageCache:
         self.dirty[page.index] = page
         if self._throttle is not None:
             self._throttle.dirtied(owner)
-        if len(self.dirty) * PAGE_BYTES > self.tuning.background_ratio * self.arena.capacity:
+        if len(self.dirty) > self._background_pages:
             self._kick.set()
 
     # ---- pressure ------------------------------------------------------------------
@@ -478,21 +485,27 @@ class PageCache:
         One that would wait writes the oldest dirty request back first, as direct
         reclaim does under the other policies: on that request's own reservation
         (so it waits for the device, never for memory)."""
-        self._make_room(claim.total)
-        if self.dirty and (self.arena.waiting or self.arena.available() < claim.total):
+        room = self._make_room(claim.total)
+        if self.dirty and (not room or self.arena.waiting):
             await self._write_run(*self._take_run(), owner=owner)
             self._make_room(claim.total)
-        return await self.arena.reserve(claim, owner=owner)
+        # Granted at once nearly always (room was just made): no coroutine for that.
+        res = self.arena.reserve_now(claim, owner=owner)
+        return res if res is not None else await self.arena.reserve(claim, owner=owner)
 
-    def _make_room(self, need: int) -> None:
-        """Evict clean pages until `need` bytes are free; kick writeback if that is short."""
-        while self.arena.available() < need and self.clean:
-            self._evict(next(iter(self.clean.values())))
-        if self.arena.available() < need:
+    def _make_room(self, need: int) -> bool:
+        """Evict clean pages until `need` bytes are free; kick writeback if that is short.
+        Whether they are free."""
+        arena, clean = self.arena, self.clean
+        while (short := arena.available() < need) and clean:
+            self._evict_oldest()
+        if short:
             self._kick.set()
+        return not short
 
-    def _evict(self, page: Page) -> int:
-        del self.clean[page.index]
+    def _evict_oldest(self) -> int:
+        """The least recently used clean page leaves the cache; the bytes it frees."""
+        _, page = self.clean.popitem(last=False)
         del self.pages[page.index]
         page.buf.free()
         if page.memory is not None:
@@ -506,7 +519,7 @@ class PageCache:
         frees. (Evicting clean pages costs no memory: kswapd would, at once.)"""
         freed = 0
         while freed < nbytes and self.clean:
-            freed += self._evict(next(iter(self.clean.values())))
+            freed += self._evict_oldest()
         if freed >= nbytes or not self.dirty:
             return freed
         if not self.arena.direct_reclaim_allowed():
@@ -516,7 +529,7 @@ class PageCache:
         name = task.get_name() if task is not None else "reclaim"
         await self._write_run(*self._take_run(), owner=name)
         while freed < nbytes and self.clean:
-            freed += self._evict(next(iter(self.clean.values())))
+            freed += self._evict_oldest()
         return freed
 
     async def _balance_dirty_pages(self, owner: str) -> None:
@@ -543,11 +556,9 @@ class PageCache:
     def _take_run(self) -> tuple[list[Page], Reservation | None]:
         """The request of the oldest dirty page (host/requests.py), marked under
         writeback, and under `reserve` its reservation, taken off the books."""
-        first = next(iter(self.dirty.values()))
-        span = run_around(first.index, self._is_dirty, self.tuning.max_request_pages)
-        run = [self.pages[i] for i in span]
-        for page in run:
-            del self.dirty[page.index]
+        dirty = self.dirty
+        span = run_around(next(iter(dirty)), self._is_dirty, self.tuning.max_request_pages)
+        run = [dirty.pop(i) for i in span]
         self._start_writeback(run)
         books = self._books
         if books is None:
@@ -563,10 +574,6 @@ class PageCache:
         for page in run:
             page.writeback = True
         self._writeback_pages += len(run)
-
-    def _is_dirty(self, index: int) -> bool:
-        page = self.pages.get(index)
-        return page is not None and page.dirty and not page.writeback
 
     async def _write_run(self, run: list[Page], res: Reservation | None, *, owner: str) -> None:
         """One request: under `reserve` it draws only on `res`, under the others it
@@ -619,7 +626,7 @@ class PageCache:
             return False
         if self._sync_wanted or self.arena.waiting:
             return True
-        if len(self.dirty) * PAGE_BYTES > self.tuning.background_ratio * self.arena.capacity:
+        if len(self.dirty) > self._background_pages:
             return True
         oldest = next(iter(self.dirty.values()))
         return now - oldest.dirtied_at >= self.tuning.dirty_expire_s

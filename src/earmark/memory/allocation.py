@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 class _Account(Protocol):
-    """The arena side of an allocation: where its bytes go when it is freed."""
+    """The arena side of an allocation: where its bytes go when it is freed (and what
+    refuses to take them twice)."""
 
     def _return_allocation(self, alloc: Allocation, to_reservation: bool) -> None: ...
 
@@ -46,8 +47,9 @@ class Allocation:
         return self._freed
 
     def free(self) -> None:
-        """Give the bytes back to the arena (a reservation's hold shrinks for good)."""
-        self._mark_freed()
+        """Give the bytes back to the arena (a reservation's hold shrinks for good).
+        Returned twice is an error, raised where the bytes are booked back (the arena's
+        `_return_allocation`), once for every way back."""
         self._account._return_allocation(self, to_reservation=False)
 
     def put_back(self) -> None:
@@ -57,7 +59,6 @@ class Allocation:
                 f"{self.describe()} was allocated directly from the arena, not from a "
                 "reservation: free() it instead"
             )
-        self._mark_freed()
         self._account._return_allocation(self, to_reservation=True)
 
     def handoff(self, owner: str) -> None:
@@ -66,11 +67,6 @@ class Allocation:
 
     def describe(self) -> str:
         return f"{self.cost} B by {self.owner}"
-
-    def _mark_freed(self) -> None:
-        if self._freed:
-            raise ReleaseError(f"{self.describe()} was already returned: returned twice")
-        self._freed = True
 
 
 class Charge(Allocation):

@@ -18,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import mmap
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from enum import IntEnum
 
@@ -64,6 +63,20 @@ def format_bytes(n: int) -> str:
         if n >= size and n % (size // 16) == 0:
             return f"{n / size:g} {unit}"
     return f"{n} B"
+
+
+class _Memalloc:
+    """`Arena.memalloc`'s context: a plain class, since a generator-based context manager
+    costs several times as much and every received PDU of the allocating policies and
+    every writeback under mempool enters one."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _MEMALLOC.set(True)
+
+    def __exit__(self, *_: object) -> None:
+        _MEMALLOC.reset(self._token)
 
 
 class _Waiter:
@@ -205,7 +218,8 @@ class Arena:
 
         For a caller with no event loop to wait on (the blocking initiator, whose
         thread owns its arena): it asks, and either holds everything the work
-        needs or knows at once that it cannot have it.
+        needs or knows at once that it cannot have it. And for a hot path that
+        awaits `reserve` only when this says no (a coroutine costs more than the grant).
         """
         claim = claims if isinstance(claims, Claim) else Claim(claims, self.levels)
         if self.validator is not None:
@@ -267,15 +281,10 @@ class Arena:
             return self._plain_charge(level, nbytes, owner)
         return None
 
-    @contextmanager
-    def memalloc(self) -> Iterator[None]:
+    def memalloc(self) -> _Memalloc:
         """Mark the enclosed code as a reclaim/receive path (PF_MEMALLOC): it may use the
         emergency pool."""
-        token = _MEMALLOC.set(True)
-        try:
-            yield
-        finally:
-            _MEMALLOC.reset(token)
+        return _Memalloc()
 
     async def _allocate(
         self,
@@ -442,17 +451,16 @@ class Arena:
             if not res.held_total:
                 self._reservations.discard(res)
         else:
-            amounts = self._amounts(claims)
-            for lvl, n in enumerate(amounts):
+            claim = self._claim_of(claims)
+            for lvl, n in claim.pairs:
                 if n > budget[lvl]:
                     raise ReleaseError(
                         f"{res.owner} releases {format_bytes(n)} at {self.levels(lvl).name} "
                         f"but has only {format_bytes(budget[lvl])} left there"
                     )
-            total = 0
-            for lvl, n in enumerate(amounts):
+            for lvl, n in claim.pairs:
                 budget[lvl] -= n
-                total += n
+            total = claim.total
         res.left -= total
         self.committed -= total
         self.progress += 1
@@ -463,8 +471,8 @@ class Arena:
                owner: str) -> Reservation:
         if res.released:
             raise ReleaseError(f"reservation of {res.owner} was released; nothing to split")
-        amounts = self._take_budget(res, claims, "splits off")
-        part = Reservation(self, owner, amounts.copy(), sum(amounts))
+        claim = self._take_budget(res, claims, "splits off")
+        part = Reservation(self, owner, claim.amounts.copy(), claim.total)
         self._reservations.add(part)
         return part
 
@@ -475,29 +483,29 @@ class Arena:
                                "their reservations was released")
         if to.arena is not self or to is res:
             raise ValueError("budget moves only to another reservation of the same arena")
-        amounts = self._take_budget(res, claims, "moves")
+        claim = self._take_budget(res, claims, "moves")
         budget = to.budget
-        for lvl, n in enumerate(amounts):
+        for lvl, n in claim.pairs:
             budget[lvl] += n
-        to.left += sum(amounts)
+        to.left += claim.total
 
     def _take_budget(self, res: Reservation, claims: Claim | Mapping[int, int],
-                     verb: str) -> list[int]:
-        amounts = self._amounts(claims)
+                     verb: str) -> Claim:
+        claim = self._claim_of(claims)
         budget = res.budget
-        for lvl, n in enumerate(amounts):
+        for lvl, n in claim.pairs:
             if n > budget[lvl]:
                 raise OverdrawError(
                     f"{res.owner} {verb} {format_bytes(n)} at {self.levels(lvl).name} "
                     f"but has only {format_bytes(budget[lvl])} left there"
                 )
-        for lvl, n in enumerate(amounts):
+        for lvl, n in claim.pairs:
             budget[lvl] -= n
-        res.left -= sum(amounts)
-        return amounts
+        res.left -= claim.total
+        return claim
 
-    def _amounts(self, claims: Claim | Mapping[int, int]) -> list[int]:
-        return (claims if isinstance(claims, Claim) else Claim(claims, self.levels)).amounts
+    def _claim_of(self, claims: Claim | Mapping[int, int]) -> Claim:
+        return claims if isinstance(claims, Claim) else Claim(claims, self.levels)
 
     def _absorb(self, res: Reservation, other: Reservation) -> None:
         if res.released or other.released:
@@ -522,6 +530,9 @@ class Arena:
     # ---- returning (called through Allocation) -----------------------------------
 
     def _return_allocation(self, alloc: Allocation, to_reservation: bool) -> None:
+        if alloc._freed:
+            raise ReleaseError(f"{alloc.describe()} was already returned: returned twice")
+        alloc._freed = True
         if isinstance(alloc, Buffer):
             for seg in alloc.segments:
                 seg.release()
@@ -594,6 +605,10 @@ class Arena:
     ) -> Buffer:
         g = self.granule
         blocks = self._granules.allocate(cost // g)
+        if len(blocks) == 1:  # one run, as nearly every buffer is
+            lo = blocks[0][0] * g
+            return Buffer(self, level, cost, owner, res, nbytes, blocks,
+                          [self._view[lo : lo + nbytes]])
         runs: list[list[int]] = []
         for start, order in sorted(blocks):
             lo, hi = start * g, (start + (1 << order)) * g

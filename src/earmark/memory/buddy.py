@@ -48,7 +48,9 @@ class BuddyAllocator:
         if order < len(self._free):
             start = self._pop(order)
             if start is not None:
-                # One block of 2**order >= count: keep the head, give the tail back.
+                if count == 1 << order:  # a power of two (a page): the block itself
+                    return [(start, order)]
+                # One block of 2**order > count: keep the head, give the tail back.
                 blocks = self._carve(start, count)
                 self._release_tail(start, order, count)
                 return blocks

@@ -11,7 +11,7 @@ from enum import IntEnum
 
 
 class Claim:
-    __slots__ = ("amounts", "total")
+    __slots__ = ("amounts", "pairs", "total")
 
     def __init__(self, claims: Mapping[int, int], levels: type[IntEnum]) -> None:
         count = len(levels)
@@ -27,8 +27,11 @@ class Claim:
             total += n
         #: Bytes per level, indexed by level number.
         self.amounts = amounts
+        #: The nonzero levels and their amounts: what moving the claim between
+        #: reservations walks (most claims touch two or three of the levels).
+        self.pairs = tuple((lvl, n) for lvl, n in enumerate(amounts) if n)
         self.total = total
 
     def levels(self) -> list[int]:
         """The levels with a nonzero amount, shallowest first."""
-        return [lvl for lvl, n in enumerate(self.amounts) if n]
+        return [lvl for lvl, _ in self.pairs]

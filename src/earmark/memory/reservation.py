@@ -10,7 +10,7 @@ draw on it without it being passed by hand.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -56,10 +56,10 @@ def current_reservation() -> Reservation:
     return res
 
 
-def handed_down() -> Reservation | None:
-    """The reservation the calling context works under, or None: for a layer that
-    draws differently when the work arrived with no reservation at all."""
-    return _CURRENT.get()
+#: The reservation the calling context works under, or None: for a layer that draws
+#: differently when the work arrived with no reservation at all. The context variable's
+#: own getter, not a function around it: every draw of every command asks.
+handed_down: Callable[[], Reservation | None] = _CURRENT.get
 
 
 class Reservation:
