@@ -46,6 +46,9 @@ class ReadyQueue(deque[Any]):
         #: Each owner's priority while it lives, by identity (its weak reference's callback
         #: forgets it): a WeakKeyDictionary made a weak reference at every look-up.
         self._priority: dict[int, tuple[weakref.ref[object], float]] = {}
+        #: The priority of each queued handle `pct` has looked at, by id, until it leaves
+        #: the queue or a priority changes: the first LOOKAHEAD are looked at every step.
+        self._seen: dict[int, float] = {}
         self._changes = sorted(self._rng.randrange(horizon) for _ in range(change_points))
         self._lowest = 0.0
         self._steps = 0
@@ -57,28 +60,30 @@ class ReadyQueue(deque[Any]):
         n = len(self)
         if n <= 1 or self._passed >= PATIENCE:
             self._passed = 0
-            return super().popleft()
-        if n > LOOKAHEAD:
-            n = LOOKAHEAD
-        i = self._rng.randrange(n) if self.schedule is Schedule.RANDOM else self._highest(n)
-        self._passed = self._passed + 1 if i else 0
-        if not i:
-            return super().popleft()
-        handle = self[i]
-        del self[i]
+            i = 0
+        else:
+            if n > LOOKAHEAD:
+                n = LOOKAHEAD
+            i = self._rng.randrange(n) if self.schedule is Schedule.RANDOM else self._highest(n)
+            self._passed = self._passed + 1 if i else 0
+        if i:
+            handle = self[i]
+            del self[i]
+        else:
+            handle = super().popleft()
+        if self._seen:  # it leaves: its id may be another handle's next
+            self._seen.pop(id(handle), None)
         return handle
 
     def _highest(self, n: int) -> int:
         self._steps += 1
         best, best_at = -1.0, 0
-        priority = self._priority
+        seen = self._seen
         for i in range(n):
-            owner = _owner(self[i])
-            if owner is None:
-                p = 0.5
-            else:
-                known = priority.get(id(owner))
-                p = self._prioritise(owner, self._rng.random()) if known is None else known[1]
+            handle = self[i]
+            p = seen.get(id(handle))
+            if p is None or handle._cancelled:  # cancelled, it has no owner any more
+                p = seen[id(handle)] = self._priority_of(handle)
             if p > best:
                 best, best_at = p, i
         if self._changes and self._steps >= self._changes[0]:
@@ -87,7 +92,15 @@ class ReadyQueue(deque[Any]):
             if owner is not None:
                 self._lowest -= 1.0
                 self._prioritise(owner, self._lowest)
+                seen.clear()  # that owner's handles now have another priority
         return best_at
+
+    def _priority_of(self, handle: Any) -> float:
+        owner = _owner(handle)
+        if owner is None:
+            return 0.5
+        known = self._priority.get(id(owner))
+        return self._prioritise(owner, self._rng.random()) if known is None else known[1]
 
     def _prioritise(self, owner: object, priority: float) -> float:
         key = id(owner)
