@@ -11,6 +11,7 @@ import pytest
 from earmark.host.policy import Policy
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.sim.demo import DemoConfig, run_matrix
+from earmark.sim.simnet import SimTransport
 from earmark.sim.stacks import SimStack
 from earmark.sim.virtualtime import run_virtual
 
@@ -151,3 +152,32 @@ def test_the_demo_on_the_simulator_is_the_same_every_run_and_shows_the_fates() -
             assert row["verified"] is True
         peak, capacity = row["peak_arena_bytes"], row["arena_bytes"]
         assert isinstance(peak, int) and isinstance(capacity, int) and peak <= capacity
+
+
+@pytest.mark.parametrize("window", [0, 4096])
+def test_only_a_bounded_window_sends_window_updates(
+    monkeypatch: pytest.MonkeyPatch, window: int,
+) -> None:
+    """An unbounded window never closes, so a reader's progress has nothing to reopen:
+    no update travels back (each was a timer and a loop step, for nothing)."""
+    updates: list[int] = []
+    opened = SimTransport._window
+
+    def counted(self: SimTransport, nbytes: int) -> None:
+        updates.append(nbytes)
+        opened(self, nbytes)
+
+    monkeypatch.setattr(SimTransport, "_window", counted)
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        accept = Listener()
+        listener = await loop.create_server(accept, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(Recorder, "127.0.0.1", port)
+        transport.write(bytes(10_000))
+        await asyncio.sleep(0.1)
+        return bytes(accept.accepted[0].got)
+
+    assert run_virtual(main, latency=0.002, bandwidth=1e6, window=window) == bytes(10_000)
+    assert sum(updates) == (10_000 if window else 0)

@@ -527,6 +527,7 @@ class PageCache:
             return freed
         task = asyncio.current_task()
         name = task.get_name() if task is not None else "reclaim"
+        del task  # else a cancelled task's traceback holds this frame, and it the task: a cycle
         await self._write_run(*self._take_run(), owner=name)
         while freed < nbytes and self.clean:
             freed += self._evict_oldest()

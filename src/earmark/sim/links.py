@@ -108,7 +108,7 @@ class Link:
         self._held_bytes = 0
         self._wire: deque[tuple[float, bytes]] = deque()  # (arrival, bytes), in order
         self._armed = False
-        self.in_flight = 0  # on the wire or unread at the receiver
+        self.in_flight = 0  # on the wire or unread at the receiver (a bounded window's)
         self.high = DEFAULT_HIGH
         self.low = DEFAULT_HIGH // 4
         self.paused = False
@@ -159,7 +159,8 @@ class Link:
             else:
                 held.popleft()
             self._held_bytes -= len(data)
-            self.in_flight += len(data)
+            if window:  # an unbounded window counts nothing: it never closes
+                self.in_flight += len(data)
             leaves = max(now, self._free, self._faults.heals(now)) + len(data) / shape.bandwidth
             self._free = leaves
             delay = shape.latency + self._faults.spike(self._rng)

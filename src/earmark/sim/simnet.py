@@ -148,8 +148,8 @@ class SimTransport(asyncio.Transport):
                 else:
                     assert isinstance(protocol, asyncio.Protocol)
                     protocol.data_received(data)
-        finally:
-            if inbox.taken > taken and self.peer is not None:
+        finally:  # an unbounded window has nothing to reopen: no update is sent
+            if inbox.taken > taken and self.peer is not None and self._out.shape.window:
                 self._loop.call_at(self._loop.time() + self._out.shape.latency,
                                    self.peer._window, inbox.taken - taken)
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import selectors
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from contextvars import Context
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from earmark.sim.links import LinkShape, SimServer, Trace
 from earmark.sim.schedule import ReadyQueue
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class StalledError(RuntimeError):
@@ -90,6 +93,30 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         port: int | None = None, **_: Any,
     ) -> SimServer:
         return self.network.listen(host or "127.0.0.1", port or 0, protocol_factory)
+
+    def call_soon(
+        self, callback: Callable[[*Ts], object], *args: *Ts,
+        context: Context | None = None,
+    ) -> asyncio.Handle:
+        """asyncio's, without two calls and two checks that only matter in debug mode or
+        on a closed loop (where asyncio's own runs): every task step comes through here."""
+        if self._debug or self._closed:  # type: ignore[attr-defined]
+            return super().call_soon(callback, *args, context=context)
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_at(
+        self, when: float, callback: Callable[[*Ts], object], *args: *Ts,
+        context: Context | None = None,
+    ) -> asyncio.TimerHandle:
+        """asyncio's, likewise: every delivery and window update on a link is a timer."""
+        if self._debug or self._closed:  # type: ignore[attr-defined]
+            return super().call_at(when, callback, *args, context=context)
+        timer = asyncio.TimerHandle(when, callback, args, self, context)
+        heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
+        timer._scheduled = True  # type: ignore[attr-defined]
+        return timer
 
     def run_in_executor(  # type: ignore[override]
         self, executor: object, func: Callable[..., T], *args: Any,
