@@ -110,6 +110,28 @@ class FailingDevice(ModelDevice):
         await super().write_pages(offset, pages, owner=owner)
 
 
+@pytest.mark.parametrize("policy", [Policy.RESERVE, Policy.NONE])
+def test_a_failed_writeback_of_mapped_pages_fails_their_msync_once(policy: Policy) -> None:
+    async def main() -> None:
+        arena = arena_for(policy)
+        device = FailingDevice(arena, 1 << 20)
+        cache = PageCache(arena, device, policy, HostTuning(dirty_expire_s=3600))
+        cache.start()
+        mapped = await cache.map(0, 2 * PAGE_BYTES, owner="m")
+        mapped.views[0][:] = b"lost" * 1024
+        with pytest.raises(OSError, match="Input/output error"):
+            await mapped.msync()
+        await cache.fsync(owner="m")  # said once, by the msync
+        device.broken = False
+        mapped.views[1][:] = b"kept" * 1024
+        await mapped.msync()
+        assert device.snapshot(PAGE_BYTES, PAGE_BYTES) == b"kept" * 1024
+        await mapped.unmap()
+        await cache.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("policy", [Policy.RESERVE, Policy.THROTTLE])
 def test_a_failed_writeback_fails_the_next_fsync_once_and_frees_its_pages(policy: Policy) -> None:
     async def main() -> None:

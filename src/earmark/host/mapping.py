@@ -62,7 +62,8 @@ class MappedPages:
         return self._pages
 
     async def msync(self) -> None:
-        """The pages stored into since map or the last msync are on the device."""
+        """The pages stored into since map or the last msync are on the device; a
+        writeback that failed since the last fsync or msync raises here, once."""
         self._check_mapped()
         if self.writable:
             await self._cache.msync(self)

@@ -186,9 +186,7 @@ class PageCache:
                 await self._wait_changed(owner, "writeback of every dirty page")
         finally:
             self._sync_wanted -= 1
-        error, self._write_error = self._write_error, None
-        if error is not None:
-            raise error
+        self._report_write_error()
         if self.policy is Policy.RESERVE:
             res = await self.arena.reserve(self._flush_claim, owner=owner)
             try:
@@ -198,6 +196,13 @@ class PageCache:
                 res.release()
         else:
             await self.device.flush(owner=owner)
+
+    def _report_write_error(self) -> None:
+        """A failed writeback is said once, by the next fsync or msync, as Linux's errseq
+        says it to the next fsync (msync(MS_SYNC) is an fsync of the range)."""
+        error, self._write_error = self._write_error, None
+        if error is not None:
+            raise error
 
     def stats(self) -> dict[str, int]:
         return {
@@ -305,6 +310,7 @@ class PageCache:
                 await self._wait_changed(owner, "writeback of a mapped page")
         finally:
             self._sync_wanted -= 1
+        self._report_write_error()
 
     async def unmap(self, mapped: MappedPages) -> None:
         """What `mapped.unmap` does: its changed pages become dirty pages of the cache,
