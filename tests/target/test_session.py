@@ -37,7 +37,7 @@ from earmark.scsi.sense import parse_sense
 from earmark.target.backing import MemoryBacking
 from earmark.target.events import AllocRequest, CloseConnection, IoRequest
 from earmark.target.executor import run_io
-from earmark.target.session import AdmissionPolicy, SessionConfig, TargetSession
+from earmark.target.session import UNSENT_HIGH, AdmissionPolicy, SessionConfig, TargetSession
 from earmark.target.unit import LogicalUnit
 from tests.wire_reader import WireReader
 
@@ -472,23 +472,22 @@ def test_a_read_or_write_plan_says_how_much_data_out_its_command_has() -> None:
 
 
 def test_a_read_done_while_data_in_is_paused_keeps_its_answer_until_released() -> None:
-    """The transport is full (`data_in_paused`): a read whose I/O is done sends nothing
+    """The transport is full (no `data_in_room`): a read whose I/O is done sends nothing
     and keeps its slot's buffer; released, it answers whole; an ABORT TASK or the
     connection's end gives its slot back at once."""
     rig = Rig(slots=2)
     rig.backing.write(0, [memoryview(b"r" * 4096)])
-    rig.session.data_in_paused = True
+    rig.session.data_in_room = 0
     assert rig.command(cdbs.read_10(0, 8), edtl=4096, read=True, itt=0x71) == []
     assert rig.session.answers_held == 1 and 0x71 in rig.session.tasks
-    rig.session.release_data_in()  # still paused: nothing
+    rig.session.release_data_in(UNSENT_HIGH + 1)  # still full: nothing
     assert rig.pump() == [] and rig.session.answers_held == 1
-    rig.session.data_in_paused = False
-    rig.session.release_data_in()
+    rig.session.release_data_in(0)
     (resp,) = rig.pump()
     assert isinstance(resp, DataIn) and resp.status_present and bytes(resp.data) == b"r" * 4096
     assert rig.session.answers_held == 0 and not rig.session.tasks
     # Held again, then aborted: answered at once, its slot back (the next command fits).
-    rig.session.data_in_paused = True
+    rig.session.data_in_room = 0
     assert rig.command(cdbs.read_10(0, 8), edtl=4096, read=True, itt=0x72) == []
     (resp,) = rig.send(TaskMgmtRequest(function=TmfFunction.ABORT_TASK, itt=0x73,
                                        referenced_task_tag=0x72, cmd_sn=3, ref_cmd_sn=2,

@@ -36,12 +36,9 @@ from earmark.target.executor import run_io
 from earmark.target.login_phase import LoginPhase, Refused
 from earmark.target.loop_io import run_on_loop
 from earmark.target.portal import Start, TargetPortal, WaitFor
-from earmark.target.session import TargetSession
+from earmark.target.session import UNSENT_HIGH, TargetSession
 
 log = logging.getLogger(__name__)
-
-_UNSENT_HIGH = 1 << 20
-"""Unsent bytes a connection's transport may hold before it stops reading commands."""
 
 
 class TargetConnection(asyncio.BufferedProtocol):
@@ -95,7 +92,7 @@ class TargetConnection(asyncio.BufferedProtocol):
         transport = self.transport
         # Bytes waiting in the transport are outside the arena: bounded by these marks
         # plus what the commands already admitted still send (pause_writing).
-        transport.set_write_buffer_limits(high=_UNSENT_HIGH, low=_UNSENT_HIGH // 4)
+        transport.set_write_buffer_limits(high=UNSENT_HIGH, low=UNSENT_HIGH // 4)
         transport.pause_reading()
         self._send = loops.sender(transport)
         portal = self._portal
@@ -264,15 +261,12 @@ class TargetConnection(asyncio.BufferedProtocol):
         answers of reads, so the bytes queued for it (outside the arena) stop growing."""
         self._write_paused = True
         if self.session is not None:
-            self.session.data_in_paused = True
+            self.session.data_in_room = 0
         self._stop_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if (session := self.session) is not None:  # each held answer sent before the next
-            session.data_in_paused = False
-            while session.answers_held and not self._write_paused and not self._closing:
-                self._guarded(session.release_data_in)
+        self._guarded(self._pump)  # the answers held meanwhile go, as the room allows
         if not self._closing:
             self._resume()
 
@@ -334,28 +328,32 @@ class TargetConnection(asyncio.BufferedProtocol):
             self._send(pieces)
 
     def _pump(self) -> None:
-        """Send what the session queued, then start what it asked for."""
+        """Send what the session queued, then start what it asked for; when its answers
+        have used their room and the transport has not paused, renew it (and go on)."""
         session = self.session
         if session is None:
             return
         self._write(session.data_to_send())
-        loop = self._loop
-        while (event := session.next_event()) is not None:
-            if isinstance(event, IoRequest):
-                if run_on_loop(event, self._stopwatch):
-                    session.io_done(event, b"")
-                else:
-                    self._io_running += 1
-                    fut = loop.run_in_executor(self._pool, run_io, event)
-                    fut.add_done_callback(self._io_callback(event))
-            elif isinstance(event, AllocRequest):
-                task = asyncio.ensure_future(self._allocate(event))
-                self._allocs.add(task)
-                task.add_done_callback(self._allocs.discard)
-            elif isinstance(event, CloseConnection):
-                self._write(session.data_to_send())
-                self._close(event.reason, event.error)
-        self._write(session.data_to_send())
+        while True:
+            while (event := session.next_event()) is not None:
+                if isinstance(event, IoRequest):
+                    if run_on_loop(event, self._stopwatch):
+                        session.io_done(event, b"")
+                    else:
+                        self._io_running += 1
+                        fut = self._loop.run_in_executor(self._pool, run_io, event)
+                        fut.add_done_callback(self._io_callback(event))
+                elif isinstance(event, AllocRequest):
+                    task = asyncio.ensure_future(self._allocate(event))
+                    self._allocs.add(task)
+                    task.add_done_callback(self._allocs.discard)
+                elif isinstance(event, CloseConnection):
+                    self._write(session.data_to_send())
+                    self._close(event.reason, event.error)
+            self._write(session.data_to_send())
+            if session.data_in_room > 0 or self._write_paused or not (t := self.transport):
+                break
+            session.release_data_in(t.get_write_buffer_size())
         self._rearm_timer()
         if session.slot_demand() and self._admission is None and not self._closing:
             self._admission = asyncio.ensure_future(self._admit())

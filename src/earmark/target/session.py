@@ -120,6 +120,10 @@ class SessionConfig:
 
 DEFAULT_CONFIG = SessionConfig()
 
+UNSENT_HIGH = 1 << 20
+"""Unsent bytes a connection's transport may hold before it pauses writing: the runtime
+then stops reading commands, and reads keep their answers in the arena meanwhile."""
+
 
 class TargetSession:
     """Full-feature phase of one session on one connection."""
@@ -141,7 +145,7 @@ class TargetSession:
         "closed",
         "config",
         "counters",
-        "data_in_paused",
+        "data_in_room",
         "exp_cmd_sn",
         "luns",
         "max_cmd_sn",
@@ -213,11 +217,14 @@ class TargetSession:
         self._ping: tuple[int, float] | None = None
         #: A blocking allocation the reader must wait for before reading on (`none`).
         self.blocked: AllocRequest | None = None
-        #: The transport holds more unsent bytes than it should (the initiator reads
-        #: slower than we answer): the runtime says so. Meanwhile a read whose I/O is
-        #: done keeps its answer in its slot's buffer, in the arena (`_held_answers`),
+        #: Bytes of Data-In the transport takes before it holds more than `UNSENT_HIGH`
+        #: unsent (the initiator reads slower than we answer): each answer queued uses
+        #: its share, so a batch of answers stops where the transport would pause; the
+        #: runtime renews it from what the transport holds (`release_data_in`) and sets
+        #: it to 0 when the transport pauses. With no room a read whose I/O is done
+        #: keeps its answer in its slot's buffer, in the arena (`_held_answers`),
         #: instead of handing it to the transport, which would copy it out of the arena.
-        self.data_in_paused = False
+        self.data_in_room = UNSENT_HIGH
         self._held_answers: deque[tuple[IoRequest, bytes]] = deque()
         self.closed = False
         for unit in self.units.values():
@@ -358,7 +365,7 @@ class TargetSession:
     def io_done(self, io: IoRequest, sense: bytes) -> None:
         """The runtime finished `io`; `sense` is empty on success."""
         task = io.task
-        if self.data_in_paused and task.reading and not task.aborted:
+        if self.data_in_room <= 0 and task.reading and not task.aborted:
             # Still in flight: its buffer holds the answer until `release_data_in`.
             self._held_answers.append((io, sense))
             return
@@ -387,12 +394,14 @@ class TargetSession:
         """Reads whose answers wait for `release_data_in`."""
         return len(self._held_answers)
 
-    def release_data_in(self) -> None:
-        """The transport has room again (`data_in_paused` is off): answer the oldest
-        read held meanwhile. One at a time, so the runtime sends each answer before the
-        next and stops when the transport fills up again."""
-        if not self.data_in_paused and self._held_answers:
-            self.io_done(*self._held_answers.popleft())
+    def release_data_in(self, unsent: int) -> None:
+        """The transport holds `unsent` bytes and has not paused: renew the room from
+        that, and answer the reads held meanwhile, oldest first, while there is room
+        (the last may pass it by one answer, as a read answered unheld does)."""
+        self.data_in_room = UNSENT_HIGH + 1 - unsent  # it pauses past UNSENT_HIGH
+        held = self._held_answers
+        while held and self.data_in_room > 0:
+            self.io_done(*held.popleft())
 
     def allocated(self, req: AllocRequest, buffer: Buffer) -> None:
         """`--policy none`: the buffer asked for by `req` was granted."""
@@ -776,6 +785,7 @@ class TargetSession:
             if last and i == len(pieces) - 1:
                 self._final_data_in(task, offset, piece)
                 return
+            self.data_in_room -= len(piece)
             self._send(DataIn(
                 task.itt, RESERVED_TAG, task.data_sn, offset, 0, self.exp_cmd_sn,
                 self.max_cmd_sn, 0, 0, end % burst == 0, False, False, False, False,
@@ -789,6 +799,7 @@ class TargetSession:
         first, so it carries the reopened window; the views stay valid until sent
         (the runtime sends before the next event)."""
         self._finish(task)
+        self.data_in_room -= len(piece)
         over, under, residual = _residual(task.edtl, task.spdtl, task.xfer)
         # Packed directly, not through a DataIn object: this is the reply to every read.
         flags = _FINAL_STATUS | (0x04 if over else 0) | (0x02 if under else 0)
