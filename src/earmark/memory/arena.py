@@ -569,7 +569,7 @@ class Arena:
         return self.capacity - self.committed
 
     def direct_reclaim_allowed(self) -> bool:
-        return allow_direct_reclaim(self.capacity - self.committed, self.emergency)
+        return allow_direct_reclaim(self.free(), self.emergency)
 
     def available(self) -> int:
         """What an ordinary request could be granted now: free memory short of the
