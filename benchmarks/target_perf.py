@@ -12,14 +12,20 @@ hits both, and the best of ``--repeat`` runs counts for each. Only one target is
 at a time: the other sits idle with its session closed. Goals: read ratio >= 1.0 at QD32
 and 1 MiB, >= 0.9 at QD1; every write ratio >= 1.0.
 
+earmark serve runs as a user starts it (its defaults, uvloop when installed), so it polls
+its loop for 250 us after each command (`--poll`, earmark.busy_poll); ``--poll 0`` here
+measures it sleeping at once instead. The JSON says which it was (``earmark_poll_us``).
+
 Memory: each target's peak resident set (VmHWM), read once every workload has run and
 before the targets stop; goal: earmark serve's at most its arena (as it reports it)
 + 32 MiB.
 
     python benchmarks/target_perf.py [--json] [--seconds 5] [--repeat 3] [--loop auto]
+                                     [--poll US]
 
 With --json the last line is one JSON object: {case: {earmark_iops, tgtd_iops, ratio},
-..., "rss": {earmark_peak_bytes, earmark_arena_bytes, tgtd_peak_bytes}}.
+..., "rss": {earmark_peak_bytes, earmark_arena_bytes, tgtd_peak_bytes},
+"earmark_poll_us"}.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import repo_root  # noqa: F401  (before tools: puts the repository root on sys.path)
+from earmark.cli.serve import POLL_US
 from tools.peers import Tgtd, iscsi_perf
 from tools.serve import EarmarkServe
 
@@ -113,14 +120,17 @@ def main() -> None:
                         help="runs per target and workload; the best counts (default 3)")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                         help="earmark serve's event loop (auto: uvloop if installed)")
+    parser.add_argument("--poll", type=int, default=POLL_US, metavar="US",
+                        help=f"earmark serve --poll (default {POLL_US}, its own default)")
     args = parser.parse_args()
-    result: dict[str, Mapping[str, float]] = {}
+    result: dict[str, Mapping[str, float] | int] = {}
     measure: list[tuple[str, Callable[[str, str, int], int]]] = [
         *((case, read_iops) for case in READS), *((case, write_iops) for case in WRITES)]
     with tempfile.TemporaryDirectory(prefix="earmark-perf-") as tmp:
         lun = Path(tmp) / "lun.img"
         make_lun(lun)
-        with Tgtd(lun) as tgtd, EarmarkServe(lun, "--loop", args.loop) as ours:
+        with Tgtd(lun) as tgtd, EarmarkServe(lun, "--loop", args.loop,
+                                                        "--poll", str(args.poll)) as ours:
             urls = {"earmark": ours.url, "tgtd": tgtd.url()}
             for name, run in measure:  # reads first: the writes overwrite the LUN
                 best = {"earmark": 0, "tgtd": 0}
@@ -139,6 +149,7 @@ def main() -> None:
                    "earmark_arena_bytes": ours.arena_bytes,
                    "tgtd_peak_bytes": peak_rss(tgtd.pid)}
     result["rss"] = rss
+    result["earmark_poll_us"] = args.poll
     peak, limit = rss["earmark_peak_bytes"], rss["earmark_arena_bytes"] + RSS_SLACK
     mark = "ok" if peak <= limit else f"over by {mib(peak - limit)}"
     print(f"{'peak RSS':18} earmark {mib(peak):>12}   tgtd {mib(rss['tgtd_peak_bytes']):>12}   "

@@ -99,3 +99,13 @@ def test_serve_readonly_answers_writes_with_write_protected_and_serves_reads(
     with EarmarkServe(lun, "--readonly") as served:
         asyncio.run(go(served.url))
     assert lun.read_bytes() == data
+
+
+@pytest.mark.parametrize(("value", "words"), [("2000", "is not 0 to 1000 microseconds"),
+                                              ("fast", "is not a whole number of microseconds")])
+def test_serve_refuses_a_poll_window_it_cannot_use(tmp_path: Path, value: str,
+                                                   words: str) -> None:
+    done = serve(str(tmp_path / "new.img"), "--size", "1M", "--poll", value)
+    assert done.returncode == 2
+    assert "argument --poll:" in done.stderr and words in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "new.img").exists()

@@ -24,12 +24,12 @@ from earmark.attach.fs import DISK_NAME, DiskFs
 from earmark.attach.loopdev import attach_loop, detach_loop
 from earmark.attach.mount import Mount, check_mountpoint, unmount
 from earmark.attach.pinned import pin_memory
-from earmark.attach.poll import Poll
 from earmark.attach.serve import FuseServer, largest_write, slot_bytes
 from earmark.attach.slots import AllocatedSlots, ReservedSlots, Slots
 from earmark.host.policy import Policy
 from earmark.memory import Arena, HostLevel
 from earmark.memory.arena import format_bytes
+from earmark.runtime.busy_poller import BusyPoller
 from earmark.runtime.initiator_device import BlockDevice
 
 __all__ = ["SLOT_BYTES", "AttachOptions", "attach"]
@@ -79,7 +79,8 @@ async def attach(opts: AttachOptions, say: Callable[[str], None]) -> int:
             slots: Slots = (ReservedSlots(buffers[1:]) if reserved
                             else AllocatedSlots(SLOT_BYTES, opts.requests))
             server = FuseServer(mount.fd, fs, device, slots, buffers[0],
-                                Poll(opts.poll) if opts.poll else None)
+                                BusyPoller(asyncio.get_running_loop(), opts.poll) if opts.poll
+                                else None)
             agreed = await server.handshake(max_write)
             assert slot_bytes(agreed.max_write, bs) <= SLOT_BYTES
             server.start()

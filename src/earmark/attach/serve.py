@@ -14,15 +14,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import time
 from collections.abc import Awaitable, Callable
 
 from earmark.attach import protocol as P
 from earmark.attach.fs import DISK, IO_OPS, DiskFs, Negotiated, covering, negotiate, punch_plan
-from earmark.attach.poll import Poll
 from earmark.attach.protocol import Op, Request
 from earmark.attach.slots import Slots
 from earmark.initiator.errors import InitiatorError
+from earmark.runtime.busy_poller import BusyPoller
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.scsi.sense import ScsiError
 
@@ -54,7 +53,7 @@ class FuseServer:
     """
 
     def __init__(self, fd: int, fs: DiskFs, device: BlockDevice, slots: Slots,
-                 scratch: memoryview, poll: Poll | None = None) -> None:
+                 scratch: memoryview, poll: BusyPoller | None = None) -> None:
         self._fd = fd
         self._fs = fs
         self._device = device
@@ -142,18 +141,7 @@ class FuseServer:
             self._reply(slot, req.unique, size, error)
             self._done(slot)
         if self._poll is not None:
-            self._woke()
-
-    def _woke(self) -> None:
-        assert self._poll is not None
-        if self._poll.event(time.perf_counter()):
-            self._loop.call_soon(self._turn)
-
-    def _turn(self) -> None:
-        """A callback ready to run keeps the loop from sleeping in epoll: it polls."""
-        assert self._poll is not None
-        if self._poll.turn(time.perf_counter()):
-            self._loop.call_soon(self._turn)
+            self._poll.woke()
 
     async def _serve_io(self, slot: memoryview, req: Request) -> None:
         try:
@@ -175,7 +163,7 @@ class FuseServer:
             del self._tasks[req.unique]
             self._done(slot)
             if self._poll is not None:
-                self._woke()
+                self._poll.woke()
 
     def _done(self, slot: memoryview) -> None:
         self._slots.give(slot)

@@ -18,6 +18,7 @@ from earmark.attach.loopdev import LoopError
 from earmark.attach.mount import MountError
 from earmark.attach.pinned import PinError
 from earmark.cli.ls import CREDENTIALS
+from earmark.cli.poll_flag import add_poll_flag
 from earmark.host.policy import Policy
 from earmark.initiator.errors import InitiatorError
 from earmark.memory.errors import ArenaError
@@ -42,11 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="FUSE requests in flight at once, each with its own buffer (default 32)")
     p.add_argument("--metrics", metavar="ADDRESS:PORT",
                    help="serve the initiator's Prometheus figures there (port 0: any free one)")
-    p.add_argument("--poll", type=int, default=0, metavar="MICROSECONDS",
-                   help="after each request and reply, keep polling that long before "
-                        "sleeping, saving wake-ups at queue depth 1 for up to one busy CPU "
-                        "while requests flow (default 0: never; it stops for 0.1 s after a "
-                        "poll that saw nothing come or lost its CPU to another process)")
+    add_poll_flag(p, 0, "FUSE request")
     p.add_argument("--event-loop", choices=loops.LOOPS, default="auto",
                    help="uvloop if installed (auto, the default), or force one")
 
@@ -58,12 +55,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.requests < 1:
             raise ValueError("--requests must be at least 1")
-        if not 0 <= args.poll <= 1000:
-            raise ValueError("--poll must be 0 to 1000 microseconds")
         metrics = None if args.metrics is None else parse_address(args.metrics, "--metrics")
         opts = AttachOptions(args.url, args.mountpoint, args.loop, Policy(args.policy),
                              parse_size(args.memory, "--memory"), args.requests, metrics,
-                             args.poll / 1e6)
+                             args.poll)
         return loops.run(attach(opts, say), loops.loop_name(args.event_loop))
     except (InitiatorError, ScsiError, ArenaError, MountError, LoopError, PinError,
             ValueError, OSError) as exc:

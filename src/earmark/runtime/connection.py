@@ -30,6 +30,7 @@ from earmark.iscsi.stream import Framer
 from earmark.memory import Reservation
 from earmark.memory.levels import TargetLevel
 from earmark.runtime import loops
+from earmark.runtime.busy_poller import BusyPoller
 from earmark.target import connection_core as core
 from earmark.target.events import AllocRequest, CloseConnection, IoRequest
 from earmark.target.executor import run_io
@@ -46,8 +47,10 @@ class TargetConnection(asyncio.BufferedProtocol):
     portal names the ones a login ends or lets start, and whose shares changed."""
 
     def __init__(self, portal: TargetPortal, conn_id: int, peers: dict[int, TargetConnection],
-                 loop: asyncio.AbstractEventLoop, pool: Executor) -> None:
+                 loop: asyncio.AbstractEventLoop, pool: Executor,
+                 poller: BusyPoller | None = None) -> None:
         self._portal = portal
+        self._poller = poller
         self.conn_id = conn_id
         self._peers = peers
         self._loop = loop
@@ -361,6 +364,8 @@ class TargetConnection(asyncio.BufferedProtocol):
             self.idle.clear()
         else:
             self.idle.set()
+        if self._poller is not None:  # commands came or answers left: the next may be near
+            self._poller.woke()
 
     def _io_callback(self, io: IoRequest) -> Callable[[asyncio.Future[bytes]], None]:
         def done(fut: asyncio.Future[bytes]) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from earmark.memory import DeadlockReport
+from earmark.runtime.busy_poller import BusyPoller
 from earmark.runtime.connection import TargetConnection
 from earmark.target.build import TargetSetup
 from earmark.target.portal import TargetPortal
@@ -31,6 +32,7 @@ class TargetServer:
         *,
         io_threads: int = 8,
         watchdog_s: float = 2.0,
+        poll_s: float = 0.0,
         on_deadlock: Callable[[DeadlockReport], None] | None = None,
     ) -> None:
         self.portal = TargetPortal(setup.targets, arena=setup.arena, config=setup.config,
@@ -45,6 +47,9 @@ class TargetServer:
         self._server: asyncio.Server | None = None
         self._watch: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Seconds the loop polls after each command and answer (``--poll``); 0: it sleeps.
+        self.poll_s = poll_s
+        self._poller: BusyPoller | None = None
 
     @property
     def deadlock(self) -> DeadlockReport | None:
@@ -58,6 +63,8 @@ class TargetServer:
     async def start(self) -> None:
         """Listen; raises OSError (e.g. address in use) as the socket layer reports it."""
         self._loop = asyncio.get_running_loop()
+        if self.poll_s:
+            self._poller = BusyPoller(self._loop, self.poll_s)
         self._server = await self.listen(self.address, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self.portal.listening(self.address, self.port)
@@ -73,7 +80,8 @@ class TargetServer:
 
     def new_connection(self) -> TargetConnection:
         conn_id = self.portal.connection_opened()
-        conn = TargetConnection(self.portal, conn_id, self.connections, self.loop, self.pool)
+        conn = TargetConnection(self.portal, conn_id, self.connections, self.loop, self.pool,
+                                self._poller)
         self.connections[conn_id] = conn
         return conn
 

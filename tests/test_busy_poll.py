@@ -1,8 +1,8 @@
-"""``--poll``: when the daemon's loop keeps polling rather than sleeping."""
+"""``--poll``: when a server's loop keeps polling rather than sleeping."""
 
 from __future__ import annotations
 
-from earmark.attach.poll import PREEMPTED, REST, Poll
+from earmark.busy_poll import PREEMPTED, REST, Poll
 
 US = 1e-6
 
