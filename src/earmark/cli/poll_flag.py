@@ -28,5 +28,6 @@ def add_poll_flag(parser: argparse.ArgumentParser, default_us: int, waits_for: s
         "--poll", type=_seconds, default=default_us / 1e6, metavar="MICROSECONDS",
         help=f"after each request and answer, keep polling that long before sleeping, "
              f"saving a wake-up a {waits_for} at queue depth 1 for up to one busy CPU while "
-             f"requests flow (default {default_us}; 0: never). Polling stops for 0.1 s after "
-             "a poll that saw nothing come or lost its CPU to another process")
+             f"requests flow (default {default_us}; 0: never). After a poll that saw nothing "
+             "come or lost its CPU to another process, polling rests 1 ms, twice as long "
+             "after each next such poll, up to 0.1 s")
