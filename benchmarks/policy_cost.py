@@ -2,19 +2,27 @@
 
 mempool and throttle are what people run today (Linux's emergency reserves and its dirty
 throttling, modelled as strong as Linux makes them: `earmark.host.policy`). Each writer
-count runs the demo's workload through the page cache, earmark's initiator and an
-embedded earmark target, on real TCP and on the simulator, with the demo's arena; the
+count runs the demo's workload through the page cache and earmark's initiator with the
+demo's arena, on real TCP to an `earmark serve` process (its LUN a file in /dev/shm,
+memory as the simulator's target has) and on the simulator to the same target code. The
+target is a process of its own, as on another machine: an embedded target's thread
+would share this process's interpreter lock, and which policy's rhythm happened to
+hand the lock over well would move its figures (best of 5 at 1 writer, reserve against
+mempool: 0.924, 0.945, 0.88 in three runs of the same code with the target on a
+thread; 1.126 beside 1.041 in one probe of each). The
 three policies alternate, ``--repeats`` rounds each, the order turning one place each
 round so no policy always runs first or last, and the best run of each counts (noise
-only ever slows a run down). A run writes ``--pages`` pages (8 times the arena by
-default): the demo's 2,048 pages are two arenas' worth, so a run that short measures
-mostly the first fill, which no policy has to wait for, and the final fsync, and a
-0.2-second run on TCP moves with every neighbour on a shared machine. A baseline that
+only ever slows a run down). A run writes ``--pages`` pages (16 times the arena by
+default, the whole LUN): the demo's 2,048 pages are two arenas' worth, so a run that
+short measures mostly the first fill, which no policy has to wait for, and the final
+fsync, and a 0.2-second run on TCP moves with every neighbour on a shared machine
+(at 8 times the arena, one writer's runs of one policy on TCP spread from 23.6 to 36.3
+MB/s beside two busy helpers). A baseline that
 deadlocks there has no figure (null): the comparison is only made where it completes.
 Reserve must complete and verify everywhere. Goal: vs_mempool and vs_throttle >= 0.95
 wherever they exist.
 
-    python benchmarks/policy_cost.py [--json] [--repeats 5] [--pages 8192] [--writers 1,4,16,64]
+    python benchmarks/policy_cost.py [--json] [--repeats 5] [--pages 16384] [--writers 1,4,16,64]
 
 With --json the last line is {"tcp": {"1": {"reserve_mbps", "mempool_mbps",
 "throttle_mbps", "vs_mempool", "vs_throttle"}, ...}, "sim": {...}}.
@@ -25,13 +33,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import tempfile
+from pathlib import Path
 
 from rich.console import Console
 
+import repo_root  # noqa: F401  (before tools: puts the repository root on sys.path)
 from earmark.host.policy import Policy
 from earmark.sim.demo import DemoConfig, Row, live
-from earmark.sim.stacks import SimStack, TcpStack
+from earmark.sim.stacks import RemoteStack, SimStack
 from earmark.sim.virtualtime import run_virtual
+from tools.serve import EarmarkServe
 
 POLICIES = (Policy.MEMPOOL, Policy.THROTTLE, Policy.RESERVE)
 Figures = dict[str, float | None]
@@ -63,7 +75,7 @@ def figures(best: dict[Policy, float | None]) -> Figures:
     return out
 
 
-def measure(where: str, writers: int, args: argparse.Namespace) -> Figures:
+def measure(where: str, writers: int, args: argparse.Namespace, url: str) -> Figures:
     best: dict[Policy, float | None] = {}
     quiet = Console(quiet=True)
     for round_ in range(args.repeats):
@@ -71,8 +83,7 @@ def measure(where: str, writers: int, args: argparse.Namespace) -> Figures:
         config = DemoConfig(writers=[writers], policies=list(POLICIES[turn:] + POLICIES[:turn]),
                             total_pages=args.pages, seed=round_ + 1)
         if where == "tcp":
-            with TcpStack(config.lun_bytes) as tcp:
-                rows = asyncio.run(live(tcp, config, quiet))
+            rows = asyncio.run(live(RemoteStack(url), config, quiet))
         else:
             async def simulate(config: DemoConfig = config) -> list[Row]:
                 async with SimStack(config.lun_bytes) as stack:
@@ -91,13 +102,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     parser.add_argument("--repeats", type=int, default=5, help="rounds per policy (default 5)")
-    parser.add_argument("--pages", type=int, default=8192,
-                        help="pages per run (default 8192: 8 times the demo's 4 MiB arena)")
+    parser.add_argument("--pages", type=int, default=16384,
+                        help="pages per run (default 16384: 16 times the demo's 4 MiB arena)")
     parser.add_argument("--writers", default="1,4,16,64", help="writer counts (1,4,16,64)")
     args = parser.parse_args()
     counts = [int(w) for w in args.writers.split(",")]
-    result = {where: {str(n): measure(where, n, args) for n in counts}
-              for where in ("tcp", "sim")}
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(prefix="earmark-policy-cost-",
+                                     dir=shm if shm.is_dir() else None) as tmp:
+        lun = Path(tmp) / "lun.img"
+        with open(lun, "wb") as f:
+            f.truncate(DemoConfig().lun_bytes)
+        with EarmarkServe(lun) as target:
+            result = {where: {str(n): measure(where, n, args, target.url) for n in counts}
+                      for where in ("tcp", "sim")}
     if args.json:
         print(json.dumps(result))
 

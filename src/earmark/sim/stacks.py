@@ -1,6 +1,7 @@
 """The demo's stacks: the page cache over earmark's initiator, to an embedded earmark
 target, over TCP (:class:`TcpStack`, the target on its own thread) or over the
-simulated network of a virtual-time loop (:class:`SimStack`, the same code).
+simulated network of a virtual-time loop (:class:`SimStack`, the same code); or to a
+target in another process (:class:`RemoteStack`).
 
 Each run opens a fresh session on that run's host arena, so the host side of the
 cycle (pages, requests, commands, receive buffers) is all in one bounded arena.
@@ -111,6 +112,14 @@ class _IscsiStack:
                 if zlib.crc32(page) != crc:
                     return False
         return True
+
+
+class RemoteStack(_IscsiStack):
+    """Sessions to a target another process serves at `url` (`earmark serve`): nothing
+    of it shares this process, its interpreter lock or its loop, as on another machine."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
 
 
 class TcpStack(_IscsiStack):
