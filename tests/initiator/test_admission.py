@@ -151,15 +151,15 @@ def test_a_command_takes_a_kept_reservation_reserves_its_own_or_draws() -> None:
         assert adm.admit(second, True) is None  # the kept one, now, without a wait
         assert second.res is kept and kept.owner == "b"
         second.give_back(adm)
-        # The caller reserved (reserve False): the command draws TASK and WIRE on it.
+        # The caller reserved (reserve False): the command draws TASK and WIRE on it,
+        # at once (nothing to await).
         third = Admitted(b"\x2a" + bytes(9), 0, None, memoryview(bytearray(4096)), "c")
         res = arena.reserve_now(adm.cost(True, 4096), owner="c")
         assert res is not None
         with res.active():
-            drawn = adm.admit(third, False)
-            assert drawn is not None
-            await drawn
+            assert adm.admit(third, False) is None
         assert third.res is None and len(third.held) == 2 and third.rx_buffers is None
+        assert [c.reservation for c in third.held] == [res, res]
         third.give_back(adm)
         res.release()
 

@@ -39,7 +39,7 @@ from earmark.host.requests import (
 )
 from earmark.memory import Arena, Buffer, HostLevel, Reservation
 from earmark.memory.claim import Claim
-from earmark.memory.draw import draw_charge
+from earmark.memory.draw import draw_charge, draw_charge_now
 from earmark.memory.levels import PAGE_BYTES, REQUEST_DESCRIPTOR_BYTES
 
 CACHE = "cache"
@@ -595,10 +595,10 @@ class PageCache:
                     res.handoff(owner)
                 try:
                     with res.active() if res is not None else nullcontext():
-                        desc = await draw_charge(
-                            self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES,
-                            owner=owner,
-                        )
+                        # Drawn at once on `res` (no coroutine), else allocated.
+                        desc = draw_charge_now(HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES) \
+                            or await draw_charge(self.arena, HostLevel.REQUEST,
+                                                 REQUEST_DESCRIPTOR_BYTES, owner=owner)
                         try:
                             await self.device.write_pages(offset, views, owner=owner)
                         finally:

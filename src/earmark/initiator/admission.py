@@ -30,13 +30,13 @@ from earmark.memory import Arena, HostLevel, Wait, WaitKind
 from earmark.memory.allocation import Buffer, Charge
 from earmark.memory.arena import format_bytes
 from earmark.memory.claim import Claim
-from earmark.memory.draw import draw_charge
+from earmark.memory.draw import draw_charge_now
 from earmark.memory.levels import (
     DATA_OUT_HEADER_BYTES,
     RESPONSE_HEADER_BYTES,
     TASK_DESCRIPTOR_BYTES,
 )
-from earmark.memory.reservation import Reservation, handed_down
+from earmark.memory.reservation import Reservation
 
 __all__ = ["SENSE_BYTES", "Admission", "Admitted", "command_bytes", "receive_bytes",
            "waits_for_answers"]
@@ -257,17 +257,32 @@ class Admission:
         pooled.append(res)
         self._idle_count += 1
 
-    async def draw(self, cmd: Admitted, task_bytes: int, wire_bytes: int,
-                   reserved: bool) -> None:
+    def draw(self, cmd: Admitted, task_bytes: int, wire_bytes: int,
+             reserved: bool) -> Coroutine[Any, Any, None] | None:
         """Memory for a command that does not reserve its own: drawn from the caller's
-        reservation (``reserved``: ``reserve`` policy, or one handed down), or
-        allocated (other policies), which may wait; receive buffers then come as
-        the target's PDUs arrive (:meth:`on_arrival`)."""
+        reservation at once when one was handed down (None), else allocated (what to
+        await: ``reserved`` means the ``reserve`` policy, whose receive buffers are
+        allocated with the rest; under the others they come as the target's PDUs
+        arrive, :meth:`on_arrival`)."""
+        task = draw_charge_now(HostLevel.TASK, task_bytes)
+        if task is None:
+            return self._allocate(cmd, task_bytes, wire_bytes, reserved)
+        try:  # receive buffers reserved with the command: drawn with the rest, now
+            wire = draw_charge_now(HostLevel.WIRE, wire_bytes)
+        except BaseException:
+            task.free()
+            raise
+        assert wire is not None, "drawn in the same context as the task's"
+        cmd.held = [task, wire]
+        return None
+
+    async def _allocate(self, cmd: Admitted, task_bytes: int, wire_bytes: int,
+                        reserved: bool) -> None:
         arena, who = self.arena, cmd.owner
-        held = [await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who)]
-        if reserved or handed_down() is not None:
-            try:  # receive buffers reserved with the command: drawn with the rest, now
-                held.append(await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
+        held = [await arena.allocate_charge(HostLevel.TASK, task_bytes, owner=who)]
+        if reserved:
+            try:
+                held.append(await arena.allocate_charge(HostLevel.WIRE, wire_bytes, owner=who))
             except BaseException:
                 held[0].free()
                 raise
