@@ -666,8 +666,12 @@ class PageCache:
             else:
                 task = loop.create_task(self._write_run(run, res, owner=name), name=name)
             running.add(task)
-            task.add_done_callback(running.discard)
-            task.add_done_callback(lambda _task: self._kick.set())
+            task.add_done_callback(self._writeback_done)  # one callback: one loop event
+
+    def _writeback_done(self, task: asyncio.Task[None]) -> None:
+        """A background writeback ended: the flusher may start another."""
+        self._running.discard(task)
+        self._kick.set()
 
     def _flusher_wait(self, wakers: tuple[str, ...],
                       now: float) -> AbstractContextManager[object]:

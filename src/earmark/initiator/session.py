@@ -148,7 +148,7 @@ class Command:
                 write_data = write_data[0]
                 self.length = len(write_data)
             else:
-                self.length = sum(len(piece) for piece in write_data)
+                self.length = sum(map(len, write_data))
         else:
             self.length = len(write_data)
         self.write_data = write_data
