@@ -37,6 +37,7 @@ from earmark.host.requests import (
     run_around,
     runs_of,
 )
+from earmark.host.tick import Tick
 from earmark.memory import Arena, Buffer, HostLevel, Reservation
 from earmark.memory.claim import Claim
 from earmark.memory.draw import draw_charge, draw_charge_now
@@ -86,6 +87,7 @@ class PageCache:
         self._writeback_pages = 0  # pages taken by writebacks not yet clean (NR_WRITEBACK)
         self._changed = asyncio.Event()  # a page became clean, or writeback finished
         self._kick = asyncio.Event()
+        self._tick = Tick(self._kick.set)  # the flusher's look at the pages' age
         self._sync_wanted = 0
         self._flusher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -146,6 +148,7 @@ class PageCache:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
+            self._tick.cancel()
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -649,13 +652,14 @@ class PageCache:
                 wakers = tuple(sorted(self._writebacks)) if busy else ()
                 # Woken by a kick or, a second on, by a timer that kicks (to look at the
                 # dirty pages' age again): cheaper than asyncio.timeout on a wait made
-                # every few writes, and it cannot swallow a cancel as 3.11's wait_for can.
-                tick = loop.call_at(loop.time() + 1.0, self._kick.set)
+                # every few writes, and it cannot swallow a cancel as 3.11's wait_for can
+                # (one timer for all waits: host/tick.py).
+                self._tick.arm(loop, loop.time() + 1.0)
                 try:
                     with self._flusher_wait(wakers, loop.time()):
                         await self._kick.wait()
                 finally:
-                    tick.cancel()
+                    self._tick.disarm()
                 continue
             run, res = self._take_run()
             self._writeback_seq += 1
