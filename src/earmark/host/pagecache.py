@@ -48,11 +48,14 @@ FLUSHER = "flusher"
 
 
 class Page:
-    __slots__ = ("buf", "dirtied_at", "dirty", "index", "mapped", "memory", "writeback")
+    __slots__ = ("buf", "dirtied_at", "dirty", "index", "mapped", "memory", "view",
+                 "writeback")
 
     def __init__(self, index: int, buf: Buffer, memory: Reservation | None) -> None:
         self.index = index
         self.buf = buf
+        #: The buffer's one view, looked up once (every write and writeback of it uses it).
+        self.view = buf.view
         #: Under `reserve`: the reservation the page's own buffer was taken from.
         self.memory = memory
         self.dirty = False
@@ -158,14 +161,33 @@ class PageCache:
     async def pwrite(self, offset: int, data: bytes | memoryview, *, owner: str) -> None:
         self._check_range(offset, len(data))
         src = memoryview(data).cast("B")
+        size = len(src)
         pos = 0
-        while pos < len(src):
+        while pos < size:
             index, at = divmod(offset + pos, PAGE_BYTES)
-            n = min(PAGE_BYTES - at, len(src) - pos)
-            page = await self._dirty_page(index, whole=(n == PAGE_BYTES), owner=owner)
-            page.buf.view[at : at + n] = src[pos : pos + n]
+            n = min(PAGE_BYTES - at, size - pos)
+            # The page, dirty (written out here, not a coroutine of its own: every
+            # write of every page comes this way); looked for again after any wait.
+            while True:
+                page = self.pages.get(index)
+                if page is not None and page.writeback:
+                    await self._wait_changed(owner, f"writeback of page {index}")
+                elif page is not None and page.dirty:
+                    break
+                elif self.policy is Policy.RESERVE:
+                    page = await self._reserve_dirty(index, n == PAGE_BYTES, owner)
+                    if page is not None:
+                        break
+                else:
+                    if page is None:
+                        page = await self._allocate_page(index, read=n != PAGE_BYTES,
+                                                         owner=owner)
+                    if page is not None:
+                        self._mark_dirty(page, owner)
+                        break
+            page.view[at : at + n] = src[pos : pos + n]
             pos += n
-            if self.policy is Policy.THROTTLE:
+            if self._throttle is not None:
                 await self._balance_dirty_pages(owner)
 
     async def pread(self, offset: int, length: int, *, owner: str) -> bytes:
@@ -176,7 +198,7 @@ class PageCache:
             index, at = divmod(offset + pos, PAGE_BYTES)
             n = min(PAGE_BYTES - at, length - pos)
             page = await self._cached_page(index, owner=owner)
-            out[pos : pos + n] = page.buf.view[at : at + n]
+            out[pos : pos + n] = page.view[at : at + n]
             pos += n
         return bytes(out)
 
@@ -344,26 +366,6 @@ class PageCache:
                 await self._balance_dirty_pages(owner)
 
     # ---- getting pages -------------------------------------------------------------
-
-    async def _dirty_page(self, index: int, *, whole: bool, owner: str) -> Page:
-        while True:
-            page = self.pages.get(index)
-            if page is not None and page.writeback:
-                await self._wait_changed(owner, f"writeback of page {index}")
-                continue
-            if page is not None and page.dirty:
-                return page
-            if self.policy is Policy.RESERVE:
-                got = await self._reserve_dirty(index, whole, owner)
-                if got is None:
-                    continue  # the world changed while we waited; look again
-                return got
-            if page is None:
-                page = await self._allocate_page(index, read=not whole, owner=owner)
-                if page is None:
-                    continue
-            self._mark_dirty(page, owner)
-            return page
 
     async def _reserve_dirty(self, index: int, whole: bool, owner: str) -> Page | None:
         """Under `reserve`: the page, and its share of the request writeback will put it
@@ -591,7 +593,7 @@ class PageCache:
         self.inflight += 1
         self._writebacks.add(owner)
         try:
-            views = [p.buf.view for p in run]
+            views = [p.view for p in run]
             offset = run[0].index * PAGE_BYTES
             try:
                 if res is not None:
