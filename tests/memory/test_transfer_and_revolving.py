@@ -25,6 +25,20 @@ def test_transfer_moves_budget_without_touching_the_arena() -> None:
     assert arena.committed == 0
 
 
+def test_a_move_that_overdraws_one_level_moves_nothing_and_names_that_level() -> None:
+    arena = Arena(1 << 20)
+    src = arena.reserve_now({HostLevel.PAGE: 4096, HostLevel.TASK: 128}, owner="a")
+    dst = arena.reserve_now({HostLevel.TASK: 64}, owner="b")
+    assert src is not None and dst is not None
+    before = (list(src.budget), src.left, list(dst.budget), dst.left)
+    with pytest.raises(OverdrawError, match="moves 256 B at TASK but has only 128 B"):
+        src.transfer({HostLevel.PAGE: 4096, HostLevel.TASK: 256}, dst)
+    with pytest.raises(OverdrawError, match="splits off 8 KiB at PAGE but has only 4 KiB"):
+        src.split({HostLevel.TASK: 64, HostLevel.PAGE: 8192}, owner="c")
+    assert (list(src.budget), src.left, list(dst.budget), dst.left) == before
+    assert "c" not in arena.holdings()
+
+
 def test_a_revolving_reservation_gets_back_what_its_draws_free() -> None:
     arena = Arena(1 << 20)
     res = arena.reserve_now({HostLevel.TASK: 64}, owner="m")

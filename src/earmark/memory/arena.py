@@ -437,7 +437,12 @@ class Arena:
         res.left -= cost
         res.held[level] += cost
         res.held_total += cost
-        self._draw_level(self._taken, level, cost)
+        # `_draw_level` written out: every draw of every command and page comes here.
+        taken = self._taken
+        taken[level] += cost
+        drawn = taken[level] + self._plain[level]
+        if drawn > self._level_high[level]:
+            self._level_high[level] = drawn
 
     def _release_budget(self, res: Reservation,
                         claims: Claim | Mapping[int, int] | None) -> None:
@@ -491,16 +496,21 @@ class Arena:
 
     def _take_budget(self, res: Reservation, claims: Claim | Mapping[int, int],
                      verb: str) -> Claim:
-        claim = self._claim_of(claims)
+        claim = claims if type(claims) is Claim else self._claim_of(claims)
         budget = res.budget
-        for lvl, n in claim.pairs:
-            if n > budget[lvl]:
-                raise OverdrawError(
-                    f"{res.owner} {verb} {format_bytes(n)} at {self.levels(lvl).name} "
-                    f"but has only {format_bytes(budget[lvl])} left there"
-                )
-        for lvl, n in claim.pairs:
+        # Taken first and checked after (no level is ever below 0 otherwise), so that the
+        # check is one pass in C: every page made dirty and every writeback comes here.
+        pairs = claim.pairs
+        for lvl, n in pairs:
             budget[lvl] -= n
+        if min(budget) < 0:
+            for lvl, n in pairs:
+                budget[lvl] += n
+            lvl, n = next((lvl, n) for lvl, n in pairs if n > budget[lvl])
+            raise OverdrawError(
+                f"{res.owner} {verb} {format_bytes(n)} at {self.levels(lvl).name} "
+                f"but has only {format_bytes(budget[lvl])} left there"
+            )
         res.left -= claim.total
         return claim
 
