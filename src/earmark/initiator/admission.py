@@ -30,13 +30,12 @@ from earmark.memory import Arena, HostLevel, Wait, WaitKind
 from earmark.memory.allocation import Buffer, Charge
 from earmark.memory.arena import format_bytes
 from earmark.memory.claim import Claim
-from earmark.memory.draw import draw_charge_now
 from earmark.memory.levels import (
     DATA_OUT_HEADER_BYTES,
     RESPONSE_HEADER_BYTES,
     TASK_DESCRIPTOR_BYTES,
 )
-from earmark.memory.reservation import Reservation
+from earmark.memory.reservation import Reservation, handed_down
 
 __all__ = ["SENSE_BYTES", "Admission", "Admitted", "command_bytes", "receive_bytes",
            "waits_for_answers"]
@@ -259,21 +258,20 @@ class Admission:
 
     def draw(self, cmd: Admitted, task_bytes: int, wire_bytes: int,
              reserved: bool) -> Coroutine[Any, Any, None] | None:
-        """Memory for a command that does not reserve its own: drawn from the caller's
-        reservation at once when one was handed down (None), else allocated (what to
-        await: ``reserved`` means the ``reserve`` policy, whose receive buffers are
-        allocated with the rest; under the others they come as the target's PDUs
-        arrive, :meth:`on_arrival`)."""
-        task = draw_charge_now(HostLevel.TASK, task_bytes)
-        if task is None:
+        """Memory for a command that does not reserve its own. When the caller's
+        reservation was handed down, the command's claim is split off it at once (None:
+        nothing to await) and held untouched until the status, as a command's own
+        reservation is (drawing on it would only add bookkeeping); then it rejoins it
+        (:meth:`Admitted.give_back`). Else it is allocated (what to await):
+        ``reserved`` means the ``reserve`` policy, whose receive buffers are allocated
+        with the rest; under the others they come as the target's PDUs arrive
+        (:meth:`on_arrival`)."""
+        source = handed_down()
+        if source is None:
             return self._allocate(cmd, task_bytes, wire_bytes, reserved)
-        try:  # receive buffers reserved with the command: drawn with the rest, now
-            wire = draw_charge_now(HostLevel.WIRE, wire_bytes)
-        except BaseException:
-            task.free()
-            raise
-        assert wire is not None, "drawn in the same context as the task's"
-        cmd.held = [task, wire]
+        cmd.claim = self.claim(cmd.write_data is not None, cmd.length)[0]
+        cmd.res = source.split(cmd.claim, cmd.owner)
+        cmd.source = source
         return None
 
     async def _allocate(self, cmd: Admitted, task_bytes: int, wire_bytes: int,
@@ -324,7 +322,7 @@ class Admission:
 class Admitted(Command):
     """A command with the memory it holds while it runs, whichever way it got it."""
 
-    __slots__ = ("claim", "held", "owner", "res", "rx_buffers", "since")
+    __slots__ = ("claim", "held", "owner", "res", "rx_buffers", "since", "source")
 
     #: Since when it waits, set as it is submitted.
     since: float
@@ -333,9 +331,11 @@ class Admitted(Command):
                  write_data: memoryview | list[memoryview] | None, owner: str) -> None:
         Command.__init__(self, cdb, lun, read_into, write_data)
         self.owner = owner
-        #: What the command reserved under ``reserve``: ``res`` covers ``claim``.
+        #: What the command holds under ``reserve``: ``res`` covers ``claim``, reserved
+        #: for it, or split off ``source``, the reservation handed down to it.
         self.claim: Claim | None = None
         self.res: Reservation | None = None
+        self.source: Reservation | None = None
         #: Drawn at submit: task descriptor and Data-Out headers (and receive buffers
         #: when those were reserved with the command).
         self.held: list[Charge] | tuple[()] = ()
@@ -354,11 +354,15 @@ class Admitted(Command):
 
     def give_back(self, admission: Admission) -> None:
         """The command is over: its reservation to the pool, what it drew freed."""
-        res = self.res
+        res, source = self.res, self.source
         if res is not None:
             self.res = None
-            assert self.claim is not None
-            admission.give_back(self.claim, res)
+            if source is not None:
+                self.source = None
+                res.rejoin(source)
+            else:
+                assert self.claim is not None
+                admission.give_back(self.claim, res)
         held = self.held
         if held:
             self.held = ()
