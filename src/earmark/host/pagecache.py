@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 
 from earmark.host.device import PageDevice
 from earmark.host.dirty_throttle import DirtyThrottle
@@ -86,6 +88,11 @@ class PageCache:
         # it for writeback takes it out): what request merging asks of a neighbour, so
         # the dict answers it itself, with no Python frame per neighbour.
         self._is_dirty = self.dirty.__contains__
+        #: How many requests page `index` joins if it becomes dirty now (0: it starts
+        #: one): a partial, not a method, so the look costs no frame of ours.
+        self._joins: Callable[[int], int] = partial(
+            dirty_neighbours, is_dirty=self._is_dirty,
+            max_pages=self.tuning.max_request_pages)
         self.inflight = 0
         self._writeback_pages = 0  # pages taken by writebacks not yet clean (NR_WRITEBACK)
         self._changed = asyncio.Event()  # a page became clean, or writeback finished
@@ -401,10 +408,6 @@ class PageCache:
             self._book_dirty(joins, res, None, starts)
         self._mark_dirty(page, owner)
         return page
-
-    def _joins(self, index: int) -> int:
-        """How many requests page `index` joins if it becomes dirty now (0: it starts one)."""
-        return dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
 
     def _book_dirty(self, joins: int, source: Reservation, share: Claim | None,
                     has_fixed: bool) -> None:

@@ -26,6 +26,7 @@ from earmark.memory.allocation import Allocation, Buffer, Charge
 from earmark.memory.buddy import BuddyAllocator
 from earmark.memory.claim import Claim
 from earmark.memory.errors import (
+    ArenaError,
     ClaimTooLargeError,
     OverdrawError,
     ReleaseError,
@@ -448,25 +449,15 @@ class Arena:
                         claims: Claim | Mapping[int, int] | None) -> None:
         if res.released:
             raise ReleaseError(f"reservation of {res.owner} was already released")
-        budget = res.budget
         if claims is None:
             res.released = True
             total = res.left
-            res.budget = [0] * len(budget)
+            res.left = 0
+            res.budget = [0] * len(res.budget)
             if not res.held_total:
                 self._reservations.discard(res)
         else:
-            claim = self._claim_of(claims)
-            for lvl, n in claim.pairs:
-                if n > budget[lvl]:
-                    raise ReleaseError(
-                        f"{res.owner} releases {format_bytes(n)} at {self.levels(lvl).name} "
-                        f"but has only {format_bytes(budget[lvl])} left there"
-                    )
-            for lvl, n in claim.pairs:
-                budget[lvl] -= n
-            total = claim.total
-        res.left -= total
+            total = self._take_budget(res, claims, "releases", ReleaseError).total
         self.committed -= total
         self.progress += 1
         if self._queue or self._emergency_queue:
@@ -495,7 +486,8 @@ class Arena:
         to.left += claim.total
 
     def _take_budget(self, res: Reservation, claims: Claim | Mapping[int, int],
-                     verb: str) -> Claim:
+                     verb: str, short: type[ArenaError] = OverdrawError) -> Claim:
+        """`claims` off what `res` has left, all of it or (raising `short`) nothing."""
         claim = claims if type(claims) is Claim else self._claim_of(claims)
         budget = res.budget
         # Taken first and checked after (no level is ever below 0 otherwise), so that the
@@ -507,7 +499,7 @@ class Arena:
             for lvl, n in pairs:
                 budget[lvl] += n
             lvl, n = next((lvl, n) for lvl, n in pairs if n > budget[lvl])
-            raise OverdrawError(
+            raise short(
                 f"{res.owner} {verb} {format_bytes(n)} at {self.levels(lvl).name} "
                 f"but has only {format_bytes(budget[lvl])} left there"
             )
