@@ -50,3 +50,21 @@ def test_a_revolving_reservation_gets_back_what_its_draws_free() -> None:
     res.revolving = False
     res.charge(HostLevel.TASK, 64).free()  # an ordinary one: gone to the arena
     assert res.left == 0 and arena.committed == 0
+
+
+def test_reserve_now_into_adds_the_grant_to_another_reservation_or_grants_nothing() -> None:
+    arena = Arena(8192)
+    books = arena.reserve_now({HostLevel.TASK: 64}, owner="cache")
+    assert books is not None
+    assert arena.reserve_now_into({HostLevel.PAGE: 4096, HostLevel.TASK: 128}, books,
+                                  owner="writer")
+    assert (books.budget[HostLevel.PAGE], books.budget[HostLevel.TASK], books.left) == (
+        4096, 192, 4288)
+    assert arena.committed == 4288 and arena.high_water == 4288
+    assert "writer" not in arena.holdings()  # it joined the other holder's at once
+    assert not arena.reserve_now_into({HostLevel.PAGE: 4096}, books, owner="writer")
+    assert (books.left, arena.committed) == (4288, 4288)  # too big: nothing granted
+    books.release()
+    with pytest.raises(ReleaseError):
+        arena.reserve_now_into({HostLevel.TASK: 64}, books, owner="writer")
+    assert arena.committed == 0

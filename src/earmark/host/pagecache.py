@@ -58,7 +58,8 @@ class Page:
         self.buf = buf
         #: The buffer's one view, looked up once (every write and writeback of it uses it).
         self.view = buf.view
-        #: Under `reserve`: the reservation the page's own buffer was taken from.
+        #: Under `reserve`: the reservation the page's own buffer was taken from, when it
+        #: is the page's own (None: the cache's books, or the policy reserves nothing).
         self.memory = memory
         self.dirty = False
         self.writeback = False
@@ -381,14 +382,21 @@ class PageCache:
         page = self.pages.get(index)
         reads = page is None and not whole
         starts = reads or not self._joins(index)
-        res = await self._admit(self._dirty_claims[page is None, reads, starts], owner)
+        claim = self._dirty_claims[page is None, reads, starts]
+        # A new page written whole, nearly every page made dirty, is granted straight
+        # into the books, its buffer drawn from them: no reservation of its own to make,
+        # move out of and release when the page goes.
+        res = await self._admit(claim, owner, into_books=page is None and not reads)
         now = self.pages.get(index)
         joins = self._joins(index)
         if (now is not page or (now is not None and (now.dirty or now.writeback))
                 or (not starts and not joins)):
-            res.release()
+            res.release(claim if res is self._books else None)
             return None
-        if page is None:
+        if res is self._books:
+            page = self.pages[index] = Page(index, res.take(HostLevel.PAGE, PAGE_BYTES), None)
+            self._book_dirty(joins, None, None, starts)
+        elif page is None:
             buf = res.take(HostLevel.PAGE, PAGE_BYTES)
             if reads:
                 with res.active():
@@ -409,15 +417,18 @@ class PageCache:
         self._mark_dirty(page, owner)
         return page
 
-    def _book_dirty(self, joins: int, source: Reservation, share: Claim | None,
+    def _book_dirty(self, joins: int, source: Reservation | None, share: Claim | None,
                     has_fixed: bool) -> None:
         """The page's share (its increment, and a fixed part if `has_fixed`) moves from
-        `source` into the books (`share` of it, or all of it when None); a page that
-        joins a request (`joins`: `_joins` of it, just before it becomes dirty) gives
-        its fixed part back, one that bridges two requests gives one of theirs back too."""
+        `source` into the books (`share` of it, or all of it when None; a `source` of
+        None: granted into them already); a page that joins a request (`joins`:
+        `_joins` of it, just before it becomes dirty) gives its fixed part back, one
+        that bridges two requests gives one of theirs back too."""
         assert has_fixed or joins, "a page that starts a request reserved its fixed part"
         books = self._books
-        if books is None:
+        if source is None:
+            assert books is not None, "only books that exist are granted into"
+        elif books is None:
             books = self._books = source if share is None else source.split(share, CACHE)
         elif share is None:
             books.absorb(source)
@@ -493,16 +504,21 @@ class PageCache:
 
     # ---- pressure ------------------------------------------------------------------
 
-    async def _admit(self, claim: Claim, owner: str) -> Reservation:
+    async def _admit(self, claim: Claim, owner: str, into_books: bool = False) -> Reservation:
         """Under `reserve`, where a writer or reader waits for memory, holding nothing.
 
         One that would wait writes the oldest dirty request back first, as direct
         reclaim does under the other policies: on that request's own reservation
-        (so it waits for the device, never for memory)."""
+        (so it waits for the device, never for memory). `into_books`: granted at once
+        into the books if there are any (then they are what is returned)."""
         room = self._make_room(claim.total)
         if self.dirty and (not room or self.arena.waiting):
             await self._write_run(*self._take_run(), owner=owner)
             self._make_room(claim.total)
+        books = self._books
+        if into_books and books is not None and self.arena.reserve_now_into(
+                claim, books, owner=owner):
+            return books
         # Granted at once nearly always (room was just made): no coroutine for that.
         res = self.arena.reserve_now(claim, owner=owner)
         return res if res is not None else await self.arena.reserve(claim, owner=owner)

@@ -229,15 +229,40 @@ class Arena:
             return self._grant_reservation(claim, owner)
         return None
 
+    def reserve_now_into(self, claims: Claim | Mapping[int, int], into: Reservation, *,
+                         owner: str) -> bool:
+        """`reserve_now` for `owner`, the grant added to `into` (another holder's, which
+        the work's memory joins at once) instead of made a reservation of its own;
+        False, with nothing granted, when it cannot be granted at once.
+
+        For a hot path whose every grant would be moved into the same reservation
+        straight away (a page made dirty: its share joins the cache's books)."""
+        claim = claims if isinstance(claims, Claim) else Claim(claims, self.levels)
+        if into.released:
+            raise ReleaseError(f"reservation of {into.owner} was released; nothing to add to")
+        if self.validator is not None:
+            self.validator(self, owner, claim.levels(), True)
+        if not self._fits_now(claim.total, False):
+            return False
+        self._book_grant(claim.total)
+        budget = into.budget
+        for lvl, n in claim.pairs:
+            budget[lvl] += n
+        into.left += claim.total
+        return True
+
     def _grant_reservation(self, claim: Claim, owner: str) -> Reservation:
-        committed = self.committed + claim.total
+        self._book_grant(claim.total)
+        res = Reservation(self, owner, claim.amounts.copy(), claim.total)
+        self._reservations.add(res)
+        return res
+
+    def _book_grant(self, total: int) -> None:
+        committed = self.committed + total
         self.committed = committed
         if committed > self.high_water:
             self.high_water = committed
         self.progress += 1
-        res = Reservation(self, owner, claim.amounts.copy(), claim.total)
-        self._reservations.add(res)
-        return res
 
     # ---- plain allocation -------------------------------------------------------
 
@@ -589,11 +614,7 @@ class Arena:
 
     def _commit(self, level: int, cost: int) -> None:
         """Book a plain allocation."""
-        committed = self.committed + cost
-        self.committed = committed
-        if committed > self.high_water:
-            self.high_water = committed
-        self.progress += 1
+        self._book_grant(cost)
         self._draw_level(self._plain, level, cost)
 
     def _draw_level(self, books: list[int], level: int, cost: int) -> None:
