@@ -1,11 +1,17 @@
 """The flusher's one timer (host/tick.py): it wakes at the deadline of the wait under way,
-never for a wait that is over, and leaves no timer behind once cancelled."""
+never for a wait that is over, and leaves no timer behind once cancelled; and the
+flusher is woken by its writebacks' ends, not only by that timer."""
 
 from __future__ import annotations
 
 import asyncio
 
+from earmark.host.modeldevice import ModelDevice
+from earmark.host.pagecache import PageCache
+from earmark.host.policy import HostTuning, Policy
 from earmark.host.tick import Tick
+from earmark.memory import Arena
+from earmark.memory.levels import PAGE_BYTES
 from earmark.sim.virtualtime import run_virtual
 
 
@@ -56,3 +62,28 @@ def test_a_disarmed_tick_does_not_wake_and_a_cancelled_one_leaves_no_timer() -> 
     woken, set_before, set_after = run_virtual(main)
     assert woken == []
     assert (set_before, set_after) == (1, 0)
+
+
+def test_a_finished_background_writeback_wakes_the_flusher_for_the_next() -> None:
+    """At depth 1 the flusher waits on its one writeback; when that ends it must take the
+    next request at once, not a second later when its timer would look again."""
+    tuning = HostTuning(background_ratio=0.0, writeback_depth=1, max_request_pages=4)
+
+    async def main() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        arena = Arena(1 << 20)
+        device = ModelDevice(arena, 1 << 20, latency=0.001)
+        cache = PageCache(arena, device, Policy.RESERVE, tuning)
+        for index in (0, 8, 16, 24):  # four requests: no two pages share a window
+            await cache.pwrite(index * PAGE_BYTES, bytes(PAGE_BYTES), owner="w")
+        cache.start()  # nothing dirties a page from now on: only writebacks kick it
+        while cache.dirty or cache.inflight:
+            cache._changed.clear()
+            await cache._changed.wait()
+        done = loop.time()
+        await cache.close()
+        return device.writes, done
+
+    writes, done = run_virtual(main)
+    assert writes == 4
+    assert done < 0.5  # four writes of a millisecond, one after another; the timer is at 1 s
