@@ -210,3 +210,25 @@ def test_writers_that_would_wait_write_back_themselves_beside_the_flusher() -> N
         return device.most
 
     assert asyncio.run(main()) > 1  # the flusher alone has one slot
+
+
+def test_a_new_page_written_whole_is_granted_into_the_books_and_its_eviction_frees_it() -> None:
+    async def test(cache: PageCache, device: ModelDevice, exact: Callable[[], None]) -> None:
+        arena = cache.arena
+        await cache.pwrite(0, bytes(PAGE_BYTES), owner="w")  # no books yet: its own
+        first = cache.pages[0]
+        assert first.memory is not None and first.buf.reservation is first.memory
+        await cache.pwrite(8 * PAGE_BYTES, bytes(PAGE_BYTES), owner="w")
+        second = cache.pages[8]
+        books = cache._books
+        assert second.memory is None and books is not None
+        assert second.buf.reservation is books  # drawn from the books themselves
+        assert len(arena.reservations_of("cache")) == 2  # the books and the first page's
+        exact()
+        await cache.fsync(owner="w")  # every page clean: the books go
+        assert cache._books is None and cache.writeback_booked() == 0
+        while cache.clean:  # and then the pages, as reclaim evicts them
+            cache._evict_oldest()
+        assert arena.committed == 0 and arena.reservations_of("cache") == []
+
+    run_books(test)

@@ -151,17 +151,25 @@ def test_a_command_takes_a_kept_reservation_reserves_its_own_or_draws() -> None:
         assert adm.admit(second, True) is None  # the kept one, now, without a wait
         assert second.res is kept and kept.owner == "b"
         second.give_back(adm)
-        # The caller reserved (reserve False): the command draws TASK and WIRE on it.
-        third = Admitted(b"\x2a" + bytes(9), 0, None, memoryview(bytearray(4096)), "c")
-        res = arena.reserve_now(adm.cost(True, 4096), owner="c")
-        assert res is not None
-        with res.active():
-            drawn = adm.admit(third, False)
-            assert drawn is not None
-            await drawn
-        assert third.res is None and len(third.held) == 2 and third.rx_buffers is None
-        third.give_back(adm)
-        res.release()
+        # The caller reserved (reserve False): the command's claim is split off its
+        # reservation at once (nothing to await), and rejoins it when the command ends:
+        # back to the arena, or to the caller's when that revolves (a mapping's share).
+        for revolving in (False, True):
+            third = Admitted(b"\x2a" + bytes(9), 0, None, memoryview(bytearray(4096)), "c")
+            res = arena.reserve_now(adm.cost(True, 4096), owner="c")
+            assert res is not None
+            res.revolving = revolving
+            committed, idle = arena.committed, adm.idle
+            with res.active():
+                assert adm.admit(third, False) is None
+            claim = adm.claim(True, 4096)[0]
+            assert third.res is not None and third.res.budget == claim.amounts
+            assert res.left == 0 and third.held == () and third.rx_buffers is None
+            third.give_back(adm)
+            assert third.res is None and adm.idle == idle  # never pooled: not its own
+            assert res.left == (claim.total if revolving else 0)
+            assert arena.committed == committed - (0 if revolving else claim.total)
+            res.release()
 
     asyncio.run(main())
 

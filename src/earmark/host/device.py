@@ -9,7 +9,7 @@ in-memory stand-in that draws exactly the same way, for tests and simulation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Protocol
 
 
@@ -28,10 +28,13 @@ class PageDevice(Protocol):
         """
         ...
 
-    async def write_pages(self, offset: int, pages: list[memoryview], *, owner: str) -> None:
+    # Awaitables rather than coroutine functions: a device may hand back the coroutine
+    # of its own command path instead of one more that only forwards to it.
+    def write_pages(self, offset: int, pages: list[memoryview], *,
+                    owner: str) -> Awaitable[object]:
         """Write contiguous pages at `offset`; draws via earmark.memory.draw."""
         ...
 
-    async def read_page(self, offset: int, page: memoryview, *, owner: str) -> None: ...
+    def read_page(self, offset: int, page: memoryview, *, owner: str) -> Awaitable[object]: ...
 
     async def flush(self, *, owner: str) -> None: ...

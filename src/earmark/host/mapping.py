@@ -39,7 +39,7 @@ class MappedPages:
         #: Under `reserve`, writable: every mapped page's writeback share, revolving.
         self.share = share
         #: One view per page, the cached page itself (read-only for a read-only mapping).
-        self.views = [p.buf.view if writable else p.buf.view.toreadonly() for p in pages]
+        self.views = [p.view if writable else p.view.toreadonly() for p in pages]
         self._digests = [zlib.crc32(view) for view in self.views]
 
     @property

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 
 from earmark.host.device import PageDevice
 from earmark.host.dirty_throttle import DirtyThrottle
@@ -37,9 +39,10 @@ from earmark.host.requests import (
     run_around,
     runs_of,
 )
+from earmark.host.tick import Tick
 from earmark.memory import Arena, Buffer, HostLevel, Reservation
 from earmark.memory.claim import Claim
-from earmark.memory.draw import draw_charge
+from earmark.memory.draw import draw_charge, draw_charge_now
 from earmark.memory.levels import PAGE_BYTES, REQUEST_DESCRIPTOR_BYTES
 
 CACHE = "cache"
@@ -47,12 +50,16 @@ FLUSHER = "flusher"
 
 
 class Page:
-    __slots__ = ("buf", "dirtied_at", "dirty", "index", "mapped", "memory", "writeback")
+    __slots__ = ("buf", "dirtied_at", "dirty", "index", "mapped", "memory", "view",
+                 "writeback")
 
     def __init__(self, index: int, buf: Buffer, memory: Reservation | None) -> None:
         self.index = index
         self.buf = buf
-        #: Under `reserve`: the reservation the page's own buffer was taken from.
+        #: The buffer's one view, looked up once (every write and writeback of it uses it).
+        self.view = buf.view
+        #: Under `reserve`: the reservation the page's own buffer was taken from, when it
+        #: is the page's own (None: the cache's books, or the policy reserves nothing).
         self.memory = memory
         self.dirty = False
         self.writeback = False
@@ -82,10 +89,16 @@ class PageCache:
         # it for writeback takes it out): what request merging asks of a neighbour, so
         # the dict answers it itself, with no Python frame per neighbour.
         self._is_dirty = self.dirty.__contains__
+        #: How many requests page `index` joins if it becomes dirty now (0: it starts
+        #: one): a partial, not a method, so the look costs no frame of ours.
+        self._joins: Callable[[int], int] = partial(
+            dirty_neighbours, is_dirty=self._is_dirty,
+            max_pages=self.tuning.max_request_pages)
         self.inflight = 0
         self._writeback_pages = 0  # pages taken by writebacks not yet clean (NR_WRITEBACK)
         self._changed = asyncio.Event()  # a page became clean, or writeback finished
         self._kick = asyncio.Event()
+        self._tick = Tick(self._kick.set)  # the flusher's look at the pages' age
         self._sync_wanted = 0
         self._flusher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -146,6 +159,7 @@ class PageCache:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
+            self._tick.cancel()
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
@@ -155,14 +169,33 @@ class PageCache:
     async def pwrite(self, offset: int, data: bytes | memoryview, *, owner: str) -> None:
         self._check_range(offset, len(data))
         src = memoryview(data).cast("B")
+        size = len(src)
         pos = 0
-        while pos < len(src):
+        while pos < size:
             index, at = divmod(offset + pos, PAGE_BYTES)
-            n = min(PAGE_BYTES - at, len(src) - pos)
-            page = await self._dirty_page(index, whole=(n == PAGE_BYTES), owner=owner)
-            page.buf.view[at : at + n] = src[pos : pos + n]
+            n = min(PAGE_BYTES - at, size - pos)
+            # The page, dirty (written out here, not a coroutine of its own: every
+            # write of every page comes this way); looked for again after any wait.
+            while True:
+                page = self.pages.get(index)
+                if page is not None and page.writeback:
+                    await self._wait_changed(owner, f"writeback of page {index}")
+                elif page is not None and page.dirty:
+                    break
+                elif self.policy is Policy.RESERVE:
+                    page = await self._reserve_dirty(index, n == PAGE_BYTES, owner)
+                    if page is not None:
+                        break
+                else:
+                    if page is None:
+                        page = await self._allocate_page(index, read=n != PAGE_BYTES,
+                                                         owner=owner)
+                    if page is not None:
+                        self._mark_dirty(page, owner)
+                        break
+            page.view[at : at + n] = src[pos : pos + n]
             pos += n
-            if self.policy is Policy.THROTTLE:
+            if self._throttle is not None:
                 await self._balance_dirty_pages(owner)
 
     async def pread(self, offset: int, length: int, *, owner: str) -> bytes:
@@ -173,7 +206,7 @@ class PageCache:
             index, at = divmod(offset + pos, PAGE_BYTES)
             n = min(PAGE_BYTES - at, length - pos)
             page = await self._cached_page(index, owner=owner)
-            out[pos : pos + n] = page.buf.view[at : at + n]
+            out[pos : pos + n] = page.view[at : at + n]
             pos += n
         return bytes(out)
 
@@ -342,26 +375,6 @@ class PageCache:
 
     # ---- getting pages -------------------------------------------------------------
 
-    async def _dirty_page(self, index: int, *, whole: bool, owner: str) -> Page:
-        while True:
-            page = self.pages.get(index)
-            if page is not None and page.writeback:
-                await self._wait_changed(owner, f"writeback of page {index}")
-                continue
-            if page is not None and page.dirty:
-                return page
-            if self.policy is Policy.RESERVE:
-                got = await self._reserve_dirty(index, whole, owner)
-                if got is None:
-                    continue  # the world changed while we waited; look again
-                return got
-            if page is None:
-                page = await self._allocate_page(index, read=not whole, owner=owner)
-                if page is None:
-                    continue
-            self._mark_dirty(page, owner)
-            return page
-
     async def _reserve_dirty(self, index: int, whole: bool, owner: str) -> Page | None:
         """Under `reserve`: the page, and its share of the request writeback will put it
         in, at once: its increment, and the request's fixed part if it may start one
@@ -369,14 +382,21 @@ class PageCache:
         page = self.pages.get(index)
         reads = page is None and not whole
         starts = reads or not self._joins(index)
-        res = await self._admit(self._dirty_claims[page is None, reads, starts], owner)
+        claim = self._dirty_claims[page is None, reads, starts]
+        # A new page written whole, nearly every page made dirty, is granted straight
+        # into the books, its buffer drawn from them: no reservation of its own to make,
+        # move out of and release when the page goes.
+        res = await self._admit(claim, owner, into_books=page is None and not reads)
         now = self.pages.get(index)
         joins = self._joins(index)
         if (now is not page or (now is not None and (now.dirty or now.writeback))
                 or (not starts and not joins)):
-            res.release()
+            res.release(claim if res is self._books else None)
             return None
-        if page is None:
+        if res is self._books:
+            page = self.pages[index] = Page(index, res.take(HostLevel.PAGE, PAGE_BYTES), None)
+            self._book_dirty(joins, None, None, starts)
+        elif page is None:
             buf = res.take(HostLevel.PAGE, PAGE_BYTES)
             if reads:
                 with res.active():
@@ -397,19 +417,18 @@ class PageCache:
         self._mark_dirty(page, owner)
         return page
 
-    def _joins(self, index: int) -> int:
-        """How many requests page `index` joins if it becomes dirty now (0: it starts one)."""
-        return dirty_neighbours(index, self._is_dirty, self.tuning.max_request_pages)
-
-    def _book_dirty(self, joins: int, source: Reservation, share: Claim | None,
+    def _book_dirty(self, joins: int, source: Reservation | None, share: Claim | None,
                     has_fixed: bool) -> None:
         """The page's share (its increment, and a fixed part if `has_fixed`) moves from
-        `source` into the books (`share` of it, or all of it when None); a page that
-        joins a request (`joins`: `_joins` of it, just before it becomes dirty) gives
-        its fixed part back, one that bridges two requests gives one of theirs back too."""
+        `source` into the books (`share` of it, or all of it when None; a `source` of
+        None: granted into them already); a page that joins a request (`joins`:
+        `_joins` of it, just before it becomes dirty) gives its fixed part back, one
+        that bridges two requests gives one of theirs back too."""
         assert has_fixed or joins, "a page that starts a request reserved its fixed part"
         books = self._books
-        if books is None:
+        if source is None:
+            assert books is not None, "only books that exist are granted into"
+        elif books is None:
             books = self._books = source if share is None else source.split(share, CACHE)
         elif share is None:
             books.absorb(source)
@@ -485,16 +504,21 @@ class PageCache:
 
     # ---- pressure ------------------------------------------------------------------
 
-    async def _admit(self, claim: Claim, owner: str) -> Reservation:
+    async def _admit(self, claim: Claim, owner: str, into_books: bool = False) -> Reservation:
         """Under `reserve`, where a writer or reader waits for memory, holding nothing.
 
         One that would wait writes the oldest dirty request back first, as direct
         reclaim does under the other policies: on that request's own reservation
-        (so it waits for the device, never for memory)."""
+        (so it waits for the device, never for memory). `into_books`: granted at once
+        into the books if there are any (then they are what is returned)."""
         room = self._make_room(claim.total)
         if self.dirty and (not room or self.arena.waiting):
             await self._write_run(*self._take_run(), owner=owner)
             self._make_room(claim.total)
+        books = self._books
+        if into_books and books is not None and self.arena.reserve_now_into(
+                claim, books, owner=owner):
+            return books
         # Granted at once nearly always (room was just made): no coroutine for that.
         res = self.arena.reserve_now(claim, owner=owner)
         return res if res is not None else await self.arena.reserve(claim, owner=owner)
@@ -588,17 +612,17 @@ class PageCache:
         self.inflight += 1
         self._writebacks.add(owner)
         try:
-            views = [p.buf.view for p in run]
+            views = [p.view for p in run]
             offset = run[0].index * PAGE_BYTES
             try:
                 if res is not None:
                     res.handoff(owner)
                 try:
                     with res.active() if res is not None else nullcontext():
-                        desc = await draw_charge(
-                            self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES,
-                            owner=owner,
-                        )
+                        # Drawn at once on `res` (no coroutine), else allocated.
+                        desc = draw_charge_now(HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES) \
+                            or await draw_charge(self.arena, HostLevel.REQUEST,
+                                                 REQUEST_DESCRIPTOR_BYTES, owner=owner)
                         try:
                             await self.device.write_pages(offset, views, owner=owner)
                         finally:
@@ -649,13 +673,14 @@ class PageCache:
                 wakers = tuple(sorted(self._writebacks)) if busy else ()
                 # Woken by a kick or, a second on, by a timer that kicks (to look at the
                 # dirty pages' age again): cheaper than asyncio.timeout on a wait made
-                # every few writes, and it cannot swallow a cancel as 3.11's wait_for can.
-                tick = loop.call_at(loop.time() + 1.0, self._kick.set)
+                # every few writes, and it cannot swallow a cancel as 3.11's wait_for can
+                # (one timer for all waits: host/tick.py).
+                self._tick.arm(loop, loop.time() + 1.0)
                 try:
                     with self._flusher_wait(wakers, loop.time()):
                         await self._kick.wait()
                 finally:
-                    tick.cancel()
+                    self._tick.disarm()
                 continue
             run, res = self._take_run()
             self._writeback_seq += 1
@@ -666,8 +691,12 @@ class PageCache:
             else:
                 task = loop.create_task(self._write_run(run, res, owner=name), name=name)
             running.add(task)
-            task.add_done_callback(running.discard)
-            task.add_done_callback(lambda _task: self._kick.set())
+            task.add_done_callback(self._writeback_done)  # one callback: one loop event
+
+    def _writeback_done(self, task: asyncio.Task[None]) -> None:
+        """A background writeback ended: the flusher may start another."""
+        self._running.discard(task)
+        self._kick.set()
 
     def _flusher_wait(self, wakers: tuple[str, ...],
                       now: float) -> AbstractContextManager[object]:

@@ -30,7 +30,6 @@ from earmark.memory import Arena, HostLevel, Wait, WaitKind
 from earmark.memory.allocation import Buffer, Charge
 from earmark.memory.arena import format_bytes
 from earmark.memory.claim import Claim
-from earmark.memory.draw import draw_charge
 from earmark.memory.levels import (
     DATA_OUT_HEADER_BYTES,
     RESPONSE_HEADER_BYTES,
@@ -257,17 +256,31 @@ class Admission:
         pooled.append(res)
         self._idle_count += 1
 
-    async def draw(self, cmd: Admitted, task_bytes: int, wire_bytes: int,
-                   reserved: bool) -> None:
-        """Memory for a command that does not reserve its own: drawn from the caller's
-        reservation (``reserved``: ``reserve`` policy, or one handed down), or
-        allocated (other policies), which may wait; receive buffers then come as
-        the target's PDUs arrive (:meth:`on_arrival`)."""
+    def draw(self, cmd: Admitted, task_bytes: int, wire_bytes: int,
+             reserved: bool) -> Coroutine[Any, Any, None] | None:
+        """Memory for a command that does not reserve its own. When the caller's
+        reservation was handed down, the command's claim is split off it at once (None:
+        nothing to await) and held untouched until the status, as a command's own
+        reservation is (drawing on it would only add bookkeeping); then it rejoins it
+        (:meth:`Admitted.give_back`). Else it is allocated (what to await):
+        ``reserved`` means the ``reserve`` policy, whose receive buffers are allocated
+        with the rest; under the others they come as the target's PDUs arrive
+        (:meth:`on_arrival`)."""
+        source = handed_down()
+        if source is None:
+            return self._allocate(cmd, task_bytes, wire_bytes, reserved)
+        cmd.claim = self.claim(cmd.write_data is not None, cmd.length)[0]
+        cmd.res = source.split(cmd.claim, cmd.owner)
+        cmd.source = source
+        return None
+
+    async def _allocate(self, cmd: Admitted, task_bytes: int, wire_bytes: int,
+                        reserved: bool) -> None:
         arena, who = self.arena, cmd.owner
-        held = [await draw_charge(arena, HostLevel.TASK, task_bytes, owner=who)]
-        if reserved or handed_down() is not None:
-            try:  # receive buffers reserved with the command: drawn with the rest, now
-                held.append(await draw_charge(arena, HostLevel.WIRE, wire_bytes, owner=who))
+        held = [await arena.allocate_charge(HostLevel.TASK, task_bytes, owner=who)]
+        if reserved:
+            try:
+                held.append(await arena.allocate_charge(HostLevel.WIRE, wire_bytes, owner=who))
             except BaseException:
                 held[0].free()
                 raise
@@ -309,7 +322,7 @@ class Admission:
 class Admitted(Command):
     """A command with the memory it holds while it runs, whichever way it got it."""
 
-    __slots__ = ("claim", "held", "owner", "res", "rx_buffers", "since")
+    __slots__ = ("claim", "held", "owner", "res", "rx_buffers", "since", "source")
 
     #: Since when it waits, set as it is submitted.
     since: float
@@ -318,9 +331,11 @@ class Admitted(Command):
                  write_data: memoryview | list[memoryview] | None, owner: str) -> None:
         Command.__init__(self, cdb, lun, read_into, write_data)
         self.owner = owner
-        #: What the command reserved under ``reserve``: ``res`` covers ``claim``.
+        #: What the command holds under ``reserve``: ``res`` covers ``claim``, reserved
+        #: for it, or split off ``source``, the reservation handed down to it.
         self.claim: Claim | None = None
         self.res: Reservation | None = None
+        self.source: Reservation | None = None
         #: Drawn at submit: task descriptor and Data-Out headers (and receive buffers
         #: when those were reserved with the command).
         self.held: list[Charge] | tuple[()] = ()
@@ -339,11 +354,15 @@ class Admitted(Command):
 
     def give_back(self, admission: Admission) -> None:
         """The command is over: its reservation to the pool, what it drew freed."""
-        res = self.res
+        res, source = self.res, self.source
         if res is not None:
             self.res = None
-            assert self.claim is not None
-            admission.give_back(self.claim, res)
+            if source is not None:
+                self.source = None
+                res.rejoin(source)
+            else:
+                assert self.claim is not None
+                admission.give_back(self.claim, res)
         held = self.held
         if held:
             self.held = ()

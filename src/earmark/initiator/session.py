@@ -34,7 +34,7 @@ from collections import deque
 
 from earmark.iscsi.digest import header_digest
 from earmark.iscsi.errors import ProtocolError
-from earmark.iscsi.framing import serialize, serialize_gather
+from earmark.iscsi.framing import frame, serialize, serialize_gather
 from earmark.iscsi.negotiation import SessionParams
 from earmark.iscsi.opcodes import AsyncEvent, LogoutReason, Opcode, TmfFunction, TmfResponse
 from earmark.iscsi.pdu import (
@@ -148,7 +148,7 @@ class Command:
                 write_data = write_data[0]
                 self.length = len(write_data)
             else:
-                self.length = sum(len(piece) for piece in write_data)
+                self.length = sum(map(len, write_data))
         else:
             self.length = len(write_data)
         self.write_data = write_data
@@ -325,29 +325,36 @@ class InitiatorSession:
         itt = cmd.itt
         self._tasks[itt] = cmd
         cdb = cmd.cdb
-        if data is None and len(cdb) <= 16:
-            # No data segment and no AHS: the BHS is all there is, packed at once.
-            header = scsi_command_bhs(
-                0x01, 0xC1 if cmd.read_into is not None else 0x81, 0, cmd.lun, itt,
-                length, sn, self.exp_stat_sn, cdb,
-            )
-            if self.params.header_digest:
-                header += header_digest(header)
-            self._out.append(header)
-            return
-        pdu = ScsiCommand(
-            itt=cmd.itt, cdb=cmd.cdb, expected_data_transfer_length=length,
-            cmd_sn=cmd.cmd_sn, exp_stat_sn=self.exp_stat_sn, lun=cmd.lun,
-            read=cmd.read_into is not None, write=data is not None, final=True,
-        )
+        read = cmd.read_into is not None
+        short = len(cdb) <= 16  # no AHS: the BHS packed at once, from the fields at hand
         if data is None:
-            self._send(pdu)
+            if short:  # and no data segment: the BHS is all there is
+                header = scsi_command_bhs(0x01, 0xC1 if read else 0x81, 0, cmd.lun, itt,
+                                          length, sn, self.exp_stat_sn, cdb)
+                if self.params.header_digest:
+                    header += header_digest(header)
+                self._out.append(header)
+            else:
+                self._send(ScsiCommand(
+                    itt=itt, cdb=cdb, expected_data_transfer_length=length, cmd_sn=sn,
+                    exp_stat_sn=self.exp_stat_sn, lun=cmd.lun, read=read, final=True))
             return
         immediate = min(self._immediate_limit, length)
         unsolicited = min(self._unsolicited_limit, length)
-        pdu.final = unsolicited <= immediate
-        self._send_with(pdu, _segment(data, 0, immediate))
-        if not pdu.final:
+        final = unsolicited <= immediate
+        segment = _segment(data, 0, immediate)
+        if short and not isinstance(segment, list):  # one buffer's slice, framed as it is
+            header = scsi_command_bhs(
+                0x01, (0xA1 if final else 0x21) | (0x40 if read else 0), immediate, cmd.lun,
+                itt, length, sn, self.exp_stat_sn, cdb)
+            self._out.extend(frame(header, segment, self.params.header_digest,
+                                   self.params.data_digest))
+        else:
+            self._send_with(ScsiCommand(
+                itt=itt, cdb=cdb, expected_data_transfer_length=length, cmd_sn=sn,
+                exp_stat_sn=self.exp_stat_sn, lun=cmd.lun, read=read, write=True,
+                final=final), segment)
+        if not final:
             self._data_out(cmd, RESERVED_TAG, immediate, unsolicited - immediate)
 
     def _data_out(self, cmd: Command, ttt: int, offset: int, length: int) -> None:

@@ -108,6 +108,15 @@ class Reservation:
         """Take over all that `other` has left (merged work: one request for many pages)."""
         self.arena._absorb(self, other)
 
+    def rejoin(self, source: Reservation) -> None:
+        """Give all that is left back where this was split off: to `source` when it
+        revolves (as a draw on it comes back to it), else to the arena (as a draw on
+        it, freed, would)."""
+        if source.revolving and not source.released:
+            self.arena._absorb(source, self)
+        else:
+            self.arena._release_budget(self, None)
+
     def handoff(self, owner: str) -> None:
         """Make `owner` the holder: the work (and what it holds) changed hands."""
         self.owner = owner

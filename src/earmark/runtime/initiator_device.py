@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Unpack, cast
+from typing import Any, Unpack, cast
 
 from earmark.host.policy import Policy
 from earmark.initiator.admission import Admitted, waits_for_answers
@@ -197,14 +198,19 @@ class BlockDevice(Driver[InitiatorStream]):
 
     # The page cache's side (earmark.host.device.PageDevice): it reserved already.
 
-    async def write_pages(self, offset: int, pages: list[memoryview], *, owner: str) -> None:
-        """The pages go out as they are: PDUs carry slices of them, never a joined copy."""
-        cdb = self.page_command(offset, sum(len(page) for page in pages), True)
-        await self.execute(cdb, write_data=pages, owner=owner, reserve=False)
+    # Plain functions handing back execute's coroutine: a coroutine of their own would
+    # only forward to it, for every page the cache writes or reads.
 
-    async def read_page(self, offset: int, page: memoryview, *, owner: str) -> None:
-        await self.execute(self.page_command(offset, len(page), False), read_into=page,
-                           owner=owner, reserve=False)
+    def write_pages(self, offset: int, pages: list[memoryview], *,
+                    owner: str) -> Coroutine[Any, Any, Command]:
+        """The pages go out as they are: PDUs carry slices of them, never a joined copy."""
+        cdb = self.page_command(offset, sum(map(len, pages)), True)
+        return self.execute(cdb, write_data=pages, owner=owner, reserve=False)
+
+    def read_page(self, offset: int, page: memoryview, *,
+                  owner: str) -> Coroutine[Any, Any, Command]:
+        return self.execute(self.page_command(offset, len(page), False), read_into=page,
+                            owner=owner, reserve=False)
 
     # ------------------------------------------------------------ commands
 

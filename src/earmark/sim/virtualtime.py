@@ -20,7 +20,7 @@ import functools
 import heapq
 import selectors
 from collections.abc import Awaitable, Callable
-from contextvars import Context
+from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from earmark.sim.links import LinkShape, SimServer, Trace
@@ -32,6 +32,25 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+
+_HANDLE, _TIMER = asyncio.Handle, asyncio.TimerHandle
+
+
+def _handle(kind: type[asyncio.Handle], callback: Callable[..., object], args: tuple[Any, ...],
+            loop: asyncio.AbstractEventLoop, context: Context | None) -> Any:
+    """A handle as asyncio's ``__init__`` makes one outside debug mode (no source
+    traceback), without calling it: its frame and its ``get_debug`` call were a good
+    part of every task step's and every delivery's cost."""
+    handle: Any = object.__new__(kind)  # its fields are asyncio's private ones
+    handle._context = copy_context() if context is None else context
+    handle._loop = loop
+    handle._callback = callback
+    handle._args = args
+    handle._cancelled = False
+    handle._repr = None
+    handle._source_traceback = None
+    return handle
 
 
 class StalledError(RuntimeError):
@@ -102,7 +121,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         on a closed loop (where asyncio's own runs): every task step comes through here."""
         if self._debug or self._closed:  # type: ignore[attr-defined]
             return super().call_soon(callback, *args, context=context)
-        handle = asyncio.Handle(callback, args, self, context)
+        handle: asyncio.Handle = _handle(_HANDLE, callback, args, self, context)
         self._ready.append(handle)
         return handle
 
@@ -113,7 +132,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """asyncio's, likewise: every delivery and window update on a link is a timer."""
         if self._debug or self._closed:  # type: ignore[attr-defined]
             return super().call_at(when, callback, *args, context=context)
-        timer = asyncio.TimerHandle(when, callback, args, self, context)
+        timer: asyncio.TimerHandle = _handle(_TIMER, callback, args, self, context)
+        timer._when = when  # type: ignore[attr-defined]
         heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
         timer._scheduled = True  # type: ignore[attr-defined]
         return timer
