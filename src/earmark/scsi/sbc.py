@@ -164,13 +164,20 @@ def _check_transfer(n: int, disk: Disk, cdb_len: int) -> None:
         raise invalid_field_in_cdb(_LENGTH_BYTE[cdb_len], 7)
 
 
+def _check_blocks(lba: int, n: int, disk: Disk, cdb_len: int) -> None:
+    """`_check_range`, then `_check_transfer`: one call for every read and write that
+    passes both, the two rules' own calls only for one that fails."""
+    if lba + n > disk.num_blocks or n > disk.max_transfer_blocks:
+        _check_range(lba, n, disk)
+        _check_transfer(n, disk, cdb_len)
+
+
 def _reader(fields: _Fields, cdb_len: int) -> _Run:
     def run(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
         flags, lba, n = fields(cdb)
         if flags & _PROTECT:
             raise invalid_field_in_cdb(1, 7)
-        _check_range(lba, n, disk)
-        _check_transfer(n, disk, cdb_len)
+        _check_blocks(lba, n, disk, cdb_len)
         return ReadPlan(lba, n) if n else GOOD
 
     return run
@@ -185,8 +192,7 @@ def _writer(fields: _Fields, cdb_len: int, *, verify: bool = False) -> _Run:
             raise invalid_field_in_cdb(1, 2)  # BYTCHK 10b is reserved
         if disk.read_only:
             raise write_protected()
-        _check_range(lba, n, disk)
-        _check_transfer(n, disk, cdb_len)
+        _check_blocks(lba, n, disk, cdb_len)
         if not n:
             return GOOD
         # WRITE AND VERIFY: the medium is the backing store, so verifying what was
@@ -205,8 +211,7 @@ def _verifier(fields: _Fields, cdb_len: int) -> _Run:
         bytchk = (flags >> 1) & 3
         if bytchk == 2:
             raise invalid_field_in_cdb(1, 2)
-        _check_range(lba, n, disk)
-        _check_transfer(n, disk, cdb_len)
+        _check_blocks(lba, n, disk, cdb_len)
         return VerifyPlan(lba, n, bytchk) if n else GOOD
 
     return run

@@ -65,6 +65,7 @@ from earmark.scsi.plans import (
     CopyPlan,
     LbaStatusPlan,
     Outcome,
+    Plan,
     ReadPlan,
     Reply,
     WritePlan,
@@ -576,6 +577,10 @@ class TargetSession:
         if not task.xfer:
             self._respond(task, ScsiStatus.GOOD, b"", moved=0)
             return
+        if (len(pdu.data) == task.xfer <= self.config.buffer_bytes and task.unsolicited is None
+                and task.slot is not None and outcome is not None):
+            self._whole_write(task, outcome, pdu.data)
+            return
         self._first_window(task)
         if pdu.data:
             if task.pieces:
@@ -612,6 +617,18 @@ class TargetSession:
             task.pieces = [(0, self._slot_buf[slot])]
         if task.reading or not task.xfer:
             self._start_io(task)
+
+    def _whole_write(self, task: Task, plan: Plan, data: bytes | memoryview) -> None:
+        """The usual write: all of it came with the command and fits the slot's buffer
+        (the caller checked), so its one window is copied in and written at once: what
+        `_first_window`, `_take_data` and `_maybe_write` do for it, in one step."""
+        assert task.slot is not None and task.unit is not None
+        task.end = task.got = task.xfer
+        task.pieces = [(0, self._slot_buf[task.slot])]
+        views = self._views(task, 0, task.xfer)
+        fill(views, data)
+        task.in_flight = True
+        self._events.append(IoRequest(task, task.unit, plan, 0, views, True))
 
     def _next_window(self, task: Task) -> None:
         size = min(task.xfer - task.end, self.config.buffer_bytes)
