@@ -198,6 +198,26 @@ def test_write_takes_immediate_unsolicited_then_r2t_bursts_and_reuses_one_buffer
                for s in rig.slots)
 
 
+def test_a_write_whose_data_all_came_with_it_is_one_io_over_its_slots_buffer() -> None:
+    rig = Rig()
+    payload = bytes(range(256)) * (8 * KIB // 256)
+    window = rig.session.max_cmd_sn
+    out = rig.command(cdbs.write_10(16, len(payload) // BS), edtl=len(payload), write=True,
+                      data=payload, run=False)
+    assert out == []  # no R2T: nothing more is to come
+    (io,) = rig.pending
+    (view,) = io.views
+    assert (io.offset, io.last, bytes(view)) == (0, True, payload)
+    # The data was copied into the slot's buffer, not left pointing into the PDU's.
+    buffers = [bytes(buf.segments[0][: len(payload)]) for buf in rig.session._slot_buf.values()]
+    assert buffers.count(payload) == 1
+    rig.session.io_done(io, run_io(io))
+    resp = status_of(rig.pump())
+    assert isinstance(resp, ScsiResponse) and resp.status == 0 and resp.residual_count == 0
+    assert rig.backing._data[16 * BS : 16 * BS + len(payload)] == payload
+    assert rig.session.max_cmd_sn == window + 1 and not rig.session.tasks
+
+
 def test_data_in_is_cut_at_mrdsl_with_status_on_the_last_pdu() -> None:
     rig = Rig()
     rig.backing._data[:40 * BS] = bytes(range(256)) * (40 * BS // 256)

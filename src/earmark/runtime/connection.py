@@ -337,11 +337,13 @@ class TargetConnection(asyncio.BufferedProtocol):
         if session is None:
             return
         self._write(session.data_to_send())
+        # Looked up once per batch: the loop below runs once per command.
+        next_event, io_done, stopwatch = session.next_event, session.io_done, self._stopwatch
         while True:
-            while (event := session.next_event()) is not None:
+            while (event := next_event()) is not None:
                 if isinstance(event, IoRequest):
-                    if run_on_loop(event, self._stopwatch):
-                        session.io_done(event, b"")
+                    if run_on_loop(event, stopwatch):
+                        io_done(event, b"")
                     else:
                         self._io_running += 1
                         fut = self._loop.run_in_executor(self._pool, run_io, event)

@@ -62,6 +62,8 @@ class Disk:
     removable: bool = False
     ejected: bool = False
     lacks: int = field(init=False, repr=False, compare=False)
+    #: max_transfer_bytes in blocks, worked out once: every read and write checks it.
+    max_transfer_blocks: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.block_size not in (512, 4096):
@@ -72,6 +74,8 @@ class Disk:
             raise ValueError(f"serial {self.serial!r} must be non-empty printable ASCII")
         if len(self.product) > 16 or len(self.revision) > 4:
             raise ValueError("product is at most 16 characters and revision at most 4")
+        object.__setattr__(self, "max_transfer_blocks",
+                           self.max_transfer_bytes // self.block_size)
         if self.max_transfer_bytes < self.block_size:
             raise ValueError("max_transfer_bytes must hold at least one block")
         if not 0 <= self.max_atomic_blocks <= self.max_transfer_blocks:
@@ -81,10 +85,6 @@ class Disk:
                  | (Need.MEDIUM if self.sanitizing or self.ejected else 0)
                  | (0 if self.removable else Need.REMOVABLE))
         object.__setattr__(self, "lacks", int(lacks))
-
-    @property
-    def max_transfer_blocks(self) -> int:
-        return self.max_transfer_bytes // self.block_size
 
     @property
     def naa(self) -> bytes:

@@ -29,15 +29,19 @@ class Reply:
 GOOD = Reply()
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ReadPlan:
-    """Read nblocks from lba into the Data-In buffer."""
+    """Read nblocks from lba into the Data-In buffer.
+
+    Not frozen, nor is `WritePlan`: one is built per read or write command, and a
+    frozen dataclass pays an ``object.__setattr__`` call per field. Nothing changes
+    a plan once built."""
 
     lba: int
     nblocks: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class WritePlan:
     """Write the Data-Out buffer to lba; with fua, sync before reporting GOOD.
 

@@ -106,8 +106,12 @@ class _Command:
     #: What the command needs of a disk (`disk.Need`), against `Disk.lacks`: one test
     #: per command decides both whether it is offered and whether it can run now.
     needs: int = field(init=False, repr=False, compare=False)
+    #: Its run reads only the CDB and the disk (a read, write or verify): `execute`
+    #: builds no context for it, one object fewer per command.
+    blind: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "blind", self.run in _BLIND_RUNS)
         needs = ((Need.THIN if self.thin_only else 0) | (Need.ATOMIC if self.atomic_only else 0)
                  | (Need.REMOVABLE if self.removable_only else 0))
         # Plain ints: an IntFlag's & is a Python call, this one is per command.
@@ -164,16 +168,34 @@ def _check_transfer(n: int, disk: Disk, cdb_len: int) -> None:
         raise invalid_field_in_cdb(_LENGTH_BYTE[cdb_len], 7)
 
 
+def _check_blocks(lba: int, n: int, disk: Disk, cdb_len: int) -> None:
+    """`_check_range`, then `_check_transfer`: one call for every read and write that
+    passes both, the two rules' own calls only for one that fails."""
+    if lba + n > disk.num_blocks or n > disk.max_transfer_blocks:
+        _check_range(lba, n, disk)
+        _check_transfer(n, disk, cdb_len)
+
+
+#: The runs `_reader`, `_writer` and `_verifier` made, which never look at their context,
+#: and the context they are given instead of one built for them.
+_BLIND_RUNS: set[_Run] = set()
+_BLIND_CONTEXT = _Context((), b"", None, ANONYMOUS, Reservations(), {}, CopyManager())
+
+
+def _blind(run: _Run) -> _Run:
+    _BLIND_RUNS.add(run)
+    return run
+
+
 def _reader(fields: _Fields, cdb_len: int) -> _Run:
     def run(cdb: bytes, disk: Disk, ctx: _Context) -> Outcome:
         flags, lba, n = fields(cdb)
         if flags & _PROTECT:
             raise invalid_field_in_cdb(1, 7)
-        _check_range(lba, n, disk)
-        _check_transfer(n, disk, cdb_len)
+        _check_blocks(lba, n, disk, cdb_len)
         return ReadPlan(lba, n) if n else GOOD
 
-    return run
+    return _blind(run)
 
 
 def _writer(fields: _Fields, cdb_len: int, *, verify: bool = False) -> _Run:
@@ -185,8 +207,7 @@ def _writer(fields: _Fields, cdb_len: int, *, verify: bool = False) -> _Run:
             raise invalid_field_in_cdb(1, 2)  # BYTCHK 10b is reserved
         if disk.read_only:
             raise write_protected()
-        _check_range(lba, n, disk)
-        _check_transfer(n, disk, cdb_len)
+        _check_blocks(lba, n, disk, cdb_len)
         if not n:
             return GOOD
         # WRITE AND VERIFY: the medium is the backing store, so verifying what was
@@ -194,7 +215,7 @@ def _writer(fields: _Fields, cdb_len: int, *, verify: bool = False) -> _Run:
         fua = verify or bool(flags & _FUA) or not disk.write_cache
         return WritePlan(lba, n, fua)
 
-    return run
+    return _blind(run)
 
 
 def _verifier(fields: _Fields, cdb_len: int) -> _Run:
@@ -205,11 +226,10 @@ def _verifier(fields: _Fields, cdb_len: int) -> _Run:
         bytchk = (flags >> 1) & 3
         if bytchk == 2:
             raise invalid_field_in_cdb(1, 2)
-        _check_range(lba, n, disk)
-        _check_transfer(n, disk, cdb_len)
+        _check_blocks(lba, n, disk, cdb_len)
         return VerifyPlan(lba, n, bytchk) if n else GOOD
 
-    return run
+    return _blind(run)
 
 
 def _blocks(fields: _Fields) -> _Length:
@@ -839,8 +859,9 @@ def execute(
         elif reservations.legacy is not None or reservations.pr_type is not None:
             # An unreserved unit (the usual case) fences nothing: no call to find that out.
             reservations.check(cdb, nexus)
-        context = _Context(luns, data_out, edtl, nexus, reservations, peers or {},
-                           copies if copies is not None else CopyManager())
+        context = _BLIND_CONTEXT if cmd.blind else _Context(
+            luns, data_out, edtl, nexus, reservations, peers or {},
+            copies if copies is not None else CopyManager())
         return cmd.run(cdb, disk, context)
     except ScsiError as exc:
         return Reply.error(exc)

@@ -65,6 +65,7 @@ from earmark.scsi.plans import (
     CopyPlan,
     LbaStatusPlan,
     Outcome,
+    Plan,
     ReadPlan,
     Reply,
     WritePlan,
@@ -81,6 +82,10 @@ from earmark.target.unit import LogicalUnit
 log = logging.getLogger(__name__)
 
 _BUFFER = TargetLevel.BUFFER
+# Enum members looked up once: a class attribute lookup on an Enum costs about ten
+# times a global's, and these are read for every command.
+_GOOD = ScsiStatus.GOOD
+_DATA_OUT = Opcode.DATA_OUT
 _U32 = struct.Struct(">I")
 #: Plans whose whole Data-Out must be in one window (they act on all of it at once).
 _WHOLE = (CompareAndWritePlan, WriteSamePlan)
@@ -140,6 +145,7 @@ class TargetSession:
         "_out",
         "_peers",
         "_ping",
+        "_reserve",
         "_slot_buf",
         "blocked",
         "closed",
@@ -184,13 +190,15 @@ class TargetSession:
         #: What EXTENDED COPY may name: this session's units, as SCSI sees them.
         self._peers = {n: u.disk for n, u in self.units.items()}
         self.config = config
+        #: Admission by reservation (else `--policy none`), asked for every command.
+        self._reserve = config.policy is AdmissionPolicy.RESERVE
         self.name = name
         self.text = text
         #: Who the initiator is, for the logical units' reservations.
         self.nexus = nexus or Nexus(name, 0)
         self.tasks: dict[int, Task] = {}
         self._free: list[Reservation | None]
-        if config.policy is AdmissionPolicy.RESERVE:
+        if self._reserve:
             self._free = list(slots)
         else:
             self._free = [None] * config.window
@@ -200,7 +208,7 @@ class TargetSession:
         #: books (split and coalesce) than the rest of a cached 4 KiB read.
         self._slot_buf: dict[Reservation, Buffer] = {
             s: s.take(_BUFFER, config.buffer_bytes) for s in slots
-        } if config.policy is AdmissionPolicy.RESERVE else {}
+        } if self._reserve else {}
         #: How many slots the session should hold; the runtime adjusts it to a fair share.
         self.slot_target = self._held
         self.exp_cmd_sn = exp_cmd_sn
@@ -244,7 +252,7 @@ class TargetSession:
 
     def slot_demand(self) -> int:
         """Slots the session would take now if the runtime reserved them."""
-        if self.config.policy is not AdmissionPolicy.RESERVE:
+        if not self._reserve:
             return 0
         return max(0, self.slot_target - self._held)
 
@@ -315,7 +323,7 @@ class TargetSession:
     def placement(self, bhs: memoryview | bytes) -> list[memoryview] | None:
         """Where the data segment of the PDU with this BHS should be read to, if into a
         command's buffer (so Data-Out lands where it belongs with no copy), else None."""
-        if bhs[0] & 0x3F != Opcode.DATA_OUT:
+        if bhs[0] & 0x3F != _DATA_OUT:
             return None
         _, dsl = bhs_lengths(bhs)
         itt = _U32.unpack_from(bhs, 16)[0]
@@ -385,7 +393,7 @@ class TargetSession:
             self._send_data_in(task, io.views, last=task.end >= task.xfer)
         if task.end >= task.xfer:
             if not task.reading:
-                self._respond(task, ScsiStatus.GOOD, b"", moved=task.xfer)
+                self._respond(task, _GOOD, b"", moved=task.xfer)
             return
         self._next_window(task)
 
@@ -576,6 +584,10 @@ class TargetSession:
         if not task.xfer:
             self._respond(task, ScsiStatus.GOOD, b"", moved=0)
             return
+        if (len(pdu.data) == task.xfer <= self.config.buffer_bytes and task.unsolicited is None
+                and task.slot is not None and outcome is not None):
+            self._whole_write(task, outcome, pdu.data)
+            return
         self._first_window(task)
         if pdu.data:
             if task.pieces:
@@ -590,7 +602,7 @@ class TargetSession:
 
     def _first_window(self, task: Task) -> None:
         """Set up the buffer for the transfer's first window (start reading into it)."""
-        if self.config.policy is AdmissionPolicy.NONE:
+        if not self._reserve:
             task.start, task.end = 0, task.xfer
             if not task.xfer:
                 self._start_io(task)
@@ -612,6 +624,18 @@ class TargetSession:
             task.pieces = [(0, self._slot_buf[slot])]
         if task.reading or not task.xfer:
             self._start_io(task)
+
+    def _whole_write(self, task: Task, plan: Plan, data: bytes | memoryview) -> None:
+        """The usual write: all of it came with the command and fits the slot's buffer
+        (the caller checked), so its one window is copied in and written at once: what
+        `_first_window`, `_take_data` and `_maybe_write` do for it, in one step."""
+        assert task.slot is not None and task.unit is not None
+        task.end = task.got = task.xfer
+        task.pieces = [(0, self._slot_buf[task.slot])]
+        views = self._views(task, 0, task.xfer)
+        fill(views, data)
+        task.in_flight = True
+        self._events.append(IoRequest(task, task.unit, plan, 0, views, True))
 
     def _next_window(self, task: Task) -> None:
         size = min(task.xfer - task.end, self.config.buffer_bytes)
@@ -661,7 +685,7 @@ class TargetSession:
         """EXTENDED COPY moves its blocks through one buffer reused chunk by chunk: the
         slot's whole buffer under reserve (the parameter list in it is parsed already),
         one buffer-sized allocation under none, as a target that allocates does."""
-        if self.config.policy is AdmissionPolicy.NONE:
+        if not self._reserve:
             self._alloc(task, task.xfer, self.config.buffer_bytes, blocking=False)
             return
         assert task.slot is not None
@@ -745,7 +769,7 @@ class TargetSession:
             length = min(burst, task.end - offset)
             task.next_r2t = offset + length
             ttt = self._ttt()
-            if self.config.policy is AdmissionPolicy.NONE:
+            if not self._reserve:
                 task.r2ts[ttt] = Sequence(offset, offset + length, sent=False)
                 self._alloc(task, offset, length, blocking=False)
             else:
@@ -805,7 +829,7 @@ class TargetSession:
         flags = _FINAL_STATUS | (0x04 if over else 0) | (0x02 if under else 0)
         params = self.params
         self._out += frame(
-            data_in_bhs(flags, ScsiStatus.GOOD, len(piece), task.lun, task.itt, RESERVED_TAG,
+            data_in_bhs(flags, _GOOD, len(piece), task.lun, task.itt, RESERVED_TAG,
                         self._stat(), self.exp_cmd_sn, self.max_cmd_sn, task.data_sn, offset,
                         residual),
             piece, params.header_digest, params.data_digest)
