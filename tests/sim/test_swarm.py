@@ -17,6 +17,7 @@ from earmark.initiator import admission
 from earmark.initiator.admission import Admission, Admitted
 from earmark.iscsi.negotiation import SessionParams
 from earmark.memory import Arena, HostLevel
+from earmark.memory.claim import Claim
 from earmark.memory.draw import draw_charge
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.sim.scenario import Outcome, Scenario, Violation, run_scenario
@@ -79,8 +80,8 @@ def _receive_buffers_unreserved(monkeypatch: pytest.MonkeyPatch) -> None:
     def without_wire(params: SessionParams, write: bool, nbytes: int) -> tuple[int, int]:
         return command_bytes(params, write, nbytes)[0], 0
 
-    async def draw(self: Admission, cmd: Admitted, task_bytes: int, wire_bytes: int,
-                   reserved: bool) -> None:
+    async def draw(self: Admission, cmd: Admitted, claim: Claim, task_bytes: int,
+                   wire_bytes: int, reserved: bool) -> None:
         cmd.held = [await draw_charge(self.arena, HostLevel.TASK, task_bytes, owner=cmd.owner)]
         cmd.rx_buffers = []  # received buffers: allocated on arrival
 

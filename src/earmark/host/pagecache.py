@@ -42,7 +42,7 @@ from earmark.host.requests import (
 from earmark.host.tick import Tick
 from earmark.memory import Arena, Buffer, HostLevel, Reservation
 from earmark.memory.claim import Claim
-from earmark.memory.draw import draw_charge, draw_charge_now
+from earmark.memory.draw import draw_charge
 from earmark.memory.levels import PAGE_BYTES, REQUEST_DESCRIPTOR_BYTES
 
 CACHE = "cache"
@@ -619,10 +619,12 @@ class PageCache:
                     res.handoff(owner)
                 try:
                     with res.active() if res is not None else nullcontext():
-                        # Drawn at once on `res` (no coroutine), else allocated.
-                        desc = draw_charge_now(HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES) \
-                            or await draw_charge(self.arena, HostLevel.REQUEST,
-                                                 REQUEST_DESCRIPTOR_BYTES, owner=owner)
+                        # Drawn at once on `res` (no coroutine, no look for what was
+                        # handed down: it is `res`), else allocated.
+                        desc = res.charge(HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES) \
+                            if res is not None else await draw_charge(
+                                self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES,
+                                owner=owner)
                         try:
                             await self.device.write_pages(offset, views, owner=owner)
                         finally:

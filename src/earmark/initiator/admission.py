@@ -209,7 +209,7 @@ class Admission:
                 return self._reserve(cmd, claim)
             cmd.res = res
             return None
-        return self.draw(cmd, task_bytes, wire_bytes, self.reserves)
+        return self.draw(cmd, claim, task_bytes, wire_bytes, self.reserves)
 
     async def _reserve(self, cmd: Admitted, claim: Claim) -> None:
         cmd.res = await self.arena.reserve(claim, owner=cmd.owner)
@@ -256,10 +256,10 @@ class Admission:
         pooled.append(res)
         self._idle_count += 1
 
-    def draw(self, cmd: Admitted, task_bytes: int, wire_bytes: int,
+    def draw(self, cmd: Admitted, claim: Claim, task_bytes: int, wire_bytes: int,
              reserved: bool) -> Coroutine[Any, Any, None] | None:
         """Memory for a command that does not reserve its own. When the caller's
-        reservation was handed down, the command's claim is split off it at once (None:
+        reservation was handed down, the command's ``claim`` is split off it at once (None:
         nothing to await) and held untouched until the status, as a command's own
         reservation is (drawing on it would only add bookkeeping); then it rejoins it
         (:meth:`Admitted.give_back`). Else it is allocated (what to await):
@@ -269,8 +269,8 @@ class Admission:
         source = handed_down()
         if source is None:
             return self._allocate(cmd, task_bytes, wire_bytes, reserved)
-        cmd.claim = self.claim(cmd.write_data is not None, cmd.length)[0]
-        cmd.res = source.split(cmd.claim, cmd.owner)
+        cmd.claim = claim
+        cmd.res = source.split(claim, cmd.owner)
         cmd.source = source
         return None
 

@@ -21,16 +21,8 @@ async def draw_buffer(arena: Arena, level: int, nbytes: int, *, owner: str) -> B
     return await arena.allocate(level, nbytes, owner=owner)
 
 
-def draw_charge_now(level: int, nbytes: int) -> Charge | None:
-    """`draw_charge` when a reservation was handed down (drawn at once); None when none
-    was: then it is an allocation, which may wait. For a hot path under `reserve`,
-    where a coroutine costs more than the draw."""
-    res = handed_down()
-    return None if res is None else res.charge(level, nbytes)
-
-
 async def draw_charge(arena: Arena, level: int, nbytes: int, *, owner: str) -> Charge:
-    charge = draw_charge_now(level, nbytes)
-    if charge is not None:
-        return charge
+    res = handed_down()
+    if res is not None:
+        return res.charge(level, nbytes)
     return await arena.allocate_charge(level, nbytes, owner=owner)
