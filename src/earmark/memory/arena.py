@@ -237,7 +237,7 @@ class Arena:
 
         For a hot path whose every grant would be moved into the same reservation
         straight away (a page made dirty: its share joins the cache's books)."""
-        claim = claims if isinstance(claims, Claim) else Claim(claims, self.levels)
+        claim = self._claim_of(claims)
         if into.released:
             raise ReleaseError(f"reservation of {into.owner} was released; nothing to add to")
         if self.validator is not None:
@@ -513,7 +513,7 @@ class Arena:
     def _take_budget(self, res: Reservation, claims: Claim | Mapping[int, int],
                      verb: str, short: type[ArenaError] = OverdrawError) -> Claim:
         """`claims` off what `res` has left, all of it or (raising `short`) nothing."""
-        claim = claims if type(claims) is Claim else self._claim_of(claims)
+        claim = self._claim_of(claims)
         budget = res.budget
         # Taken first and checked after (no level is ever below 0 otherwise), so that the
         # check is one pass in C: every page made dirty and every writeback comes here.

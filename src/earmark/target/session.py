@@ -537,7 +537,7 @@ class TargetSession:
             task.spdtl = in_len
             task.xfer = min(task.edtl, in_len)
             if not task.xfer:
-                self._respond(task, ScsiStatus.GOOD, b"", moved=0)
+                self._respond(task, _GOOD, b"", moved=0)
                 return
         else:
             # A plan with no data (SYNCHRONIZE CACHE, UNMAP-free WRITE SAME NDOB, ...).
@@ -546,7 +546,7 @@ class TargetSession:
 
     def _reply(self, task: Task, pdu: ScsiCommand, reply: Reply) -> None:
         """A finished answer: Data-In from the reply's bytes, then status."""
-        if reply.status != ScsiStatus.GOOD or not reply.data:
+        if reply.status != _GOOD or not reply.data:
             task.edtl = pdu.expected_data_transfer_length
             self._respond(task, ScsiStatus(reply.status), reply.sense, moved=0)
             return
@@ -557,7 +557,7 @@ class TargetSession:
         if task.xfer:
             self._send_data_in(task, [memoryview(reply.data)[: task.xfer]], last=True)
         else:
-            self._respond(task, ScsiStatus.GOOD, b"", moved=0)
+            self._respond(task, _GOOD, b"", moved=0)
 
     def _write_command(self, task: Task, pdu: ScsiCommand, outcome: Outcome | None,
                        out_len: int) -> None:
@@ -582,7 +582,7 @@ class TargetSession:
         task.xfer = min(edtl, out_len)
         task.next_r2t = unsolicited
         if not task.xfer:
-            self._respond(task, ScsiStatus.GOOD, b"", moved=0)
+            self._respond(task, _GOOD, b"", moved=0)
             return
         if (len(pdu.data) == task.xfer <= self.config.buffer_bytes and task.unsolicited is None
                 and task.slot is not None and outcome is not None):
