@@ -5,19 +5,21 @@ throttling, modelled as strong as Linux makes them: `earmark.host.policy`). Each
 count runs the demo's workload through the page cache and earmark's initiator with the
 demo's arena, on real TCP to an `earmark serve` process (its LUN a file in /dev/shm,
 memory as the simulator's target has) and on the simulator to the same target code. The
-target is a process of its own, as on another machine: an embedded target's thread
-would share this process's interpreter lock, and which policy's rhythm happened to
-hand the lock over well would move its figures (best of 5 at 1 writer, reserve against
-mempool: 0.924, 0.945, 0.88 in three runs of the same code with the target on a
-thread; 1.126 beside 1.041 in one probe of each). The
-three policies alternate, ``--repeats`` rounds each, the order turning one place each
-round so no policy always runs first or last, and the best run of each counts (noise
-only ever slows a run down). A run writes ``--pages`` pages (16 times the arena by
-default, the whole LUN): the demo's 2,048 pages are two arenas' worth, so a run that
-short measures mostly the first fill, which no policy has to wait for, and the final
-fsync, and a 0.2-second run on TCP moves with every neighbour on a shared machine
-(at 8 times the arena, one writer's runs of one policy on TCP spread from 23.6 to 36.3
-MB/s beside two busy helpers). A baseline that
+target is a process of its own, as on another machine: an embedded target's thread would
+share this process's interpreter lock, and which policy's rhythm happened to hand the
+lock over well would move its figures (best of 5 at 1 writer, reserve against mempool:
+0.924, 0.945, 0.88 in three runs of the same code with the target on a thread; 1.126
+beside 1.041 in one probe of each). The three policies alternate, ``--repeats`` rounds
+each, the order turning one place each round so no policy always runs first or last, and
+the best run of each counts (noise only ever slows a run down); the medians are printed
+beside the best, and every run's figure, to show how far a row moves between runs. The
+LUN is written through before the target starts and one run that counts for nothing goes
+first, so no policy's figure pays the target's first touch of its pages. A run writes
+``--pages`` pages (16 times the arena by default, the whole LUN): the demo's 2,048 pages
+are two arenas' worth, so a run that short measures mostly the first fill, which no
+policy has to wait for, and the final fsync, and a 0.2-second run on TCP moves with
+every neighbour on a shared machine (at 8 times the arena, one writer's runs of one
+policy on TCP spread from 23.6 to 36.3 MB/s beside two busy helpers). A baseline that
 deadlocks there has no figure (null): the comparison is only made where it completes.
 Reserve must complete and verify everywhere. Goal: vs_mempool and vs_throttle >= 0.95
 wherever they exist.
@@ -25,7 +27,8 @@ wherever they exist.
     python benchmarks/policy_cost.py [--json] [--repeats 5] [--pages 16384] [--writers 1,4,16,64]
 
 With --json the last line is {"tcp": {"1": {"reserve_mbps", "mempool_mbps",
-"throttle_mbps", "vs_mempool", "vs_throttle"}, ...}, "sim": {...}}.
+"throttle_mbps", "vs_mempool", "vs_throttle", and the same of the medians:
+"reserve_median_mbps", ..., "vs_mempool_median", "vs_throttle_median"}, ...}, "sim": {...}}.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -49,7 +53,7 @@ POLICIES = (Policy.MEMPOOL, Policy.THROTTLE, Policy.RESERVE)
 Figures = dict[str, float | None]
 
 
-def best_of(run: list[Row], best: dict[Policy, float | None]) -> None:
+def fold(run: list[Row], runs: dict[Policy, list[float] | None]) -> None:
     """Fold one round's rows in: a run that did not complete leaves its policy at None
     for good (a deadlock is not noise); reserve must complete and verify."""
     for row in run:
@@ -59,24 +63,32 @@ def best_of(run: list[Row], best: dict[Policy, float | None]) -> None:
         if policy is Policy.RESERVE and not ok:
             raise SystemExit(f"reserve with {r.writers} writer(s) did not complete and verify "
                              f"({r.outcome}: {r.cycle})")
-        if policy in best and best[policy] is None:
-            continue
-        best[policy] = max(best.get(policy) or 0.0, r.mbps) if ok else None
+        seen = runs.setdefault(policy, [])
+        if seen is not None:
+            if ok:
+                seen.append(r.mbps)
+            else:
+                runs[policy] = None
 
 
-def figures(best: dict[Policy, float | None]) -> Figures:
-    reserve = best[Policy.RESERVE]
-    assert reserve is not None
-    out: Figures = {f"{p.value}_mbps": (round(v, 3) if v is not None else None)
-                    for p, v in best.items()}
-    for base in (Policy.MEMPOOL, Policy.THROTTLE):
-        theirs = best[base]
-        out[f"vs_{base.value}"] = round(reserve / theirs, 3) if theirs else None
+def figures(runs: dict[Policy, list[float] | None]) -> Figures:
+    """The best run of each policy and the ratios of reserve's to the baselines'; the
+    medians beside them, to show how far a row moves between runs."""
+    out: Figures = {}
+    for how, pick in (("", max), ("_median", statistics.median)):
+        best = {p: (pick(v) if v else None) for p, v in runs.items()}
+        reserve = best[Policy.RESERVE]
+        assert reserve is not None
+        for p, v in best.items():
+            out[f"{p.value}{how}_mbps"] = round(v, 3) if v is not None else None
+        for base in (Policy.MEMPOOL, Policy.THROTTLE):
+            theirs = best[base]
+            out[f"vs_{base.value}{how}"] = round(reserve / theirs, 3) if theirs else None
     return out
 
 
 def measure(where: str, writers: int, args: argparse.Namespace, url: str) -> Figures:
-    best: dict[Policy, float | None] = {}
+    runs: dict[Policy, list[float] | None] = {}
     quiet = Console(quiet=True)
     for round_ in range(args.repeats):
         turn = round_ % len(POLICIES)
@@ -90,12 +102,22 @@ def measure(where: str, writers: int, args: argparse.Namespace, url: str) -> Fig
                     return await live(stack, config, quiet)
 
             rows = run_virtual(simulate)
-        best_of(rows, best)
-    out = figures(best)
+        fold(rows, runs)
+    out = figures(runs)
+    every = ", ".join(f"{p.value} " + (" ".join(f"{v:.1f}" for v in got) if got else "deadlocked")
+                      for p, got in runs.items())
     print(f"{where:3} {writers:>4} writers: reserve {out['reserve_mbps']} MB/s, mempool "
           f"{out['mempool_mbps']} (x{out['vs_mempool']}), throttle {out['throttle_mbps']} "
-          f"(x{out['vs_throttle']})", flush=True)
+          f"(x{out['vs_throttle']}); medians x{out['vs_mempool_median']}, "
+          f"x{out['vs_throttle_median']}; every run, MB/s: {every}", flush=True)
     return out
+
+
+def warm_up(url: str, pages: int) -> None:
+    """One run that counts for nothing: the target's first session, the first commands
+    through its arena and this process's first imports are paid by no policy's figure."""
+    config = DemoConfig(writers=[4], policies=[Policy.RESERVE], total_pages=pages)
+    asyncio.run(live(RemoteStack(url), config, Console(quiet=True)))
 
 
 def main() -> None:
@@ -111,9 +133,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="earmark-policy-cost-",
                                      dir=shm if shm.is_dir() else None) as tmp:
         lun = Path(tmp) / "lun.img"
-        with open(lun, "wb") as f:
-            f.truncate(DemoConfig().lun_bytes)
+        # Written, not sparse: the first run to touch a page of /dev/shm would pay its
+        # allocation, and that run is always the same policy's.
+        lun.write_bytes(bytes(DemoConfig().lun_bytes))
         with EarmarkServe(lun) as target:
+            warm_up(target.url, args.pages)
             result = {where: {str(n): measure(where, n, args, target.url) for n in counts}
                       for where in ("tcp", "sim")}
     if args.json:
