@@ -97,3 +97,37 @@ def test_same_seed_same_run() -> None:
     first, second = once(), once()
     assert first == second
     assert first[0] == "deadlocked"
+
+
+def test_cancelled_callbacks_never_run_and_cancelled_timers_leave_the_heap() -> None:
+    """What the loop's own iteration keeps of asyncio's: a cancelled handle is skipped
+    (run, it would be an error for the loop's handler), cancelled timers leave the heap
+    (at its head, or all at once when most of many are), and the rest fire in order at
+    their times."""
+    ran: list[tuple[str, float]] = []
+    errors: list[dict[str, Any]] = []
+    heap: list[int] = []
+
+    async def main() -> None:
+        loop: Any = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+
+        def note(name: str) -> None:
+            ran.append((name, loop.time()))
+
+        loop.call_soon(note, "cancelled soon").cancel()
+        loop.call_later(5.0, note, "cancelled later").cancel()
+        loop.call_later(7.0, note, "kept")
+        many = [loop.call_later(10.0 + i, note, f"t{i}") for i in range(150)]
+        for timer in many[:120]:
+            timer.cancel()
+        await asyncio.sleep(0)
+        heap.append(len(loop._scheduled))
+        fired = loop.create_future()
+        loop.call_later(200.0, fired.set_result, None)
+        await fired
+
+    run_virtual(main)
+    assert errors == []
+    assert heap == [31]  # "kept" and t120..t149
+    assert ran == [("kept", 7.0), *((f"t{i}", 10.0 + i) for i in range(120, 150))]
