@@ -131,3 +131,26 @@ def test_cancelled_callbacks_never_run_and_cancelled_timers_leave_the_heap() -> 
     assert errors == []
     assert heap == [31]  # "kept" and t120..t149
     assert ran == [("kept", 7.0), *((f"t{i}", 10.0 + i) for i in range(120, 150))]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_the_loop_counts_each_callback_it_takes_in_either_mode(debug: bool) -> None:
+    """`events` is what the simulator's speed is measured in: one per callback taken,
+    in debug mode too (where the handle running is named while it runs). Debug mode is
+    switched on while the loop runs, through call_soon_threadsafe (one callback more):
+    a loop with no self-pipe has nothing to write to."""
+    seen: list[object] = []
+
+    async def main() -> int:
+        loop: Any = asyncio.get_running_loop()
+        loop.set_debug(debug)
+        before = loop.events
+        for _ in range(10):
+            await asyncio.sleep(0)  # one task step each, nothing else ready
+        handle = loop.call_soon(lambda: seen.append(loop._current_handle))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert seen == [handle if debug else None]
+        return int(loop.events - before)
+
+    assert run_virtual(main) == 1 + 10 + 1 + 2

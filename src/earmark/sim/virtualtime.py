@@ -101,6 +101,9 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         selector.loop = self
         self._now = 0.0
         self._ready = ReadyQueue() if ready is None else ready
+        #: Callbacks taken from the ready queue so far (cancelled ones too): the loop
+        #: events, counted here once a step rather than by a hook on every one.
+        self.events = 0
         self.disk = disk
         self.network = SimNetwork(self, LinkShape(**shape), Trace() if trace is None else trace)
 
@@ -147,11 +150,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         timers due moved behind what is ready, then as many callbacks run as were ready),
         without what a loop that never blocks does not need: the clock is read from its
         field, not through two calls of `time`, and the selector is asked only when it
-        has a file or nothing can ever run. Every loop event passes here."""
+        has a file or nothing can ever run. Every loop event passes here. (Debug mode
+        loses nothing: asyncio's warning about slow callbacks cannot fire where no time
+        passes in a callback, and the handle running is still named while it runs.)"""
         me: Any = self  # asyncio's private fields, which its stubs do not all declare
-        if me._debug:
-            super()._run_once()  # type: ignore[misc]
-            return
         scheduled: list[Any] = me._scheduled
         if scheduled and (scheduled[0]._cancelled or len(scheduled) > _MANY_TIMERS):
             self._drop_cancelled()
@@ -173,7 +175,19 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             timer._scheduled = False
             ready.append(timer)
         popleft = ready.popleft
-        for _ in range(len(ready)):
+        ntodo = len(ready)
+        self.events += ntodo
+        if me._debug:
+            for _ in range(ntodo):
+                handle = popleft()
+                if not handle._cancelled:
+                    me._current_handle = handle
+                    try:
+                        handle._run()
+                    finally:
+                        me._current_handle = None
+            return
+        for _ in range(ntodo):
             handle = popleft()
             if not handle._cancelled:
                 handle._run()
@@ -217,6 +231,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def _close_self_pipe(self) -> None:
         pass
+
+    def _write_to_self(self) -> None:
+        """Nothing to wake (no self-pipe): what `call_soon_threadsafe` (and `set_debug` on
+        the running loop) would write to it."""
 
     def time(self) -> float:
         return self._now
