@@ -21,35 +21,20 @@ With --json the last line is {"events_per_s", "writes_per_s", "sim_s_per_wall_s"
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
-from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from earmark.host.policy import HostTuning, Policy
 from earmark.memory import Arena
 from earmark.memory.levels import PAGE_BYTES
-from earmark.sim.schedule import ReadyQueue
 from earmark.sim.stacks import SimStack
-from earmark.sim.virtualtime import run_virtual
+from earmark.sim.virtualtime import VirtualTimeLoop, run_virtual
 from earmark.sim.workload import RunResult, Workload, run_writers
 
 LUN_BYTES = 64 << 20
-
-
-class CountingQueue(ReadyQueue):
-    """The FIFO ready queue, counting the callbacks the loop takes from it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.taken = 0
-        self.popleft = self._counted  # type: ignore[method-assign]
-
-    def _counted(self) -> Any:
-        self.taken += 1
-        return deque.popleft(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +47,6 @@ class Figures:
 
 
 def one_run(seed: int, writers: int, pages: int, arena_bytes: int) -> Figures:
-    ready = CountingQueue()
     work = Workload(writers=writers, pages_per_writer=max(1, pages // writers),
                     span_pages=LUN_BYTES // PAGE_BYTES, seed=seed)
 
@@ -70,13 +54,15 @@ def one_run(seed: int, writers: int, pages: int, arena_bytes: int) -> Figures:
         async with SimStack(LUN_BYTES) as stack:
             arena = Arena(arena_bytes, name="host arena")
             async with stack.open(arena, Policy.RESERVE) as device:
-                events, start, cpu = ready.taken, time.perf_counter(), time.process_time()
+                loop = asyncio.get_running_loop()
+                assert isinstance(loop, VirtualTimeLoop)
+                events, start, cpu = loop.events, time.perf_counter(), time.process_time()
                 result = await run_writers(arena, device, Policy.RESERVE, work, HostTuning())
                 return result, Figures(
-                    ready.taken - events, result.bytes_written // PAGE_BYTES, result.seconds,
+                    loop.events - events, result.bytes_written // PAGE_BYTES, result.seconds,
                     time.perf_counter() - start, time.process_time() - cpu)
 
-    result, figures = run_virtual(main, ready=ready, window=1 << 20, sndbuf=256 << 10)
+    result, figures = run_virtual(main, window=1 << 20, sndbuf=256 << 10)
     if result.outcome != "completed":
         raise SystemExit(f"reserve did not complete: {result.cycle}")
     return figures

@@ -5,7 +5,7 @@ raw bytes, or records (a drawn BHS and AHS with their lengths set, a data segmen
 padding and digests the framer expects, now and then a corrupted digest) so the fuzzer
 gets past the CRCs to the decoders. The stream is parsed twice: in one read with no
 hooks, and in the drawn chunking, with Data-Out segments placed in a drawn number of
-views, small Data-In handed over by ``on_data_in``, and ``admit`` refusing (then
+views, small Data-In handed over by ``on_answer``, and ``admit`` refusing (then
 resumed) where drawn.
 
 A crash is any exception out of the framer (its documented failures reach
@@ -71,7 +71,7 @@ class _Run:
     def _error(self, header: memoryview, exc: ProtocolError) -> None:
         self.events.append(_error(header, exc))
 
-    def _data_in(self, buf: memoryview, at: int, data: memoryview) -> None:
+    def _answer(self, buf: memoryview, at: int, data: memoryview) -> None:
         header = buf[at : at + BHS_LENGTH]
         try:
             self.events.append(("pdu", detached(decode_pdu(header, b"", data))))
@@ -94,7 +94,7 @@ class _Run:
 
     def hooks(self, data_in: bool, refusals: list[bool]) -> None:
         if data_in:
-            self.framer.on_data_in = self._data_in
+            self.framer.on_answer = self._answer
         if refusals:
             self.refusals = refusals[::-1]
             self.framer.admit = self._admit

@@ -239,6 +239,42 @@ def test_check_condition_becomes_a_typed_exception() -> None:
     assert str(done.error) == "ILLEGAL REQUEST: LOGICAL BLOCK ADDRESS OUT OF RANGE (0x05/0x2100)"
 
 
+@pytest.mark.parametrize("underflow", [False, True])
+def test_a_scsi_response_taken_by_its_header_is_the_pdu_taken_whole(underflow: bool) -> None:
+    """`answer` (the runtime's path for every SCSI Response: fields unpacked from the
+    receive buffer) finishes a command exactly as `receive` of the decoded PDU does:
+    status, sense, residual (only when U is set), StatSN and the window."""
+    answers = [
+        ScsiResponse(itt=0, status=0x02, stat_sn=5, exp_cmd_sn=11, max_cmd_sn=50,
+                     residual_count=512, residual_underflow=underflow,
+                     residual_overflow=not underflow,
+                     data=sense_segment(lba_out_of_range().sense())),
+        ScsiResponse(itt=0, status=0, stat_sn=6, exp_cmd_sn=12, max_cmd_sn=60,
+                     residual_count=1024, residual_underflow=underflow),
+        ScsiResponse(itt=0, response=1, stat_sn=7, exp_cmd_sn=13, max_cmd_sn=61),
+    ]
+    seen = []
+    for whole in (True, False):
+        s = make()
+        cmds = [read_cmd() for _ in answers]
+        for c, pdu in zip(cmds, answers, strict=True):
+            s.submit(c, 0.0)
+            pdu.itt = c.itt
+            if whole:
+                s.receive(pdu, 0.0)
+            else:
+                header = memoryview(b"\0" * 7 + encode_header(pdu))
+                s.answer(header, 7, memoryview(bytes(pdu.data)), 0.0)
+        done = s.take_completed()
+        seen.append(([(c.status, c.residual, c.sense, repr(c.error)) for c in done],
+                     s.exp_stat_sn, s.exp_cmd_sn, s.max_cmd_sn))
+    assert seen[0] == seen[1]
+    statuses, exp_stat_sn, _, max_cmd_sn = seen[0]
+    assert [r for _, r, _, _ in statuses] == ([512, 1024, 0] if underflow else [0, 0, 0])
+    assert statuses[0][2] and "TargetFailureError" in statuses[2][3]
+    assert (exp_stat_sn, max_cmd_sn) == (8, 61)
+
+
 def test_busy_status_and_reject_are_typed_too() -> None:
     s = make()
     a, b = read_cmd(), read_cmd()

@@ -28,7 +28,7 @@ class Sink:
         self.dest = dest
         self.pdus: list[tuple[Pdu, bool, bytes]] = []
         self.batches = 0
-        self.small_data_in = 0
+        self.answers = 0
 
     def placement(self, bhs: memoryview) -> memoryview | None:
         offset = int.from_bytes(bhs[40:44], "big")
@@ -40,8 +40,8 @@ class Sink:
             self.dest[pdu.buffer_offset : pdu.buffer_offset + len(pdu.data)] = pdu.data
         self.pdus.append((pdu, placed, bytes(getattr(pdu, "data", b""))))
 
-    def data_in_received(self, header: memoryview, at: int, data: memoryview) -> None:
-        self.small_data_in += 1
+    def answer_received(self, header: memoryview, at: int, data: memoryview) -> None:
+        self.answers += 1
         self.pdu_received(decode_pdu(header[at : at + BHS_LENGTH], b"", data), False)
 
     def batch_done(self) -> None:
@@ -108,9 +108,9 @@ def test_any_chunking_gives_the_same_pdus(digests: bool, seed: int) -> None:
     assert bytes(sink.dest[100 : 100 + len(big)]) == big
     placed = [placed for _, placed, _ in sink.pdus]
     assert placed[2] is False and placed[0] is False  # small PDUs come through the buffer
-    # The small Data-In (and the large one, when it was all in before it was parsed)
-    # came as header and data, with no PDU object built.
-    assert sink.small_data_in == 2 - placed[1]
+    # The small Data-In and the SCSI Response (and the large Data-In, when it was all
+    # in before it was parsed) came as header and data, with no PDU object built.
+    assert sink.answers == 3 - placed[1]
     assert sink.batches >= 1
 
 

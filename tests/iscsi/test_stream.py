@@ -333,7 +333,7 @@ def test_a_small_data_in_is_handed_over_without_a_pdu_object() -> None:
         assert header[at] & 0x3F == 0x25
         got.append((int.from_bytes(header[at + 16 : at + 20], "big"), bytes(data)))
 
-    owner.framer.on_data_in = data_in
+    owner.framer.on_answer = data_in
     data = wire(pdus)
     owner.receive(data[: len(data) - 10])
     owner.receive(data[len(data) - 10 :])

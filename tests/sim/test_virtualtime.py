@@ -97,3 +97,60 @@ def test_same_seed_same_run() -> None:
     first, second = once(), once()
     assert first == second
     assert first[0] == "deadlocked"
+
+
+def test_cancelled_callbacks_never_run_and_cancelled_timers_leave_the_heap() -> None:
+    """What the loop's own iteration keeps of asyncio's: a cancelled handle is skipped
+    (run, it would be an error for the loop's handler), cancelled timers leave the heap
+    (at its head, or all at once when most of many are), and the rest fire in order at
+    their times."""
+    ran: list[tuple[str, float]] = []
+    errors: list[dict[str, Any]] = []
+    heap: list[int] = []
+
+    async def main() -> None:
+        loop: Any = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+
+        def note(name: str) -> None:
+            ran.append((name, loop.time()))
+
+        loop.call_soon(note, "cancelled soon").cancel()
+        loop.call_later(5.0, note, "cancelled later").cancel()
+        loop.call_later(7.0, note, "kept")
+        many = [loop.call_later(10.0 + i, note, f"t{i}") for i in range(150)]
+        for timer in many[:120]:
+            timer.cancel()
+        await asyncio.sleep(0)
+        heap.append(len(loop._scheduled))
+        fired = loop.create_future()
+        loop.call_later(200.0, fired.set_result, None)
+        await fired
+
+    run_virtual(main)
+    assert errors == []
+    assert heap == [31]  # "kept" and t120..t149
+    assert ran == [("kept", 7.0), *((f"t{i}", 10.0 + i) for i in range(120, 150))]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_the_loop_counts_each_callback_it_takes_in_either_mode(debug: bool) -> None:
+    """`events` is what the simulator's speed is measured in: one per callback taken,
+    in debug mode too (where the handle running is named while it runs). Debug mode is
+    switched on while the loop runs, through call_soon_threadsafe (one callback more):
+    a loop with no self-pipe has nothing to write to."""
+    seen: list[object] = []
+
+    async def main() -> int:
+        loop: Any = asyncio.get_running_loop()
+        loop.set_debug(debug)
+        before = loop.events
+        for _ in range(10):
+            await asyncio.sleep(0)  # one task step each, nothing else ready
+        handle = loop.call_soon(lambda: seen.append(loop._current_handle))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert seen == [handle if debug else None]
+        return int(loop.events - before)
+
+    assert run_virtual(main) == 1 + 10 + 1 + 2

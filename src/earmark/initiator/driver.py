@@ -109,10 +109,10 @@ class Driver(DeviceBase, Generic[S]):
         assert session is not None
         session.receive(pdu, self.clock(), placed)
 
-    def data_in_received(self, header: memoryview, at: int, data: memoryview) -> None:
+    def answer_received(self, header: memoryview, at: int, data: memoryview) -> None:
         session = self.session
         assert session is not None
-        session.data_in(header, at, data, self.clock())
+        session.answer(header, at, data, self.clock())
 
     def batch_done(self) -> None:
         """A batch of PDUs is parsed: commands finish or go again, the session's

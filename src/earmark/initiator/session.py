@@ -41,6 +41,7 @@ from earmark.iscsi.pdu import (
     DATA_IN_BHS,
     R2T,
     RESERVED_TAG,
+    SCSI_RESPONSE_BHS,
     AsyncMessage,
     DataIn,
     DataOut,
@@ -77,7 +78,7 @@ _MASK = 0xFFFFFFFF
 _HALF = 1 << 31
 _U32 = struct.Struct(">I")
 _DATA_IN = int(Opcode.DATA_IN)
-#: Data-In flags: status present (S), residual underflow (U).
+#: Data-In flags: status present (S), residual underflow (U; a SCSI Response's too).
 _S = 0x01
 _U = 0x02
 #: What the target sends about one command: each lands in a receive buffer of its own.
@@ -430,20 +431,28 @@ class InitiatorSession:
             return None
         return self._tasks.get(_U32.unpack_from(bhs, 16)[0])
 
-    def data_in(self, header: WireBytes, at: int, data: WireBytes, now: float) -> None:
-        """Take one Data-In whose BHS is ``header[at : at + 48]`` and whose data segment
-        (not placed) is ``data``: what :meth:`receive` does with a :class:`DataIn`.
+    def answer(self, header: WireBytes, at: int, data: WireBytes, now: float) -> None:
+        """Take one Data-In (its data segment not placed) or SCSI Response whose BHS is
+        ``header[at : at + 48]`` and whose data segment is ``data``: what :meth:`receive`
+        does with a :class:`DataIn` or a :class:`ScsiResponse`.
 
         Every read is answered by at least one Data-In, at 4 KiB by exactly one that
-        carries the status too; unpacking its fields here, instead of building and
-        dispatching a PDU object, is a good part of what a small read costs.
+        carries the status too, and every write by a SCSI Response; unpacking their
+        fields here, instead of building and dispatching a PDU object, is a good part
+        of what a small read or write costs.
         """
-        (_, flags, status, _, _, itt, _, stat_sn, exp_cmd_sn, max_cmd_sn, _, offset,
-         residual) = DATA_IN_BHS.unpack_from(header, at)
         self._last_rx = now
         try:
-            self._data_in(itt, offset, data, False, flags, status, stat_sn, exp_cmd_sn,
-                          max_cmd_sn, residual)
+            if header[at] & 0x3F == _DATA_IN:
+                (_, flags, status, _, _, itt, _, stat_sn, exp_cmd_sn, max_cmd_sn, _, offset,
+                 residual) = DATA_IN_BHS.unpack_from(header, at)
+                self._data_in(itt, offset, data, False, flags, status, stat_sn, exp_cmd_sn,
+                              max_cmd_sn, residual)
+            else:
+                (_, flags, response, status, _, itt, _, stat_sn, exp_cmd_sn, max_cmd_sn, _, _,
+                 residual) = SCSI_RESPONSE_BHS.unpack_from(header, at)
+                self._status(itt, response, status, stat_sn, exp_cmd_sn, max_cmd_sn,
+                             residual if flags & _U else 0, data)
         except ProtocolError as exc:
             self._fail(FailureKind.PROTOCOL, exc.reason)
         if self._queue:
@@ -464,7 +473,9 @@ class InitiatorSession:
                     pdu.status, pdu.stat_sn, pdu.exp_cmd_sn, pdu.max_cmd_sn, pdu.residual_count,
                 )
             elif type(pdu) is ScsiResponse:
-                self._response(pdu)
+                self._status(pdu.itt, pdu.response, pdu.status, pdu.stat_sn, pdu.exp_cmd_sn,
+                             pdu.max_cmd_sn,
+                             pdu.residual_count if pdu.residual_underflow else 0, pdu.data)
             elif type(pdu) is R2T:
                 self._r2t(pdu)
             elif type(pdu) is NopIn:
@@ -537,20 +548,23 @@ class InitiatorSession:
                 cmd.status = 0
                 self.completed.append(cmd)
 
-    def _response(self, pdu: ScsiResponse) -> None:
-        self._window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
-        self._stat(pdu.stat_sn)
-        cmd = self._task(pdu.itt, "SCSI Response")
-        cmd.residual = pdu.residual_count if pdu.residual_underflow else 0
-        if pdu.response != 0:
+    def _status(self, itt: int, response: int, status: int, stat_sn: int, exp_cmd_sn: int,
+                max_cmd_sn: int, residual: int, data: WireBytes) -> None:
+        """One SCSI Response by its fields (``residual``: its count if underflow, else 0;
+        ``data``: its sense segment, if any)."""
+        self._window(exp_cmd_sn, max_cmd_sn)
+        self._stat(stat_sn)
+        cmd = self._task(itt, "SCSI Response")
+        cmd.residual = residual
+        if response != 0:
             del self._tasks[cmd.itt]
             cmd.error = TargetFailureError(
-                f"target failure (iSCSI response 0x{pdu.response:02x}) on CDB opcode "
+                f"target failure (iSCSI response 0x{response:02x}) on CDB opcode "
                 f"0x{cmd.cdb[0]:02x}"
             )
             self.completed.append(cmd)
             return
-        self._finish(cmd, pdu.status, parse_sense_segment(pdu.data) if pdu.data else b"")
+        self._finish(cmd, status, parse_sense_segment(data) if data else b"")
 
     def _finish(self, cmd: Command, status: int, sense: bytes) -> None:
         del self._tasks[cmd.itt]

@@ -52,9 +52,9 @@ class StreamSink(Protocol):
 
     def pdu_received(self, pdu: Pdu, placed: bool) -> None: ...
 
-    def data_in_received(self, header: memoryview, at: int, data: memoryview) -> None:
-        """A Data-In not placed, its BHS at ``header[at:]``: no PDU object is built for it
-        (the reply to every small read)."""
+    def answer_received(self, header: memoryview, at: int, data: memoryview) -> None:
+        """A Data-In not placed or a SCSI Response, its BHS at ``header[at:]``: no PDU
+        object is built for it (the reply to every small read and every write)."""
 
     def batch_done(self) -> None: ...
 
@@ -98,9 +98,9 @@ class PduStream(Framer):
         """Attach the session's device: its hooks take the PDUs from the next one on."""
         self._sink = sink
         if sink is None:
-            self.on_pdu, self.on_data_in, self.placement = self._unattached, None, None
+            self.on_pdu, self.on_answer, self.placement = self._unattached, None, None
         else:
-            self.on_pdu, self.on_data_in = sink.pdu_received, sink.data_in_received
+            self.on_pdu, self.on_answer = sink.pdu_received, sink.answer_received
             self.placement = self._placement
 
     def close(self, reason: str) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_DATA_SEGMENT_LENGTH",
     "R2T",
     "RESERVED_TAG",
+    "SCSI_RESPONSE_BHS",
     "AsyncMessage",
     "DataIn",
     "DataOut",
@@ -494,6 +495,13 @@ status, lens, LUN, ITT, TTT, StatSN, ExpCmdSN, MaxCmdSN, DataSN, BufferOffset,
 ResidualCount). The initiator unpacks the answer to every read straight from its
 receive buffer with this, because building a :class:`DataIn` costs more than the
 rest of receiving it."""
+
+
+SCSI_RESPONSE_BHS = _SCSI_RESPONSE
+"""The SCSI Response BHS, field by field as :func:`scsi_response_bhs` packs it (opcode,
+flags, response, status, lens, ITT, SNACK tag, StatSN, ExpCmdSN, MaxCmdSN, ExpDataSN,
+bidirectional read residual, residual). The initiator unpacks the answer to every write
+straight from its receive buffer with this, as it does Data-In with DATA_IN_BHS."""
 
 
 @dataclass(slots=True)

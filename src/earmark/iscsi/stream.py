@@ -12,9 +12,10 @@ header and data digests, AHS and padding. A data segment still arriving can be
 *placed*: once its BHS is in, the ``placement`` hook names where the segment
 belongs (a command's reserved buffer), what already arrived is moved there, and
 ``get_buffer`` hands out those views until the segment is in, so it is received
-where it belongs with no further copy. A small Data-In is handed over as its
-header and data views (``on_data_in``), with no PDU object built: that is the
-answer to every small read.
+where it belongs with no further copy. A Data-In not placed and a SCSI Response,
+the answers to commands, are handed over as their header and data views
+(``on_answer``), with no PDU object built: those answer every small read and every
+write.
 
 The hooks are plain attributes, looked up once per PDU like the fields of any
 slotted object; a hook left None costs one test. Errors go to ``on_error`` in
@@ -37,7 +38,7 @@ from .pdu import BHS_LENGTH, Pdu, WireBytes, decode_pdu
 
 __all__ = [
     "Admit",
-    "DataInHandler",
+    "AnswerHandler",
     "ErrorHandler",
     "Framer",
     "PduHandler",
@@ -51,6 +52,7 @@ _MAX_AHS = 255 * 4
 _lengths = struct.Struct(">I").unpack_from  # TotalAHSLength and DataSegmentLength
 _le32 = struct.Struct("<I").unpack_from  # a digest
 _DATA_IN = int(Opcode.DATA_IN)
+_ANSWERS = frozenset((_DATA_IN, int(Opcode.SCSI_RESPONSE)))
 _LOW_WATER = 4096
 """Less room than this after the last byte received, and bytes parsed before the
 first unparsed one: the unparsed tail moves to the front before the next read,
@@ -58,9 +60,9 @@ so reads are not cut short."""
 
 PduHandler = Callable[[Pdu, bool], None]
 """A decoded PDU, and whether its data segment was placed."""
-DataInHandler = Callable[[memoryview, int, memoryview], None]
-"""A Data-In not placed and with no AHS: the buffer holding its BHS at the offset
-given, and its data segment."""
+AnswerHandler = Callable[[memoryview, int, memoryview], None]
+"""A Data-In not placed or a SCSI Response, with no AHS: the buffer holding its BHS at
+the offset given, and its data segment."""
 Placement = Callable[[memoryview], Sequence[memoryview] | None]
 """Where the data segment of the PDU with this BHS belongs, or None to receive it in
 the receive buffer as usual; the views must add up to its DataSegmentLength."""
@@ -119,7 +121,7 @@ class Framer:
         "_stopped",
         "admit",
         "error",
-        "on_data_in",
+        "on_answer",
         "on_error",
         "on_pdu",
         "paused",
@@ -147,7 +149,7 @@ class Framer:
         self._placed: Sequence[memoryview] | None = None
         self.on_pdu = on_pdu
         self.on_error = on_error
-        self.on_data_in: DataInHandler | None = None
+        self.on_answer: AnswerHandler | None = None
         self.placement: Placement | None = None
         self.admit: Admit | None = None
         #: The error that lost the stream, once one has.
@@ -326,9 +328,9 @@ class Framer:
                             f"data digest mismatch on a {dsl}-byte data segment",
                             header=False))
                         continue
-                    on_data_in = self.on_data_in
-                    if on_data_in is not None and not ahs and buf[at] & 0x3F == _DATA_IN:
-                        on_data_in(buf, at, data)
+                    on_answer = self.on_answer
+                    if on_answer is not None and not ahs and buf[at] & 0x3F in _ANSWERS:
+                        on_answer(buf, at, data)
                         continue
                     pdu_data: WireBytes = data
                 else:

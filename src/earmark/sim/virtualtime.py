@@ -35,6 +35,9 @@ Ts = TypeVarTuple("Ts")
 
 
 _HANDLE, _TIMER = asyncio.Handle, asyncio.TimerHandle
+#: asyncio's own thresholds (base_events): more timers than this, more than this share
+#: of them cancelled, and they are all dropped at once; the longest a loop step waits.
+_MANY_TIMERS, _CANCELLED_SHARE, _LONGEST_WAIT = 100, 0.5, 24 * 3600.0
 
 
 def _handle(kind: type[asyncio.Handle], callback: Callable[..., object], args: tuple[Any, ...],
@@ -93,11 +96,14 @@ class _JumpingSelector(selectors.DefaultSelector):
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self, *, ready: ReadyQueue | None = None, trace: Trace | None = None,
                  disk: Callable[[], float] | None = None, **shape: Any) -> None:  # LinkShape
-        selector = _JumpingSelector()
+        selector = self._jumping = _JumpingSelector()
         super().__init__(selector)
         selector.loop = self
         self._now = 0.0
         self._ready = ReadyQueue() if ready is None else ready
+        #: Callbacks taken from the ready queue so far (cancelled ones too): the loop
+        #: events, counted here once a step rather than by a hook on every one.
+        self.events = 0
         self.disk = disk
         self.network = SimNetwork(self, LinkShape(**shape), Trace() if trace is None else trace)
 
@@ -138,6 +144,75 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         timer._scheduled = True  # type: ignore[attr-defined]
         return timer
 
+    def _run_once(self) -> None:
+        """asyncio's one iteration, its steps in its order (cancelled timers at the head of
+        the heap dropped, the clock moved to the next timer when nothing is ready, the
+        timers due moved behind what is ready, then as many callbacks run as were ready),
+        without what a loop that never blocks does not need: the clock is read from its
+        field, not through two calls of `time`, and the selector is asked only when it
+        has a file or nothing can ever run. Every loop event passes here. (Debug mode
+        loses nothing: asyncio's warning about slow callbacks cannot fire where no time
+        passes in a callback, and the handle running is still named while it runs.)"""
+        me: Any = self  # asyncio's private fields, which its stubs do not all declare
+        scheduled: list[Any] = me._scheduled
+        if scheduled and (scheduled[0]._cancelled or len(scheduled) > _MANY_TIMERS):
+            self._drop_cancelled()
+            scheduled = me._scheduled
+        ready = self._ready
+        timeout: float | None = None
+        if ready or me._stopping:
+            timeout = 0
+        elif scheduled:
+            timeout = min(max(0.0, scheduled[0]._when - self._now), _LONGEST_WAIT)
+        selector = self._jumping
+        if selector._registered or timeout is None:
+            me._process_events(selector.select(timeout))
+        elif timeout:
+            self._now += timeout
+        end = self._now + me._clock_resolution
+        while scheduled and scheduled[0]._when < end:
+            timer = heapq.heappop(scheduled)
+            timer._scheduled = False
+            ready.append(timer)
+        popleft = ready.popleft
+        ntodo = len(ready)
+        self.events += ntodo
+        if me._debug:
+            for _ in range(ntodo):
+                handle = popleft()
+                if not handle._cancelled:
+                    me._current_handle = handle
+                    try:
+                        handle._run()
+                    finally:
+                        me._current_handle = None
+            return
+        for _ in range(ntodo):
+            handle = popleft()
+            if not handle._cancelled:
+                handle._run()
+
+    def _drop_cancelled(self) -> None:
+        """asyncio's clean-up of cancelled timers: all of them when they are more than half
+        of many, else those at the head of the heap."""
+        me: Any = self
+        scheduled: list[Any] = me._scheduled
+        if len(scheduled) > _MANY_TIMERS and (
+                me._timer_cancelled_count / len(scheduled) > _CANCELLED_SHARE):
+            kept = []
+            for timer in scheduled:
+                if timer._cancelled:
+                    timer._scheduled = False
+                else:
+                    kept.append(timer)
+            heapq.heapify(kept)
+            me._scheduled = kept
+            me._timer_cancelled_count = 0
+            return
+        while scheduled and scheduled[0]._cancelled:
+            me._timer_cancelled_count -= 1
+            heapq.heappop(scheduled)._scheduled = False
+
     def run_in_executor(  # type: ignore[override]
         self, executor: object, func: Callable[..., T], *args: Any,
     ) -> asyncio.Future[T]:
@@ -156,6 +231,10 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def _close_self_pipe(self) -> None:
         pass
+
+    def _write_to_self(self) -> None:
+        """Nothing to wake (no self-pipe): what `call_soon_threadsafe` (and `set_debug` on
+        the running loop) would write to it."""
 
     def time(self) -> float:
         return self._now
