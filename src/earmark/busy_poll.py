@@ -69,8 +69,8 @@ class Poll:
         return True
 
     def idle(self) -> None:
-        """Nothing is awaited now: the next event is one whom we serve must make, on a
-        CPU polling could keep from it. The poll ends at the next turn, not as a miss."""
+        """Nothing is awaited now: the next event is the client's to make, on a CPU
+        polling could keep from it. The poll ends at the next turn, and that is no miss."""
         self._idle = self.polling
 
     def turn(self, now: float) -> bool:

@@ -27,9 +27,8 @@ from earmark.service.address import parse_address
 from earmark.units import parse_size
 
 #: ``--poll``'s default: the daemon polls up to this many microseconds while a request waits
-#: for the target, so the answer finds it awake; a 4 KiB read's round trip takes well under
-#: it, and with no request waiting it sleeps at once (earmark.attach.serve). Measured with
-#: ``benchmarks/attach_perf.py`` (README).
+#: for the target, so the answer finds it awake, and with no request waiting it sleeps at
+#: once (earmark.attach.serve). Measured with ``benchmarks/attach_perf.py`` (README).
 POLL_US = 200
 
 
