@@ -9,10 +9,11 @@ same I/O by earmark's asyncio initiator alone (`earmark bench --engine async --q
 this process): what `earmark attach` costs above the initiator it is carried by. Runs
 alternate earmark, bindfs, initiator, earmark, ... so a neighbour's burst on a shared
 machine hits all; the best of ``--repeat`` runs counts for each. Goal: 4 KiB QD1 reads and
-writes at >= 0.5 of bindfs. With ``--poll US`` a fourth side, `earmark attach --poll US`
-(the daemon polls instead of sleeping between requests), is measured in the same turns.
+writes at >= 0.5 of bindfs. `earmark attach` runs as a user starts it (its loop polls
+while a request waits for the target); with ``--poll US`` a fourth side, `earmark attach
+--poll US` (``--poll 0``: never polling), is measured in the same turns.
 
-    python benchmarks/attach_perf.py [--json] [--seconds 5] [--repeat 3] [--poll 200]
+    python benchmarks/attach_perf.py [--json] [--seconds 5] [--repeat 3] [--poll 0]
 
 With --json the last line is one JSON object: {case: {earmark_iops, bindfs_iops, ratio,
 initiator_iops, of_initiator}}, and with --poll also poll_iops and poll_ratio (of bindfs).
@@ -71,9 +72,9 @@ def bindfs(source: Path, mountpoint: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def polled(poll: int, url: str, mountpoint: Path) -> Iterator[EarmarkAttach | None]:
-    """`earmark attach --poll POLL` of the same LUN, or None when ``poll`` is 0."""
-    if not poll:
+def polled(poll: int | None, url: str, mountpoint: Path) -> Iterator[EarmarkAttach | None]:
+    """`earmark attach --poll POLL` of the same LUN, or None when ``poll`` is None."""
+    if poll is None:
         yield None
         return
     with EarmarkAttach(url, mountpoint, "--poll", str(poll)) as attached:
@@ -86,8 +87,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="seconds per run (default 5)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs per side and workload; the best counts (default 3)")
-    parser.add_argument("--poll", type=int, default=0, metavar="US",
-                        help="also measure earmark attach --poll US (default 0: do not)")
+    parser.add_argument("--poll", type=int, default=None, metavar="US",
+                        help="also measure earmark attach --poll US (0: never polling)")
     args = parser.parse_args()
     result: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="earmark-attach-perf-") as tmp:

@@ -80,3 +80,31 @@ def test_serving_an_event_is_not_taken_for_losing_the_cpu() -> None:
     assert poll.turn(5 * US)
     assert not poll.event(150 * US)
     assert poll.turn(300 * US)  # 295 us after the last turn, 150 after the event
+
+
+def test_idle_ends_the_poll_at_the_next_turn_without_a_rest() -> None:
+    """Nothing awaited (attach answered the application's last request): the next request
+    needs a CPU that polling would keep, so polling stops, and that is no miss."""
+    poll = Poll(1000 * US)
+    assert poll.event(0.0)
+    assert poll.turn(5 * US)
+    poll.idle()
+    assert poll.polling  # the adapter's turn is still to come
+    assert not poll.turn(10 * US)
+    assert not poll.polling
+    assert poll.event(20 * US)  # no rest: the next request polls at once
+
+
+def test_an_event_before_the_next_turn_takes_idle_back() -> None:
+    poll = Poll(1000 * US)
+    assert poll.event(0.0)
+    poll.idle()
+    assert not poll.event(5 * US)  # came while still turning: the poll goes on
+    assert poll.turn(10 * US)
+
+
+def test_idle_while_not_polling_changes_nothing() -> None:
+    poll = Poll(1000 * US)
+    poll.idle()
+    assert poll.event(0.0)
+    assert poll.turn(5 * US)

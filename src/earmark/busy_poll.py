@@ -16,7 +16,10 @@ a poll pays (something came while it polled). One miss among thousands of hits (
 peer's hiccup, a neighbour's burst) so costs a few commands' polling, not a tenth of
 a second's: measured at queue depth 1 beside a busy neighbour, a flat 0.1 s rest after
 every miss left polling off for 9,665 of 11,972 commands. Where polling never pays,
-it costs at most one window every tenth of a second. Used by `earmark serve` and `earmark attach`;
+it costs at most one window every tenth of a second. A server that knows when nothing
+is coming but what its own client must make on a CPU (`earmark attach` once it answered
+every FUSE request: the application's next one) says so (``idle``), and the poll ends
+there, as no miss. Used by `earmark serve` and `earmark attach`;
 `earmark.runtime.busy_poller` keeps the loop turning.
 
 Sans-I/O: times in, a yes or no out.
@@ -38,7 +41,7 @@ LAST_REST = 0.1
 class Poll:
     """Poll for up to ``window`` seconds after the last event."""
 
-    __slots__ = ("_last_turn", "_rest", "_rest_until", "_until", "polling", "window")
+    __slots__ = ("_idle", "_last_turn", "_rest", "_rest_until", "_until", "polling", "window")
 
     def __init__(self, window: float) -> None:
         self.window = window
@@ -48,9 +51,11 @@ class Poll:
         self._last_turn = 0.0
         self._rest = 0.0
         self._rest_until = 0.0
+        self._idle = False
 
     def event(self, now: float) -> bool:
         """A request or an answer came at ``now``: whether to start polling now."""
+        self._idle = False
         if self.polling:  # it came while polling: the poll paid
             self._until = now + self.window
             self._last_turn = now  # the loop turned to serve it
@@ -63,8 +68,16 @@ class Poll:
         self._last_turn = now
         return True
 
+    def idle(self) -> None:
+        """Nothing is awaited now: the next event is the client's to make, on a CPU
+        polling could keep from it. The poll ends at the next turn, and that is no miss."""
+        self._idle = self.polling
+
     def turn(self, now: float) -> bool:
         """One turn of the loop while polling: whether to go on."""
+        if self._idle:
+            self._idle = self.polling = False
+            return False
         wasted = now - self._last_turn > PREEMPTED or now >= self._until
         self._last_turn = now
         if wasted:

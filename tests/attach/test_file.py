@@ -21,13 +21,13 @@ _PUNCH_HOLE_KEEP_SIZE = 0x02 | 0x01
 
 
 @pytest.fixture(params=[("--policy", "reserve"), ("--policy", "none"),
-                        ("--policy", "reserve", "--poll", "300")],
-                ids=["reserve", "none", "poll"])
+                        ("--policy", "reserve", "--poll", "0")],
+                ids=["reserve", "none", "no-poll"])
 def attached(tmp_path: Path,
              request: pytest.FixtureRequest) -> Iterator[tuple[EarmarkAttach, Path]]:
     """Under ``reserve`` requests come in buffers reserved before the mount; under
-    ``none`` each gets one allocated as it comes; with ``--poll`` the loop polls between
-    requests."""
+    ``none`` each gets one allocated as it comes; with ``--poll 0`` the loop never polls
+    (by default it polls while a request waits for the target)."""
     lun = tmp_path / "lun.img"
     lun.write_bytes(os.urandom(LUN_BYTES))
     with EarmarkServe(lun) as serve, EarmarkAttach(serve.url, tmp_path / "mnt",

@@ -49,7 +49,7 @@ class AttachOptions:
     requests: int
     #: Where to serve Prometheus figures (``--metrics``), or None.
     metrics: tuple[str, int] | None = None
-    #: Seconds to poll for after each request and reply (``--poll``); 0: sleep at once.
+    #: Seconds to poll for while a request waits for the target (``--poll``); 0: never.
     poll: float = 0.0
 
 

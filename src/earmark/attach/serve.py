@@ -49,7 +49,7 @@ class FuseServer:
 
     ``scratch`` is the buffer a write of part of a block is merged in (read,
     modify, write of the whole blocks), one at a time. With ``poll`` the loop is kept
-    turning, not sleeping, for a while after each request and each reply.
+    turning, not sleeping, while the device has a request of ours (see :meth:`_polled`).
     """
 
     def __init__(self, fd: int, fs: DiskFs, device: BlockDevice, slots: Slots,
@@ -141,7 +141,7 @@ class FuseServer:
             self._reply(slot, req.unique, size, error)
             self._done(slot)
         if self._poll is not None:
-            self._poll.woke()
+            self._polled(self._poll)
 
     async def _serve_io(self, slot: memoryview, req: Request) -> None:
         try:
@@ -163,7 +163,15 @@ class FuseServer:
             del self._tasks[req.unique]
             self._done(slot)
             if self._poll is not None:
-                self._poll.woke()
+                self._polled(self._poll)
+
+    def _polled(self, poll: BusyPoller) -> None:
+        """Poll while the device has a request of ours: its answer is what comes next. With
+        none, the next request is the application's to make, on a CPU we would keep from it."""
+        if self._tasks:
+            poll.woke()
+        else:
+            poll.idle()
 
     def _done(self, slot: memoryview) -> None:
         self._slots.give(slot)

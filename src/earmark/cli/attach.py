@@ -26,6 +26,11 @@ from earmark.scsi.sense import ScsiError
 from earmark.service.address import parse_address
 from earmark.units import parse_size
 
+#: ``--poll``'s default: the daemon polls up to this many microseconds while a request waits
+#: for the target, so the answer finds it awake, and with no request waiting it sleeps at
+#: once (earmark.attach.serve). Measured with ``benchmarks/attach_perf.py`` (README).
+POLL_US = 200
+
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
@@ -43,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help="FUSE requests in flight at once, each with its own buffer (default 32)")
     p.add_argument("--metrics", metavar="ADDRESS:PORT",
                    help="serve the initiator's Prometheus figures there (port 0: any free one)")
-    add_poll_flag(p, 0, "FUSE request")
+    add_poll_flag(p, POLL_US, "FUSE request",
+                  "while a FUSE request waits for the target (none waits: sleep at once)")
     p.add_argument("--event-loop", choices=loops.LOOPS, default="auto",
                    help="uvloop if installed (auto, the default), or force one")
 

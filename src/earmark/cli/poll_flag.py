@@ -22,11 +22,12 @@ def _seconds(text: str) -> float:
     return us / 1e6
 
 
-def add_poll_flag(parser: argparse.ArgumentParser, default_us: int, waits_for: str) -> None:
-    """``args.poll``: seconds to poll after each request and answer (0: sleep at once)."""
+def add_poll_flag(parser: argparse.ArgumentParser, default_us: int, waits_for: str,
+                  when: str = "after each request and answer") -> None:
+    """``args.poll``: seconds to poll ``when`` (0: sleep at once)."""
     parser.add_argument(
         "--poll", type=_seconds, default=default_us / 1e6, metavar="MICROSECONDS",
-        help=f"after each request and answer, keep polling that long before sleeping, "
+        help=f"{when}, keep polling up to that long before sleeping, "
              f"saving a wake-up a {waits_for} at queue depth 1 for up to one busy CPU while "
              f"requests flow (default {default_us}; 0: never). After a poll that saw nothing "
              "come or lost its CPU to another process, polling rests 1 ms, twice as long "

@@ -33,6 +33,10 @@ class BusyPoller:
         if self._poll.event(time.perf_counter()):
             self._loop.call_soon(self._turn)
 
+    def idle(self) -> None:
+        """Nothing awaited now: stop polling at the next turn."""
+        self._poll.idle()
+
     def _turn(self) -> None:
         if self._poll.turn(time.perf_counter()):
             self._loop.call_soon(self._turn)
