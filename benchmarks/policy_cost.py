@@ -24,7 +24,7 @@ deadlocks there has no figure (null): the comparison is only made where it compl
 Reserve must complete and verify everywhere. Goal: vs_mempool and vs_throttle >= 0.95
 wherever they exist.
 
-    python benchmarks/policy_cost.py [--json] [--repeats 5] [--pages 16384] [--writers 1,4,16,64]
+    python benchmarks/policy_cost.py [--json] [--repeats 7] [--pages 16384] [--writers 1,4,16,64]
 
 With --json the last line is {"tcp": {"1": {"reserve_mbps", "mempool_mbps",
 "throttle_mbps", "vs_mempool", "vs_throttle", and the same of the medians:
@@ -123,7 +123,7 @@ def warm_up(url: str, pages: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds per policy (default 5)")
+    parser.add_argument("--repeats", type=int, default=7, help="rounds per policy (default 7)")
     parser.add_argument("--pages", type=int, default=16384,
                         help="pages per run (default 16384: 16 times the demo's 4 MiB arena)")
     parser.add_argument("--writers", default="1,4,16,64", help="writer counts (1,4,16,64)")

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 from rich.console import Console
@@ -64,11 +65,17 @@ def test_cli_bad_arguments_are_one_line() -> None:
 
 class CorruptingStack(SimStack):
     """The simulator's stack, with one written page flipped on the target's disk behind the
-    initiator's back before the demo reads it back: the one thing `verified` must catch."""
+    initiator's back before the demo reads it back: the one thing `verified` must catch.
+    ``pick`` chooses which of the written pages (the verifier reads them a span at a
+    time: the first of a span, one inside it, the last of all)."""
+
+    def __init__(self, lun_bytes: int, pick: Callable[[list[int]], int]) -> None:
+        super().__init__(lun_bytes)
+        self.pick = pick
 
     async def verify(self, expected: dict[int, int]) -> bool:
         unit = next(iter(self.server.portal.targets.values())).units[0]
-        index = min(expected)
+        index = self.pick(sorted(expected))
         page = bytearray(PAGE_BYTES)
         unit.backing.readinto(index * PAGE_BYTES, [memoryview(page)])
         page[0] ^= 0xFF
@@ -76,11 +83,14 @@ class CorruptingStack(SimStack):
         return await super().verify(expected)
 
 
-def test_a_page_changed_behind_the_demos_back_shows_as_corrupt() -> None:
+@pytest.mark.parametrize("pick", [min, max, lambda written: written[len(written) // 2 + 1]],
+                         ids=["first", "last", "inside"])
+def test_a_page_changed_behind_the_demos_back_shows_as_corrupt(
+        pick: Callable[[list[int]], int]) -> None:
     config = DemoConfig(writers=[4], policies=[Policy.RESERVE], total_pages=256, seed=5)
 
     async def main() -> list[Row]:
-        async with CorruptingStack(config.lun_bytes) as stack:
+        async with CorruptingStack(config.lun_bytes, pick) as stack:
             return await run_matrix(stack, config)
 
     (row,) = run_virtual(main)
