@@ -47,3 +47,17 @@ def test_a_mistake_is_one_line_and_status_2() -> None:
     done = _sim("swarm", "--policies", "bogus")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "'bogus' is not a valid Policy" in done.stderr
+
+
+def test_a_swarm_counts_the_disk_errors_it_drew_and_does_not_print_each() -> None:
+    done = _sim("swarm", "--seeds", "50", "--quick", "--policies", "reserve", "--json")
+    assert done.returncode == 0, done.stderr
+    (reserve,) = json.loads(done.stdout.strip().splitlines()[-1])["policies"]
+    assert reserve["io_errors"] >= 1  # some of these seeds' disks did fail writes
+    assert "simulated disk" not in done.stderr
+
+
+def test_one_run_shows_its_targets_disk_errors() -> None:
+    done = _sim("run", "--seed", "80")  # its disk fails writes (error_p 0.009)
+    assert done.returncode == 0 and "io-error" in done.stdout
+    assert "simulated disk: write failed" in done.stderr

@@ -72,7 +72,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     err = Console(file=sys.stderr)
     # The faults are drawn on purpose: the target's warnings about them are the run's own.
-    logging.getLogger("earmark").setLevel(logging.ERROR)
+    # One run shows its target's errors (a disk error is part of its story); a swarm or
+    # a sweep would print thousands over its progress bar, and counts them in its table.
+    logging.getLogger("earmark").setLevel(
+        logging.ERROR if args.sim_command == "run" else logging.CRITICAL)
     try:
         if args.sim_command == "run":
             return _run(args, Policy(args.policy))
