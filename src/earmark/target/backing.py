@@ -214,15 +214,13 @@ class FileBacking:
         # or a short read when only part is cached). Cheaper than a thread round trip
         # by an order of magnitude for small reads, and never blocks the loop on a disk.
         # On a memory filesystem every read is a copy from memory: a plain preadv.
-        if self._in_memory:
-            self.readinto(offset, buffers)
-            return True
-        if not self._nowait or len(buffers) > _IOV_MAX:
+        in_memory = self._in_memory
+        if not (in_memory or self._nowait) or len(buffers) > _IOV_MAX:
             return False
         total = sum(map(len, buffers))
         _check_range(self._size, offset, total)
         try:
-            n = os.preadv(self._fd, buffers, offset, _RWF_NOWAIT)
+            n = os.preadv(self._fd, buffers, offset, 0 if in_memory else _RWF_NOWAIT)
         except BlockingIOError:
             return False
         except OSError as exc:
