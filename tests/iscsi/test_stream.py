@@ -288,6 +288,22 @@ def test_an_unknown_opcode_is_reported_and_parsing_goes_on() -> None:
     assert [p.itt for p in owner.pdus()] == [2]
 
 
+def test_rules_the_lengths_cannot_break_are_still_checked_and_parsing_goes_on() -> None:
+    # The framer cuts the AHS and data by the BHS's own lengths, so it decodes without
+    # re-checking them (`decode_framed`); what a well-framed PDU can still get wrong is
+    # refused: a data segment on a PDU that has none, an AHS on one that defines none.
+    with_data = bytearray(P.encode_header(P.LogoutRequest(itt=1)))
+    with_data[5:8] = (4).to_bytes(3, "big")
+    with_ahs = bytearray(P.encode_header(P.NopOut(itt=2)))
+    with_ahs[4] = 1  # TotalAHSLength: one word, which follows the BHS
+    owner = Owner()
+    owner.receive(bytes(with_data) + b"abcd" + bytes(with_ahs) + bytes(4)
+                  + wire([P.NopOut(itt=3)]))
+    assert [str(e) for e in owner.errors()] == [
+        "LOGOUT_REQUEST with a 4-byte data segment", "AHS present on NOP_OUT, which defines none"]
+    assert [p.itt for p in owner.pdus()] == [3]
+
+
 # ---------------------------------------------------------------- placement
 
 

@@ -18,7 +18,8 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ import pytest
 import earmark
 from earmark.runtime import connection
 from earmark.runtime.embedded import EmbeddedTarget
+from earmark.target import backing as backing_module
 from earmark.target import loop_io
 from earmark.target.backing import BackingError, FileBacking, MemoryBacking
 from earmark.target.events import IoRequest
@@ -75,6 +77,58 @@ def test_read_cached_declines_instead_of_waiting(lun: Path,
     backing.readinto(0, [view])
     assert bytes(view) == lun.read_bytes()[:4096]
     backing.close()
+
+
+SHM = Path("/dev/shm")
+
+
+@pytest.fixture
+def shm_lun() -> Iterator[Path]:
+    """A LUN file on tmpfs, where preadv2(RWF_NOWAIT) answers EOPNOTSUPP."""
+    if not SHM.is_dir():
+        pytest.skip("no /dev/shm here")
+    fd, name = tempfile.mkstemp(dir=SHM, prefix="earmark-lun-")
+    os.write(fd, os.urandom(SIZE))
+    os.close(fd)
+    yield Path(name)
+    os.unlink(name)
+
+
+def test_a_lun_on_tmpfs_reads_on_the_loop(
+    shm_lun: Path, embedded_targets: Callable[..., EmbeddedTarget], pooled: list[int]
+) -> None:
+    target = embedded_targets(FileBacking(shm_lun), memory=16 << 20)
+    data = shm_lun.read_bytes()
+    assert _read_all(target.url, READS) == [data[o : o + n] for o, n in READS]
+    # Every small read, each time (not only until RWF_NOWAIT is refused), on the loop.
+    assert _read_all(target.url, READS[:4]) == [data[o : o + n] for o, n in READS[:4]]
+    assert pooled and all(n > loop_io.INLINE_BYTES for n in pooled)
+
+
+def test_a_file_is_in_memory_by_its_mount_line(lun: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    info = os.stat(lun)
+    device = f"{os.major(info.st_dev)}:{os.minor(info.st_dev)}"
+    table = tmp_path / "mountinfo"
+    table.write_text(f"22 1 {device} / /mnt/a\\040b rw shared:1 - tmpfs tmpfs rw\n")
+    monkeypatch.setattr(backing_module, "_MOUNTINFO", str(table))
+
+    def no_nowait(fd: int, buffers: list[memoryview], offset: int, flags: int = 0) -> int:
+        if flags:
+            raise OSError(errno.EOPNOTSUPP, "no RWF_NOWAIT on tmpfs")
+        return real(fd, buffers, offset)
+
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", no_nowait)
+    view = memoryview(bytearray(4096))
+    on_tmpfs = FileBacking(lun)
+    assert on_tmpfs.read_cached(4096, [view]) and on_tmpfs.read_cached(4096, [view])
+    assert bytes(view) == lun.read_bytes()[4096:8192]
+    on_tmpfs.close()
+    table.write_text(f"22 1 {device} / /mnt rw - ext4 /dev/vda rw\n")
+    on_disk = FileBacking(lun)
+    assert not on_disk.read_cached(4096, [view])
+    on_disk.close()
 
 
 def test_memory_backing_is_always_cached() -> None:

@@ -819,24 +819,31 @@ def decode_pdu(bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
     """
     if len(bhs) != BHS_LENGTH:
         raise ProtocolError(f"BHS is {len(bhs)} bytes, expected {BHS_LENGTH}")
-    b0 = bhs[0]
-    opcode = b0 & 0x3F
-    decoder = _DECODERS.get(opcode)
-    if decoder is None:
-        raise ProtocolError(f"unknown opcode 0x{opcode:02x}",
-                            reject=RejectReason.COMMAND_NOT_SUPPORTED)
     lens: int = _LENS.unpack_from(bhs, 4)[0]
     ahs_length = (lens >> 24) << 2
     if ahs_length != len(ahs):
         raise ProtocolError(
             f"TotalAHSLength announces {ahs_length} bytes of AHS, got {len(ahs)}"
         )
-    if ahs_length and opcode != Opcode.SCSI_COMMAND:
-        raise ProtocolError(f"AHS present on {Opcode(opcode).name}, which defines none")
     if lens & 0xFFFFFF != len(data):
         raise ProtocolError(
             f"DataSegmentLength announces {lens & 0xFFFFFF} bytes, got {len(data)}"
         )
+    return decode_framed(bhs, ahs, data)
+
+
+def decode_framed(bhs: WireBytes, ahs: WireBytes, data: WireBytes) -> Pdu:
+    """`decode_pdu` for the framer, which cuts the AHS and data segment by the BHS's
+    own lengths (so they agree with it, and the BHS is whole): only the rules those
+    slices cannot break are checked, once a PDU (every command a target takes)."""
+    b0 = bhs[0]
+    opcode = b0 & 0x3F
+    decoder = _DECODERS.get(opcode)
+    if decoder is None:
+        raise ProtocolError(f"unknown opcode 0x{opcode:02x}",
+                            reject=RejectReason.COMMAND_NOT_SUPPORTED)
+    if ahs and opcode != Opcode.SCSI_COMMAND:
+        raise ProtocolError(f"AHS present on {Opcode(opcode).name}, which defines none")
     if data and opcode in _NO_DATA:
         raise ProtocolError(f"{Opcode(opcode).name} with a {len(data)}-byte data segment")
     return decoder(b0, bhs, ahs, data)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from .digest import DIGEST_LENGTH, crc32c
 from .errors import DigestError, ProtocolError
 from .opcodes import Opcode
-from .pdu import BHS_LENGTH, Pdu, WireBytes, decode_pdu
+from .pdu import BHS_LENGTH, Pdu, WireBytes, decode_framed
 
 __all__ = [
     "Admit",
@@ -357,9 +357,9 @@ class Framer:
                             continue
                     pdu_data = placed[0] if len(placed) == 1 else b"".join(placed)
                 try:
-                    pdu = decode_pdu(buf[at : at + BHS_LENGTH],
-                                     buf[at + BHS_LENGTH : at + BHS_LENGTH + ahs] if ahs
-                                     else b"", pdu_data)
+                    pdu = decode_framed(buf[at : at + BHS_LENGTH],
+                                        buf[at + BHS_LENGTH : at + BHS_LENGTH + ahs] if ahs
+                                        else b"", pdu_data)
                 except ProtocolError as exc:
                     self.on_error(buf[at : at + BHS_LENGTH], exc)
                     continue

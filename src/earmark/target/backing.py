@@ -10,6 +10,10 @@ zeros, which is what the target promises with LBPRZ=1. Where the filesystem
 refuses to punch, zeros are written instead, so the promise holds either way.
 GET LBA STATUS asks the store which blocks are allocated (`extent`): a file's
 holes (SEEK_HOLE / SEEK_DATA) are the deallocated blocks.
+
+A file on a memory filesystem (tmpfs, ramfs) has no disk to wait for, but tmpfs
+refuses RWF_NOWAIT (EOPNOTSUPP), so the store asks the mount table once, at open,
+what the file lives on (`_in_memory`), and its reads are then all "cached".
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ _NO_PUNCH = frozenset((errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODE
 #: preadv2/pwritev2 flag: fail with EAGAIN rather than wait for the disk (reads: Linux
 #: 4.14+; buffered writes: newer kernels and some filesystems only); 0 if absent.
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+#: Filesystems whose file data is in memory: a read copies pages and waits for no disk
+#: (a tmpfs page in swap waits for swap-in, as any page of the loop's own heap would).
+_MEMORY_FILESYSTEMS = frozenset(("tmpfs", "ramfs"))
+_MOUNTINFO = "/proc/self/mountinfo"
 
 
 class BackingError(Exception):
@@ -98,6 +106,26 @@ def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
     return cast(Callable[[int, int, int, int], int], fn)
 
 
+def _in_memory(info: os.stat_result) -> bool:
+    """Whether the regular file `info` describes lives on a memory filesystem: its
+    mount is the mountinfo line whose device (field 3, major:minor) is the file's
+    st_dev, and the filesystem type follows the " - " separator. os.statvfs has no
+    type field; a line not found, or no /proc, says no (the RWF_NOWAIT path)."""
+    if not stat.S_ISREG(info.st_mode):
+        return False  # a block device's st_dev is /dev's, not the disk's
+    device = f"{os.major(info.st_dev)}:{os.minor(info.st_dev)}"
+    try:
+        with open(_MOUNTINFO, encoding="utf-8", errors="replace") as table:
+            for line in table:
+                fields = line.split(" - ", 1)
+                head = fields[0].split()
+                if len(fields) == 2 and len(head) > 2 and head[2] == device:
+                    return fields[1].split(None, 1)[0] in _MEMORY_FILESYSTEMS
+    except OSError:
+        pass
+    return False
+
+
 class FileBacking:
     """A regular file or block device, opened once, read and written with pread/pwrite."""
 
@@ -126,6 +154,7 @@ class FileBacking:
             os.close(self._fd)
             raise
         self._fallocate = _libc_fallocate()
+        self._in_memory = _in_memory(os.fstat(self._fd))
         self._nowait = bool(_RWF_NOWAIT)
         self._nowait_writes = bool(_RWF_NOWAIT)
 
@@ -184,12 +213,14 @@ class FileBacking:
         # One preadv2(RWF_NOWAIT): all of it from the page cache, or a refusal (EAGAIN,
         # or a short read when only part is cached). Cheaper than a thread round trip
         # by an order of magnitude for small reads, and never blocks the loop on a disk.
-        if not self._nowait or len(buffers) > _IOV_MAX:
+        # On a memory filesystem every read is a copy from memory: a plain preadv.
+        in_memory = self._in_memory
+        if not (in_memory or self._nowait) or len(buffers) > _IOV_MAX:
             return False
         total = sum(map(len, buffers))
         _check_range(self._size, offset, total)
         try:
-            n = os.preadv(self._fd, buffers, offset, _RWF_NOWAIT)
+            n = os.preadv(self._fd, buffers, offset, 0 if in_memory else _RWF_NOWAIT)
         except BlockingIOError:
             return False
         except OSError as exc:

@@ -6,7 +6,8 @@ page cache costs about two and a buffered 4 KiB pwritev about four, and the repl
 leaves with the rest of the batch. So small commands run on the loop when they cannot
 wait for a disk:
 
-- a read whose blocks are all in the page cache (preadv2 with RWF_NOWAIT);
+- a read whose blocks are all in the page cache (preadv2 with RWF_NOWAIT), or of a
+  file on a memory filesystem (tmpfs refuses the flag; `backing.py` asks the mounts);
 - a plain buffered write (no FUA, write cache on, not atomic, and not while the unit's
   backing is out of space: the threads report that, and see it end): the kernel copies it into
   the page cache and returns. Where it can refuse a write that would wait

@@ -535,9 +535,12 @@ class TargetSession:
             task.reading = True
             task.edtl = pdu.expected_data_transfer_length if pdu.read else 0
             task.spdtl = in_len
-            task.xfer = min(task.edtl, in_len)
-            if not task.xfer:
+            task.xfer = xfer = min(task.edtl, in_len)
+            if not xfer:
                 self._respond(task, _GOOD, b"", moved=0)
+                return
+            if self._reserve and xfer <= self.config.buffer_bytes:
+                self._whole_read(task, outcome)
                 return
         else:
             # A plan with no data (SYNCHRONIZE CACHE, UNMAP-free WRITE SAME NDOB, ...).
@@ -636,6 +639,17 @@ class TargetSession:
         fill(views, data)
         task.in_flight = True
         self._events.append(IoRequest(task, task.unit, plan, 0, views, True))
+
+    def _whole_read(self, task: Task, plan: Plan) -> None:
+        """The usual read (or GET LBA STATUS): its transfer fits the slot's buffer, so
+        its one window is all of it and goes to the store at once: what `_first_window`
+        and `_start_io` do for it, in one step."""
+        assert task.slot is not None and task.unit is not None
+        task.end = task.xfer
+        task.pieces = [(0, self._slot_buf[task.slot])]
+        task.in_flight = True
+        self._events.append(IoRequest(task, task.unit, plan, 0,
+                                      self._views(task, 0, task.xfer), True))
 
     def _next_window(self, task: Task) -> None:
         size = min(task.xfer - task.end, self.config.buffer_bytes)
