@@ -10,25 +10,35 @@ share this process's interpreter lock, and which policy's rhythm happened to han
 lock over well would move its figures (best of 5 at 1 writer, reserve against mempool:
 0.924, 0.945, 0.88 in three runs of the same code with the target on a thread; 1.126
 beside 1.041 in one probe of each). The three policies alternate, ``--repeats`` rounds
-each, the order turning one place each round so no policy always runs first or last, and
-the best run of each counts (noise only ever slows a run down); the medians are printed
-beside the best, and every run's figure, to show how far a row moves between runs. The
-LUN is written through before the target starts and one run that counts for nothing goes
-first, so no policy's figure pays the target's first touch of its pages. A run writes
-``--pages`` pages (16 times the arena by default, the whole LUN): the demo's 2,048 pages
-are two arenas' worth, so a run that short measures mostly the first fill, which no
-policy has to wait for, and the final fsync, and a 0.2-second run on TCP moves with
-every neighbour on a shared machine (at 8 times the arena, one writer's runs of one
-policy on TCP spread from 23.6 to 36.3 MB/s beside two busy helpers). A baseline that
-deadlocks there has no figure (null): the comparison is only made where it completes.
-Reserve must complete and verify everywhere. Goal: vs_mempool and vs_throttle >= 0.95
-wherever they exist.
+each on TCP (``--sim-repeats`` on the simulator, where a round differs only by its seed:
+virtual time does not move with the machine), the order turning one place each round so
+no policy always runs first or last, and the best run of each counts (noise only ever
+slows a run down). On TCP the host is what limits (its CPU time is its wall time) and
+this machine's CPU speed itself moves: one fixed Python loop, timed 12 times in a row on
+a quiet machine, took 0.157 to 0.402 s; so a policy needs many runs for one of them to
+fall in a fast stretch, and even at 15 rounds of about a second each the best of one
+policy can be a lucky stretch the other never met (4 writers, reserve against mempool,
+best of 7 then of 15 on the same code: 0.945, 0.869). So the medians are printed beside
+the best, and every run's figure, and the paired ratio: the median over rounds of
+reserve's run against the baseline's in the same round, seconds apart, which the
+machine's drift moves least (0.989 and 1.046 in those two runs). The LUN is written
+through before the target starts and one run that counts for nothing goes first, so no
+policy's figure pays the target's first touch of its pages. A run writes ``--pages``
+pages (16 times the arena by default, the whole LUN): the demo's 2,048 pages are two
+arenas' worth, so a run that short measures mostly the first fill, which no policy has
+to wait for, and the final fsync, and a 0.2-second run on TCP moves with every neighbour
+on a shared machine (at 8 times the arena, one writer's runs of one policy on TCP spread
+from 23.6 to 36.3 MB/s beside two busy helpers). A baseline that deadlocks there has no
+figure (null): the comparison is only made where it completes. Reserve must complete and
+verify everywhere. Goal: vs_mempool and vs_throttle >= 0.95 wherever they exist.
 
-    python benchmarks/policy_cost.py [--json] [--repeats 7] [--pages 16384] [--writers 1,4,16,64]
+    python benchmarks/policy_cost.py [--json] [--repeats 15] [--sim-repeats 3] [--pages 16384]
+                                     [--writers 1,4,16,64]
 
 With --json the last line is {"tcp": {"1": {"reserve_mbps", "mempool_mbps",
 "throttle_mbps", "vs_mempool", "vs_throttle", and the same of the medians:
-"reserve_median_mbps", ..., "vs_mempool_median", "vs_throttle_median"}, ...}, "sim": {...}}.
+"reserve_median_mbps", ..., "vs_mempool_median", "vs_throttle_median", and the paired
+ratios "vs_mempool_paired", "vs_throttle_paired"}, ...}, "sim": {...}}.
 """
 
 from __future__ import annotations
@@ -73,7 +83,9 @@ def fold(run: list[Row], runs: dict[Policy, list[float] | None]) -> None:
 
 def figures(runs: dict[Policy, list[float] | None]) -> Figures:
     """The best run of each policy and the ratios of reserve's to the baselines'; the
-    medians beside them, to show how far a row moves between runs."""
+    medians beside them, to show how far a row moves between runs; and the paired
+    ratio: the median, over rounds, of reserve's run against the baseline's run of the
+    same round (seconds apart, on the same stretch of the machine's speed)."""
     out: Figures = {}
     for how, pick in (("", max), ("_median", statistics.median)):
         best = {p: (pick(v) if v else None) for p, v in runs.items()}
@@ -84,13 +96,19 @@ def figures(runs: dict[Policy, list[float] | None]) -> Figures:
         for base in (Policy.MEMPOOL, Policy.THROTTLE):
             theirs = best[base]
             out[f"vs_{base.value}{how}"] = round(reserve / theirs, 3) if theirs else None
+    ours = runs[Policy.RESERVE]
+    assert ours is not None
+    for base in (Policy.MEMPOOL, Policy.THROTTLE):
+        theirs_runs = runs[base]
+        out[f"vs_{base.value}_paired"] = round(statistics.median(
+            a / b for a, b in zip(ours, theirs_runs, strict=True)), 3) if theirs_runs else None
     return out
 
 
 def measure(where: str, writers: int, args: argparse.Namespace, url: str) -> Figures:
     runs: dict[Policy, list[float] | None] = {}
     quiet = Console(quiet=True)
-    for round_ in range(args.repeats):
+    for round_ in range(args.repeats if where == "tcp" else args.sim_repeats):
         turn = round_ % len(POLICIES)
         config = DemoConfig(writers=[writers], policies=list(POLICIES[turn:] + POLICIES[:turn]),
                             total_pages=args.pages, seed=round_ + 1)
@@ -109,7 +127,8 @@ def measure(where: str, writers: int, args: argparse.Namespace, url: str) -> Fig
     print(f"{where:3} {writers:>4} writers: reserve {out['reserve_mbps']} MB/s, mempool "
           f"{out['mempool_mbps']} (x{out['vs_mempool']}), throttle {out['throttle_mbps']} "
           f"(x{out['vs_throttle']}); medians x{out['vs_mempool_median']}, "
-          f"x{out['vs_throttle_median']}; every run, MB/s: {every}", flush=True)
+          f"x{out['vs_throttle_median']}; paired x{out['vs_mempool_paired']}, "
+          f"x{out['vs_throttle_paired']}; every run, MB/s: {every}", flush=True)
     return out
 
 
@@ -123,7 +142,10 @@ def warm_up(url: str, pages: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
-    parser.add_argument("--repeats", type=int, default=7, help="rounds per policy (default 7)")
+    parser.add_argument("--repeats", type=int, default=15,
+                        help="rounds per policy on TCP (default 15)")
+    parser.add_argument("--sim-repeats", type=int, default=3,
+                        help="rounds per policy on the simulator (default 3)")
     parser.add_argument("--pages", type=int, default=16384,
                         help="pages per run (default 16384: 16 times the demo's 4 MiB arena)")
     parser.add_argument("--writers", default="1,4,16,64", help="writer counts (1,4,16,64)")
