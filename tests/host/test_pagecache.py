@@ -158,3 +158,26 @@ def test_a_failed_writeback_fails_the_next_fsync_once_and_frees_its_pages(policy
         assert arena.high_water <= arena.capacity
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+def test_fsync_waits_for_a_writeback_taken_before_its_task_first_ran(policy: Policy) -> None:
+    # The flusher takes a request (its pages leave the dirty set) and creates the task
+    # that writes it; the task counts itself in flight only once it first runs. A fsync
+    # that looks in between sees nothing dirty and nothing in flight: it must still wait
+    # for those pages (under a schedule that runs ready callbacks out of order, as the
+    # simulator's do, it can look there).
+    async def main() -> bytes:
+        arena = arena_for(policy)
+        device = ModelDevice(arena, DEVICE, latency=0.001)
+        cache = PageCache(arena, device, policy)  # no flusher: this test is it
+        await cache.pwrite(0, b"x" * PAGE_BYTES, owner="writer")
+        run, res = cache._take_run()
+        task = asyncio.get_running_loop().create_task(
+            cache._write_run(run, res, owner="writeback-1"))
+        await cache.fsync(owner="fsync")
+        on_disk = device.snapshot(0, PAGE_BYTES)
+        await task
+        return on_disk
+
+    assert run_virtual(main) == b"x" * PAGE_BYTES

@@ -214,7 +214,9 @@ class PageCache:
         """Every page dirtied before the call is on the device, and the device flushed."""
         self._sync_wanted += 1
         try:
-            while self.dirty or self.inflight:
+            # Pages taken for writeback count until they are clean, not only while their
+            # writeback runs: its task counts itself in flight only once it first runs.
+            while self.dirty or self.inflight or self._writeback_pages:
                 self._kick.set()
                 await self._wait_changed(owner, "writeback of every dirty page")
         finally:
