@@ -540,7 +540,7 @@ class TargetSession:
                 self._respond(task, _GOOD, b"", moved=0)
                 return
             if self._reserve and xfer <= self.config.buffer_bytes:
-                self._whole_read(task, outcome)
+                self._whole(task, outcome, None)
                 return
         else:
             # A plan with no data (SYNCHRONIZE CACHE, UNMAP-free WRITE SAME NDOB, ...).
@@ -589,7 +589,7 @@ class TargetSession:
             return
         if (len(pdu.data) == task.xfer <= self.config.buffer_bytes and task.unsolicited is None
                 and task.slot is not None and outcome is not None):
-            self._whole_write(task, outcome, pdu.data)
+            self._whole(task, outcome, pdu.data)
             return
         self._first_window(task)
         if pdu.data:
@@ -628,28 +628,21 @@ class TargetSession:
         if task.reading or not task.xfer:
             self._start_io(task)
 
-    def _whole_write(self, task: Task, plan: Plan, data: bytes | memoryview) -> None:
-        """The usual write: all of it came with the command and fits the slot's buffer
-        (the caller checked), so its one window is copied in and written at once: what
-        `_first_window`, `_take_data` and `_maybe_write` do for it, in one step."""
-        assert task.slot is not None and task.unit is not None
-        task.end = task.got = task.xfer
-        task.pieces = [(0, self._slot_buf[task.slot])]
-        views = self._views(task, 0, task.xfer)
-        fill(views, data)
-        task.in_flight = True
-        self._events.append(IoRequest(task, task.unit, plan, 0, views, True))
-
-    def _whole_read(self, task: Task, plan: Plan) -> None:
-        """The usual read (or GET LBA STATUS): its transfer fits the slot's buffer, so
-        its one window is all of it and goes to the store at once: what `_first_window`
-        and `_start_io` do for it, in one step."""
+    def _whole(self, task: Task, plan: Plan, data: bytes | memoryview | None) -> None:
+        """The usual read or write: its transfer fits the slot's buffer (the caller
+        checked), so its one window is all of it and goes to the store at once, a write's
+        ``data`` (all of it came with the command) copied in first: what `_first_window`
+        and `_start_io` do for a read, and with `_take_data` and `_maybe_write` for a
+        write, in one step."""
         assert task.slot is not None and task.unit is not None
         task.end = task.xfer
         task.pieces = [(0, self._slot_buf[task.slot])]
+        views = self._views(task, 0, task.xfer)
+        if data is not None:
+            task.got = task.xfer
+            fill(views, data)
         task.in_flight = True
-        self._events.append(IoRequest(task, task.unit, plan, 0,
-                                      self._views(task, 0, task.xfer), True))
+        self._events.append(IoRequest(task, task.unit, plan, 0, views, True))
 
     def _next_window(self, task: Task) -> None:
         size = min(task.xfer - task.end, self.config.buffer_bytes)
