@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
@@ -114,10 +115,7 @@ class _IscsiStack:
             at = 0
             while at < len(indices):
                 first = indices[at]
-                span_end = first + _VERIFY_SPAN_PAGES
-                last = at
-                while last + 1 < len(indices) and indices[last + 1] < span_end:
-                    last += 1
+                last = bisect_left(indices, first + _VERIFY_SPAN_PAGES, at) - 1
                 data = memoryview(await device.read(
                     first * PAGE_BYTES, (indices[last] - first + 1) * PAGE_BYTES))
                 for index in indices[at:last + 1]:
