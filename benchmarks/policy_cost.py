@@ -132,6 +132,21 @@ def measure(where: str, writers: int, args: argparse.Namespace, url: str) -> Fig
     return out
 
 
+def positive(text: str) -> int:
+    """A count of rounds, pages or writers: a whole number above 0, or argparse's one line."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return n
+
+
+def writer_counts(text: str) -> list[int]:
+    return [positive(w) for w in text.split(",")]
+
+
 def warm_up(url: str, pages: int) -> None:
     """One run that counts for nothing: the target's first session, the first commands
     through its arena and this process's first imports are paid by no policy's figure."""
@@ -142,15 +157,16 @@ def warm_up(url: str, pages: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
-    parser.add_argument("--repeats", type=int, default=15,
+    parser.add_argument("--repeats", type=positive, default=15,
                         help="rounds per policy on TCP (default 15)")
-    parser.add_argument("--sim-repeats", type=int, default=3,
+    parser.add_argument("--sim-repeats", type=positive, default=3,
                         help="rounds per policy on the simulator (default 3)")
-    parser.add_argument("--pages", type=int, default=16384,
+    parser.add_argument("--pages", type=positive, default=16384,
                         help="pages per run (default 16384: 16 times the demo's 4 MiB arena)")
-    parser.add_argument("--writers", default="1,4,16,64", help="writer counts (1,4,16,64)")
+    parser.add_argument("--writers", type=writer_counts, default=[1, 4, 16, 64],
+                        help="writer counts (1,4,16,64)")
     args = parser.parse_args()
-    counts = [int(w) for w in args.writers.split(",")]
+    counts: list[int] = args.writers
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory(prefix="earmark-policy-cost-",
                                      dir=shm if shm.is_dir() else None) as tmp:
