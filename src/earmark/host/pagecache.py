@@ -580,7 +580,8 @@ class PageCache:
     async def _wait_changed(self, owner: str, what: str) -> None:
         self._changed.clear()
         loop = asyncio.get_running_loop()
-        wakers = (FLUSHER, *sorted(self._writebacks))
+        # Unsorted: the detector only asks whether any of them can progress.
+        wakers = (FLUSHER, *self._writebacks)
         with self.arena.waits.waiting(owner, what, wakers=wakers, now=loop.time()):
             await self._changed.wait()
 
@@ -674,7 +675,8 @@ class PageCache:
             if busy or not self._should_flush(loop.time()):
                 self._kick.clear()
                 # At full depth the flusher waits on its own writebacks; idle, on nothing.
-                wakers = tuple(sorted(self._writebacks)) if busy else ()
+                # (unsorted: the detector only asks whether any of them can progress)
+                wakers = tuple(self._writebacks) if busy else ()
                 # Woken by a kick or, a second on, by a timer that kicks (to look at the
                 # dirty pages' age again): cheaper than asyncio.timeout on a wait made
                 # every few writes, and it cannot swallow a cancel as 3.11's wait_for can
