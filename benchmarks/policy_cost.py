@@ -3,7 +3,8 @@
 mempool and throttle are what people run today (Linux's emergency reserves and its dirty
 throttling, modelled as strong as Linux makes them: `earmark.host.policy`). Each writer
 count runs the demo's workload through the page cache and earmark's initiator with the
-demo's arena, on real TCP to an `earmark serve` process (its LUN a file in /dev/shm,
+demo's arena, on real TCP (the host on the loop `earmark demo` runs it on: uvloop when
+installed, as its ``--loop auto``) to an `earmark serve` process (its LUN a file in /dev/shm,
 memory as the simulator's target has) and on the simulator to the same target code. The
 target is a process of its own, as on another machine: an embedded target's thread would
 share this process's interpreter lock, and which policy's rhythm happened to hand the
@@ -44,7 +45,6 @@ ratios "vs_mempool_paired", "vs_throttle_paired"}, ...}, "sim": {...}}.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import tempfile
@@ -53,6 +53,7 @@ from pathlib import Path
 from rich.console import Console
 
 import repo_root  # noqa: F401  (before tools: puts the repository root on sys.path)
+from earmark.cli import loops
 from earmark.host.policy import Policy
 from earmark.sim.demo import DemoConfig, Row, live
 from earmark.sim.stacks import RemoteStack, SimStack
@@ -113,7 +114,7 @@ def measure(where: str, writers: int, args: argparse.Namespace, url: str) -> Fig
         config = DemoConfig(writers=[writers], policies=list(POLICIES[turn:] + POLICIES[:turn]),
                             total_pages=args.pages, seed=round_ + 1)
         if where == "tcp":
-            rows = asyncio.run(live(RemoteStack(url), config, quiet))
+            rows = loops.run(live(RemoteStack(url), config, quiet))
         else:
             async def simulate(config: DemoConfig = config) -> list[Row]:
                 async with SimStack(config.lun_bytes) as stack:
@@ -151,7 +152,7 @@ def warm_up(url: str, pages: int) -> None:
     """One run that counts for nothing: the target's first session, the first commands
     through its arena and this process's first imports are paid by no policy's figure."""
     config = DemoConfig(writers=[4], policies=[Policy.RESERVE], total_pages=pages)
-    asyncio.run(live(RemoteStack(url), config, Console(quiet=True)))
+    loops.run(live(RemoteStack(url), config, Console(quiet=True)))
 
 
 def main() -> None:
@@ -175,6 +176,8 @@ def main() -> None:
         # allocation, and that run is always the same policy's.
         lun.write_bytes(bytes(DemoConfig().lun_bytes))
         with EarmarkServe(lun) as target:
+            print(f"TCP: the host on {loops.loop_name()}, the target an earmark serve process",
+                  flush=True)
             warm_up(target.url, args.pages)
             result = {where: {str(n): measure(where, n, args, target.url) for n in counts}
                       for where in ("tcp", "sim")}

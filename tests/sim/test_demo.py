@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -53,6 +54,20 @@ def test_cli_json_on_the_simulator() -> None:
             assert r["outcome"] == "completed" and r["verified"] is True
         if r["policy"] == "none":
             assert r["outcome"] == "deadlocked" and r["cycle"] and r["verified"] is None
+
+
+@pytest.mark.tcp
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_cli_runs_the_host_on_the_loop_asked_for(loop: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "earmark.cli", "demo", "--loop", loop, "--json", "--writers", "4",
+         "--policies", "reserve", "--pages", "256"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"host on {loop}" in done.stderr
+    (run,) = json.loads(done.stdout.strip().splitlines()[-1])["runs"]
+    assert run["outcome"] == "completed" and run["verified"] is True
 
 
 def test_cli_bad_arguments_are_one_line() -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from rich.console import Console
 
+from earmark.cli import loops
 from earmark.host.policy import HostTuning, Policy
 from earmark.sim.demo import DemoConfig, Row, live, print_json, render
 from earmark.sim.stacks import SimStack, TcpStack
@@ -39,6 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--mapped", action="store_true",
                    help="the writers map each page writable, store into it and unmap it, "
                         "instead of pwrite (reserve reserves its writeback at map time)")
+    p.add_argument("--loop", choices=loops.LOOPS, default="auto",
+                   help="the event loop the writers, page cache and initiator run on over "
+                        "TCP: uvloop if installed (auto, the default), or force one "
+                        "(--sim runs on its own virtual-time loop)")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object as the last line: {"runs": [...]}')
 
@@ -70,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     if args.pages < 1:
         err.print("earmark demo: --pages must be at least 1")
         return 2
+    try:
+        loop = loops.loop_name(args.loop)
+    except loops.LoopUnavailableError as exc:
+        err.print(f"earmark demo: {exc}")
+        return 2
     config = DemoConfig(writers=writers, policies=policies, arena_bytes=arena // 64 * 64,
                         total_pages=args.pages, seed=args.seed, tuning=HostTuning(),
                         mapped=args.mapped)
@@ -81,8 +90,11 @@ def run(args: argparse.Namespace) -> int:
         rows = run_virtual(simulate, **({"latency": args.slow_net / 2} if args.slow_net else {}))
     else:
         with TcpStack(config.lun_bytes, slow_net=args.slow_net) as stack:
-            err.print(f"embedded target at {stack.target.url}")
-            rows = asyncio.run(live(stack, config, err))
+            async def on_tcp(stack: TcpStack = stack) -> list[Row]:
+                err.print(f"embedded target at {stack.target.url}, host on {loops.running()}")
+                return await live(stack, config, err)
+
+            rows = loops.run(on_tcp(), loop)
     render(rows, Console(file=sys.stderr if args.json else sys.stdout))
     if args.json:
         print_json(rows)

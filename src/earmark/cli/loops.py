@@ -33,6 +33,12 @@ def loop_name(choice: str = "auto") -> str:
     return choice
 
 
+def running() -> str:
+    """The running loop's name as ``--loop`` spells it (for a command to say what ran)."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") \
+        else "asyncio"
+
+
 def run(coro: Coroutine[Any, Any, T], choice: str = "auto") -> T:
     """``asyncio.run`` on the loop ``choice`` names."""
     if loop_name(choice) == "uvloop":
