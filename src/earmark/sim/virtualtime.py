@@ -19,6 +19,7 @@ import asyncio
 import functools
 import heapq
 import selectors
+from asyncio import format_helpers
 from collections.abc import Awaitable, Callable
 from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
@@ -54,6 +55,16 @@ def _handle(kind: type[asyncio.Handle], callback: Callable[..., object], args: t
     handle._repr = None
     handle._source_traceback = None
     return handle
+
+
+def _failed(handle: Any, exc: BaseException) -> None:
+    """What asyncio's ``Handle._run`` does with an exception its callback raised: the
+    loop's exception handler hears of it, with the callback named."""
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
 
 
 class StalledError(RuntimeError):
@@ -190,7 +201,13 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         for _ in range(ntodo):
             handle = popleft()
             if not handle._cancelled:
-                handle._run()
+                # What `handle._run()` does, without its frame (one for every loop event).
+                try:
+                    handle._context.run(handle._callback, *handle._args)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    _failed(handle, exc)
 
     def _drop_cancelled(self) -> None:
         """asyncio's clean-up of cancelled timers: all of them when they are more than half
