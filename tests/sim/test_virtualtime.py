@@ -154,3 +154,38 @@ def test_the_loop_counts_each_callback_it_takes_in_either_mode(debug: bool) -> N
         return int(loop.events - before)
 
     assert run_virtual(main) == 1 + 10 + 1 + 2
+
+
+def test_a_callback_that_raises_is_reported_as_asyncio_reports_it_and_the_loop_goes_on() -> None:
+    errors: list[dict[str, Any]] = []
+    ran: list[str] = []
+
+    def fails(what: str) -> None:
+        raise ValueError(what)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        handle = loop.call_soon(fails, "soon")
+        loop.call_later(1.0, fails, "later")
+        loop.call_later(2.0, ran.append, "after")
+        await asyncio.sleep(3.0)
+        assert errors[0]["handle"] is handle
+
+    run_virtual(main)
+    assert ran == ["after"]
+    assert [str(e["exception"]) for e in errors] == ["soon", "later"]
+    assert all(e["message"].startswith("Exception in callback ") and "fails" in e["message"]
+               for e in errors)
+
+
+def test_keyboard_interrupt_in_a_callback_stops_the_loop() -> None:
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_soon(interrupt)
+        await asyncio.sleep(1.0)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_virtual(main)
