@@ -850,10 +850,15 @@ class TargetSession:
     # ------------------------------------------------------------------- status
 
     def _respond(self, task: Task, status: ScsiStatus, sense: bytes, moved: int) -> None:
-        self._finish(task)
+        del self.tasks[task.itt]  # what _finish does, without its call: every write's answer
+        self._release(task)
         if status and task.unit is not None:
             task.unit.counters.failure(task.cdb[0], status)
-        over, under, residual = _residual(task.edtl, task.spdtl, moved)
+        edtl = task.edtl
+        # All that was expected moved, as SCSI said it would: no residual, and no call to
+        # _residual to say so.
+        over, under, residual = (False, False, 0) if edtl == task.spdtl == moved \
+            else _residual(edtl, task.spdtl, moved)
         if sense:
             self._send(ScsiResponse(
                 task.itt, int(status), 0, self._stat(), self.exp_cmd_sn, self.max_cmd_sn,
