@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import random
 import selectors
 import socket
 from typing import Any
@@ -189,3 +191,27 @@ def test_keyboard_interrupt_in_a_callback_stops_the_loop() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         run_virtual(main)
+
+
+def test_timers_due_at_the_same_time_fire_in_the_order_asyncios_heap_of_handles_gives() -> None:
+    times = [random.Random(5).choice((1.0, 2.0, 3.0)) for _ in range(200)]
+    reference = asyncio.new_event_loop()
+    try:  # asyncio's heap of TimerHandles, pushed as the run below pushes (its sleep last)
+        heap = [asyncio.TimerHandle(when, print, (i,), reference) for i, when in enumerate(times)]
+        order: list[asyncio.TimerHandle] = []
+        for timer in [*heap, asyncio.TimerHandle(4.0, print, (None,), reference)]:
+            heapq.heappush(order, timer)
+        expected = [heapq.heappop(order)._args[0] for _ in range(len(times))]
+    finally:
+        reference.close()
+    assert expected != sorted(range(200), key=lambda i: times[i])  # ties not first come first
+    fired: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for i, when in enumerate(times):
+            loop.call_at(when, fired.append, i)
+        await asyncio.sleep(4.0)
+
+    run_virtual(main)
+    assert fired == expected
