@@ -22,7 +22,7 @@ import selectors
 from asyncio import format_helpers
 from collections.abc import Awaitable, Callable
 from contextvars import Context, copy_context
-from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, cast
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from earmark.sim.links import LinkShape, SimServer, Trace
 from earmark.sim.schedule import ReadyQueue
@@ -39,22 +39,6 @@ _HANDLE, _TIMER = asyncio.Handle, asyncio.TimerHandle
 #: asyncio's own thresholds (base_events): more timers than this, more than this share
 #: of them cancelled, and they are all dropped at once; the longest a loop step waits.
 _MANY_TIMERS, _CANCELLED_SHARE, _LONGEST_WAIT = 100, 0.5, 24 * 3600.0
-
-
-def _handle(kind: type[asyncio.Handle], callback: Callable[..., object], args: tuple[Any, ...],
-            loop: asyncio.AbstractEventLoop, context: Context | None) -> Any:
-    """A handle as asyncio's ``__init__`` makes one outside debug mode (no source
-    traceback), without calling it: its frame and its ``get_debug`` call were a good
-    part of every task step's and every delivery's cost."""
-    handle: Any = object.__new__(kind)  # its fields are asyncio's private ones
-    handle._context = copy_context() if context is None else context
-    handle._loop = loop
-    handle._callback = callback
-    handle._args = args
-    handle._cancelled = False
-    handle._repr = None
-    handle._source_traceback = None
-    return handle
 
 
 def _failed(handle: Any, exc: BaseException) -> None:
@@ -140,7 +124,19 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         on a closed loop (where asyncio's own runs): every task step comes through here."""
         if self._debug or self._closed:  # type: ignore[attr-defined]
             return super().call_soon(callback, *args, context=context)
-        handle: asyncio.Handle = _handle(_HANDLE, callback, args, self, context)
+        # The handle as asyncio's __init__ makes one outside debug mode (no source
+        # traceback), without calling it: its frame and its get_debug call were a good part
+        # of every task step's cost, and a function of ours making it was still a frame.
+        # call_at makes its timers the same way.
+        handle = _HANDLE.__new__(_HANDLE)
+        fields: Any = handle  # asyncio's private ones
+        fields._context = copy_context() if context is None else context
+        fields._loop = self
+        fields._callback = callback
+        fields._args = args
+        fields._cancelled = False
+        fields._repr = None
+        fields._source_traceback = None
         self._ready.append(handle)
         return handle
 
@@ -152,7 +148,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         In debug mode or on a closed loop, asyncio's checks and its handle, as its own
         ``call_at`` makes them."""
         me: Any = self
-        timer: Any
+        fields: Any
         if me._debug or me._closed:
             if when is None:
                 raise TypeError("when cannot be None")
@@ -161,14 +157,23 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
                 me._check_thread()
                 me._check_callback(callback, "call_at")
             timer = asyncio.TimerHandle(when, callback, args, self, context)
-            if timer._source_traceback:
-                del timer._source_traceback[-1]
+            fields = timer
+            if fields._source_traceback:
+                del fields._source_traceback[-1]
         else:
-            timer = _handle(_TIMER, callback, args, self, context)
-            timer._when = when
+            timer = _TIMER.__new__(_TIMER)  # as call_soon makes its handle, and the time
+            fields = timer
+            fields._context = copy_context() if context is None else context
+            fields._loop = self
+            fields._callback = callback
+            fields._args = args
+            fields._cancelled = False
+            fields._repr = None
+            fields._source_traceback = None
+            fields._when = when
         heapq.heappush(self._timers, (when, timer))
-        timer._scheduled = True
-        return cast(asyncio.TimerHandle, timer)
+        fields._scheduled = True
+        return timer
 
     @property
     def _scheduled(self) -> list[asyncio.TimerHandle]:
