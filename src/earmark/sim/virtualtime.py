@@ -206,51 +206,55 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         field, not through two calls of `time`, and the selector is asked only when it
         has a file or nothing can ever run. Every loop event passes here. (Debug mode
         loses nothing: asyncio's warning about slow callbacks cannot fire where no time
-        passes in a callback, and the handle running is still named while it runs.)"""
+        passes in a callback, and the handle running is still named while it runs.)
+        Iterations follow one another here until the loop is told to stop, as asyncio's
+        ``run_forever`` would call this again: not a call per iteration."""
         me: Any = self  # asyncio's private fields, which its stubs do not all declare
-        scheduled = self._timers
-        if scheduled and (scheduled[0][1]._cancelled or len(scheduled) > _MANY_TIMERS):
-            self._drop_cancelled()
-            scheduled = self._timers
-        ready = self._ready
-        timeout: float | None = None
-        if ready or me._stopping:
-            timeout = 0
-        elif scheduled:
-            timeout = min(max(0.0, scheduled[0][0] - self._now), _LONGEST_WAIT)
-        selector = self._jumping
-        if selector._registered or timeout is None:
-            me._process_events(selector.select(timeout))
-        elif timeout:
-            self._now += timeout
-        end = self._now + me._clock_resolution
-        while scheduled and scheduled[0][0] < end:
-            timer = heapq.heappop(scheduled)[1]
-            timer._scheduled = False
-            ready.append(timer)
+        ready, selector = self._ready, self._jumping
         popleft = ready.popleft
-        ntodo = len(ready)
-        self.events += ntodo
-        if me._debug:
-            for _ in range(ntodo):
-                handle = popleft()
-                if not handle._cancelled:
-                    me._current_handle = handle
-                    try:
-                        handle._run()
-                    finally:
-                        me._current_handle = None
-            return
-        for _ in range(ntodo):
-            handle = popleft()
-            if not handle._cancelled:
-                # What `handle._run()` does, without its frame (one for every loop event).
-                try:
-                    handle._context.run(handle._callback, *handle._args)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    _failed(handle, exc)
+        while True:
+            scheduled = self._timers
+            if scheduled and (scheduled[0][1]._cancelled or len(scheduled) > _MANY_TIMERS):
+                self._drop_cancelled()
+                scheduled = self._timers
+            timeout: float | None = None
+            if ready or me._stopping:
+                timeout = 0
+            elif scheduled:
+                timeout = min(max(0.0, scheduled[0][0] - self._now), _LONGEST_WAIT)
+            if selector._registered or timeout is None:
+                me._process_events(selector.select(timeout))
+            elif timeout:
+                self._now += timeout
+            end = self._now + me._clock_resolution
+            while scheduled and scheduled[0][0] < end:
+                timer = heapq.heappop(scheduled)[1]
+                timer._scheduled = False
+                ready.append(timer)
+            ntodo = len(ready)
+            self.events += ntodo
+            if me._debug:
+                for _ in range(ntodo):
+                    handle = popleft()
+                    if not handle._cancelled:
+                        me._current_handle = handle
+                        try:
+                            handle._run()
+                        finally:
+                            me._current_handle = None
+            else:
+                for _ in range(ntodo):
+                    handle = popleft()
+                    if not handle._cancelled:
+                        # What `handle._run()` does, without its frame (one per loop event).
+                        try:
+                            handle._context.run(handle._callback, *handle._args)
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            _failed(handle, exc)
+            if me._stopping:  # what asyncio's run_forever looks at after each iteration
+                return
 
     def _drop_cancelled(self) -> None:
         """asyncio's clean-up of cancelled timers: all of them when they are more than half
