@@ -144,7 +144,8 @@ class Link:
         """The receiver read `nbytes` (the window update arrives now); True when the
         paused writer must resume."""
         self.in_flight -= nbytes
-        self._transmit(now)
+        if self._held:  # else nothing waits to leave: no call to find that out
+            self._transmit(now)
         if self.paused and self.buffered() <= self.low:
             self.paused = False
             return True
