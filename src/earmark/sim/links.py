@@ -135,7 +135,9 @@ class Link:
         self._held.append(data)
         self._held_bytes += len(data)
         self._transmit(now)
-        if not self.paused and self.buffered() > self.high:
+        # What the transport holds is at most what is held: that first, without a call
+        # (nearly every write leaves at once, nothing held).
+        if not self.paused and self._held_bytes > self.high and self.buffered() > self.high:
             self.paused = True
             return True
         return False
