@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import random
 import selectors
 import socket
 from typing import Any
@@ -154,3 +156,62 @@ def test_the_loop_counts_each_callback_it_takes_in_either_mode(debug: bool) -> N
         return int(loop.events - before)
 
     assert run_virtual(main) == 1 + 10 + 1 + 2
+
+
+def test_a_callback_that_raises_is_reported_as_asyncio_reports_it_and_the_loop_goes_on() -> None:
+    errors: list[dict[str, Any]] = []
+    ran: list[str] = []
+
+    def fails(what: str) -> None:
+        raise ValueError(what)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        handle = loop.call_soon(fails, "soon")
+        loop.call_later(1.0, fails, "later")
+        loop.call_later(2.0, ran.append, "after")
+        await asyncio.sleep(3.0)
+        assert errors[0]["handle"] is handle
+
+    run_virtual(main)
+    assert ran == ["after"]
+    assert [str(e["exception"]) for e in errors] == ["soon", "later"]
+    assert all(e["message"].startswith("Exception in callback ") and "fails" in e["message"]
+               for e in errors)
+
+
+def test_keyboard_interrupt_in_a_callback_stops_the_loop() -> None:
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_soon(interrupt)
+        await asyncio.sleep(1.0)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_virtual(main)
+
+
+def test_timers_due_at_the_same_time_fire_in_the_order_asyncios_heap_of_handles_gives() -> None:
+    times = [random.Random(5).choice((1.0, 2.0, 3.0)) for _ in range(200)]
+    reference = asyncio.new_event_loop()
+    try:  # asyncio's heap of TimerHandles, pushed as the run below pushes (its sleep last)
+        heap = [asyncio.TimerHandle(when, print, (i,), reference) for i, when in enumerate(times)]
+        order: list[asyncio.TimerHandle] = []
+        for timer in [*heap, asyncio.TimerHandle(4.0, print, (None,), reference)]:
+            heapq.heappush(order, timer)
+        expected = [heapq.heappop(order)._args[0] for _ in range(len(times))]
+    finally:
+        reference.close()
+    assert expected != sorted(range(200), key=lambda i: times[i])  # ties not first come first
+    fired: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for i, when in enumerate(times):
+            loop.call_at(when, fired.append, i)
+        await asyncio.sleep(4.0)
+
+    run_virtual(main)
+    assert fired == expected

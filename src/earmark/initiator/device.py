@@ -165,6 +165,9 @@ class DeviceBase(Recovery):
         self.admission = Admission(self.arena, self.name, reserves=policy is Policy.RESERVE)
         self._block_size = 0
         self._blocks = 0
+        #: Bytes, as READ CAPACITY said: a field, not a property, since the page cache
+        #: checks every write's range against it (a call each time).
+        self.size = 0
 
     def login_steps(self) -> LoginSteps:
         """The login of a new connection of this device's session (same ISID, TSIH 0)."""
@@ -186,6 +189,7 @@ class DeviceBase(Recovery):
         """Block size and count from READ CAPACITY(16)'s answer."""
         cap = C.parse_read_capacity_16(capacity)
         self._blocks, self._block_size = cap.num_blocks, cap.block_size
+        self.size = cap.num_blocks * cap.block_size
 
     def command(self, offset: int, view: memoryview, write: bool) -> bytes | None:
         """The CDB of the one command that reads into or writes ``view`` at ``offset``, None
@@ -221,7 +225,3 @@ class DeviceBase(Recovery):
     @property
     def block_size(self) -> int:
         return self._block_size
-
-    @property
-    def size(self) -> int:
-        return self._blocks * self._block_size

@@ -554,8 +554,15 @@ class InitiatorSession:
         ``data``: its sense segment, if any)."""
         self._window(exp_cmd_sn, max_cmd_sn)
         self._stat(stat_sn)
-        cmd = self._task(itt, "SCSI Response")
+        cmd = self._tasks.get(itt)
+        if cmd is None:
+            cmd = self._task(itt, "SCSI Response")  # raises, in words
         cmd.residual = residual
+        if not (response or status or data):  # GOOD, the usual end of a write: _finish's
+            del self._tasks[itt]
+            cmd.status = 0
+            self.completed.append(cmd)
+            return
         if response != 0:
             del self._tasks[cmd.itt]
             cmd.error = TargetFailureError(

@@ -94,13 +94,19 @@ class Trace:
 class Link:
     """One direction of a simulated connection: the sender's queue, the wire, the window."""
 
-    __slots__ = ("_armed", "_faults", "_free", "_held", "_held_bytes", "_last", "_rng",
-                 "_wire", "high", "in_flight", "low", "number", "paused", "shape")
+    __slots__ = ("_armed", "_faults", "_free", "_held", "_held_bytes", "_last", "_partitioned",
+                 "_rng", "_spiky", "_wire", "high", "in_flight", "low", "number", "paused",
+                 "shape")
 
     def __init__(self, shape: LinkShape, number: int = 0) -> None:
         self.shape = shape
         self.number = number
         self._faults = shape.faults
+        #: Whether the faults can hold or delay a segment at all: without partitions a
+        #: segment leaves when the wire is free, without spikes its delay is the latency,
+        #: and asking them was two calls per segment of every run without faults.
+        self._partitioned = bool(shape.faults.partitions)
+        self._spiky = bool(shape.faults.spike_p)
         self._rng = random.Random(shape.seed * 1_000_003 + number)
         self._free = 0.0  # when the wire has sent everything it took
         self._last = 0.0  # the latest arrival so far: nothing overtakes it
@@ -129,7 +135,9 @@ class Link:
         self._held.append(data)
         self._held_bytes += len(data)
         self._transmit(now)
-        if not self.paused and self.buffered() > self.high:
+        # What the transport holds is at most what is held: that first, without a call
+        # (nearly every write leaves at once, nothing held).
+        if not self.paused and self._held_bytes > self.high and self.buffered() > self.high:
             self.paused = True
             return True
         return False
@@ -138,7 +146,8 @@ class Link:
         """The receiver read `nbytes` (the window update arrives now); True when the
         paused writer must resume."""
         self.in_flight -= nbytes
-        self._transmit(now)
+        if self._held:  # else nothing waits to leave: no call to find that out
+            self._transmit(now)
         if self.paused and self.buffered() <= self.low:
             self.paused = False
             return True
@@ -161,9 +170,12 @@ class Link:
             self._held_bytes -= len(data)
             if window:  # an unbounded window counts nothing: it never closes
                 self.in_flight += len(data)
-            leaves = max(now, self._free, self._faults.heals(now)) + len(data) / shape.bandwidth
+            leaves = max(now, self._free, self._faults.heals(now)) if self._partitioned \
+                else max(now, self._free)
+            leaves += len(data) / shape.bandwidth
             self._free = leaves
-            delay = shape.latency + self._faults.spike(self._rng)
+            delay = shape.latency + self._faults.spike(self._rng) if self._spiky \
+                else shape.latency
             if shape.jitter:
                 delay += self._rng.random() * shape.jitter
             arrives = max(leaves + delay, self._last)

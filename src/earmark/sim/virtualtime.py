@@ -19,6 +19,7 @@ import asyncio
 import functools
 import heapq
 import selectors
+from asyncio import format_helpers
 from collections.abc import Awaitable, Callable
 from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
@@ -40,20 +41,14 @@ _HANDLE, _TIMER = asyncio.Handle, asyncio.TimerHandle
 _MANY_TIMERS, _CANCELLED_SHARE, _LONGEST_WAIT = 100, 0.5, 24 * 3600.0
 
 
-def _handle(kind: type[asyncio.Handle], callback: Callable[..., object], args: tuple[Any, ...],
-            loop: asyncio.AbstractEventLoop, context: Context | None) -> Any:
-    """A handle as asyncio's ``__init__`` makes one outside debug mode (no source
-    traceback), without calling it: its frame and its ``get_debug`` call were a good
-    part of every task step's and every delivery's cost."""
-    handle: Any = object.__new__(kind)  # its fields are asyncio's private ones
-    handle._context = copy_context() if context is None else context
-    handle._loop = loop
-    handle._callback = callback
-    handle._args = args
-    handle._cancelled = False
-    handle._repr = None
-    handle._source_traceback = None
-    return handle
+def _failed(handle: Any, exc: BaseException) -> None:
+    """What asyncio's ``Handle._run`` does with an exception its callback raised: the
+    loop's exception handler hears of it, with the callback named."""
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {"message": f"Exception in callback {cb}", "exception": exc, "handle": handle}
+    if handle._source_traceback:
+        context["source_traceback"] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
 
 
 class StalledError(RuntimeError):
@@ -97,6 +92,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self, *, ready: ReadyQueue | None = None, trace: Trace | None = None,
                  disk: Callable[[], float] | None = None, **shape: Any) -> None:  # LinkShape
         selector = self._jumping = _JumpingSelector()
+        #: The timers: a heap of (when, handle) (see `_scheduled`).
+        self._timers: list[tuple[float, Any]] = []
         super().__init__(selector)
         selector.loop = self
         self._now = 0.0
@@ -127,7 +124,19 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         on a closed loop (where asyncio's own runs): every task step comes through here."""
         if self._debug or self._closed:  # type: ignore[attr-defined]
             return super().call_soon(callback, *args, context=context)
-        handle: asyncio.Handle = _handle(_HANDLE, callback, args, self, context)
+        # The handle as asyncio's __init__ makes one outside debug mode (no source
+        # traceback), without calling it: its frame and its get_debug call were a good part
+        # of every task step's cost, and a function of ours making it was still a frame.
+        # call_at makes its timers the same way.
+        handle = _HANDLE.__new__(_HANDLE)
+        fields: Any = handle  # asyncio's private ones
+        fields._context = copy_context() if context is None else context
+        fields._loop = self
+        fields._callback = callback
+        fields._args = args
+        fields._cancelled = False
+        fields._repr = None
+        fields._source_traceback = None
         self._ready.append(handle)
         return handle
 
@@ -135,14 +144,59 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self, when: float, callback: Callable[[*Ts], object], *args: *Ts,
         context: Context | None = None,
     ) -> asyncio.TimerHandle:
-        """asyncio's, likewise: every delivery and window update on a link is a timer."""
-        if self._debug or self._closed:  # type: ignore[attr-defined]
-            return super().call_at(when, callback, *args, context=context)
-        timer: asyncio.TimerHandle = _handle(_TIMER, callback, args, self, context)
-        timer._when = when  # type: ignore[attr-defined]
-        heapq.heappush(self._scheduled, timer)  # type: ignore[attr-defined]
-        timer._scheduled = True  # type: ignore[attr-defined]
+        """asyncio's, likewise: every delivery and window update on a link is a timer.
+        In debug mode or on a closed loop, asyncio's checks and its handle, as its own
+        ``call_at`` makes them."""
+        me: Any = self
+        fields: Any
+        if me._debug or me._closed:
+            if when is None:
+                raise TypeError("when cannot be None")
+            me._check_closed()
+            if me._debug:
+                me._check_thread()
+                me._check_callback(callback, "call_at")
+            timer = asyncio.TimerHandle(when, callback, args, self, context)
+            fields = timer
+            if fields._source_traceback:
+                del fields._source_traceback[-1]
+        else:
+            timer = _TIMER.__new__(_TIMER)  # as call_soon makes its handle, and the time
+            fields = timer
+            fields._context = copy_context() if context is None else context
+            fields._loop = self
+            fields._callback = callback
+            fields._args = args
+            fields._cancelled = False
+            fields._repr = None
+            fields._source_traceback = None
+            fields._when = when
+        heapq.heappush(self._timers, (when, timer))
+        fields._scheduled = True
         return timer
+
+    @property
+    def _scheduled(self) -> list[asyncio.TimerHandle]:
+        """asyncio's heap of timers, as its code and the tests read it: the handles.
+
+        The loop keeps them in `_timers` as (when, handle) pairs, so the heap compares
+        floats in C rather than calling ``TimerHandle.__lt__`` in Python, several times
+        for every timer (a tenth of a delivery's cost). The order is the same, ties too:
+        a pair is less than another exactly when its handle is (equal times compare
+        the handles, neither of which is less)."""
+        return [timer for _, timer in self._timers]
+
+    @_scheduled.setter
+    def _scheduled(self, timers: list[asyncio.TimerHandle]) -> None:
+        """What asyncio's ``__init__`` sets (an empty heap)."""
+        self._timers = [(timer.when(), timer) for timer in timers]
+        heapq.heapify(self._timers)
+
+    def close(self) -> None:
+        """asyncio's, which clears `_scheduled`: here that is a copy, so `_timers` too."""
+        super().close()
+        if self.is_closed():
+            self._timers.clear()
 
     def _run_once(self) -> None:
         """asyncio's one iteration, its steps in its order (cancelled timers at the head of
@@ -152,66 +206,76 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         field, not through two calls of `time`, and the selector is asked only when it
         has a file or nothing can ever run. Every loop event passes here. (Debug mode
         loses nothing: asyncio's warning about slow callbacks cannot fire where no time
-        passes in a callback, and the handle running is still named while it runs.)"""
+        passes in a callback, and the handle running is still named while it runs.)
+        Iterations follow one another here until the loop is told to stop, as asyncio's
+        ``run_forever`` would call this again: not a call per iteration."""
         me: Any = self  # asyncio's private fields, which its stubs do not all declare
-        scheduled: list[Any] = me._scheduled
-        if scheduled and (scheduled[0]._cancelled or len(scheduled) > _MANY_TIMERS):
-            self._drop_cancelled()
-            scheduled = me._scheduled
-        ready = self._ready
-        timeout: float | None = None
-        if ready or me._stopping:
-            timeout = 0
-        elif scheduled:
-            timeout = min(max(0.0, scheduled[0]._when - self._now), _LONGEST_WAIT)
-        selector = self._jumping
-        if selector._registered or timeout is None:
-            me._process_events(selector.select(timeout))
-        elif timeout:
-            self._now += timeout
-        end = self._now + me._clock_resolution
-        while scheduled and scheduled[0]._when < end:
-            timer = heapq.heappop(scheduled)
-            timer._scheduled = False
-            ready.append(timer)
+        ready, selector = self._ready, self._jumping
         popleft = ready.popleft
-        ntodo = len(ready)
-        self.events += ntodo
-        if me._debug:
-            for _ in range(ntodo):
-                handle = popleft()
-                if not handle._cancelled:
-                    me._current_handle = handle
-                    try:
-                        handle._run()
-                    finally:
-                        me._current_handle = None
-            return
-        for _ in range(ntodo):
-            handle = popleft()
-            if not handle._cancelled:
-                handle._run()
+        while True:
+            scheduled = self._timers
+            if scheduled and (scheduled[0][1]._cancelled or len(scheduled) > _MANY_TIMERS):
+                self._drop_cancelled()
+                scheduled = self._timers
+            timeout: float | None = None
+            if ready or me._stopping:
+                timeout = 0
+            elif scheduled:
+                timeout = min(max(0.0, scheduled[0][0] - self._now), _LONGEST_WAIT)
+            if selector._registered or timeout is None:
+                me._process_events(selector.select(timeout))
+            elif timeout:
+                self._now += timeout
+            end = self._now + me._clock_resolution
+            while scheduled and scheduled[0][0] < end:
+                timer = heapq.heappop(scheduled)[1]
+                timer._scheduled = False
+                ready.append(timer)
+            ntodo = len(ready)
+            self.events += ntodo
+            if me._debug:
+                for _ in range(ntodo):
+                    handle = popleft()
+                    if not handle._cancelled:
+                        me._current_handle = handle
+                        try:
+                            handle._run()
+                        finally:
+                            me._current_handle = None
+            else:
+                for _ in range(ntodo):
+                    handle = popleft()
+                    if not handle._cancelled:
+                        # What `handle._run()` does, without its frame (one per loop event).
+                        try:
+                            handle._context.run(handle._callback, *handle._args)
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            _failed(handle, exc)
+            if me._stopping:  # what asyncio's run_forever looks at after each iteration
+                return
 
     def _drop_cancelled(self) -> None:
         """asyncio's clean-up of cancelled timers: all of them when they are more than half
         of many, else those at the head of the heap."""
         me: Any = self
-        scheduled: list[Any] = me._scheduled
+        scheduled = self._timers
         if len(scheduled) > _MANY_TIMERS and (
                 me._timer_cancelled_count / len(scheduled) > _CANCELLED_SHARE):
             kept = []
-            for timer in scheduled:
-                if timer._cancelled:
-                    timer._scheduled = False
+            for entry in scheduled:
+                if entry[1]._cancelled:
+                    entry[1]._scheduled = False
                 else:
-                    kept.append(timer)
+                    kept.append(entry)
             heapq.heapify(kept)
-            me._scheduled = kept
+            self._timers = kept
             me._timer_cancelled_count = 0
             return
-        while scheduled and scheduled[0]._cancelled:
+        while scheduled and scheduled[0][1]._cancelled:
             me._timer_cancelled_count -= 1
-            heapq.heappop(scheduled)._scheduled = False
+            heapq.heappop(scheduled)[1]._scheduled = False
 
     def run_in_executor(  # type: ignore[override]
         self, executor: object, func: Callable[..., T], *args: Any,

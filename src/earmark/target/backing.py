@@ -332,9 +332,10 @@ class MemoryBacking:
         return True
 
     def write(self, offset: int, buffers: list[memoryview]) -> None:
-        _check_range(self.size, offset, sum(map(len, buffers)))
+        data = self._data
+        _check_range(len(data), offset, sum(map(len, buffers)))  # `size`, without its call
         for b in buffers:
-            self._data[offset:offset + len(b)] = b
+            data[offset:offset + len(b)] = b
             offset += len(b)
 
     def write_now(self, offset: int, buffers: list[memoryview]) -> bool:

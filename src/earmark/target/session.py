@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 from earmark.iscsi.discovery import TextResponder
 from earmark.iscsi.errors import ProtocolError
@@ -100,6 +101,10 @@ _LUN_RESET_ATTENTION = ScsiError(SenseKey.UNIT_ATTENTION, 0x29, 0x03)
 _FINAL_STATUS = 0x81
 #: SCSI Response flags: F, always (RFC 7143 11.4.1).
 _FINAL = 0x80
+#: The units of an I/O request that names none (all but a copy's): one read-only empty
+#: mapping, not a new dict from the field's default factory (a call and an allocation
+#: for every command).
+_NO_UNITS: Mapping[int, LogicalUnit] = MappingProxyType({})
 
 
 class AdmissionPolicy(Enum):
@@ -642,7 +647,7 @@ class TargetSession:
             task.got = task.xfer
             fill(views, data)
         task.in_flight = True
-        self._events.append(IoRequest(task, task.unit, plan, 0, views, True))
+        self._events.append(IoRequest(task, task.unit, plan, 0, views, True, _NO_UNITS))
 
     def _next_window(self, task: Task) -> None:
         size = min(task.xfer - task.end, self.config.buffer_bytes)
@@ -686,7 +691,7 @@ class TargetSession:
                 return
         task.in_flight = True
         self._events.append(IoRequest(task, unit, plan, task.start, views,
-                                      task.end >= task.xfer))
+                                      task.end >= task.xfer, _NO_UNITS))
 
     def _start_copy(self, task: Task, plan: CopyPlan) -> None:
         """EXTENDED COPY moves its blocks through one buffer reused chunk by chunk: the
@@ -845,10 +850,15 @@ class TargetSession:
     # ------------------------------------------------------------------- status
 
     def _respond(self, task: Task, status: ScsiStatus, sense: bytes, moved: int) -> None:
-        self._finish(task)
+        del self.tasks[task.itt]  # what _finish does, without its call: every write's answer
+        self._release(task)
         if status and task.unit is not None:
             task.unit.counters.failure(task.cdb[0], status)
-        over, under, residual = _residual(task.edtl, task.spdtl, moved)
+        edtl = task.edtl
+        # All that was expected moved, as SCSI said it would: no residual, and no call to
+        # _residual to say so.
+        over, under, residual = (False, False, 0) if edtl == task.spdtl == moved \
+            else _residual(edtl, task.spdtl, moved)
         if sense:
             self._send(ScsiResponse(
                 task.itt, int(status), 0, self._stat(), self.exp_cmd_sn, self.max_cmd_sn,
