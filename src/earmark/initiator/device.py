@@ -164,7 +164,6 @@ class DeviceBase(Recovery):
         self.policy = policy
         self.admission = Admission(self.arena, self.name, reserves=policy is Policy.RESERVE)
         self._block_size = 0
-        self._blocks = 0
         #: Bytes, as READ CAPACITY said: a field, not a property, since the page cache
         #: checks every write's range against it (a call each time).
         self.size = 0
@@ -188,7 +187,7 @@ class DeviceBase(Recovery):
     def _geometry_from(self, capacity: memoryview) -> None:
         """Block size and count from READ CAPACITY(16)'s answer."""
         cap = C.parse_read_capacity_16(capacity)
-        self._blocks, self._block_size = cap.num_blocks, cap.block_size
+        self._block_size = cap.block_size
         self.size = cap.num_blocks * cap.block_size
 
     def command(self, offset: int, view: memoryview, write: bool) -> bytes | None:
@@ -197,8 +196,8 @@ class DeviceBase(Recovery):
         blocks inside the device. What every block call asks first: no plan is built for
         the common call of one command."""
         n, bs = len(view), self._block_size
-        if offset % bs or n % bs or offset < 0 or offset + n > self._blocks * bs:
-            check_extent(offset, n, bs, self._blocks * bs)  # raises
+        if offset % bs or n % bs or offset < 0 or offset + n > self.size:
+            check_extent(offset, n, bs, self.size)  # raises
         if n > MAX_IO_BYTES:
             return None
         return (C.write_16 if write else C.read_16)(offset // bs, n // bs)
