@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
+from typing import Any
 
 import pytest
 
 from earmark.host.policy import Policy
 from earmark.runtime.initiator_device import BlockDevice
 from earmark.sim.demo import DemoConfig, run_matrix
+from earmark.sim.schedule import ReadyQueue
 from earmark.sim.simnet import SimTransport
 from earmark.sim.stacks import SimStack
 from earmark.sim.virtualtime import run_virtual
@@ -93,6 +96,52 @@ def test_bytes_arrive_in_order_after_latency_and_transmission_time() -> None:
     server, client, _ = run_virtual(main, latency=0.002, bandwidth=1e6)
     assert bytes(server.got).endswith(b"heldbye") and server.eof and server.lost == [None]
     assert client.lost == [None]
+
+
+class Spinning(RuntimeError):
+    pass
+
+
+class Budget(ReadyQueue):
+    """A ready queue that runs at most `most` callbacks: a loop that polls where it
+    should go idle fails here instead of spinning for good."""
+
+    def __init__(self, most: int) -> None:
+        super().__init__()
+        self.left = most
+        self.popleft = self._counted  # type: ignore[method-assign]
+
+    def _counted(self) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise Spinning("the loop never went idle")
+        return deque.popleft(self)
+
+
+def test_the_end_of_the_stream_waits_idle_behind_what_a_paused_reader_has_not_taken() -> None:
+    """It was polled for, a callback a step: the loop never idled, so its clock never
+    moved and a stalled reader was never seen as a stall."""
+
+    async def main() -> Recorder:
+        loop = asyncio.get_running_loop()
+        accept = Listener()
+        listener = await loop.create_server(accept, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(Recorder, "127.0.0.1", port)
+        await asyncio.sleep(0.01)
+        server = accept.accepted[0]
+        assert server.transport is not None
+        server.transport.pause_reading()
+        transport.write(b"behind")
+        transport.close()
+        await asyncio.sleep(1.0)
+        assert not server.eof and not server.got
+        server.transport.resume_reading()
+        await asyncio.sleep(0.01)
+        return server
+
+    server = run_virtual(main, ready=Budget(10_000), latency=0.002)
+    assert bytes(server.got) == b"behind" and server.eof and server.lost == [None]
 
 
 def test_reset_and_refused() -> None:

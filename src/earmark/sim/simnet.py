@@ -41,6 +41,9 @@ class SimTransport(asyncio.Transport):
         self._out = Link(network.shape, network.listeners.link_number())
         self._closing = False
         self._gone = False  # connection_lost delivered
+        #: The end of the stream arrived behind bytes a paused reader has not taken: it
+        #: is delivered after them, once the reader reads again (as a socket's FIN is).
+        self._end_waits = False
         self._inbox = Inbox()
 
     # ------------------------------------------------------------ asyncio.Transport
@@ -80,6 +83,9 @@ class SimTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         if self._inbox.resume():
             self._loop.call_soon(self._drain)
+        if self._end_waits:
+            self._end_waits = False
+            self._loop.call_soon(self._remote_closed)
 
     def close(self) -> None:
         """Closed after what was written arrives: the peer then sees the end of the stream."""
@@ -157,8 +163,11 @@ class SimTransport(asyncio.Transport):
         if self._gone:
             return
         if self._inbox:  # deliver what came before the end of the stream first
+            if self._inbox.paused:  # not polled for: the loop may go idle (a stall)
+                self._end_waits = True
+                return
             self._loop.call_soon(self._remote_closed)
-            if not self._inbox.paused and not self._inbox.draining:
+            if not self._inbox.draining:
                 self._drain()
             return
         protocol = self._protocol
