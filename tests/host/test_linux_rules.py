@@ -5,7 +5,6 @@ hand from the rule in mm/page-writeback.c or mm/page_alloc.c, not by calling the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
@@ -19,6 +18,7 @@ from earmark.memory.arena import allow_direct_reclaim
 from earmark.memory.levels import PAGE_BYTES
 from earmark.memory.waits import WaitKind
 from earmark.sim.demo import DemoConfig
+from tests.loop_turns import wait_for
 
 BIG = 1 << 20
 """A threshold of 2**20 pages (4 GiB dirty): its shared counter limit, 2**20 / 32 = 32768
@@ -147,15 +147,6 @@ def test_the_demos_mempool_pool_is_the_min_watermark_of_its_arena() -> None:
     assert config.arena_bytes == 4 << 20
     assert config.arena_for(Policy.MEMPOOL).emergency == 256 * 1024
     assert config.arena_for(Policy.THROTTLE).emergency == 0
-
-
-async def wait_for(what: Callable[[], bool]) -> bool:
-    """Let the loop run until `what` holds (False if it never does)."""
-    for _ in range(100_000):
-        if what():
-            return True
-        await asyncio.sleep(0)
-    return False
 
 
 class GatedDevice(ModelDevice):

@@ -9,8 +9,23 @@ in-memory stand-in that draws exactly the same way, for tests and simulation.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Mapping
 from typing import Protocol
+
+
+class StillInFlight(asyncio.CancelledError):
+    """The task waiting for an I/O was cancelled, but the I/O goes on: the target may
+    still read the pages written from or write into the page read into. Whoever owns
+    those buffers keeps them, and the memory they draw on, until `ended` is done (its
+    result: the error the I/O ended with, or None), as Linux keeps a page under
+    writeback or locked until its bio completes, whoever submitted it. A plain
+    CancelledError from a device means nothing of its I/O is in flight: it never
+    started, or it is over (whether it took effect is not known)."""
+
+    def __init__(self, ended: asyncio.Future[Exception | None]) -> None:
+        super().__init__("cancelled with its I/O still in flight")
+        self.ended = ended
 
 
 class PageDevice(Protocol):
@@ -32,7 +47,8 @@ class PageDevice(Protocol):
     # of its own command path instead of one more that only forwards to it.
     def write_pages(self, offset: int, pages: list[memoryview], *,
                     owner: str) -> Awaitable[object]:
-        """Write contiguous pages at `offset`; draws via earmark.memory.draw."""
+        """Write contiguous pages at `offset`; draws via earmark.memory.draw. Cancelled
+        once the write has started, it raises StillInFlight."""
         ...
 
     def read_page(self, offset: int, page: memoryview, *, owner: str) -> Awaitable[object]: ...

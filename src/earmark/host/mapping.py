@@ -57,6 +57,13 @@ class MappedPages:
                 out.append(page)
         return out
 
+    def unsynced(self, pages: list[Page]) -> None:
+        """These pages' stores did not go out (their msync was cancelled first): `changed`
+        reports them again (-1 is no crc32)."""
+        for n, page in enumerate(self._pages):
+            if page in pages:
+                self._digests[n] = -1
+
     @property
     def pages(self) -> list[Page]:
         return self._pages

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
-from earmark.host.device import PageDevice
+from earmark.host.device import PageDevice, StillInFlight
 from earmark.host.dirty_throttle import DirtyThrottle
 from earmark.host.mapping import MappedPages
 from earmark.host.policy import HostTuning, Policy
@@ -40,7 +40,7 @@ from earmark.host.requests import (
     runs_of,
 )
 from earmark.host.tick import Tick
-from earmark.memory import Arena, Buffer, HostLevel, Reservation
+from earmark.memory import Arena, Buffer, Charge, HostLevel, Reservation
 from earmark.memory.claim import Claim
 from earmark.memory.draw import draw_charge
 from earmark.memory.levels import PAGE_BYTES, REQUEST_DESCRIPTOR_BYTES
@@ -306,7 +306,7 @@ class PageCache:
         memory = res.split(page_claim, owner=CACHE)
         buf = memory.take(HostLevel.PAGE, PAGE_BYTES)
         with res.active():
-            await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
+            await self._read_into(index, buf, memory, owner)
         page = self.pages.get(index)
         if page is not None:
             buf.free()
@@ -333,10 +333,14 @@ class PageCache:
         self._start_writeback(own)  # writers of these pages wait from now
         by_index = {p.index: p for p in own}
         runs = runs_of(sorted(by_index), self.tuning.max_request_pages)
-        with mapped.share.active() if mapped.share is not None else nullcontext():
-            await asyncio.gather(*(self._write_run([by_index[i] for i in run], None,
-                                                   owner=f"{owner}:msync-{run[0]}")
-                                   for run in runs))
+        try:
+            with mapped.share.active() if mapped.share is not None else nullcontext():
+                await asyncio.gather(*(self._write_run([by_index[i] for i in run], None,
+                                                       owner=f"{owner}:msync-{run[0]}")
+                                       for run in runs))
+        except asyncio.CancelledError:
+            mapped.unsynced(own)  # written or not, the next msync writes them again
+            raise
         cached = [p for p in changed if p.dirty]
         self._sync_wanted += 1
         try:
@@ -402,7 +406,7 @@ class PageCache:
             buf = res.take(HostLevel.PAGE, PAGE_BYTES)
             if reads:
                 with res.active():
-                    await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
+                    await self._read_into(index, buf, res, owner)
                 if index in self.pages:  # someone else brought it in meanwhile
                     buf.free()
                     res.release()
@@ -463,7 +467,7 @@ class PageCache:
                     continue
                 buf = res.take(HostLevel.PAGE, PAGE_BYTES)
                 with res.active():
-                    await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
+                    await self._read_into(index, buf, res, owner)
                 res.release(self._leftover(res))
                 res.handoff(CACHE)
                 page = Page(index, buf, res)
@@ -481,7 +485,7 @@ class PageCache:
         """Policies other than reserve: allocate (maybe reclaiming), then read if asked."""
         buf = await self.arena.allocate(HostLevel.PAGE, PAGE_BYTES, owner=owner)
         if read:
-            await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
+            await self._read_into(index, buf, None, owner)
         if index in self.pages:
             buf.free()
             return None
@@ -489,6 +493,19 @@ class PageCache:
         page = Page(index, buf, None)
         self._insert(page)
         return page
+
+    async def _read_into(self, index: int, buf: Buffer, res: Reservation | None,
+                    owner: str) -> None:
+        """Page `index` read into `buf`. Failed or cancelled, `buf` and `res` go back,
+        once the device can no longer write into `buf`."""
+        try:
+            await self.device.read_page(index * PAGE_BYTES, buf.view, owner=owner)
+        except StillInFlight as going:
+            going.ended.add_done_callback(lambda _: _give_back(buf, res))
+            raise
+        except BaseException:
+            _give_back(buf, res)
+            raise
 
     def _insert(self, page: Page) -> None:
         self.pages[page.index] = page
@@ -611,51 +628,94 @@ class PageCache:
 
     async def _write_run(self, run: list[Page], res: Reservation | None, *, owner: str) -> None:
         """One request: under `reserve` it draws only on `res`, under the others it
-        allocates as it goes."""
+        allocates as it goes. Its owner cancelled, the request still ends as one: the
+        pages stay under writeback until the device is done with them (StillInFlight),
+        or, if it never sent them, they are dirty again and their share back in the
+        books; never clean unwritten, never written twice at once."""
         self.inflight += 1
         self._writebacks.add(owner)
+        views = [p.view for p in run]
+        desc: Charge | None = None
         try:
-            views = [p.view for p in run]
-            offset = run[0].index * PAGE_BYTES
-            try:
-                if res is not None:
-                    res.handoff(owner)
-                try:
-                    with res.active() if res is not None else nullcontext():
-                        # Drawn at once on `res` (no coroutine, no look for what was
-                        # handed down: it is `res`), else allocated.
-                        desc = res.charge(HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES) \
-                            if res is not None else await draw_charge(
-                                self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES,
-                                owner=owner)
-                        try:
-                            await self.device.write_pages(offset, views, owner=owner)
-                        finally:
-                            desc.free()
-                finally:
-                    if res is not None:
-                        res.release()
-            except Exception as exc:
-                # The device failed the write (its session gone for good, an I/O error):
-                # as Linux does, the pages become clean (the data is lost) and the next
-                # fsync says so; dirty or under writeback forever, they would hold their
-                # memory and every writer of those pages for good.
-                self._write_error = self._write_error or exc
-            for page in run:
-                page.dirty = False
-                page.writeback = False
-                if not page.mapped:
-                    self.clean[page.index] = page
-            self._writeback_pages -= len(run)
-        finally:
-            self.inflight -= 1
-            self._writebacks.discard(owner)
-            self._changed.set()
+            if res is not None:
+                res.handoff(owner)
+                # What the request draws comes back to `res`: whole again if it must
+                # be booked again (its owner cancelled before the write went out).
+                res.revolving = True
+            with res.active() if res is not None else nullcontext():
+                # Drawn at once on `res` (no coroutine, no look for what was handed
+                # down: it is `res`), else allocated.
+                desc = res.charge(HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES) \
+                    if res is not None else await draw_charge(
+                        self.arena, HostLevel.REQUEST, REQUEST_DESCRIPTOR_BYTES, owner=owner)
+                await self.device.write_pages(run[0].index * PAGE_BYTES, views, owner=owner)
+        except StillInFlight as going:
+            going.ended.add_done_callback(
+                lambda ended: self._written(run, res, desc, owner, ended.result()))
+            raise
+        except asyncio.CancelledError:
+            self._redirty(run, res, desc, owner)
+            raise
+        except Exception as exc:
+            # The device failed the write (its session gone for good, an I/O error):
+            # as Linux does, the pages become clean (the data is lost) and the next
+            # fsync says so; dirty or under writeback forever, they would hold their
+            # memory and every writer of those pages for good.
+            self._written(run, res, desc, owner, exc)
+        else:
+            self._written(run, res, desc, owner, None)
+
+    def _written(self, run: list[Page], res: Reservation | None, desc: Charge | None,
+                 owner: str, error: Exception | None) -> None:
+        """The request is over: its memory goes back, its pages are clean."""
+        if desc is not None:
+            desc.free()
+        if res is not None:
+            res.release()
+        if error is not None:
+            self._write_error = self._write_error or error
+        for page in run:
+            page.dirty = False
+            page.writeback = False
+            if not page.mapped:
+                self.clean[page.index] = page
+        self._writeback_pages -= len(run)
+        self._writeback_over(owner)
         if self.arena.waiting:
             # Someone waits for memory and pages just became clean: evict them for it,
             # as kswapd does when allocations stall (under `reserve`, writers wait at
             # admission, and clean pages are what frees their memory).
             self._make_room(self.arena.queued_bytes())
+
+    def _redirty(self, run: list[Page], res: Reservation | None, desc: Charge | None,
+                 owner: str) -> None:
+        """The request never went out: its pages are dirty again (as Linux's
+        redirty_page_for_writepage), under `reserve` booked as the request they make
+        with their dirty neighbours now, `res` (whole: it revolved) their share."""
+        if desc is not None:
+            desc.free()
+        is_dirty, window = self._is_dirty, self.tuning.max_request_pages
+        first, last = run[0].index, run[-1].index
+        joins = (first % window > 0 and is_dirty(first - 1)) + (
+            (last + 1) % window > 0 and is_dirty(last + 1))
+        now = asyncio.get_running_loop().time()
+        for page in run:
+            page.writeback = False
+            if page.dirty:  # else a mapping's own, which its next msync writes again
+                page.dirtied_at = now
+                self.dirty[page.index] = page
+        self._writeback_pages -= len(run)
+        if res is not None:
+            res.revolving = False
+            res.handoff(CACHE)
+            self._book_dirty(joins, res, None, True)
+        self._writeback_over(owner)
+        self._kick.set()
+
+    def _writeback_over(self, owner: str) -> None:
+        self.inflight -= 1
+        self._writebacks.discard(owner)
+        self._changed.set()
 
     def _should_flush(self, now: float) -> bool:
         if not self.dirty:
@@ -716,3 +776,8 @@ class PageCache:
                 f"{length} B at offset {offset} is outside the {self.device.size} B device"
             )
 
+
+def _give_back(buf: Buffer, res: Reservation | None) -> None:
+    buf.free()
+    if res is not None:
+        res.release()

@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Unpack, cast
 
+from earmark.host.device import StillInFlight
 from earmark.host.policy import Policy
 from earmark.initiator.admission import Admitted, waits_for_answers
 from earmark.initiator.device import (
@@ -245,14 +246,31 @@ class BlockDevice(Driver[InitiatorStream]):
         try:
             self._submit(cmd, now)
             await future
+        except asyncio.CancelledError:
+            if future.cancelled():  # the caller gave up, not the command: it is in flight
+                raise self._abandoned(cmd, loop) from None
+            raise  # answered, and cancelled before the caller ran again: it is over
         finally:
-            if future.done():
+            if not future.cancelled():
                 cmd.give_back(self.admission)
-            else:  # cancelled: the target may still answer into the command's buffers
-                future.add_done_callback(lambda _: cmd.give_back(self.admission))
         if cmd.error is not None:
             raise cmd.error
         return cmd
+
+    def _abandoned(self, cmd: _Issued, loop: asyncio.AbstractEventLoop) -> StillInFlight:
+        """The caller of a command in flight was cancelled. The target may still ask for
+        its data or answer into its buffers, and its CmdSN is spent: it runs on, its
+        memory held until its answer (or its session's end) delivers it, and then
+        `StillInFlight.ended` tells the caller's owner of its buffers how it ended."""
+        ended: asyncio.Future[Exception | None] = loop.create_future()
+
+        def end(_: object) -> None:
+            cmd.give_back(self.admission)
+            ended.set_result(cmd.error)
+
+        cmd.future = loop.create_future()  # what `deliver` completes now
+        cmd.future.add_done_callback(end)
+        return StillInFlight(ended)
 
     def _waits_now(self) -> list[Wait]:
         return waits_for_answers(cast("list[Admitted]", self.unanswered()),
