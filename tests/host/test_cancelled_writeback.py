@@ -179,3 +179,36 @@ def test_a_reader_cancelled_in_its_read_gives_the_page_back_once_the_device_is_d
         assert await cache.pread(5 * PAGE_BYTES, PAGE_BYTES, owner="r") == bytes(PAGE_BYTES)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("device_type", [GatedDevice, InFlightDevice])
+@pytest.mark.parametrize("policy", [Policy.RESERVE, Policy.NONE])
+def test_a_cancelled_msync_leaves_its_stores_to_the_next_one(
+        policy: Policy, device_type: type[GatedDevice]) -> None:
+    """Whether or not they went out, the pages it was writing count as stored into
+    again: the next msync writes them (else, never sent, they would wait for unmap)."""
+
+    async def main() -> None:
+        arena = Arena(1 << 20)
+        arena.validator = check_level_order
+        device = device_type(arena, 1 << 20)
+        cache = PageCache(arena, device, policy)
+        device.gate.set()  # the map's reads pass; the msync's write waits
+        mapped = await cache.map(0, 4 * PAGE_BYTES, owner="m")
+        device.gate.clear()
+        mapped.views[1][:] = DATA[:PAGE_BYTES]
+        sync = asyncio.ensure_future(mapped.msync())
+        assert await wait_for(lambda: "m:msync-1" in cache._writebacks)
+        sync.cancel()
+        await asyncio.gather(sync, return_exceptions=True)
+        assert sync.cancelled()
+        device.gate.set()
+        again = asyncio.ensure_future(mapped.msync())
+        assert await wait_for(again.done), "the second msync never finished"
+        again.result()
+        assert device.snapshot(PAGE_BYTES, PAGE_BYTES) == DATA[:PAGE_BYTES]
+        assert cache.inflight == 0 and not any(p.writeback for p in mapped.pages)
+        await mapped.unmap()
+        assert arena.committed == len(cache.pages) * arena.cost(PAGE_BYTES), arena
+
+    asyncio.run(main())
