@@ -212,3 +212,27 @@ def test_a_cancelled_msync_leaves_its_stores_to_the_next_one(
         assert arena.committed == len(cache.pages) * arena.cost(PAGE_BYTES), arena
 
     asyncio.run(main())
+
+
+def test_a_writeback_put_back_joins_the_dirty_pages_beside_it_in_one_request() -> None:
+    """Pages 1-2 go to writeback; 0 and 3 become dirty meanwhile, each a request of its
+    own. Put back, 1-2 bridge them: the books hold one fixed part for 0-3, not three."""
+
+    async def main() -> None:
+        arena = Arena(1 << 20)
+        arena.validator = check_level_order
+        device = GatedDevice(arena, 1 << 20)
+        cache = PageCache(arena, device, Policy.RESERVE, HostTuning(
+            background_ratio=0.0, max_request_pages=4, writeback_depth=1))
+        cache.start()
+        await cache.pwrite(PAGE_BYTES, DATA[PAGE_BYTES : 3 * PAGE_BYTES], owner="w")
+        assert await wait_for(lambda: cache.inflight == 1)
+        for index in (0, 3):
+            await cache.pwrite(index * PAGE_BYTES, DATA[index * PAGE_BYTES :][:PAGE_BYTES],
+                               owner="w")
+        await cache.close()
+        assert sorted(cache.dirty) == [0, 1, 2, 3]
+        assert cache.writeback_booked() == expected_books(cache)
+        assert await settle(cache, arena, device) >= 4 * PAGE_BYTES
+
+    asyncio.run(main())

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
@@ -91,7 +90,7 @@ class PageCache:
         self._is_dirty = self.dirty.__contains__
         #: How many requests page `index` joins if it becomes dirty now (0: it starts
         #: one): a partial, not a method, so the look costs no frame of ours.
-        self._joins: Callable[[int], int] = partial(
+        self._joins: partial[int] = partial(
             dirty_neighbours, is_dirty=self._is_dirty,
             max_pages=self.tuning.max_request_pages)
         self.inflight = 0
@@ -495,7 +494,7 @@ class PageCache:
         return page
 
     async def _read_into(self, index: int, buf: Buffer, res: Reservation | None,
-                    owner: str) -> None:
+                         owner: str) -> None:
         """Page `index` read into `buf`. Failed or cancelled, `buf` and `res` go back,
         once the device can no longer write into `buf`."""
         try:
@@ -694,10 +693,7 @@ class PageCache:
         with their dirty neighbours now, `res` (whole: it revolved) their share."""
         if desc is not None:
             desc.free()
-        is_dirty, window = self._is_dirty, self.tuning.max_request_pages
-        first, last = run[0].index, run[-1].index
-        joins = (first % window > 0 and is_dirty(first - 1)) + (
-            (last + 1) % window > 0 and is_dirty(last + 1))
+        joins = self._joins(run[0].index, length=len(run))
         now = asyncio.get_running_loop().time()
         for page in run:
             page.writeback = False

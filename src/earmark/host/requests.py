@@ -69,12 +69,14 @@ def run_around(index: int, is_dirty: Callable[[int], bool], max_pages: int) -> r
     return range(lo, hi + 1)
 
 
-def dirty_neighbours(index: int, is_dirty: Callable[[int], bool], max_pages: int) -> int:
-    """How many requests page ``index`` would join if it became dirty: 0 (it starts
-    one), 1, or 2 (it bridges two into one)."""
+def dirty_neighbours(index: int, is_dirty: Callable[[int], bool], max_pages: int,
+                     length: int = 1) -> int:
+    """How many requests page ``index`` (with the ``length`` - 1 pages after it, all in
+    one window) would join if it became dirty: 0 (it starts one), 1, or 2 (it bridges
+    two into one)."""
     at = index % max_pages
     left = at > 0 and is_dirty(index - 1)
-    right = at + 1 < max_pages and is_dirty(index + 1)
+    right = at + length < max_pages and is_dirty(index + length)
     return left + right
 
 
